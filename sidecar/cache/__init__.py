@@ -1,0 +1,1 @@
+"""Dual-layer cache: exact hash first, then embedding similarity within a scope."""

@@ -1,0 +1,358 @@
+"""In-process stores: the default, needing no server.
+
+``EmbeddedExactStore`` keeps entries in memory (LRU, bounded by count and bytes) and writes
+them through to SQLite in the data directory, so a restart keeps the cache. ``EmbeddedVectorIndex``
+keeps one index per scope: brute force while a scope is small, a usearch HNSW graph once it
+grows (a scope of 100,000 entries is searched in well under a millisecond).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sidecar.cache.model import CacheEntry
+from sidecar.cache.stores import Neighbour
+
+
+class EmbeddedExactStore:
+    name = "embedded"
+
+    def __init__(self, data_dir: str, max_entries: int, max_bytes: int) -> None:
+        self._path = None if data_dir == ":memory:" else Path(data_dir) / "cache.sqlite3"
+        self._max_entries = max_entries
+        self._max_bytes = max_bytes
+        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
+        self._partitions: dict[str, set[str]] = {}
+        self._bytes = 0
+        self._db: sqlite3.Connection | None = None
+        # One thread owns the SQLite connection; writes keep their order and stay off the loop.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-sqlite")
+        self._lock = threading.Lock()
+
+    # -- lifecycle
+    async def start(self) -> None:
+        if self._path is None:
+            return
+        rows = await self._run(self._open)
+        now = time.time()
+        for raw in rows:
+            entry = CacheEntry.from_bytes(raw)
+            if not entry.expired(now):
+                self._insert(entry)
+        self._evict()
+
+    def _open(self) -> list[bytes]:
+        assert self._path is not None
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(self._path), check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS entries (id TEXT PRIMARY KEY, partition TEXT NOT NULL,"
+            " expires_at REAL NOT NULL, used_at REAL NOT NULL, data BLOB NOT NULL)"
+        )
+        self._db.execute("DELETE FROM entries WHERE expires_at <= ?", (time.time(),))
+        self._db.commit()
+        cur = self._db.execute("SELECT data FROM entries ORDER BY used_at")
+        return [row[0] for row in cur.fetchall()]
+
+    async def close(self) -> None:
+        def _close() -> None:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
+
+        await self._run(_close)
+        self._io.shutdown(wait=True)
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    # -- in-memory structure
+    def _insert(self, entry: CacheEntry) -> None:
+        old = self._entries.pop(entry.id, None)
+        if old is not None:
+            self._bytes -= old.size_bytes()
+            self._partitions.get(old.partition, set()).discard(old.id)
+        self._entries[entry.id] = entry
+        self._bytes += entry.size_bytes()
+        self._partitions.setdefault(entry.partition, set()).add(entry.id)
+
+    def _remove(self, entry_id: str) -> CacheEntry | None:
+        entry = self._entries.pop(entry_id, None)
+        if entry is not None:
+            self._bytes -= entry.size_bytes()
+            ids = self._partitions.get(entry.partition)
+            if ids is not None:
+                ids.discard(entry_id)
+                if not ids:
+                    del self._partitions[entry.partition]
+        return entry
+
+    def _evict(self) -> list[str]:
+        evicted: list[str] = []
+        while self._entries and (
+            len(self._entries) > self._max_entries or self._bytes > self._max_bytes
+        ):
+            oldest = next(iter(self._entries))
+            self._remove(oldest)
+            evicted.append(oldest)
+        return evicted
+
+    # -- ExactStore
+    async def get(self, entry_id: str) -> CacheEntry | None:
+        with self._lock:
+            entry = self._entries.get(entry_id)
+            if entry is None:
+                return None
+            if entry.expired():
+                self._remove(entry_id)
+                expired = True
+            else:
+                self._entries.move_to_end(entry_id)
+                expired = False
+        if expired:
+            await self._persist_delete([entry_id])
+            return None
+        return entry
+
+    async def put(self, entry: CacheEntry) -> list[str]:
+        with self._lock:
+            self._insert(entry)
+            evicted = self._evict()
+        if self._path is not None:
+            await self._run(self._write, entry, evicted)
+        return evicted
+
+    def _write(self, entry: CacheEntry, evicted: list[str]) -> None:
+        if self._db is None:
+            return
+        self._db.execute(
+            "INSERT OR REPLACE INTO entries (id, partition, expires_at, used_at, data)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (entry.id, entry.partition, entry.expires_at, time.time(), entry.to_bytes()),
+        )
+        if evicted:
+            self._db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in evicted])
+        self._db.commit()
+
+    async def _persist_delete(self, ids: list[str]) -> None:
+        if self._path is None or not ids:
+            return
+
+        def _delete() -> None:
+            if self._db is not None:
+                self._db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in ids])
+                self._db.commit()
+
+        await self._run(_delete)
+
+    async def delete(self, entry_id: str) -> bool:
+        with self._lock:
+            found = self._remove(entry_id) is not None
+        if found:
+            await self._persist_delete([entry_id])
+        return found
+
+    async def delete_partition(self, partition: str) -> list[str]:
+        with self._lock:
+            ids = list(self._partitions.get(partition, ()))
+            for entry_id in ids:
+                self._remove(entry_id)
+        await self._persist_delete(ids)
+        return ids
+
+    async def sweep(self) -> list[str]:
+        """Drop expired entries (reads check TTL too; this frees memory of unread ones)."""
+        now = time.time()
+        with self._lock:
+            ids = [e.id for e in self._entries.values() if e.expired(now)]
+            for entry_id in ids:
+                self._remove(entry_id)
+        await self._persist_delete(ids)
+        return ids
+
+    async def count(self) -> int:
+        return len(self._entries)
+
+    def entries_with_vectors(self) -> list[CacheEntry]:
+        with self._lock:
+            return [e for e in self._entries.values() if e.vector is not None]
+
+    @property
+    def bytes_used(self) -> int:
+        return self._bytes
+
+    async def health(self) -> str | None:
+        return None
+
+
+class _ScopeIndex:
+    """Vectors of one scope. Brute force up to ``graph_at`` rows, then an HNSW graph."""
+
+    def __init__(self, dimension: int, graph_at: int) -> None:
+        self.dimension = dimension
+        self.graph_at = graph_at
+        self.ids: list[str] = []
+        self.rows: dict[str, int] = {}
+        self.matrix = np.zeros((16, dimension), dtype=np.float32)
+        self.graph: Any = None  # usearch Index once large
+        self.labels: dict[str, int] = {}
+        self.by_label: dict[int, str] = {}
+        self._next_label = 0
+
+    def __len__(self) -> int:
+        return len(self.rows) if self.graph is None else len(self.labels)
+
+    def add(self, entry_id: str, vector: np.ndarray) -> None:
+        self.remove(entry_id)
+        if self.graph is None and len(self.rows) >= self.graph_at:
+            self._build_graph()
+        if self.graph is not None:
+            label = self._next_label
+            self._next_label += 1
+            self.graph.add(label, vector)
+            self.labels[entry_id] = label
+            self.by_label[label] = entry_id
+            return
+        n = len(self.ids)
+        if n == self.matrix.shape[0]:
+            grown = np.zeros((n * 2, self.dimension), dtype=np.float32)
+            grown[:n] = self.matrix
+            self.matrix = grown
+        self.matrix[n] = vector
+        self.ids.append(entry_id)
+        self.rows[entry_id] = n
+
+    def _build_graph(self) -> None:
+        from usearch.index import Index
+
+        graph = Index(ndim=self.dimension, metric="cos", dtype="f32")
+        n = len(self.ids)
+        labels = np.arange(n, dtype=np.uint64)
+        graph.add(labels, self.matrix[:n])
+        self.labels = {entry_id: i for i, entry_id in enumerate(self.ids)}
+        self.by_label = dict(enumerate(self.ids))
+        self._next_label = n
+        self.graph = graph
+        self.ids, self.rows = [], {}
+        self.matrix = np.zeros((0, self.dimension), dtype=np.float32)
+
+    def remove(self, entry_id: str) -> None:
+        if self.graph is not None:
+            label = self.labels.pop(entry_id, None)
+            if label is not None:
+                self.graph.remove(label)
+                del self.by_label[label]
+            return
+        row = self.rows.pop(entry_id, None)
+        if row is None:
+            return
+        last = len(self.ids) - 1
+        if row != last:  # swap-remove keeps the matrix dense
+            moved = self.ids[last]
+            self.matrix[row] = self.matrix[last]
+            self.ids[row] = moved
+            self.rows[moved] = row
+        self.ids.pop()
+
+    def search(self, vector: np.ndarray, k: int) -> list[Neighbour]:
+        if self.graph is not None:
+            if not self.labels:
+                return []
+            found = self.graph.search(vector, min(k, len(self.labels)))
+            return [
+                Neighbour(self.by_label[int(label)], 1.0 - float(dist))
+                for label, dist in zip(found.keys, found.distances, strict=False)
+                if int(label) in self.by_label
+            ]
+        n = len(self.ids)
+        if n == 0:
+            return []
+        scores = self.matrix[:n] @ vector
+        if n <= k:
+            order = np.argsort(-scores)
+        else:
+            top = np.argpartition(-scores, k)[:k]
+            order = top[np.argsort(-scores[top])]
+        return [Neighbour(self.ids[i], float(scores[i])) for i in order]
+
+
+class EmbeddedVectorIndex:
+    name = "embedded"
+
+    def __init__(self, graph_at: int = 2048) -> None:
+        self._graph_at = graph_at
+        self._dimension = 0
+        self._scopes: dict[str, _ScopeIndex] = {}
+        self._scope_of: dict[str, str] = {}
+        self._partition_of: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    async def start(self, namespace: str, dimension: int) -> None:
+        self._dimension = dimension
+
+    @staticmethod
+    def _unit(vector: Sequence[float]) -> np.ndarray:
+        v = np.asarray(vector, dtype=np.float32)
+        norm = float(np.linalg.norm(v))
+        return v / norm if norm > 0 else v
+
+    async def add(
+        self, entry_id: str, scope: str, partition: str, vector: Sequence[float], expires_at: float
+    ) -> None:
+        v = self._unit(vector)
+        if v.shape != (self._dimension,):
+            raise ValueError(f"vector has dimension {v.shape}, index expects {self._dimension}")
+        with self._lock:
+            old_scope = self._scope_of.get(entry_id)
+            if old_scope is not None and old_scope != scope:
+                self._scopes[old_scope].remove(entry_id)
+            index = self._scopes.get(scope)
+            if index is None:
+                index = self._scopes[scope] = _ScopeIndex(self._dimension, self._graph_at)
+            index.add(entry_id, v)
+            self._scope_of[entry_id] = scope
+            self._partition_of[entry_id] = partition
+
+    async def search(self, scope: str, vector: Sequence[float], k: int) -> list[Neighbour]:
+        with self._lock:
+            index = self._scopes.get(scope)
+            if index is None:
+                return []
+            return index.search(self._unit(vector), k)
+
+    async def remove(self, entry_ids: Sequence[str]) -> None:
+        with self._lock:
+            for entry_id in entry_ids:
+                scope = self._scope_of.pop(entry_id, None)
+                self._partition_of.pop(entry_id, None)
+                if scope is None:
+                    continue
+                index = self._scopes[scope]
+                index.remove(entry_id)
+                if len(index) == 0:
+                    del self._scopes[scope]
+
+    async def remove_partition(self, partition: str) -> None:
+        ids = [i for i, p in self._partition_of.items() if p == partition]
+        await self.remove(ids)
+
+    async def count(self) -> int:
+        return len(self._scope_of)
+
+    async def health(self) -> str | None:
+        return None
+
+    async def close(self) -> None:
+        return None

@@ -1,0 +1,84 @@
+"""The two store interfaces the cache is built on, and the errors they raise.
+
+Every backend (embedded, Redis, Qdrant, Weaviate) implements one or both. The cache layer
+(``sidecar.cache.layer``) owns TTL policy and decisions; stores only keep, find and forget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from sidecar.cache.model import CacheEntry
+
+
+class StoreUnavailable(RuntimeError):
+    """The backend cannot be reached. The request proceeds uncached; /readyz reports it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Neighbour:
+    id: str
+    similarity: float  # cosine similarity in [-1, 1]
+
+
+@runtime_checkable
+class ExactStore(Protocol):
+    """Entries by id. Must honour ``expires_at`` (never return an expired entry)."""
+
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def get(self, entry_id: str) -> CacheEntry | None: ...
+
+    async def put(self, entry: CacheEntry) -> list[str]:
+        """Store (or replace) an entry; return ids evicted to make room."""
+        ...
+
+    async def delete(self, entry_id: str) -> bool: ...
+
+    async def delete_partition(self, partition: str) -> list[str]:
+        """Delete every entry of a partition; return their ids."""
+        ...
+
+    async def count(self) -> int: ...
+
+    async def health(self) -> str | None:
+        """None when healthy, else a short reason."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """Nearest-neighbour search restricted to one scope.
+
+    ``namespace`` encodes the embedding model and dimension so vectors of different models
+    never mix.
+    """
+
+    name: str
+
+    async def start(self, namespace: str, dimension: int) -> None: ...
+
+    async def add(
+        self, entry_id: str, scope: str, partition: str, vector: Sequence[float], expires_at: float
+    ) -> None: ...
+
+    async def search(self, scope: str, vector: Sequence[float], k: int) -> list[Neighbour]:
+        """Up to k nearest entries of the scope, best first. May include expired ids; the cache
+        layer re-checks every candidate against the exact store."""
+        ...
+
+    async def remove(self, entry_ids: Sequence[str]) -> None: ...
+
+    async def remove_partition(self, partition: str) -> None: ...
+
+    async def count(self) -> int: ...
+
+    async def health(self) -> str | None: ...
+
+    async def close(self) -> None: ...

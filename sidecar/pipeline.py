@@ -1,0 +1,455 @@
+"""The transport-free core: one request context flows through
+``input guardrails -> cache lookup -> (upstream) -> output guardrails -> cache store``.
+
+Transports (HTTP hook, ext_proc, LiteLLM endpoint) only translate to and from ``HookRequest``,
+``RequestOutcome`` and ``ResponseOutcome``. Every decision is appended to ``ctx.trace`` with
+its reason; the cache's own reasons come from ``sidecar.cache.layer``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from guardrails.base import Stage, TextPiece
+from sidecar.cache.keys import CachePlan, plan_request
+from sidecar.cache.layer import CacheStatus, DualCache, Lookup
+from sidecar.cache.model import CachedAnswer
+from sidecar.config import SidecarConfig
+from sidecar.formats import (
+    ApiFormat,
+    BadRequest,
+    ParsedRequest,
+    answer_pieces,
+    error_body,
+    parse_request,
+    rewrite_body,
+)
+from sidecar.metrics import Metrics
+from sidecar.sse import parse_events, stream_is_complete
+from sidecar.streaming import StreamProcessor, TextGuard
+
+log = logging.getLogger("sidecar.pipeline")
+
+STATUS_HEADER = "x-bf-cache-status"
+SIMILARITY_HEADER = "x-bf-cache-similarity"
+ENTRY_HEADER = "x-bf-cache-entry-id"
+# Headers of a cached answer worth replaying; hop-by-hop and per-response ones are dropped.
+_REPLAYED_HEADERS = ("content-type", "openai-model", "anthropic-model", "x-request-model")
+
+
+class HookError(Exception):
+    """Bad input from the proxy. ``status`` is the HTTP status the hook answers with."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+
+@dataclass(slots=True)
+class HookRequest:
+    method: str
+    path: str
+    headers: dict[str, str]  # names lower-cased by the transport
+    body: Any  # parsed JSON (HTTP hook) or raw bytes (ext_proc)
+    request_id: str | None = None
+
+
+@dataclass(slots=True)
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(slots=True)
+class CacheInfo:
+    status: CacheStatus
+    reason: str = ""
+    hit_type: str | None = None
+    similarity: float | None = None
+    entry_id: str | None = None
+
+    def headers(self) -> dict[str, str]:
+        out = {STATUS_HEADER: self.status.value}
+        if self.similarity is not None and self.status in (
+            CacheStatus.HIT_EXACT,
+            CacheStatus.HIT_SEMANTIC,
+        ):
+            out[SIMILARITY_HEADER] = f"{self.similarity:.4f}"
+        if self.entry_id is not None:
+            out[ENTRY_HEADER] = self.entry_id
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"status": self.status.value, "reason": self.reason}
+        if self.hit_type is not None:
+            out["hit_type"] = self.hit_type
+        if self.similarity is not None:
+            out["similarity"] = round(self.similarity, 6)
+        if self.entry_id is not None:
+            out["entry_id"] = self.entry_id
+        return out
+
+
+@dataclass(slots=True)
+class StageVerdict:
+    """What the guardrails decided for one stage, in the pipeline's terms."""
+
+    blocked: bool = False
+    status: int = 403
+    message: str = ""
+    code: str = ""
+    rewritten: dict[int, str] = field(default_factory=dict)
+    redacted: bool = False  # some text was redacted (not merely restored)
+
+
+class Guardrails(Protocol):
+    """The pipeline's view of the rule engine (adapted in ``sidecar.guard``)."""
+
+    def active(self, stage: Stage, ctx: RequestContext) -> bool: ...
+
+    async def check(
+        self, stage: Stage, pieces: Sequence[TextPiece], ctx: RequestContext
+    ) -> StageVerdict: ...
+
+    def stream_guards(self, ctx: RequestContext) -> Callable[[str], TextGuard] | None: ...
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    transport: str
+    method: str
+    path: str
+    headers: dict[str, str]
+    parsed: ParsedRequest | None = None
+    plan: CachePlan | None = None
+    lookup: Lookup | None = None
+    cache: CacheInfo = field(default_factory=lambda: CacheInfo(CacheStatus.BYPASS))
+    blocked: bool = False
+    input_redacted: bool = False
+    trace: list[str] = field(default_factory=list)
+    # Per-request state for checks (reversible PII vault). Memory only; never logged or cached.
+    guard_state: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    def note(self, message: str) -> None:
+        self.trace.append(message)
+
+
+@dataclass(slots=True)
+class RequestOutcome:
+    action: str  # "continue" | "respond"
+    cache: CacheInfo
+    body: dict[str, Any] | None = None  # rewritten request body, when it changed
+    response: HttpAnswer | None = None
+
+
+@dataclass(slots=True)
+class ResponseOutcome:
+    action: str  # "continue" | "respond"
+    headers: dict[str, str]  # to add to the answer
+    body: bytes | None = None  # rewritten answer, when it changed
+    response: HttpAnswer | None = None
+    stored_entry_id: str | None = None
+
+
+def _json_body(body: Any, max_bytes: int) -> Any:
+    if isinstance(body, bytes | bytearray):
+        if len(body) > max_bytes:
+            raise HookError(
+                413,
+                "body_too_large",
+                f"request body is {len(body)} bytes, over max_body_bytes {max_bytes}",
+            )
+        try:
+            return orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise HookError(
+                400, "malformed_json", f"request body is not valid JSON: {exc}"
+            ) from None
+    return body
+
+
+class Pipeline:
+    def __init__(
+        self,
+        config: SidecarConfig,
+        cache: DualCache | None,
+        metrics: Metrics,
+        guardrails: Guardrails | None = None,
+    ) -> None:
+        self.config = config
+        self.cache = cache
+        self.metrics = metrics
+        self.guardrails = guardrails
+
+    # ------------------------------------------------------------------ request
+    async def on_request(
+        self, req: HookRequest, transport: str
+    ) -> tuple[RequestContext, RequestOutcome]:
+        ctx = RequestContext(
+            request_id=req.request_id or uuid.uuid4().hex,
+            transport=transport,
+            method=req.method.upper(),
+            path=req.path,
+            headers=req.headers,
+        )
+        outcome = await self._request(ctx, req)
+        ctx.cache = outcome.cache
+        self.metrics.requests.labels(transport, outcome.cache.status.value).inc()
+        if outcome.cache.status is CacheStatus.BYPASS:
+            self.metrics.bypasses.inc()
+        elif outcome.cache.status is CacheStatus.MISS:
+            self.metrics.misses.inc()
+        elif outcome.cache.hit_type:
+            self.metrics.hits.labels(outcome.cache.hit_type).inc()
+        return ctx, outcome
+
+    async def _request(self, ctx: RequestContext, req: HookRequest) -> RequestOutcome:
+        if ctx.method != "POST":
+            ctx.note(f"bypass: method {ctx.method} is not cached")
+            return RequestOutcome("continue", CacheInfo(CacheStatus.BYPASS, ctx.trace[-1]))
+        body = _json_body(req.body, self.config.server.max_body_bytes)
+        try:
+            parsed = parse_request(req.path, body, req.headers)
+            if parsed is None:
+                ctx.note(f"bypass: {req.path} is not an LLM API the sidecar handles")
+                return RequestOutcome("continue", CacheInfo(CacheStatus.BYPASS, ctx.trace[-1]))
+            ctx.parsed = parsed
+            # Header errors are reported before any guardrail or cache work.
+            plan = plan_request(parsed, req.headers, self.config.cache)
+        except BadRequest as exc:
+            raise HookError(400, "bad_request", str(exc)) from None
+
+        rewritten: dict[str, Any] | None = None
+        if self.guardrails is not None and self.guardrails.active(Stage.INPUT, ctx):
+            verdict = await self.guardrails.check(Stage.INPUT, parsed.pieces, ctx)
+            if verdict.blocked:
+                ctx.blocked = True
+                ctx.note(f"blocked on input: {verdict.message}")
+                info = CacheInfo(CacheStatus.BYPASS, "blocked by an input guardrail")
+                return RequestOutcome(
+                    "respond",
+                    info,
+                    response=self._error(
+                        parsed.api, verdict.status, verdict.message, verdict.code, info
+                    ),
+                )
+            if verdict.rewritten:
+                ctx.input_redacted = verdict.redacted
+                rewritten = rewrite_body(parsed.body, parsed.slots, verdict.rewritten)
+                # The cache must key on what the provider will see, never on the raw text.
+                reparsed = parse_request(req.path, rewritten, req.headers)
+                assert reparsed is not None
+                ctx.parsed = parsed = reparsed
+                plan = plan_request(parsed, req.headers, self.config.cache)
+                ctx.note("input rewritten by guardrails")
+        ctx.plan = plan
+
+        if self.cache is None:
+            ctx.note("bypass: cache not configured")
+            return RequestOutcome(
+                "continue", CacheInfo(CacheStatus.BYPASS, ctx.trace[-1]), body=rewritten
+            )
+        lookup = await self.cache.lookup(plan)
+        ctx.lookup = lookup
+        ctx.note(f"cache {lookup.status.value}: {lookup.reason}")
+        if lookup.entry is None:
+            info = CacheInfo(lookup.status, lookup.reason)
+            return RequestOutcome("continue", info, body=rewritten)
+
+        info = CacheInfo(
+            lookup.status,
+            lookup.reason,
+            hit_type="exact" if lookup.status is CacheStatus.HIT_EXACT else "semantic",
+            similarity=lookup.similarity,
+            entry_id=lookup.entry.id,
+        )
+        answer = await self._serve_cached(ctx, lookup.entry.answer, info)
+        return RequestOutcome("respond", info, response=answer)
+
+    def _error(
+        self, api: ApiFormat, status: int, message: str, code: str, info: CacheInfo
+    ) -> HttpAnswer:
+        return HttpAnswer(
+            status,
+            {"content-type": "application/json", **info.headers()},
+            error_body(api, status, message, code),
+        )
+
+    async def _serve_cached(
+        self, ctx: RequestContext, answer: CachedAnswer, info: CacheInfo
+    ) -> HttpAnswer:
+        """A cached answer goes through the output stage like a fresh one (restores, blocks)."""
+        headers = {k: v for k, v in answer.headers.items() if k in _REPLAYED_HEADERS}
+        headers.setdefault(
+            "content-type", "text/event-stream" if answer.streamed else "application/json"
+        )
+        headers.update(info.headers())
+        result = await self._output(ctx, answer.status, answer.body, answer.streamed)
+        if result.response is not None:
+            result.response.headers.update(info.headers())
+            return result.response
+        return HttpAnswer(
+            answer.status, headers, result.body if result.body is not None else answer.body
+        )
+
+    # ------------------------------------------------------------------ response
+    async def on_response(
+        self, ctx: RequestContext, status: int, headers: Mapping[str, str], body: bytes
+    ) -> ResponseOutcome:
+        """A whole answer (JSON, or the full SSE text of a stream)."""
+        if len(body) > self.config.server.max_body_bytes:
+            ctx.note("answer over max_body_bytes: passed through, not stored")
+            self.metrics.store_skips.labels("too_large").inc()
+            return ResponseOutcome("continue", ctx.cache.headers())
+        streamed = _is_event_stream(headers) or (
+            ctx.parsed is not None
+            and ctx.parsed.stream
+            and body.lstrip().startswith((b"data:", b"event:"))
+        )
+        result = await self._output(ctx, status, body, streamed)
+        if result.response is None:
+            result.stored_entry_id = await self._store(ctx, status, headers, body, streamed)
+        return result
+
+    async def _output(
+        self, ctx: RequestContext, status: int, body: bytes, streamed: bool
+    ) -> ResponseOutcome:
+        out_headers = ctx.cache.headers()
+        parsed = ctx.parsed
+        if (
+            parsed is None
+            or self.guardrails is None
+            or not 200 <= status < 300
+            or not self.guardrails.active(Stage.OUTPUT, ctx)
+        ):
+            return ResponseOutcome("continue", out_headers)
+        if streamed:
+            processor = StreamProcessor(parsed.api, self.guardrails.stream_guards(ctx))
+            new_body = await processor.feed(body) + await processor.finish()
+            if processor.blocked is not None:
+                ctx.blocked = True
+                ctx.note(f"blocked on output (stream): {processor.blocked}")
+            return ResponseOutcome(
+                "continue", out_headers, body=new_body if new_body != body else None
+            )
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            ctx.note("output guardrails skipped: answer is not JSON")
+            return ResponseOutcome("continue", out_headers)
+        pieces, slots = answer_pieces(parsed.api, parsed.request_type, answer)
+        verdict = await self.guardrails.check(Stage.OUTPUT, pieces, ctx)
+        if verdict.blocked:
+            ctx.blocked = True
+            ctx.note(f"blocked on output: {verdict.message}")
+            return ResponseOutcome(
+                "respond",
+                out_headers,
+                response=self._error(
+                    parsed.api, verdict.status, verdict.message, verdict.code, ctx.cache
+                ),
+            )
+        if verdict.redacted:
+            ctx.note("output redacted by guardrails")
+            ctx.guard_state["output_redacted"] = True
+        if verdict.rewritten:
+            new = rewrite_body(answer, slots, verdict.rewritten)
+            return ResponseOutcome("continue", out_headers, body=orjson.dumps(new))
+        return ResponseOutcome("continue", out_headers)
+
+    async def _store(
+        self,
+        ctx: RequestContext,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        streamed: bool,
+    ) -> str | None:
+        reason = self._store_refusal(ctx, status)
+        if reason is None and streamed:
+            assert ctx.parsed is not None
+            complete, why = stream_is_complete(ctx.parsed.api, parse_events(body))
+            if not complete:
+                reason = why
+        if reason is not None:
+            ctx.note(f"not stored: {reason}")
+            self.metrics.store_skips.labels(reason.split(" ")[0].split(":")[0]).inc()
+            return None
+        return await self._put(ctx, status, headers, body, streamed)
+
+    def _store_refusal(self, ctx: RequestContext, status: int) -> str | None:
+        if self.cache is None or ctx.plan is None or ctx.plan.bypass:
+            return "bypass"
+        if ctx.blocked:
+            return "blocked by a guardrail"
+        if ctx.guard_state.get("output_redacted"):
+            return "redacted by an output guardrail"
+        if not 200 <= status < 300:
+            return f"status {status} is not 2xx"
+        if ctx.plan.no_store:
+            return "no-store requested"
+        if ctx.cache.status in (CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC):
+            return "answered from cache"
+        return None
+
+    async def _put(
+        self,
+        ctx: RequestContext,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytes,
+        streamed: bool,
+    ) -> str | None:
+        assert self.cache is not None and ctx.plan is not None
+        kept = {k.lower(): v for k, v in headers.items() if k.lower() in _REPLAYED_HEADERS}
+        kept.setdefault("content-type", "text/event-stream" if streamed else "application/json")
+        answer = CachedAnswer(status, kept, bytes(body), streamed)
+        vector = ctx.lookup.vector if ctx.lookup is not None else None
+        entry = await self.cache.store(ctx.plan, answer, vector)
+        if entry is None:
+            return None
+        ctx.note(f"stored as {entry.id}")
+        return entry.id
+
+    def open_stream(self, ctx: RequestContext) -> StreamProcessor:
+        """For transports that see a streamed answer chunk by chunk (ext_proc)."""
+        assert ctx.parsed is not None
+        guards = None
+        if self.guardrails is not None and self.guardrails.active(Stage.OUTPUT, ctx):
+            guards = self.guardrails.stream_guards(ctx)
+        return StreamProcessor(ctx.parsed.api, guards, self.config.server.max_body_bytes)
+
+    async def finish_stream(
+        self,
+        ctx: RequestContext,
+        status: int,
+        headers: Mapping[str, str],
+        processor: StreamProcessor,
+    ) -> str | None:
+        """Store a stream fed through ``open_stream`` once it has ended."""
+        if processor.blocked is not None:
+            ctx.blocked = True
+        if processor.oversize:
+            ctx.note("stream over max_body_bytes: not stored")
+            return None
+        body = b"".join(e.raw for e in processor.events)
+        return await self._store(ctx, status, headers, body, True)
+
+
+def _is_event_stream(headers: Mapping[str, str]) -> bool:
+    for k, v in headers.items():
+        if k.lower() == "content-type" and "text/event-stream" in v.lower():
+            return True
+    return False

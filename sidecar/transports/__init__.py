@@ -1,0 +1,1 @@
+"""Thin adapters between a proxy's protocol and the pipeline."""
