@@ -63,7 +63,8 @@ from guardrails.resilience import (
 PROVIDER = "bedrock"
 _WHERE = "bedrock"
 _VERSION = re.compile(r"(?:[1-9][0-9]{0,7}|DRAFT)")
-QUALIFIERS = ("grounding_source", "query", "guard_content")
+# qualifiers a profile can give to pieces; ``guard_content`` is implied for the checked piece
+CONTEXT_QUALIFIERS = ("grounding_source", "query")
 _CONFIG_KEYS = (
     "guardrail_id",
     "guardrail_version",
@@ -88,8 +89,8 @@ class BedrockSettings:
     guardrail_version: str
     region: str | None
     endpoint_url: str | None
-    # qualifiers to attach to a piece's text block, by piece kind
-    qualifiers: Mapping[PieceKind, tuple[str, ...]]
+    # context qualifier -> kinds of piece that provide it (contextual grounding)
+    qualifiers: Mapping[str, frozenset[PieceKind]]
     # also report what the guardrail detected without acting on (its own detect mode)
     include_detected: bool
     policy: ResiliencePolicy
@@ -121,37 +122,35 @@ class BedrockSettings:
         )
 
 
-def _read_qualifiers(value: Any) -> Mapping[PieceKind, tuple[str, ...]]:
-    """``[q, ...]`` applies to every piece; ``{piece_kind: [q, ...]}`` per kind of piece."""
+def _read_qualifiers(value: Any) -> Mapping[str, frozenset[PieceKind]]:
+    """``{grounding_source: [tool_result], query: [message]}``: which pieces give context."""
     if value is None:
         return {}
-    if isinstance(value, list | tuple):
-        names = _qualifier_list(value, "qualifiers")
-        return {kind: names for kind in PieceKind}
     if not isinstance(value, Mapping):
-        raise CheckConfigError(f"{_WHERE}: qualifiers must be a list or a mapping of piece kinds")
-    result: dict[PieceKind, tuple[str, ...]] = {}
-    for kind_name, names in value.items():
-        try:
-            kind = PieceKind(kind_name)
-        except ValueError:
-            known = ", ".join(k.value for k in PieceKind)
+        raise CheckConfigError(
+            f"{_WHERE}: qualifiers must map grounding_source/query to lists of piece kinds"
+        )
+    result: dict[str, frozenset[PieceKind]] = {}
+    for qualifier, kinds in value.items():
+        if qualifier not in CONTEXT_QUALIFIERS:
             raise CheckConfigError(
-                f"{_WHERE}: qualifiers: unknown piece kind {kind_name!r} (known: {known})"
-            ) from None
-        if not isinstance(names, list | tuple):
-            raise CheckConfigError(f"{_WHERE}: qualifiers.{kind_name} must be a list")
-        result[kind] = _qualifier_list(names, f"qualifiers.{kind_name}")
-    return result
-
-
-def _qualifier_list(names: Sequence[Any], where: str) -> tuple[str, ...]:
-    for name in names:
-        if name not in QUALIFIERS:
-            raise CheckConfigError(
-                f"{_WHERE}: {where}: unknown qualifier {name!r} (known: {', '.join(QUALIFIERS)})"
+                f"{_WHERE}: qualifiers: unknown qualifier {qualifier!r} "
+                f"(known: {', '.join(CONTEXT_QUALIFIERS)}; guard_content is implied)"
             )
-    return tuple(dict.fromkeys(names))
+        if not isinstance(kinds, list | tuple) or not kinds:
+            raise CheckConfigError(f"{_WHERE}: qualifiers.{qualifier} must be a list of kinds")
+        parsed: set[PieceKind] = set()
+        for kind in kinds:
+            try:
+                parsed.add(PieceKind(kind))
+            except ValueError:
+                known = ", ".join(k.value for k in PieceKind)
+                raise CheckConfigError(
+                    f"{_WHERE}: qualifiers.{qualifier}: unknown piece kind {kind!r} "
+                    f"(known: {known})"
+                ) from None
+        result[qualifier] = frozenset(parsed)
+    return result
 
 
 class _DropWireDebug(logging.Filter):
@@ -225,7 +224,8 @@ class BedrockGuardrailCheck:
     async def scan(self, pieces: Sequence[TextPiece], ctx: CheckContext) -> CheckResult:
         source = "INPUT" if ctx.stage is Stage.INPUT else "OUTPUT"
         targets = [p for p in pieces if p.text.strip()]
-        verdicts = await run_all(self._apply(piece, source) for piece in targets)
+        context = self._grounding_context(targets, ctx)
+        verdicts = await run_all(self._apply(piece, source, context) for piece in targets)
         result = CheckResult()
         for piece, (findings, masked) in zip(targets, verdicts, strict=True):
             result.findings.extend(findings)
@@ -233,17 +233,45 @@ class BedrockGuardrailCheck:
                 result.rewritten[piece.index] = masked
         return result
 
-    async def _apply(self, piece: TextPiece, source: str) -> tuple[list[Finding], str | None]:
+    def _grounding_context(
+        self, pieces: Sequence[TextPiece], ctx: CheckContext
+    ) -> list[dict[str, Any]]:
+        """Context blocks (grounding sources, query) for contextual grounding checks.
+
+        The sources (tool results) and the question arrive on the input stage, the answer on
+        the output stage: the input stage keeps them in the request's memory (never logged or
+        cached) and the output stage sends them with each answer piece.
+        """
+        if not self.settings.qualifiers:
+            return []
+        key = f"bedrock.grounding:{self.profile}"
+        if ctx.stage is Stage.INPUT:
+            remembered: list[tuple[str, str]] = []
+            for qualifier, kinds in self.settings.qualifiers.items():
+                matching = [p.text for p in pieces if p.kind in kinds]
+                if qualifier == "query":
+                    users = [p.text for p in pieces if p.kind in kinds and p.role in (None, "user")]
+                    matching = users[-1:]  # the question the answer will respond to
+                remembered.extend((qualifier, text) for text in matching)
+            ctx.request_state[key] = remembered
+            return []
+        return [
+            {"text": {"text": text, "qualifiers": [qualifier]}}
+            for qualifier, text in ctx.request_state.get(key) or []
+        ]
+
+    async def _apply(
+        self, piece: TextPiece, source: str, context: list[dict[str, Any]]
+    ) -> tuple[list[Finding], str | None]:
         text_block: dict[str, Any] = {"text": piece.text}
-        qualifiers = self.settings.qualifiers.get(piece.kind)
-        if qualifiers:
-            text_block["qualifiers"] = list(qualifiers)
+        if context:
+            text_block["qualifiers"] = ["guard_content"]
         call = functools.partial(
             self._client.apply_guardrail,
             guardrailIdentifier=self.settings.guardrail_id,
             guardrailVersion=self.settings.guardrail_version,
             source=source,
-            content=[{"text": text_block}],
+            content=[*context, {"text": text_block}],
         )
 
         async def attempt() -> tuple[list[Finding], str | None]:

@@ -5,8 +5,9 @@ Every remote guardrail profile owns one :class:`ResilientCaller`. A call through
 1. is refused at once with :class:`CircuitOpenError` while the profile's breaker is open (after
    ``breaker_failures`` consecutive failed calls); once ``breaker_reset_s`` has passed, one call
    is let through as a half-open probe, and its outcome closes or re-opens the breaker;
-2. waits for one of ``max_concurrency`` slots (at most ``timeout_s``, else
-   :class:`RemoteSaturatedError`), so a slow service cannot pile up unbounded work;
+2. waits for one of ``max_concurrency`` slots (at most ``queue_timeout_s``, by default
+   ``timeout_s``, else :class:`RemoteSaturatedError`), so a slow service cannot pile up
+   unbounded work;
 3. makes up to ``1 + max_retries`` attempts, each bounded by ``timeout_s``. Only throttling and
    5xx answers are retried, after a full-jitter exponential backoff (never less than the
    service's ``Retry-After`` hint, never more than ``backoff_max_s``). Timeouts are not retried:
@@ -111,18 +112,25 @@ RESILIENCE_CONFIG_KEYS = (
     "breaker_failures",
     "breaker_reset_s",
     "max_concurrency",
+    "queue_timeout_ms",
 )
 
 
 @dataclass(frozen=True, slots=True)
 class ResiliencePolicy:
-    timeout_s: float = 2.0
+    timeout_s: float = 1.0
     max_retries: int = 2
-    backoff_base_s: float = 0.1
-    backoff_max_s: float = 2.0
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 0.5
     breaker_failures: int = 5
     breaker_reset_s: float = 30.0
     max_concurrency: int = 16
+    # how long a call may wait for a concurrency slot; None: the same as timeout_s
+    queue_timeout_s: float | None = None
+
+    @property
+    def queue_wait_s(self) -> float:
+        return self.timeout_s if self.queue_timeout_s is None else self.queue_timeout_s
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], where: str) -> ResiliencePolicy:
@@ -147,6 +155,9 @@ class ResiliencePolicy:
             ),
             max_concurrency=read_int(
                 config, "max_concurrency", d.max_concurrency, where, minimum=1, maximum=1024
+            ),
+            queue_timeout_s=(
+                ms("queue_timeout_ms", 0, 0) if config.get("queue_timeout_ms") is not None else None
             ),
         )
 
@@ -390,13 +401,13 @@ class ResilientCaller:
     async def _acquire_slot(self) -> None:
         self._waiting += 1
         try:
-            async with asyncio.timeout(self.policy.timeout_s):
+            async with asyncio.timeout(self.policy.queue_wait_s):
                 await self._slots.acquire()
         except TimeoutError:
             self._m.error(ErrorKind.SATURATED)
             raise RemoteSaturatedError(
                 f"{self._label()}: all {self.policy.max_concurrency} concurrent calls busy "
-                f"for {self.policy.timeout_s:g} s"
+                f"for {self.policy.queue_wait_s:g} s"
             ) from None
         finally:
             self._waiting -= 1

@@ -535,7 +535,9 @@ class _Loader:
         if "id" not in fields:
             reader.error(node, subject, "missing required key 'id'")
         elif rule_id is None:
-            reader.error(fields["id"][1], subject, "id: 1-128 letters, digits or '_.:-'")
+            raw_id = reader.value(fields["id"][1])
+            message = f"id: expected 1-128 letters, digits or '_.:-', got {raw_id!r}"
+            reader.error(fields["id"][1], subject, message)
         elif rule_id in self.rule_ids:
             other = self.rule_ids[rule_id]
             reader.error(fields["id"][1], subject, f"duplicate rule id (also in {other})")

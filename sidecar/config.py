@@ -49,6 +49,11 @@ class ServerConfig(_Section):
     http_port: int = Field(8080, ge=0, le=65535)
     grpc_host: str = "127.0.0.1"
     grpc_port: int = Field(50051, ge=0, le=65535)
+    #: serve Envoy's ext_proc protocol next to the HTTP hook
+    grpc_enabled: bool = True
+    #: ext_proc on the sidecar's own errors: ``open`` answers CONTINUE unmodified, ``closed``
+    #: ends the stream with an error (Envoy answers 500); ``auto``: closed with guardrail rules
+    grpc_failure_mode: Literal["auto", "open", "closed"] = "auto"
     #: requests and answers larger than this are refused (HTTP hook) or passed uncached (ext_proc)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     #: how long the request hook's context waits for its response hook

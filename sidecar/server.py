@@ -1,4 +1,5 @@
-"""Run the servers of ``sidecar serve`` in one event loop."""
+"""Run the servers of ``sidecar serve`` in one event loop: the HTTP hook (uvicorn) and the
+Envoy ext_proc gRPC server, over one ``Sidecar`` (same pipeline, cache and metrics)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,28 @@ async def run_server(config: SidecarConfig) -> int:
         log.error("start-up failed: %s", exc)
         await sidecar.close()
         return 2
+    grpc_server = None
+    if config.server.grpc_enabled:
+        # Imported here so the HTTP hook runs even where the gRPC stubs are not installed.
+        from sidecar.transports.extproc import build_server
+
+        grpc_server = build_server(sidecar)
+        try:
+            port = await grpc_server.start()
+        except (OSError, RuntimeError) as exc:
+            log.error("start-up failed: gRPC ext_proc server: %s", exc)
+            await sidecar.close()
+            return 2
+        sidecar.extra_status["grpc"] = {
+            "address": f"{config.server.grpc_host}:{port}",
+            "failure_mode": grpc_server.failure_mode,
+        }
+        log.info(
+            "ext_proc gRPC server on %s:%d (fail %s)",
+            config.server.grpc_host,
+            port,
+            grpc_server.failure_mode,
+        )
     app = create_app(sidecar, manage_lifecycle=False)
     server = uvicorn.Server(
         uvicorn.Config(
@@ -39,6 +62,8 @@ async def run_server(config: SidecarConfig) -> int:
     try:
         await server.serve()
     finally:
+        if grpc_server is not None:
+            await grpc_server.stop()
         await sidecar.close()
     return 0
 

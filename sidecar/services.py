@@ -10,6 +10,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,10 +75,14 @@ class Sidecar:
         embedder: Embedder | None = None,
         verifier: MatchVerifier | None = None,
         guardrails: Guardrails | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.metrics = Metrics()
         self.embedder: Embedder | None = embedder
+        # A shared embedder (tests, eval tools) outlives this sidecar; only close our own.
+        self._owns_embedder = embedder is None
+        self.clock = clock
         self._verifier = verifier
         self._guardrails = guardrails
         self.cache: DualCache | None = None
@@ -104,12 +109,13 @@ class Sidecar:
             if self.embedder is not None and not self.embedder.dimension:
                 await self.embedder.start()
             self.cache = DualCache(
-                build_exact_store(cfg.cache),
+                build_exact_store(cfg.cache, self.clock),
                 build_vector_index(cfg.cache),
                 self.embedder,
                 self.metrics,
                 self._verifier,
                 cfg.cache.candidates,
+                clock=self.clock,
             )
             await self.cache.start()
             self._sweeper = asyncio.create_task(self._sweep_loop())
@@ -134,7 +140,7 @@ class Sidecar:
                 await self._sweeper
         if self.cache is not None:
             await self.cache.close()
-        if self.embedder is not None:
+        if self.embedder is not None and self._owns_embedder:
             await self.embedder.close()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:

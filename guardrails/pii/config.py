@@ -368,6 +368,11 @@ def _custom_recognizer(where: str, item: Any) -> CustomRecognizerSpec:
         isinstance(w, str) and w.strip() for w in context_raw
     ):
         raise CheckConfigError(f"{where}.context: expected a list of words")
+    for i, word in enumerate(context_raw):
+        if len(word.split()) != 1:
+            raise CheckConfigError(
+                f"{where}.context[{i}]: context entries are single words, got {word!r}"
+            )
     validation_raw = item.get("validation", "none")
     try:
         validation = Validation(validation_raw)

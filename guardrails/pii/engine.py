@@ -17,6 +17,7 @@ overlap resolution, and returns plain :class:`Detection` values.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,21 @@ from guardrails.base import CheckConfigError
 from guardrails.pii.config import NER_ENTITIES, PresidioConfig
 from guardrails.pii.context import WindowContextEnhancer
 from guardrails.pii.recognizers import build_recognizers
+
+
+class _RedactLogArguments(logging.Filter):
+    """Presidio logs some matched text (the IBAN recognizer logs values it cannot validate);
+    personal data must not reach logs, so string arguments of its records are replaced."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple("<redacted>" if isinstance(a, str) else a for a in record.args)
+        return True
+
+
+_PRESIDIO_LOGGER = logging.getLogger("presidio-analyzer")
+if not any(isinstance(f, _RedactLogArguments) for f in _PRESIDIO_LOGGER.filters):
+    _PRESIDIO_LOGGER.addFilter(_RedactLogArguments())
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +61,8 @@ class LocalSpacyNlpEngine(SpacyNlpEngine):
     def load(self) -> None:
         import spacy
 
-        self.nlp = {m["lang_code"]: spacy.load(m["model_name"]) for m in self.models}
+        loaded = {m["lang_code"]: spacy.load(m["model_name"]) for m in self.models}
+        self.nlp = loaded  # type: ignore[assignment]  # the base class declares it as None
 
 
 def resolve_nlp_model(name: str, base_dir: str | None) -> str:

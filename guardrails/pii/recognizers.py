@@ -109,16 +109,48 @@ def offline_suffix_extractor() -> Any:
 
 
 class OfflineEmailRecognizer(EmailRecognizer):
-    """Presidio's e-mail pattern, validated against the bundled suffix list only."""
+    """Presidio's e-mail pattern, validated against the bundled suffix list only.
+
+    The pattern is only tried near each ``@`` (a local part is at most 64 characters and a
+    domain at most 255), instead of at every position of the text.
+    """
+
+    _LOCAL_MAX = 65
+    _DOMAIN_MAX = 256
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(supported_language=supported_language)
+        pattern = EmailRecognizer.PATTERNS[0]
+        self._pattern = regex.compile(pattern.regex, flags=self.global_regex_flags)
 
     def validate_result(self, pattern_text: str) -> bool:
         domain = pattern_text.rpartition("@")[2]
         return bool(offline_suffix_extractor()(domain).fqdn)
 
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Result]:
-        if "@" not in text:  # the regex scan costs more than this membership test
-            return []
-        results: list[Result] = super().analyze(text, entities, nlp_artifacts)
+    def analyze(
+        self,
+        text: str,
+        entities: list[str],
+        nlp_artifacts: Any = None,
+        regex_flags: int | None = None,
+    ) -> list[Result]:
+        results: list[Result] = []
+        done = 0  # end of the last match; later '@'s inside it are skipped
+        at = text.find("@")
+        while at >= 0:
+            if at >= done:
+                window_start = max(done, at - self._LOCAL_MAX)
+                window_end = min(len(text), at + self._DOMAIN_MAX)
+                for m in self._pattern.finditer(text, window_start, window_end):
+                    if m.start() <= at < m.end():
+                        done = m.end()
+                        if self.validate_result(m.group()):
+                            # Validation raises the score to the maximum, as in Presidio.
+                            results.append(
+                                Result(self.supported_entities[0], m.start(), m.end(), 1.0)
+                            )
+                        break
+            at = text.find("@", at + 1)
         return results
 
 
@@ -138,10 +170,16 @@ def _has_digits(text: str, minimum: int) -> bool:
 
 
 class PrecheckedCreditCardRecognizer(CreditCardRecognizer):
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Result]:
+    def analyze(
+        self,
+        text: str,
+        entities: list[str],
+        nlp_artifacts: Any = None,
+        regex_flags: int | None = None,
+    ) -> list[Result]:
         if not _has_digits(text, 12):
             return []
-        results: list[Result] = super().analyze(text, entities, nlp_artifacts)
+        results: list[Result] = super().analyze(text, entities, nlp_artifacts, regex_flags)
         return results
 
 
@@ -155,23 +193,65 @@ class StrictSsnRecognizer(UsSsnRecognizer):
             return True
         return bool(super().invalidate_result(pattern_text))
 
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Result]:
-        if not _has_digits(text, 9):
+    # Any of the five patterns needs one of these shapes; checked with one stdlib search.
+    _MAY_MATCH = re.compile(r"(?<!\d)\d{3}[- .]?\d{2}[- .]?\d{4}(?!\d)|\d{5}-\d{4}|\d{3}-\d{6}")
+
+    def analyze(
+        self,
+        text: str,
+        entities: list[str],
+        nlp_artifacts: Any = None,
+        regex_flags: int | None = None,
+    ) -> list[Result]:
+        if not self._MAY_MATCH.search(text):
             return []
-        results: list[Result] = super().analyze(text, entities, nlp_artifacts)
+        results: list[Result] = super().analyze(text, entities, nlp_artifacts, regex_flags)
         return results
 
 
 class PrecheckedIpRecognizer(IpRecognizer):
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Result]:
-        if "." not in text and ":" not in text:
-            return []
-        results: list[Result] = super().analyze(text, entities, nlp_artifacts)
+    """Presidio's IP patterns, with the IPv6 ones (the costly part) only run when the text has
+    ``::`` or six colon-separated hex groups, and the IPv4 one only when it has ``digit.digit``.
+    """
+
+    _MAY_HAVE_V4 = re.compile(r"\d\.\d")
+    _MAY_HAVE_V6 = re.compile(r"::|(?:[0-9A-Fa-f]{1,4}:){6}")
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(supported_language=supported_language)
+        v4 = [p for p in IpRecognizer.PATTERNS if p.name == "IPv4"]
+        v6 = [p for p in IpRecognizer.PATTERNS if p.name != "IPv4"]
+        self._v4 = IpRecognizer(patterns=v4, supported_language=supported_language)
+        self._v6 = IpRecognizer(patterns=v6, supported_language=supported_language)
+
+    def analyze(
+        self,
+        text: str,
+        entities: list[str],
+        nlp_artifacts: Any = None,
+        regex_flags: int | None = None,
+    ) -> list[Result]:
+        results: list[Result] = []
+        if self._MAY_HAVE_V4.search(text):
+            results += self._v4.analyze(text, entities, nlp_artifacts, regex_flags)
+        if ":" in text and self._MAY_HAVE_V6.search(text):
+            results += self._v6.analyze(text, entities, nlp_artifacts, regex_flags)
+        for r in results:  # report as this recognizer, whose context words apply
+            r.recognition_metadata = {
+                Result.RECOGNIZER_NAME_KEY: type(self).__name__,
+                Result.RECOGNIZER_IDENTIFIER_KEY: self.id,
+            }
         return results
 
 
 class PrecheckedIbanRecognizer(IbanRecognizer):
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Result]:
+    def analyze(
+        self,
+        text: str,
+        entities: list[str],
+        nlp_artifacts: Any = None,
+        regex_flags: int | None = None,
+    ) -> list[Result]:
         if not _has_digits(text, 12):
             return []
         results: list[Result] = super().analyze(text, entities, nlp_artifacts)
@@ -252,7 +332,13 @@ class FastPhoneRecognizer(LocalRecognizer):
     def load(self) -> None:
         pass
 
-    def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Result]:
+    def analyze(
+        self,
+        text: str,
+        entities: list[str],
+        nlp_artifacts: Any = None,
+        regex_flags: int | None = None,
+    ) -> list[Result]:
         if not _has_digits(text, 7):
             return []
         results: list[Result] = []
@@ -269,8 +355,9 @@ class FastPhoneRecognizer(LocalRecognizer):
             return self._international(digits[2:] if candidate.startswith("00") else digits)
         if not 7 <= len(digits) <= 12 or _NOT_A_PHONE.match(candidate):
             return None
-        for region, country_code, trunk, trunk_optional in self._regions:
-            number = _national_number(candidate, digits, region, country_code, trunk, trunk_optional)
+        for rule in self._regions:
+            region = rule[0]
+            number = _national_number(candidate, digits, *rule)
             if number is None or not phonenumbers.is_valid_number_for_region(number, region):
                 continue
             if _grouping_agrees(candidate, digits, number):
@@ -362,7 +449,7 @@ class CustomPatternRecognizer(PatternRecognizer):
             name=f"custom:{spec.name}",
             supported_language=supported_language,
             patterns=[Pattern(p.name, p.regex, p.score) for p in spec.patterns],
-            context=list(spec.context) or None,
+            context=list(spec.context),
             global_regex_flags=flags,
         )
 

@@ -114,9 +114,7 @@ def _opt_str(table: Mapping[str, Any], name: str, source: str, ctx: str) -> str 
 def _str_list(table: Mapping[str, Any], name: str, source: str, ctx: str) -> tuple[str, ...]:
     value = table.get(name, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise SecretsConfigError(
-            f"{_where(source, ctx)}: field {name!r} must be a list of strings"
-        )
+        raise SecretsConfigError(f"{_where(source, ctx)}: field {name!r} must be a list of strings")
     return tuple(value)
 
 
@@ -157,21 +155,19 @@ def _table(value: Any, source: str, ctx: str) -> Mapping[str, Any]:
 # parsing
 
 
-def _parse_allowlist(
-    raw: Any, source: str, ctx: str, *, global_list: bool
-) -> Allowlist:
+def _parse_allowlist(raw: Any, source: str, ctx: str, *, global_list: bool) -> Allowlist:
     table = _table(raw, source, ctx)
     condition = (_opt_str(table, "condition", source, ctx) or "OR").upper()
     if condition not in ("OR", "AND"):
         raise SecretsConfigError(
-            f"{_where(source, ctx)}: field 'condition' must be \"OR\" or \"AND\", "
+            f'{_where(source, ctx)}: field \'condition\' must be "OR" or "AND", '
             f"got {table['condition']!r}"
         )
     target = _opt_str(table, "regexTarget", source, ctx) or "secret"
     if target not in ("secret", "match", "line"):
         raise SecretsConfigError(
-            f"{_where(source, ctx)}: field 'regexTarget' must be \"secret\", \"match\" or "
-            f"\"line\", got {target!r}"
+            f'{_where(source, ctx)}: field \'regexTarget\' must be "secret", "match" or '
+            f'"line", got {target!r}'
         )
     target_rules = _str_list(table, "targetRules", source, ctx)
     if target_rules and not global_list:

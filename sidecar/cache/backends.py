@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from urllib.parse import urlparse
 
 from sidecar.cache.embedded import EmbeddedExactStore, EmbeddedVectorIndex
@@ -13,10 +15,10 @@ class BackendConfigError(ValueError):
     pass
 
 
-def build_exact_store(config: CacheConfig) -> ExactStore:
+def build_exact_store(config: CacheConfig, clock: Callable[[], float] = time.time) -> ExactStore:
     url = config.exact_store
     if url == "embedded":
-        return EmbeddedExactStore(config.data_dir, config.max_entries, config.max_bytes)
+        return EmbeddedExactStore(config.data_dir, config.max_entries, config.max_bytes, clock)
     scheme = urlparse(url).scheme
     raise BackendConfigError(
         f"cache.exact_store: unsupported backend {scheme or url!r} (supported: embedded)"

@@ -13,7 +13,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,9 @@ from sidecar.cache.stores import Neighbour
 class EmbeddedExactStore:
     name = "embedded"
 
-    def __init__(self, data_dir: str, max_entries: int, max_bytes: int) -> None:
+    def __init__(self, data_dir: str, max_entries: int, max_bytes: int,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
         self._path = None if data_dir == ":memory:" else Path(data_dir) / "cache.sqlite3"
         self._max_entries = max_entries
         self._max_bytes = max_bytes
@@ -44,7 +46,7 @@ class EmbeddedExactStore:
         if self._path is None:
             return
         rows = await self._run(self._open)
-        now = time.time()
+        now = self._clock()
         for raw in rows:
             entry = CacheEntry.from_bytes(raw)
             if not entry.expired(now):
@@ -61,7 +63,7 @@ class EmbeddedExactStore:
             "CREATE TABLE IF NOT EXISTS entries (id TEXT PRIMARY KEY, partition TEXT NOT NULL,"
             " expires_at REAL NOT NULL, used_at REAL NOT NULL, data BLOB NOT NULL)"
         )
-        self._db.execute("DELETE FROM entries WHERE expires_at <= ?", (time.time(),))
+        self._db.execute("DELETE FROM entries WHERE expires_at <= ?", (self._clock(),))
         self._db.commit()
         cur = self._db.execute("SELECT data FROM entries ORDER BY used_at")
         return [row[0] for row in cur.fetchall()]
@@ -115,7 +117,7 @@ class EmbeddedExactStore:
             entry = self._entries.get(entry_id)
             if entry is None:
                 return None
-            if entry.expired():
+            if entry.expired(self._clock()):
                 self._remove(entry_id)
                 expired = True
             else:
@@ -140,7 +142,7 @@ class EmbeddedExactStore:
         self._db.execute(
             "INSERT OR REPLACE INTO entries (id, partition, expires_at, used_at, data)"
             " VALUES (?, ?, ?, ?, ?)",
-            (entry.id, entry.partition, entry.expires_at, time.time(), entry.to_bytes()),
+            (entry.id, entry.partition, entry.expires_at, self._clock(), entry.to_bytes()),
         )
         if evicted:
             self._db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in evicted])
@@ -174,7 +176,7 @@ class EmbeddedExactStore:
 
     async def sweep(self) -> list[str]:
         """Drop expired entries (reads check TTL too; this frees memory of unread ones)."""
-        now = time.time()
+        now = self._clock()
         with self._lock:
             ids = [e.id for e in self._entries.values() if e.expired(now)]
             for entry_id in ids:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -73,7 +73,9 @@ class DualCache:
         metrics: Metrics,
         verifier: MatchVerifier | None = None,
         candidates: int = 3,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self.clock = clock
         self.exact = exact
         self.vectors = vectors
         self.embedder = embedder
@@ -189,7 +191,7 @@ class DualCache:
     ) -> CacheEntry | None:
         if plan.bypass_reason is not None or plan.no_store or not plan.exact_key:
             return None
-        now = time.time()
+        now = self.clock()
         if vector is None and plan.question and plan.use_semantic and self.semantic_enabled:
             try:
                 vector = await self.embed_question(plan.question)

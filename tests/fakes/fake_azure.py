@@ -89,7 +89,11 @@ class FakeAzureContentSafety(FakeJsonServer):
             for i, item in enumerate(self.blocklists[name]):
                 if item.lower() in text.lower():
                     matches.append(
-                        {"blocklistName": name, "blocklistItemId": f"id-{i}", "blocklistItemText": item}
+                        {
+                            "blocklistName": name,
+                            "blocklistItemId": f"id-{i}",
+                            "blocklistItemText": item,
+                        }
                     )
         analysis = []
         if not (matches and body.get("haltOnBlocklistHit")):

@@ -30,7 +30,8 @@ BLOCKED_MESSAGE = "Sorry, the model cannot answer this question."
 _PATH = re.compile(r"^/guardrail/(?P<id>[^/]+)/version/(?P<version>[^/]+)/apply$")
 _AUTH = re.compile(
     r"^AWS4-HMAC-SHA256 Credential=(?P<akid>[^/]+)/(?P<date>\d{8})/(?P<region>[^/]+)/"
-    r"(?P<service>[^/]+)/aws4_request, ?SignedHeaders=(?P<signed>[^,]+), ?Signature=(?P<sig>[0-9a-f]{64})$"
+    r"(?P<service>[^/]+)/aws4_request, ?SignedHeaders=(?P<signed>[^,]+), ?"
+    r"Signature=(?P<sig>[0-9a-f]{64})$"
 )
 _EMAIL = re.compile(r"[\w.+-]+@[\w-]+\.[\w.]+")
 _SSN = re.compile(r"\b\d{3}-\d{2}-\d{4}\b")
@@ -247,4 +248,3 @@ def _grounding_score(answer: str, sources: str) -> float:
     if not answer_words:
         return 1.0
     return round(len(answer_words & source_words) / len(answer_words), 2)
-

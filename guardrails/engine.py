@@ -1,0 +1,502 @@
+"""The guardrail rule engine: which rules run, in what order, and what their findings do.
+
+For a stage (input or output) the engine takes the enabled rules for that stage in ascending
+priority, keeps those whose CEL condition holds and that the sampling draw selects, and runs
+each rule's profiles concurrently under the rule's timeout. Then:
+
+- ``block``: any finding stops the stage with a :class:`BlockDecision` (rule id and finding
+  types only, never the matched text);
+- ``redact``: spans are replaced (per-profile strategy, or the finding's own replacement),
+  overlapping spans from several checks merge into one replacement, check-supplied whole-piece
+  rewrites and reversible restores are applied, and later rules see the rewritten text;
+- ``detect_only``: findings are recorded, text is untouched.
+
+A check that raises or overruns the timeout triggers the rule's ``on_error``: ``block`` (fail
+closed, finding type ``error:<kind>``) or ``allow``. A condition that fails to evaluate (a
+missing map key, say) is treated the same way, with kind ``condition``.
+
+Streamed answers go through :class:`guardrails.stream.StreamGuard` (see ``open_stream``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import hashlib
+import logging
+import os
+import random
+import time
+from collections import Counter as Tally
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import cel
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from guardrails.audit import AuditLog
+from guardrails.base import CheckContext, CheckResult, Finding, Stage, TextPiece
+from guardrails.rules import Action, OnError, Profile, Redaction, Rule, RuleSet
+
+if TYPE_CHECKING:
+    from guardrails.reload import RuleSetHolder
+    from guardrails.stream import StreamGuard
+
+log = logging.getLogger(__name__)
+
+
+class Outcome(enum.StrEnum):
+    PASS = "pass"  # ran, found nothing
+    BLOCKED = "blocked"
+    REDACTED = "redacted"
+    REWRITTEN = "rewritten"  # text changed by a check's rewrite/restore without findings
+    DETECTED = "detected"
+    SAMPLED_OUT = "sampled_out"
+    ERROR_BLOCKED = "error_blocked"
+    ERROR_ALLOWED = "error_allowed"
+
+
+class ErrorKind(enum.StrEnum):
+    TIMEOUT = "timeout"
+    CHECK = "check_error"
+    CONDITION = "condition"
+    REWRITE_CONFLICT = "rewrite_conflict"
+
+
+@dataclass(slots=True)
+class RuleEnv:
+    """The request facts CEL conditions can read. ``stage`` comes from the call, not from here.
+
+    ``headers`` are lower-cased by the engine; ``messages`` is a list of ``{role, content}``
+    with content as text; ``text_length`` defaults to the total length of the stage's pieces.
+    """
+
+    model: str = ""
+    provider: str = ""
+    path: str = ""
+    request_type: str = "chat"
+    headers: Mapping[str, str] = field(default_factory=dict)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    messages: Sequence[Mapping[str, Any]] = ()
+    text_length: int | None = None
+    cache_key: str = ""
+
+    def cel_variables(self, stage: Stage, names: frozenset[str], text_length: int) -> Any:
+        """A CEL context holding only the variables the rules read (conversion is not free)."""
+        values: dict[str, Any] = {}
+        for name in names:
+            if name == "stage":
+                values[name] = stage.value
+            elif name == "headers":
+                values[name] = {str(k).lower(): str(v) for k, v in self.headers.items()}
+            elif name == "params":
+                values[name] = dict(self.params)
+            elif name == "messages":
+                values[name] = [dict(m) for m in self.messages]
+            elif name == "text_length":
+                values[name] = self.text_length if self.text_length is not None else text_length
+            else:
+                value = getattr(self, name)
+                values[name] = "" if value is None else value
+        return cel.Context(values)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockDecision:
+    rule_id: str
+    finding_types: tuple[str, ...]  # sorted, unique
+    stage: Stage
+    status: int = 403
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleDecision:
+    rule_id: str
+    profiles: tuple[str, ...]
+    action: Action
+    outcome: Outcome
+    finding_counts: Mapping[str, int] = field(default_factory=dict)
+    latency_ms: float = 0.0
+    error: ErrorKind | None = None
+
+    @property
+    def sampled_out(self) -> bool:
+        return self.outcome is Outcome.SAMPLED_OUT
+
+    @property
+    def finding_types(self) -> tuple[str, ...]:
+        return tuple(sorted(self.finding_counts))
+
+
+@dataclass(slots=True)
+class StageResult:
+    blocked: BlockDecision | None = None
+    rewritten: dict[int, str] = field(default_factory=dict)  # piece index -> new text
+    decisions: list[RuleDecision] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class RuleRun:
+    """One rule's execution over a set of pieces."""
+
+    decision: RuleDecision
+    blocked: BlockDecision | None = None
+    texts: dict[int, str] = field(default_factory=dict)  # pieces this rule rewrote
+    findings: list[Finding] = field(default_factory=list)
+
+
+class _RewriteConflict(Exception):
+    """Two checks of one rule rewrote the same piece differently (cannot merge safely)."""
+
+
+def placeholder_label(finding_type: str) -> str:
+    """``regex:ignore-previous`` -> ``IGNORE-PREVIOUS``; ``EMAIL_ADDRESS`` stays as it is."""
+    return finding_type.rsplit(":", 1)[-1].upper()
+
+
+def _replacement(finding: Finding, strategy: Redaction, original: str, salt: bytes) -> str:
+    if finding.replacement is not None:
+        return finding.replacement
+    label = placeholder_label(finding.type)
+    if strategy is Redaction.MASK:
+        return "*" * len(original)
+    if strategy is Redaction.HASH:
+        digest = hashlib.sha256(salt + original.encode("utf-8")).hexdigest()[:12]
+        return f"[{label}:{digest}]"
+    return f"[{label}]"
+
+
+def redact_text(text: str, spans: Sequence[tuple[Finding, Redaction]], salt: bytes) -> str:
+    """Replace finding spans; overlapping spans merge and take the widest finding's replacement.
+
+    A finding without a span (a verdict about the whole piece) covers the whole text.
+    """
+    clipped: list[tuple[int, int, Finding, Redaction]] = []
+    for finding, strategy in spans:
+        start, end = (finding.start, finding.end) if finding.has_span else (0, len(text))
+        start, end = max(0, start), min(len(text), end)
+        if end > start:
+            clipped.append((start, end, finding, strategy))
+    if not clipped:
+        return text
+    clipped.sort(key=lambda s: (s[0], -s[1], s[2].type))
+    out: list[str] = []
+    cursor = 0
+    i = 0
+    while i < len(clipped):
+        start, end, _, _ = best = clipped[i]
+        j = i + 1
+        while j < len(clipped) and clipped[j][0] < end:  # overlaps the group so far
+            if clipped[j][1] - clipped[j][0] > best[1] - best[0]:
+                best = clipped[j]
+            end = max(end, clipped[j][1])
+            j += 1
+        out.append(text[cursor:start])
+        out.append(_replacement(best[2], best[3], text[start:end], salt))
+        cursor = end
+        i = j
+    out.append(text[cursor:])
+    return "".join(out)
+
+
+def apply_redactions(
+    results: Sequence[tuple[Profile, CheckResult]],
+    texts: Mapping[int, str],
+    salt: bytes,
+    *,
+    spans_too: bool = True,
+) -> dict[int, str]:
+    """New texts for the pieces a rule changes. Raises _RewriteConflict on unsafe merges."""
+    whole: dict[int, dict[str, str]] = {}  # piece -> profile -> rewritten/restored text
+    spans: dict[int, list[tuple[Finding, Redaction, str]]] = {}
+    for profile, result in results:
+        for index, new_text in {**result.restored, **result.rewritten}.items():
+            if index in texts:
+                whole.setdefault(index, {})[profile.name] = new_text
+        if spans_too:
+            for finding in result.findings:
+                if finding.piece in texts:
+                    entry = (finding, profile.redaction, profile.name)
+                    spans.setdefault(finding.piece, []).append(entry)
+    changed: dict[int, str] = {}
+    for index in set(whole) | set(spans):
+        rewrites = whole.get(index, {})
+        piece_spans = spans.get(index, [])
+        if rewrites:
+            if len(set(rewrites.values())) > 1:
+                raise _RewriteConflict
+            # A rewrite covers its own check's findings, not another check's.
+            if any(name not in rewrites for _, _, name in piece_spans):
+                raise _RewriteConflict
+            new_text = next(iter(rewrites.values()))
+        else:
+            pairs = [(f, strategy) for f, strategy, _ in piece_spans]
+            new_text = redact_text(texts[index], pairs, salt)
+        if new_text != texts[index]:
+            changed[index] = new_text
+    return changed
+
+
+_OUTCOME_RANK = {
+    o: i
+    for i, o in enumerate(
+        (
+            Outcome.SAMPLED_OUT,
+            Outcome.PASS,
+            Outcome.ERROR_ALLOWED,
+            Outcome.DETECTED,
+            Outcome.REWRITTEN,
+            Outcome.REDACTED,
+            Outcome.ERROR_BLOCKED,
+            Outcome.BLOCKED,
+        )
+    )
+}
+
+
+def outcome_rank(outcome: Outcome) -> int:
+    """Severity order used to summarise several runs of a rule (stream steps)."""
+    return _OUTCOME_RANK[outcome]
+
+
+class GuardrailEngine:
+    def __init__(
+        self,
+        holder: RuleSetHolder,
+        audit: AuditLog | None = None,
+        registry: CollectorRegistry | None = None,
+        rng: random.Random | None = None,
+        *,
+        hash_salt: bytes | None = None,
+        stream_min_release: int = 16,
+    ) -> None:
+        """``registry`` None keeps metrics private (not exported); ``hash_salt`` None draws a
+        random per-process salt, so ``hash`` redactions differ across restarts."""
+        self.holder = holder
+        self.audit = audit
+        self._rng = rng or random.Random()
+        self._salt = hash_salt if hash_salt is not None else os.urandom(16)
+        self.stream_min_release = max(1, stream_min_release)
+        registry = registry if registry is not None else CollectorRegistry()
+        self._decisions_total = Counter(
+            "guardrail_decisions_total",
+            "Guardrail rule decisions by rule, action and outcome",
+            ["rule", "action", "outcome"],
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "guardrail_rule_latency_seconds",
+            "Time spent running one guardrail rule's checks",
+            ["rule"],
+            registry=registry,
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+        )
+        self._audit_errors = Counter(
+            "guardrail_audit_write_errors_total",
+            "Audit records that could not be written",
+            registry=registry,
+        )
+
+    @property
+    def ruleset(self) -> RuleSet:
+        return self.holder.current
+
+    @property
+    def active(self) -> bool:
+        """True when any enabled rule exists (the pipeline skips all guardrail work if not)."""
+        ruleset = self.holder.current
+        return any(ruleset.rules_for(stage) for stage in Stage)
+
+    def has_rules(self, stage: Stage) -> bool:
+        return bool(self.holder.current.rules_for(stage))
+
+    async def run_stage(
+        self, stage: Stage, pieces: Sequence[TextPiece], env: RuleEnv, ctx: CheckContext
+    ) -> StageResult:
+        ruleset = self.holder.current
+        if not ruleset.rules_for(stage):
+            return StageResult()
+        ctx = ctx if ctx.stage is stage else dataclasses.replace(ctx, stage=stage)
+        length = sum(len(p.text) for p in pieces)
+        selected, decisions, blocked = self.select(ruleset, stage, env, length)
+        rewritten: dict[int, str] = {}
+        if blocked is None and selected:
+            blocked, runs, rewritten = await self.run_rules(ruleset, selected, pieces, ctx, stage)
+            decisions.extend(runs)
+        self.record(decisions, stage, ctx.request_id)
+        return StageResult(blocked, rewritten, decisions)
+
+    def open_stream(self, env: RuleEnv, ctx: CheckContext) -> StreamGuard | None:
+        """A guard for a streamed answer, or None when no output rule applies to it."""
+        from guardrails.stream import StreamGuard
+
+        ruleset = self.holder.current
+        if not ruleset.rules_for(Stage.OUTPUT):
+            return None
+        ctx = ctx if ctx.stage is Stage.OUTPUT else dataclasses.replace(ctx, stage=Stage.OUTPUT)
+        selected, decisions, blocked = self.select(ruleset, Stage.OUTPUT, env, 0)
+        if not selected and blocked is None:
+            self.record(decisions, Stage.OUTPUT, ctx.request_id)
+            return None
+        return StreamGuard(self, ruleset, selected, ctx, decisions, blocked)
+
+    # -- selection -------------------------------------------------------------------------
+
+    def select(
+        self, ruleset: RuleSet, stage: Stage, env: RuleEnv, text_length: int
+    ) -> tuple[list[Rule], list[RuleDecision], BlockDecision | None]:
+        """Rules whose condition holds and that sampling keeps, in priority order."""
+        context = env.cel_variables(stage, ruleset.variables_for(stage), text_length)
+        selected: list[Rule] = []
+        decisions: list[RuleDecision] = []
+        for rule in ruleset.rules_for(stage):
+            try:
+                matched = rule.program.execute(context)
+            except Exception as exc:  # noqa: BLE001 - evaluation errors are data-dependent
+                log.warning("guardrail rule %s: condition failed (%s)", rule.id, type(exc).__name__)
+                run = self.error_run(rule, stage, ErrorKind.CONDITION, 0.0)
+                decisions.append(run.decision)
+                if run.blocked is not None:
+                    return selected, decisions, run.blocked
+                continue
+            if matched is not True:
+                continue
+            if rule.sampling_rate < 100 and self._rng.random() * 100 >= rule.sampling_rate:
+                decisions.append(
+                    RuleDecision(rule.id, rule.profiles, rule.action, Outcome.SAMPLED_OUT)
+                )
+                continue
+            selected.append(rule)
+        return selected, decisions, None
+
+    # -- execution -------------------------------------------------------------------------
+
+    async def scan(
+        self, rule: Rule, ruleset: RuleSet, pieces: Sequence[TextPiece], ctx: CheckContext
+    ) -> list[tuple[Profile, CheckResult]]:
+        """Run a rule's profiles concurrently under its timeout (TimeoutError when overrun)."""
+        profiles = [ruleset.profiles[name] for name in rule.profiles]
+        async with asyncio.timeout(rule.timeout_ms / 1000):
+            if len(profiles) == 1:
+                return [(profiles[0], await profiles[0].check.scan(pieces, ctx))]
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(p.check.scan(pieces, ctx)) for p in profiles]
+        return [(p, t.result()) for p, t in zip(profiles, tasks, strict=True)]
+
+    def error_run(self, rule: Rule, stage: Stage, kind: ErrorKind, latency_ms: float) -> RuleRun:
+        if rule.on_error is OnError.BLOCK:
+            decision = RuleDecision(
+                rule.id, rule.profiles, rule.action, Outcome.ERROR_BLOCKED, {}, latency_ms, kind
+            )
+            return RuleRun(decision, self.block_decision(rule, stage, (f"error:{kind}",)))
+        decision = RuleDecision(
+            rule.id, rule.profiles, rule.action, Outcome.ERROR_ALLOWED, {}, latency_ms, kind
+        )
+        return RuleRun(decision)
+
+    def block_decision(self, rule: Rule, stage: Stage, types: Sequence[str]) -> BlockDecision:
+        unique = tuple(sorted(set(types)))
+        what = "Request" if stage is Stage.INPUT else "Response"
+        message = f"{what} blocked by guardrail rule '{rule.id}' ({', '.join(unique)})"
+        return BlockDecision(rule.id, unique, stage, rule.block_status, message)
+
+    async def run_rule(
+        self,
+        rule: Rule,
+        ruleset: RuleSet,
+        texts: Mapping[int, TextPiece],
+        ctx: CheckContext,
+        stage: Stage,
+    ) -> RuleRun:
+        start = time.perf_counter()
+        try:
+            results = await self.scan(rule, ruleset, list(texts.values()), ctx)
+        except TimeoutError:
+            latency = (time.perf_counter() - start) * 1000
+            log.warning("guardrail rule %s: timed out after %d ms", rule.id, rule.timeout_ms)
+            return self.error_run(rule, stage, ErrorKind.TIMEOUT, latency)
+        except Exception as exc:  # noqa: BLE001 - a failing check is the rule's on_error case
+            latency = (time.perf_counter() - start) * 1000
+            # Class names only: exception messages from remote services may quote the text.
+            log.warning("guardrail rule %s: check failed (%s)", rule.id, _exception_names(exc))
+            return self.error_run(rule, stage, ErrorKind.CHECK, latency)
+        latency = (time.perf_counter() - start) * 1000
+        findings = [f for _, r in results for f in r.findings if f.piece in texts]
+        counts = dict(Tally(f.type for f in findings))
+        args = (rule.id, rule.profiles, rule.action)
+        if rule.action is Action.BLOCK and findings:
+            decision = RuleDecision(*args, Outcome.BLOCKED, counts, latency)
+            return RuleRun(decision, self.block_decision(rule, stage, list(counts)), {}, findings)
+        if rule.action is not Action.REDACT:
+            outcome = Outcome.DETECTED if findings else Outcome.PASS
+            return RuleRun(RuleDecision(*args, outcome, counts, latency), None, {}, findings)
+        current = {index: piece.text for index, piece in texts.items()}
+        try:
+            changed = apply_redactions(results, current, self._salt)
+        except _RewriteConflict:
+            log.warning("guardrail rule %s: checks rewrote the same text differently", rule.id)
+            return self.error_run(rule, stage, ErrorKind.REWRITE_CONFLICT, latency)
+        if findings:
+            outcome = Outcome.REDACTED
+        else:
+            outcome = Outcome.REWRITTEN if changed else Outcome.PASS
+        return RuleRun(RuleDecision(*args, outcome, counts, latency), None, changed, findings)
+
+    async def run_rules(
+        self,
+        ruleset: RuleSet,
+        rules: Sequence[Rule],
+        pieces: Sequence[TextPiece],
+        ctx: CheckContext,
+        stage: Stage,
+    ) -> tuple[BlockDecision | None, list[RuleDecision], dict[int, str]]:
+        """Run rules in order; each sees the text as the rules before it left it."""
+        current = {p.index: p for p in pieces}
+        original = {p.index: p.text for p in pieces}
+        decisions: list[RuleDecision] = []
+        for rule in rules:
+            run = await self.run_rule(rule, ruleset, current, ctx, stage)
+            decisions.append(run.decision)
+            if run.blocked is not None:
+                return run.blocked, decisions, {}
+            for index, text in run.texts.items():
+                current[index] = dataclasses.replace(current[index], text=text)
+        rewritten = {i: p.text for i, p in current.items() if p.text != original[i]}
+        return None, decisions, rewritten
+
+    # -- recording -------------------------------------------------------------------------
+
+    def record(self, decisions: Sequence[RuleDecision], stage: Stage, request_id: str) -> None:
+        """Metrics and audit records for decisions (finding types and counts, never text)."""
+        for d in decisions:
+            self._decisions_total.labels(d.rule_id, d.action.value, d.outcome.value).inc()
+            if d.outcome is not Outcome.SAMPLED_OUT:
+                self._latency.labels(d.rule_id).observe(d.latency_ms / 1000)
+            if self.audit is None:
+                continue
+            try:
+                self.audit.append(
+                    {
+                        "request_id": request_id,
+                        "stage": stage.value,
+                        "rule_id": d.rule_id,
+                        "profiles": list(d.profiles),
+                        "action": d.action.value,
+                        "findings": dict(d.finding_counts),
+                        "latency_ms": round(d.latency_ms, 3),
+                        "outcome": d.outcome.value,
+                        "error": d.error.value if d.error else None,
+                    }
+                )
+            except (OSError, ValueError) as exc:
+                self._audit_errors.inc()
+                log.error("guardrail audit write failed: %s", type(exc).__name__)
+
+
+def _exception_names(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return ", ".join(sorted({_exception_names(e) for e in exc.exceptions}))
+    return type(exc).__name__

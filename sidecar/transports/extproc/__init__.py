@@ -1,0 +1,74 @@
+"""Envoy External Processing (ext_proc) hook over gRPC.
+
+- ``processor``: the ``Processor`` interface (one method per ext_proc message) and the
+  pass-through null processor;
+- ``pipeline_processor``: the sidecar's processor, a thin translation to ``Pipeline``;
+- ``server``: the grpc.aio server owning the stream loop, failure policy and health service.
+"""
+
+from __future__ import annotations
+
+from sidecar.services import Sidecar
+from sidecar.transports.extproc.messages import HttpBody, HttpHeaders, ProcessingResponse
+from sidecar.transports.extproc.pipeline_processor import ExtProcError, PipelineProcessor
+from sidecar.transports.extproc.processor import PassThroughProcessor, Processor
+from sidecar.transports.extproc.server import ExtProcServer, FailureMode
+
+__all__ = [
+    "ExtProcServer",
+    "FailureMode",
+    "PassThroughProcessor",
+    "PipelineProcessor",
+    "Processor",
+    "UnavailableProcessor",
+    "build_server",
+    "failure_mode_for",
+]
+
+
+def failure_mode_for(sidecar: Sidecar) -> FailureMode:
+    """``auto`` fails closed when guardrail rules are configured, open for a cache only."""
+    mode = sidecar.config.server.grpc_failure_mode
+    if mode == "auto":
+        return "closed" if sidecar.config.guardrails.rules else "open"
+    return mode
+
+
+class UnavailableProcessor:
+    """Used while the sidecar starts or stops when failing closed: every message fails."""
+
+    async def _fail(self) -> ProcessingResponse:
+        raise ExtProcError("the sidecar is starting or stopping")
+
+    async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        return await self._fail()
+
+    async def request_body(self, message: HttpBody) -> ProcessingResponse:
+        return await self._fail()
+
+    async def response_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        return await self._fail()
+
+    async def response_body(self, message: HttpBody) -> ProcessingResponse:
+        return await self._fail()
+
+
+def build_server(sidecar: Sidecar) -> ExtProcServer:
+    """The ext_proc server for a started ``Sidecar``: same pipeline, cache and metrics."""
+
+    failure_mode = failure_mode_for(sidecar)
+
+    def new_processor() -> Processor:
+        if sidecar.pipeline is None or not sidecar.ready:
+            # Starting or stopping: fail open passes traffic on, fail closed refuses it.
+            return PassThroughProcessor() if failure_mode == "open" else UnavailableProcessor()
+        return PipelineProcessor(sidecar.pipeline)
+
+    server_config = sidecar.config.server
+    return ExtProcServer(
+        new_processor,
+        host=server_config.grpc_host,
+        port=server_config.grpc_port,
+        failure_mode=failure_mode,
+        registry=sidecar.metrics.registry,
+    )

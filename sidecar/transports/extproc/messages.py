@@ -1,0 +1,139 @@
+"""Building and reading ext_proc protobuf messages. No decisions here, only translation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.type.v3 import http_status_pb2
+
+from sidecar.pipeline import HookError, HttpAnswer
+
+ProcessingRequest = pb.ProcessingRequest
+ProcessingResponse = pb.ProcessingResponse
+HttpHeaders = pb.HttpHeaders
+HttpBody = pb.HttpBody
+ProcessingMode = processing_mode_pb2.ProcessingMode
+BodySendMode = processing_mode_pb2.ProcessingMode.BodySendMode
+
+# The request kinds Envoy sends, as named by the ``request`` oneof.
+REQUEST_HEADERS = "request_headers"
+REQUEST_BODY = "request_body"
+RESPONSE_HEADERS = "response_headers"
+RESPONSE_BODY = "response_body"
+REQUEST_TRAILERS = "request_trailers"
+RESPONSE_TRAILERS = "response_trailers"
+# Headers Envoy must never receive in a mutation (it rejects the whole reply).
+_IMMUTABLE = frozenset({"host", ":authority", ":method", ":path", ":scheme", ":status"})
+
+
+def read_headers(message: HttpHeaders, what: str) -> dict[str, str]:
+    """Header map with lower-case names; repeated headers are joined with ``", "``.
+
+    Raises HookError(400) naming the header whose value is not UTF-8.
+    """
+    out: dict[str, str] = {}
+    for header in message.headers.headers:
+        name = header.key.lower()
+        if header.raw_value:
+            try:
+                value = header.raw_value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise HookError(
+                    400, "bad_header", f"{what} header {name!r} has a value that is not UTF-8"
+                ) from None
+        else:
+            value = header.value
+        out[name] = f"{out[name]}, {value}" if name in out else value
+    return out
+
+
+def header_mutation(
+    set_headers: Mapping[str, str] | None = None, remove: tuple[str, ...] = ()
+) -> pb.HeaderMutation:
+    options = [
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key=name, raw_value=value.encode("utf-8")),
+            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+        )
+        for name, value in (set_headers or {}).items()
+        if name.lower() not in _IMMUTABLE
+    ]
+    return pb.HeaderMutation(set_headers=options, remove_headers=list(remove))
+
+
+def continue_for(kind: str) -> ProcessingResponse:
+    """The unmodified reply to a message of ``kind``: Envoy carries on as if we were absent."""
+    if kind in (REQUEST_HEADERS, RESPONSE_HEADERS):
+        return ProcessingResponse(**{kind: pb.HeadersResponse()})
+    if kind in (REQUEST_BODY, RESPONSE_BODY):
+        return ProcessingResponse(**{kind: pb.BodyResponse()})
+    if kind in (REQUEST_TRAILERS, RESPONSE_TRAILERS):
+        return ProcessingResponse(**{kind: pb.TrailersResponse()})
+    raise ValueError(f"unknown ext_proc message kind {kind!r}")
+
+
+def headers_reply(
+    kind: str,
+    set_headers: Mapping[str, str] | None = None,
+    response_body_mode: int | None = None,
+) -> ProcessingResponse:
+    """A headers reply, optionally adding headers and switching the response body mode.
+
+    ``mode_override`` is honoured only when the filter has ``allow_mode_override: true``;
+    without it Envoy keeps its configured mode and the processor copes with either.
+    """
+    common = pb.CommonResponse()
+    if set_headers:
+        common.header_mutation.CopyFrom(header_mutation(set_headers))
+    reply = ProcessingResponse(**{kind: pb.HeadersResponse(response=common)})
+    if response_body_mode is not None:
+        reply.mode_override.CopyFrom(
+            ProcessingMode(
+                response_header_mode=ProcessingMode.SEND,
+                response_body_mode=response_body_mode,
+                response_trailer_mode=ProcessingMode.SKIP,
+            )
+        )
+    return reply
+
+
+def body_reply(
+    kind: str,
+    new_body: bytes | None,
+    set_headers: Mapping[str, str] | None = None,
+    fix_length: bool = False,
+) -> ProcessingResponse:
+    """A body reply. ``fix_length`` sets content-length to the new body's size: required when a
+    BUFFERED body is replaced, or Envoy answers 500 for the length mismatch."""
+    common = pb.CommonResponse()
+    headers = dict(set_headers or {})
+    if new_body is not None:
+        common.body_mutation.CopyFrom(pb.BodyMutation(body=new_body))
+        if fix_length:
+            headers["content-length"] = str(len(new_body))
+    if headers:
+        common.header_mutation.CopyFrom(header_mutation(headers))
+    return ProcessingResponse(**{kind: pb.BodyResponse(response=common)})
+
+
+def immediate(answer: HttpAnswer, details: str) -> ProcessingResponse:
+    """Answer the client directly; the upstream is not called (or its answer is replaced)."""
+    headers = {k: v for k, v in answer.headers.items() if k.lower() != "content-length"}
+    return ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            status=http_status_pb2.HttpStatus(code=answer.status),
+            headers=header_mutation(headers),
+            body=answer.body,
+            details=details,
+        )
+    )
+
+
+def error_answer(exc: HookError) -> HttpAnswer:
+    """The HTTP hook's error shape, so both transports report bad input the same way."""
+    body = orjson.dumps({"error": {"kind": exc.kind, "message": exc.message}})
+    return HttpAnswer(exc.status, {"content-type": "application/json"}, body)

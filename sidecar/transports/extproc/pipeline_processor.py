@@ -1,0 +1,226 @@
+"""The sidecar's processor: translates ext_proc messages to ``Pipeline`` calls and back.
+
+Request: headers, then the BUFFERED body -> ``on_request``. A cache hit or a block becomes an
+ImmediateResponse (the upstream is never called); a rewritten body becomes a body mutation
+with a matching content-length.
+
+Response: at the headers the processor chooses the body mode through ``mode_override``:
+STREAMED for a ``stream: true`` request answered 200 (tokens keep flowing, each chunk is fed
+to a ``StreamProcessor`` and answered at once), BUFFERED for other answers the pipeline wants
+to see (``on_response``), NONE when there is nothing to do. Envoy may ignore the override
+(``allow_mode_override: false``), so every body handler accepts either chunking.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+
+from guardrails.base import Stage
+from sidecar.cache.layer import CacheStatus
+from sidecar.formats import request_type_for
+from sidecar.pipeline import (
+    ENTRY_HEADER,
+    HookError,
+    HookRequest,
+    Pipeline,
+    RequestContext,
+    RequestOutcome,
+)
+from sidecar.streaming import StreamProcessor
+from sidecar.transports.extproc.messages import (
+    REQUEST_BODY,
+    REQUEST_HEADERS,
+    RESPONSE_BODY,
+    RESPONSE_HEADERS,
+    BodySendMode,
+    HttpBody,
+    HttpHeaders,
+    ProcessingResponse,
+    body_reply,
+    continue_for,
+    error_answer,
+    headers_reply,
+    immediate,
+    read_headers,
+)
+
+log = logging.getLogger("sidecar.extproc")
+
+TRANSPORT = "extproc"
+
+
+class ExtProcError(Exception):
+    """The processor cannot do what the pipeline asked (handled by the server's fail mode)."""
+
+
+def _without_pseudo(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if not k.startswith(":")}
+
+
+class PipelineProcessor:
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+        self._max_bytes = pipeline.config.server.max_body_bytes
+        self._method = ""
+        self._path = ""
+        self._headers: dict[str, str] = {}
+        self._decided = False  # on_request ran (or was skipped); later request messages pass
+        self._request_chunks: list[bytes] = []
+        self.ctx: RequestContext | None = None
+        # response side
+        self._status = 0
+        self._response_headers: dict[str, str] = {}
+        self._response_mode = BodySendMode.NONE
+        self._stream: StreamProcessor | None = None
+        self._answer_chunks: list[bytes] = []
+        self._answer_size = 0
+
+    # ------------------------------------------------------------------ request
+    async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        try:
+            headers = read_headers(message, "request")
+        except HookError as exc:
+            self._decided = True
+            return self._refuse(exc)
+        self._method = headers.get(":method", "").upper()
+        self._path = headers.get(":path", "")
+        self._headers = _without_pseudo(headers)
+        if message.end_of_stream or self._method != "POST" or request_type_for(self._path) is None:
+            # Nothing to wait for: decide now, the body (if any) passes untouched.
+            self._decided = True
+            return await self._decide(None, REQUEST_HEADERS)
+        return continue_for(REQUEST_HEADERS)
+
+    async def request_body(self, message: HttpBody) -> ProcessingResponse:
+        if self._decided:
+            return continue_for(REQUEST_BODY)
+        self._request_chunks.append(message.body)
+        if not message.end_of_stream:
+            # request_body_mode STREAMED: the chunk goes upstream now, the decision waits.
+            return continue_for(REQUEST_BODY)
+        self._decided = True
+        body = b"".join(self._request_chunks)
+        if len(body) > self._max_bytes:
+            # Unlike the HTTP hook, a proxy in the path must not refuse traffic it cannot cache.
+            log.info("request body of %d bytes over max_body_bytes: passed uncached", len(body))
+            self._pipeline.metrics.requests.labels(TRANSPORT, CacheStatus.BYPASS.value).inc()
+            self._pipeline.metrics.bypasses.inc()
+            return continue_for(REQUEST_BODY)
+        return await self._decide(body, REQUEST_BODY)
+
+    async def _decide(self, body: bytes | None, kind: str) -> ProcessingResponse:
+        hook = HookRequest(
+            method=self._method or "GET",
+            path=self._path,
+            headers=self._headers,
+            body=body,
+            request_id=self._headers.get("x-request-id") or None,
+        )
+        try:
+            self.ctx, outcome = await self._pipeline.on_request(hook, TRANSPORT)
+        except HookError as exc:
+            return self._refuse(exc)
+        return self._request_reply(outcome, kind)
+
+    def _request_reply(self, outcome: RequestOutcome, kind: str) -> ProcessingResponse:
+        if outcome.action == "respond":
+            assert outcome.response is not None
+            return immediate(outcome.response, f"sidecar_{outcome.cache.status.value}")
+        if outcome.body is None:
+            return continue_for(kind)
+        if kind != REQUEST_BODY or len(self._request_chunks) != 1:
+            raise ExtProcError(
+                "the request body must be rewritten but arrived in several chunks; "
+                "configure request_body_mode: BUFFERED"
+            )
+        new_body = orjson.dumps(outcome.body)
+        return body_reply(REQUEST_BODY, new_body, fix_length=True)
+
+    def _refuse(self, exc: HookError) -> ProcessingResponse:
+        self._pipeline.metrics.hook_errors.labels(TRANSPORT, exc.kind).inc()
+        return immediate(error_answer(exc), f"sidecar_{exc.kind}")
+
+    # ------------------------------------------------------------------ response
+    def _output_guarded(self, ctx: RequestContext) -> bool:
+        guardrails = self._pipeline.guardrails
+        return guardrails is not None and guardrails.active(Stage.OUTPUT, ctx)
+
+    def _choose_mode(self, ctx: RequestContext) -> int:
+        if ctx.parsed is None or not 200 <= self._status < 300:
+            return BodySendMode.NONE  # the pipeline neither checks nor stores these
+        if ctx.cache.status is CacheStatus.BYPASS and not self._output_guarded(ctx):
+            return BodySendMode.NONE
+        if ctx.parsed.stream and self._status == 200:
+            return BodySendMode.STREAMED
+        return BodySendMode.BUFFERED
+
+    async def response_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        ctx = self.ctx
+        if ctx is None:
+            return headers_reply(RESPONSE_HEADERS, response_body_mode=BodySendMode.NONE)
+        try:
+            headers = read_headers(message, "response")
+        except HookError:
+            # An upstream's odd header is not ours to judge: leave the answer alone.
+            return headers_reply(RESPONSE_HEADERS, response_body_mode=BodySendMode.NONE)
+        try:
+            self._status = int(headers.get(":status", "0"))
+        except ValueError:
+            self._status = 0
+        self._response_headers = _without_pseudo(headers)
+        self._response_mode = self._choose_mode(ctx)
+        return headers_reply(
+            RESPONSE_HEADERS, ctx.cache.headers(), response_body_mode=self._response_mode
+        )
+
+    async def response_body(self, message: HttpBody) -> ProcessingResponse:
+        ctx = self.ctx
+        if ctx is None or ctx.parsed is None or not 200 <= self._status < 300:
+            return continue_for(RESPONSE_BODY)
+        if ctx.parsed.stream and self._status == 200:
+            return await self._stream_chunk(ctx, message)
+        return await self._answer_chunk(ctx, message)
+
+    async def _stream_chunk(self, ctx: RequestContext, message: HttpBody) -> ProcessingResponse:
+        if self._stream is None:
+            self._stream = self._pipeline.open_stream(ctx)
+        chunk = message.body
+        out = await self._stream.feed(chunk)
+        if message.end_of_stream:
+            out += await self._stream.finish()
+            # Stored before the last chunk is released, so the client's next request hits.
+            await self._pipeline.finish_stream(
+                ctx, self._status, self._response_headers, self._stream
+            )
+        return body_reply(RESPONSE_BODY, out if out != chunk else None)
+
+    async def _answer_chunk(self, ctx: RequestContext, message: HttpBody) -> ProcessingResponse:
+        self._answer_size += len(message.body)
+        if self._answer_size <= self._max_bytes:
+            self._answer_chunks.append(message.body)
+        else:
+            self._answer_chunks.clear()  # too large to store or check: pass through
+        if not message.end_of_stream:
+            return continue_for(RESPONSE_BODY)
+        if self._answer_size > self._max_bytes:
+            ctx.note("answer over max_body_bytes: passed through, not stored")
+            self._pipeline.metrics.store_skips.labels("too_large").inc()
+            return continue_for(RESPONSE_BODY)
+        whole = len(self._answer_chunks) == 1 and self._response_mode == BodySendMode.BUFFERED
+        body = b"".join(self._answer_chunks)
+        outcome = await self._pipeline.on_response(ctx, self._status, self._response_headers, body)
+        if outcome.action == "respond" or outcome.body is not None:
+            if not whole:
+                # Earlier chunks already reached the client: the answer cannot be replaced.
+                raise ExtProcError(
+                    "the answer must be replaced but arrived STREAMED; set "
+                    "allow_mode_override: true (or response_body_mode: BUFFERED)"
+                )
+            if outcome.response is not None:
+                return immediate(outcome.response, "sidecar_output_blocked")
+        extra: dict[str, str] = {}
+        if outcome.stored_entry_id is not None and whole:
+            extra[ENTRY_HEADER] = outcome.stored_entry_id
+        return body_reply(RESPONSE_BODY, outcome.body, extra, fix_length=whole)

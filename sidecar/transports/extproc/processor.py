@@ -1,0 +1,51 @@
+"""The per-request processor interface: one method per ext_proc message Envoy sends.
+
+A processor instance lives for one HTTP request (one ``Process`` stream) and may keep state
+between its calls. The server owns the stream loop and the failure policy; a processor only
+turns a message into a reply.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from sidecar.transports.extproc.messages import (
+    REQUEST_BODY,
+    REQUEST_HEADERS,
+    RESPONSE_BODY,
+    RESPONSE_HEADERS,
+    HttpBody,
+    HttpHeaders,
+    ProcessingResponse,
+    continue_for,
+)
+
+
+class Processor(Protocol):
+    async def request_headers(self, message: HttpHeaders) -> ProcessingResponse: ...
+
+    async def request_body(self, message: HttpBody) -> ProcessingResponse: ...
+
+    async def response_headers(self, message: HttpHeaders) -> ProcessingResponse: ...
+
+    async def response_body(self, message: HttpBody) -> ProcessingResponse: ...
+
+
+class PassThroughProcessor:
+    """The null processor: every message continues unchanged.
+
+    Used where the sidecar has nothing to do, and for the rest of a stream after the sidecar
+    failed on it (fail open), so a half-processed request is never altered further.
+    """
+
+    async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        return continue_for(REQUEST_HEADERS)
+
+    async def request_body(self, message: HttpBody) -> ProcessingResponse:
+        return continue_for(REQUEST_BODY)
+
+    async def response_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        return continue_for(RESPONSE_HEADERS)
+
+    async def response_body(self, message: HttpBody) -> ProcessingResponse:
+        return continue_for(RESPONSE_BODY)

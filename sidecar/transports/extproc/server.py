@@ -1,0 +1,163 @@
+"""The gRPC server: ``envoy.service.ext_proc.v3.ExternalProcessor/Process`` plus the standard
+``grpc.health.v1.Health`` service, on grpc.aio in the sidecar's event loop.
+
+One ``Process`` stream is one HTTP request. The loop hands each message to the stream's
+processor and applies the failure policy when the processor raises:
+
+- ``open``: the message is answered CONTINUE unmodified and the rest of the stream goes
+  through the pass-through processor, so the sidecar's own error never alters an answer;
+- ``closed``: the stream ends with gRPC INTERNAL, and Envoy (``failure_mode_allow: false``)
+  answers 500 instead of letting an unchecked request or answer through.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Literal
+
+import grpc
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from sidecar.transports.extproc.messages import (
+    REQUEST_BODY,
+    REQUEST_HEADERS,
+    RESPONSE_BODY,
+    RESPONSE_HEADERS,
+    ProcessingRequest,
+    ProcessingResponse,
+    continue_for,
+)
+from sidecar.transports.extproc.processor import PassThroughProcessor, Processor
+
+log = logging.getLogger("sidecar.extproc")
+
+FailureMode = Literal["open", "closed"]
+SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+
+class ExtProcMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.streams = Gauge(
+            "sidecar_extproc_streams", "ext_proc streams in progress", registry=registry
+        )
+        self.errors = Counter(
+            "sidecar_extproc_errors",
+            "Sidecar failures while answering an ext_proc message, by message and fail mode",
+            ["message", "failure_mode"],
+            registry=registry,
+        )
+
+
+async def _dispatch(
+    processor: Processor, kind: str, message: ProcessingRequest
+) -> ProcessingResponse:
+    if kind == REQUEST_HEADERS:
+        return await processor.request_headers(message.request_headers)
+    if kind == REQUEST_BODY:
+        return await processor.request_body(message.request_body)
+    if kind == RESPONSE_HEADERS:
+        return await processor.response_headers(message.response_headers)
+    if kind == RESPONSE_BODY:
+        return await processor.response_body(message.response_body)
+    return continue_for(kind)  # trailers: nothing to do
+
+
+class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
+    def __init__(
+        self,
+        new_processor: Callable[[], Processor],
+        failure_mode: FailureMode,
+        metrics: ExtProcMetrics | None,
+    ) -> None:
+        self._new_processor = new_processor
+        self._failure_mode = failure_mode
+        self._metrics = metrics
+
+    async def Process(  # noqa: N802 - the gRPC method name
+        self,
+        request_iterator: AsyncIterator[ProcessingRequest],
+        context: grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse],
+    ) -> AsyncIterator[ProcessingResponse]:
+        processor = self._new_processor()
+        if self._metrics is not None:
+            self._metrics.streams.inc()
+        try:
+            async for message in request_iterator:
+                kind = message.WhichOneof("request")
+                if kind is None:
+                    continue
+                try:
+                    reply = await _dispatch(processor, kind, message)
+                except Exception as exc:  # the failure policy covers every sidecar fault
+                    if self._metrics is not None:
+                        self._metrics.errors.labels(kind, self._failure_mode).inc()
+                    if self._failure_mode == "closed":
+                        log.error("ext_proc %s failed, failing closed: %r", kind, exc)
+                        await context.abort(
+                            grpc.StatusCode.INTERNAL,
+                            f"sidecar failed on {kind}: {type(exc).__name__}",
+                        )
+                        return
+                    log.exception("ext_proc %s failed, passing the request through", kind)
+                    processor = PassThroughProcessor()
+                    reply = continue_for(kind)
+                yield reply
+                if reply.HasField("immediate_response"):
+                    return  # Envoy answered the client; nothing else comes on this stream
+        finally:
+            if self._metrics is not None:
+                self._metrics.streams.dec()
+
+
+class ExtProcServer:
+    """Owns the grpc.aio server. ``start()`` binds and returns the port actually bound."""
+
+    def __init__(
+        self,
+        new_processor: Callable[[], Processor],
+        host: str = "127.0.0.1",
+        port: int = 50051,
+        failure_mode: FailureMode = "open",
+        registry: CollectorRegistry | None = None,
+    ) -> None:
+        self._new_processor = new_processor
+        self._address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+        self.failure_mode: FailureMode = failure_mode
+        self._metrics = ExtProcMetrics(registry) if registry is not None else None
+        self._server: grpc.aio.Server | None = None
+        self._health = health_aio.HealthServicer()
+        self.port = 0
+
+    async def start(self) -> int:
+        server = grpc.aio.server(
+            options=[
+                # Envoy multiplexes every request's stream over few HTTP/2 connections.
+                ("grpc.max_concurrent_streams", 10_000),
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ]
+        )
+        pb_grpc.add_ExternalProcessorServicer_to_server(
+            _ExternalProcessor(self._new_processor, self.failure_mode, self._metrics), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        self.port = server.add_insecure_port(self._address)
+        if self.port == 0:
+            raise OSError(f"cannot bind the gRPC server to {self._address}")
+        await server.start()
+        self._server = server
+        serving = health_pb2.HealthCheckResponse.SERVING
+        await self._health.set("", serving)
+        await self._health.set(SERVICE_NAME, serving)
+        return self.port
+
+    async def stop(self, grace: float = 5.0) -> None:
+        if self._server is None:
+            return
+        await self._health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        self._server = None

@@ -1,0 +1,72 @@
+"""Shared fixtures: one real embedding model per test session, sidecars on in-memory stores."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+
+from embedders.sentence_tf import SentenceTransformerEmbedder
+from sidecar.config import SidecarConfig
+from sidecar.services import Sidecar
+from sidecar.transports.http import create_app
+
+
+@pytest.fixture(scope="session")
+def embedder() -> Iterator[SentenceTransformerEmbedder]:
+    """The real all-MiniLM-L6-v2 model, loaded once (its thread pool is loop-independent)."""
+    model = SentenceTransformerEmbedder()
+    asyncio.run(model.start())
+    yield model
+    asyncio.run(model.close())
+
+
+class FakeClock:
+    """A clock the tests move by hand, so TTL tests need no sleeping."""
+
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def make_config(**sections: dict[str, Any]) -> SidecarConfig:
+    data: dict[str, Any] = {"cache": {"data_dir": ":memory:", "default_cache_key": "test"}}
+    for name, values in sections.items():
+        data[name] = {**data.get(name, {}), **values}
+    return SidecarConfig.model_validate(data)
+
+
+@contextlib.asynccontextmanager
+async def running_sidecar(config: SidecarConfig, embedder: SentenceTransformerEmbedder,
+                          **kwargs: Any) -> AsyncIterator[tuple[Sidecar, httpx.AsyncClient]]:
+    sidecar = Sidecar(config, embedder=embedder, **kwargs)
+    await sidecar.start()
+    app = create_app(sidecar, manage_lifecycle=False)
+    transport = httpx.ASGITransport(app=app)
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://sidecar") as client:
+            yield sidecar, client
+    finally:
+        await sidecar.close()
+
+
+@pytest.fixture
+def sidecar_factory(embedder: SentenceTransformerEmbedder) -> Callable[..., Any]:
+    def factory(config: SidecarConfig | None = None, **kwargs: Any) -> Any:
+        return running_sidecar(config or make_config(), embedder, **kwargs)
+
+    return factory
