@@ -25,7 +25,7 @@ import phonenumbers
 from phonenumbers import PhoneNumber, PhoneNumberFormat
 
 SEED = 20260722
-CASES = 320
+CASES = 400
 OUT = Path(__file__).parent / "data" / "pii_cases.jsonl"
 
 Value = tuple[str, str]  # (text, style)
@@ -117,15 +117,21 @@ def iban(rng: random.Random) -> Value:
 _PHONE_PLAN: dict[str, tuple[list[str], list[str]]] = {
     "US": (
         ["212", "415", "646", "312", "617", "206", "303", "512", "404", "702"],
-        ["national", "dashes", "dots", "one-dashes", "intl", "e164", "bare"],
+        ["national", "national", "dashes", "dashes", "dots", "one-dashes", "intl", "e164", "bare"],
     ),
-    "CA": (["416", "604", "514", "613"], ["national", "dashes", "intl"]),
-    "GB": (["20", "121", "161", "131", "7400", "7700", "7911"], ["national", "intl", "intl0"]),
-    "DE": (["30", "40", "89", "221", "151", "160", "176", "171"], ["national", "slash", "intl"]),
-    "FR": (["1", "2", "3", "4", "5", "6", "7"], ["national", "dots", "intl"]),
-    "IN": (["98", "97", "91", "81", "70", "63"], ["intl", "no-trunk", "national"]),
-    "BR": (["119", "219", "319", "113", "212"], ["national", "intl"]),
-    "IL": (["50", "52", "54", "2", "3", "4"], ["national", "intl"]),
+    "CA": (["416", "604", "514", "613"], ["national", "dashes", "intl", "bare"]),
+    "GB": (
+        ["20", "121", "161", "131", "7400", "7700", "7911"],
+        ["national", "national", "intl", "intl0"],
+    ),
+    "DE": (
+        ["30", "40", "89", "221", "151", "160", "176", "171"],
+        ["national", "national", "slash", "intl", "00"],
+    ),
+    "FR": (["1", "2", "3", "4", "5", "6", "7"], ["national", "national", "dots", "intl"]),
+    "IN": (["98", "97", "91", "81", "70", "63"], ["intl", "no-trunk", "no-trunk", "national"]),
+    "BR": (["119", "219", "319", "113", "212"], ["national", "national", "intl"]),
+    "IL": (["50", "52", "54", "2", "3", "4"], ["national", "national", "intl"]),
     "ES": (["6", "91", "93"], ["intl", "e164"]),
     "IT": (["3"], ["intl", "e164"]),
     "NL": (["6", "20", "10"], ["intl", "e164"]),
@@ -197,7 +203,12 @@ def email(rng: random.Random) -> Value:
 def ip(rng: random.Random) -> Value:
     kind = rng.choice(["v4", "v4", "v4", "v4-private", "v6"])
     if kind == "v4":
-        parts = [rng.randint(11, 223), rng.randint(0, 255), rng.randint(0, 255), rng.randint(1, 254)]
+        parts = [
+            rng.randint(11, 223),
+            rng.randint(0, 255),
+            rng.randint(0, 255),
+            rng.randint(1, 254),
+        ]
         return ".".join(map(str, parts)), kind
     if kind == "v4-private":
         return f"10.{rng.randint(0, 255)}.{rng.randint(0, 255)}.{rng.randint(1, 254)}", kind
@@ -297,7 +308,8 @@ NEGATIVES: dict[str, tuple[Callable[[random.Random], str], list[str]]] = {
                 f"#{r.randint(10_000_000, 99_999_999)}",
                 f"ORD-{r.randint(2019, 2026)}-{r.randint(100000, 999999)}",
                 f"PO {r.randint(4_500_000_000, 4_599_999_999)}",
-                f"{r.randint(100, 999)}-{r.randint(1000000, 9999999)}-{r.randint(1000000, 9999999)}",
+                f"{r.randint(100, 999)}-{r.randint(1000000, 9999999)}-"
+                f"{r.randint(1000000, 9999999)}",
             ],
         ),
         ["Order {v} shipped yesterday but tracking shows no movement.", "Check order {v}."],
@@ -307,7 +319,8 @@ NEGATIVES: dict[str, tuple[Callable[[random.Random], str], list[str]]] = {
             r,
             [
                 f"v{r.randint(1, 20)}.{r.randint(0, 40)}.{r.randint(0, 99)}",
-                f"{r.randint(1, 12)}.{r.randint(0, 9)}.{r.randint(100, 19999)}.{r.randint(1, 4000)}",
+                f"{r.randint(1, 12)}.{r.randint(0, 9)}."
+                f"{r.randint(100, 19999)}.{r.randint(1, 4000)}",
                 "1.2.840.113549.1.1.11",
                 f"{r.randint(3, 6)}.{r.randint(0, 19)}.0-{r.randint(100, 599)}.el9",
             ],
@@ -353,7 +366,8 @@ NEGATIVES: dict[str, tuple[Callable[[random.Random], str], list[str]]] = {
         lambda r: rng_choice(
             r,
             [
-                f"{r.randint(256, 999)}.{r.randint(0, 255)}.{r.randint(0, 255)}.{r.randint(0, 255)}",
+                f"{r.randint(256, 999)}.{r.randint(0, 255)}."
+                f"{r.randint(0, 255)}.{r.randint(0, 255)}",
                 f"{r.randint(1, 9)}.{r.randint(0, 9)}.{r.randint(0, 9)}",
             ],
         ),

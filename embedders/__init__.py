@@ -14,22 +14,40 @@ def build_embedder(
     api_key_env: str = "OPENAI_API_KEY",
     dimension: int = 0,
     timeout: float = 10.0,
+    onnx_quantize: bool = False,
+    onnx_cache_dir: str = "",
+    batch_window_ms: float = 0.0,
+    max_batch: int = 1,
 ) -> Embedder:
+    """The configured backend; behind a micro-batcher when ``max_batch`` is above 1."""
+    inner: Embedder
     if backend == "sentence-transformers":
         from embedders.sentence_tf import SentenceTransformerEmbedder
 
-        return SentenceTransformerEmbedder(model=model, model_path=model_path)
-    if backend == "openai":
+        inner = SentenceTransformerEmbedder(model=model, model_path=model_path)
+    elif backend == "onnx":
+        from embedders.onnx_embedder import OnnxEmbedder
+
+        inner = OnnxEmbedder(
+            model=model, model_path=model_path, cache_dir=onnx_cache_dir, quantize=onnx_quantize
+        )
+    elif backend == "openai":
         from embedders.openai_compat import OpenAIEmbedder
 
-        return OpenAIEmbedder(
+        inner = OpenAIEmbedder(
             base_url=base_url,
             model=model,
             api_key_env=api_key_env,
             dimension=dimension,
             timeout=timeout,
         )
-    raise EmbedderError(f"unknown embedder backend {backend!r}")
+    else:
+        raise EmbedderError(
+            f"unknown embedder backend {backend!r} (use sentence-transformers, onnx or openai)"
+        )
+    from embedders.batching import with_batching
+
+    return with_batching(inner, batch_window_ms, max_batch)
 
 
 __all__ = ["Embedder", "EmbedderError", "build_embedder"]

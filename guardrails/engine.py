@@ -51,7 +51,8 @@ class Outcome(enum.StrEnum):
     PASS = "pass"  # ran, found nothing
     BLOCKED = "blocked"
     REDACTED = "redacted"
-    REWRITTEN = "rewritten"  # text changed by a check's rewrite/restore without findings
+    REWRITTEN = "rewritten"  # a check rewrote the text itself (CheckResult.rewritten)
+    RESTORED = "restored"  # only reversible restores changed the text (CheckResult.restored)
     DETECTED = "detected"
     SAMPLED_OUT = "sampled_out"
     ERROR_BLOCKED = "error_blocked"
@@ -94,7 +95,7 @@ class RuleEnv:
             elif name == "params":
                 values[name] = dict(self.params)
             elif name == "messages":
-                values[name] = [dict(m) for m in self.messages]
+                values[name] = [dict(m) for m in self.messages if isinstance(m, Mapping)]
             elif name == "text_length":
                 values[name] = self.text_length if self.text_length is not None else text_length
             else:
@@ -136,6 +137,11 @@ class StageResult:
     blocked: BlockDecision | None = None
     rewritten: dict[int, str] = field(default_factory=dict)  # piece index -> new text
     decisions: list[RuleDecision] = field(default_factory=list)
+
+    @property
+    def redacted(self) -> bool:
+        """Some text was redacted or rewritten by a check (not merely restored)."""
+        return any(d.outcome in (Outcome.REDACTED, Outcome.REWRITTEN) for d in self.decisions)
 
 
 @dataclass(slots=True)
@@ -203,41 +209,43 @@ def redact_text(text: str, spans: Sequence[tuple[Finding, Redaction]], salt: byt
 
 
 def apply_redactions(
-    results: Sequence[tuple[Profile, CheckResult]],
-    texts: Mapping[int, str],
-    salt: bytes,
-    *,
-    spans_too: bool = True,
-) -> dict[int, str]:
-    """New texts for the pieces a rule changes. Raises _RewriteConflict on unsafe merges."""
-    whole: dict[int, dict[str, str]] = {}  # piece -> profile -> rewritten/restored text
+    results: Sequence[tuple[Profile, CheckResult]], texts: Mapping[int, str], salt: bytes
+) -> tuple[dict[int, str], set[str]]:
+    """New texts for the pieces a rule changes, and how they changed (``spans``,
+    ``rewritten``, ``restored``). Raises _RewriteConflict when merging would be unsafe."""
+    whole: dict[int, dict[str, tuple[str, str]]] = {}  # piece -> profile -> (text, kind)
     spans: dict[int, list[tuple[Finding, Redaction, str]]] = {}
     for profile, result in results:
-        for index, new_text in {**result.restored, **result.rewritten}.items():
-            if index in texts:
-                whole.setdefault(index, {})[profile.name] = new_text
-        if spans_too:
-            for finding in result.findings:
-                if finding.piece in texts:
-                    entry = (finding, profile.redaction, profile.name)
-                    spans.setdefault(finding.piece, []).append(entry)
+        for kind, texts_by_piece in (
+            ("restored", result.restored),
+            ("rewritten", result.rewritten),
+        ):
+            for index, new_text in texts_by_piece.items():
+                if index in texts:
+                    whole.setdefault(index, {})[profile.name] = (new_text, kind)
+        for finding in result.findings:
+            if finding.piece in texts:
+                entry = (finding, profile.redaction, profile.name)
+                spans.setdefault(finding.piece, []).append(entry)
     changed: dict[int, str] = {}
+    kinds: set[str] = set()
     for index in set(whole) | set(spans):
         rewrites = whole.get(index, {})
         piece_spans = spans.get(index, [])
         if rewrites:
-            if len(set(rewrites.values())) > 1:
+            if len({text for text, _ in rewrites.values()}) > 1:
                 raise _RewriteConflict
             # A rewrite covers its own check's findings, not another check's.
             if any(name not in rewrites for _, _, name in piece_spans):
                 raise _RewriteConflict
-            new_text = next(iter(rewrites.values()))
+            new_text, kind = next(iter(rewrites.values()))
         else:
             pairs = [(f, strategy) for f, strategy, _ in piece_spans]
-            new_text = redact_text(texts[index], pairs, salt)
+            new_text, kind = redact_text(texts[index], pairs, salt), "spans"
         if new_text != texts[index]:
             changed[index] = new_text
-    return changed
+            kinds.add(kind)
+    return changed, kinds
 
 
 _OUTCOME_RANK = {
@@ -248,6 +256,7 @@ _OUTCOME_RANK = {
             Outcome.PASS,
             Outcome.ERROR_ALLOWED,
             Outcome.DETECTED,
+            Outcome.RESTORED,
             Outcome.REWRITTEN,
             Outcome.REDACTED,
             Outcome.ERROR_BLOCKED,
@@ -272,6 +281,7 @@ class GuardrailEngine:
         *,
         hash_salt: bytes | None = None,
         stream_min_release: int = 16,
+        default_block_status: int = 403,
     ) -> None:
         """``registry`` None keeps metrics private (not exported); ``hash_salt`` None draws a
         random per-process salt, so ``hash`` redactions differ across restarts."""
@@ -280,6 +290,7 @@ class GuardrailEngine:
         self._rng = rng or random.Random()
         self._salt = hash_salt if hash_salt is not None else os.urandom(16)
         self.stream_min_release = max(1, stream_min_release)
+        self.default_block_status = default_block_status
         registry = registry if registry is not None else CollectorRegistry()
         self._decisions_total = Counter(
             "guardrail_decisions_total",
@@ -349,11 +360,17 @@ class GuardrailEngine:
         self, ruleset: RuleSet, stage: Stage, env: RuleEnv, text_length: int
     ) -> tuple[list[Rule], list[RuleDecision], BlockDecision | None]:
         """Rules whose condition holds and that sampling keeps, in priority order."""
-        context = env.cel_variables(stage, ruleset.variables_for(stage), text_length)
+        try:
+            context = env.cel_variables(stage, ruleset.variables_for(stage), text_length)
+        except Exception as exc:  # noqa: BLE001 - a value CEL cannot hold: conditions fail
+            log.warning("guardrail conditions: request values unusable (%s)", type(exc).__name__)
+            context = None
         selected: list[Rule] = []
         decisions: list[RuleDecision] = []
         for rule in ruleset.rules_for(stage):
             try:
+                if context is None:
+                    raise ValueError("no evaluation context")
                 matched = rule.program.execute(context)
             except Exception as exc:  # noqa: BLE001 - evaluation errors are data-dependent
                 log.warning("guardrail rule %s: condition failed (%s)", rule.id, type(exc).__name__)
@@ -401,7 +418,8 @@ class GuardrailEngine:
         unique = tuple(sorted(set(types)))
         what = "Request" if stage is Stage.INPUT else "Response"
         message = f"{what} blocked by guardrail rule '{rule.id}' ({', '.join(unique)})"
-        return BlockDecision(rule.id, unique, stage, rule.block_status, message)
+        status = rule.block_status or self.default_block_status
+        return BlockDecision(rule.id, unique, stage, status, message)
 
     async def run_rule(
         self,
@@ -435,14 +453,18 @@ class GuardrailEngine:
             return RuleRun(RuleDecision(*args, outcome, counts, latency), None, {}, findings)
         current = {index: piece.text for index, piece in texts.items()}
         try:
-            changed = apply_redactions(results, current, self._salt)
+            changed, kinds = apply_redactions(results, current, self._salt)
         except _RewriteConflict:
             log.warning("guardrail rule %s: checks rewrote the same text differently", rule.id)
             return self.error_run(rule, stage, ErrorKind.REWRITE_CONFLICT, latency)
-        if findings:
+        if "spans" in kinds or ("rewritten" in kinds and findings):
             outcome = Outcome.REDACTED
+        elif "rewritten" in kinds:
+            outcome = Outcome.REWRITTEN
+        elif "restored" in kinds:
+            outcome = Outcome.RESTORED
         else:
-            outcome = Outcome.REWRITTEN if changed else Outcome.PASS
+            outcome = Outcome.DETECTED if findings else Outcome.PASS
         return RuleRun(RuleDecision(*args, outcome, counts, latency), None, changed, findings)
 
     async def run_rules(

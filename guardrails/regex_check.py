@@ -101,6 +101,19 @@ def _parse_pattern(index: int, entry: Any, seen: set[str]) -> NamedPattern:
     return NamedPattern(name=name, regex=compiled, max_width=_pattern_width(source))
 
 
+def _char_spans(data: bytes, spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Byte spans (non-overlapping, ascending) of UTF-8 ``data`` -> character spans."""
+    out: list[tuple[int, int]] = []
+    byte_pos = char_pos = 0
+    for start, end in spans:
+        char_pos += len(data[byte_pos:start].decode("utf-8", "surrogatepass"))
+        char_start = char_pos
+        char_pos += len(data[start:end].decode("utf-8", "surrogatepass"))
+        byte_pos = end
+        out.append((char_start, char_pos))
+    return out
+
+
 class RegexCheck:
     provider = "regex"
 
@@ -117,9 +130,16 @@ class RegexCheck:
         for piece in pieces:
             if not piece.text:
                 continue
+            # Matching str objects makes the re2 wrapper re-derive character offsets for every
+            # match (quadratic on long texts with many matches), so match the UTF-8 bytes once
+            # and convert offsets in a single forward pass.
+            data = piece.text.encode("utf-8", "surrogatepass")
+            ascii_only = len(data) == len(piece.text)
             for pat in self._patterns:
-                for match in pat.regex.finditer(piece.text):
-                    start, end = match.span()
+                spans = [m.span() for m in pat.regex.finditer(data)]
+                if not ascii_only:
+                    spans = _char_spans(data, spans)
+                for start, end in spans:
                     if end > start:  # an empty match covers nothing worth reporting
                         findings.append(Finding(f"regex:{pat.name}", piece.index, start, end))
         return CheckResult(findings=findings)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import logging
 import math
 import random
 import time
@@ -33,6 +34,7 @@ from guardrails.base import CheckConfigError
 from guardrails.remote_metrics import RemoteMetrics
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class ErrorKind(enum.StrEnum):
@@ -391,12 +393,24 @@ class ResilientCaller:
                 outcome = True
             raise
         finally:
+            before = self.breaker.state
             if outcome is True:
                 self.breaker.record_success(is_probe)
             elif outcome is False:
                 self.breaker.record_failure(is_probe)
             else:
                 self.breaker.record_abandoned(is_probe)
+            self._log_transition(before, self.breaker.state)
+
+    def _log_transition(self, before: BreakerState, after: BreakerState) -> None:
+        if after is before:
+            return
+        if after is BreakerState.OPEN:
+            log.warning(
+                "%s: circuit breaker open for %g s", self._label(), self.policy.breaker_reset_s
+            )
+        elif after is BreakerState.CLOSED:
+            log.info("%s: circuit breaker closed", self._label())
 
     async def _acquire_slot(self) -> None:
         self._waiting += 1

@@ -70,7 +70,6 @@ _RULE_KEYS: tuple[str, ...] = tuple(
 )
 DEFAULT_TIMEOUT_MS = 1000
 DEFAULT_PRIORITY = 100
-DEFAULT_BLOCK_STATUS = 403
 MAX_TIMEOUT_MS = 600_000
 # Names bound by comprehension macros (messages.exists(m, ...)) are reported as variables by
 # Program.variables(); they are not free variables of the rule environment.
@@ -142,7 +141,7 @@ class Rule:
     priority: int
     enabled: bool
     description: str
-    block_status: int
+    block_status: int | None  # None: the engine's default (403 unless configured)
     file: str
     line: int
 
@@ -269,6 +268,10 @@ class _FileReader:
         self.errors = errors
         self.loader: yaml.SafeLoader | None = None
 
+    @property
+    def failed(self) -> bool:
+        return any(e.file == self.path for e in self.errors)
+
     def error(self, node: yaml.Node | None, subject: str, message: str) -> None:
         line = node.start_mark.line + 1 if node is not None else 0
         column = node.start_mark.column + 1 if node is not None else 0
@@ -372,19 +375,20 @@ def _string(raw: Any) -> str:
     return raw
 
 
-# key -> (parser, default); a default of None marks a required key.
+_REQUIRED = object()
+# key -> (parser, default); the _REQUIRED default marks a required key.
 _PROFILE_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "redaction": (_enum_of(Redaction), Redaction.REPLACE),
     "description": (_string, ""),
 }
 _RULE_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
-    "apply_to": (_enum_of(ApplyTo), None),
-    "action": (_enum_of(Action), None),
+    "apply_to": (_enum_of(ApplyTo), _REQUIRED),
+    "action": (_enum_of(Action), _REQUIRED),
     "on_error": (_enum_of(OnError), OnError.BLOCK),
     "sampling_rate": (_percent, 100.0),
     "timeout_ms": (_integer(1, MAX_TIMEOUT_MS), DEFAULT_TIMEOUT_MS),
     "priority": (_integer(-(2**31), 2**31), DEFAULT_PRIORITY),
-    "block_status": (_integer(400, 499), DEFAULT_BLOCK_STATUS),
+    "block_status": (_integer(400, 499), None),
     "enabled": (_boolean, True),
     "description": (_string, ""),
 }
@@ -407,6 +411,10 @@ class _Loader:
         for path in self.paths:
             reader = _FileReader(path, self.errors)
             root = reader.compose()
+            if root is None and not reader.failed:
+                # An empty file is far more likely a half-written one than a wish for no rules
+                # (that is `rules: []`); loading it would silently drop every rule.
+                reader.error(None, "", "rule file is empty (write `rules: []` for no rules)")
             top = reader.mapping(root, "", _TOP_KEYS, "the top level") if root else None
             if top is None:
                 reader.close()
@@ -447,8 +455,9 @@ class _Loader:
         values: dict[str, Any] = {}
         for key, (parse, default) in spec.items():
             if key not in fields:
-                if default is None:
+                if default is _REQUIRED:
                     reader.error(node, subject, f"missing required key {key!r}")
+                    default = None
                 values[key] = default
                 continue
             value_node = fields[key][1]

@@ -230,6 +230,7 @@ class Pipeline:
             plan = plan_request(parsed, req.headers, self.config.cache)
         except BadRequest as exc:
             raise HookError(400, "bad_request", str(exc)) from None
+        ctx.plan = plan  # rule conditions may read the partition (cache_key)
 
         rewritten: dict[str, Any] | None = None
         if self.guardrails is not None and self.guardrails.active(Stage.INPUT, ctx):
@@ -305,10 +306,25 @@ class Pipeline:
         )
 
     # ------------------------------------------------------------------ response
+    async def release_miss_lock(self, ctx: RequestContext) -> None:
+        """Single-flight: free the miss lock this request's lookup took, so identical requests
+        waiting for its answer re-check the cache now. Called once the answer is stored or
+        refused; transports call it too when a request ends without an answer."""
+        if self.cache is not None:
+            await self.cache.release(ctx.lookup)
+
     async def on_response(
         self, ctx: RequestContext, status: int, headers: Mapping[str, str], body: bytes
     ) -> ResponseOutcome:
         """A whole answer (JSON, or the full SSE text of a stream)."""
+        try:
+            return await self._on_response(ctx, status, headers, body)
+        finally:
+            await self.release_miss_lock(ctx)  # single-flight: after the store, never before
+
+    async def _on_response(
+        self, ctx: RequestContext, status: int, headers: Mapping[str, str], body: bytes
+    ) -> ResponseOutcome:
         if len(body) > self.config.server.max_body_bytes:
             ctx.note("answer over max_body_bytes: passed through, not stored")
             self.metrics.store_skips.labels("too_large").inc()
@@ -439,6 +455,18 @@ class Pipeline:
         processor: StreamProcessor,
     ) -> str | None:
         """Store a stream fed through ``open_stream`` once it has ended."""
+        try:
+            return await self._finish_stream(ctx, status, headers, processor)
+        finally:
+            await self.release_miss_lock(ctx)  # single-flight: after the store, never before
+
+    async def _finish_stream(
+        self,
+        ctx: RequestContext,
+        status: int,
+        headers: Mapping[str, str],
+        processor: StreamProcessor,
+    ) -> str | None:
         if processor.blocked is not None:
             ctx.blocked = True
         if processor.oversize:

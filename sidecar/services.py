@@ -15,9 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from embedders import Embedder, build_embedder
-from sidecar.cache.backends import build_exact_store, build_vector_index
+from guardrails.engine import GuardrailEngine
+from guardrails.reload import RuleSetHolder
+from sidecar.cache.backends import build_exact_store, build_single_flight, build_vector_index
 from sidecar.cache.layer import DualCache, MatchVerifier
 from sidecar.config import SidecarConfig
+from sidecar.guard import build_guardrails
 from sidecar.metrics import Metrics
 from sidecar.pipeline import Guardrails, Pipeline, RequestContext
 
@@ -85,6 +88,15 @@ class Sidecar:
         self.clock = clock
         self._verifier = verifier
         self._guardrails = guardrails
+        # Rule files load here, not in start(): a broken file fails fast with every error, and
+        # transports (the LiteLLM endpoint) can be built against the engine before start().
+        self.rules: RuleSetHolder | None = None
+        self.engine: GuardrailEngine | None = None
+        if guardrails is None:
+            built = build_guardrails(config, self.metrics.registry)
+            if built is not None:
+                adapter, self.rules = built
+                self._guardrails, self.engine = adapter, adapter.engine
         self.cache: DualCache | None = None
         self.pipeline: Pipeline | None = None
         self.pending = PendingRequests(config.server.pending_ttl, config.server.max_pending)
@@ -105,21 +117,30 @@ class Sidecar:
                     api_key_env=cfg.embedder.api_key_env,
                     dimension=cfg.embedder.dimension,
                     timeout=cfg.embedder.timeout,
+                    onnx_quantize=cfg.embedder.onnx_quantize,
+                    onnx_cache_dir=cfg.embedder.onnx_cache_dir,
+                    # concurrent requests share model calls (embedders/batching.py)
+                    batch_window_ms=cfg.embedder.batch_window_ms,
+                    max_batch=cfg.embedder.max_batch,
                 )
             if self.embedder is not None and not self.embedder.dimension:
                 await self.embedder.start()
+            exact = build_exact_store(cfg.cache, self.clock)
             self.cache = DualCache(
-                build_exact_store(cfg.cache, self.clock),
-                build_vector_index(cfg.cache),
+                exact,
+                build_vector_index(cfg.cache, self.clock),
                 self.embedder,
                 self.metrics,
                 self._verifier,
                 cfg.cache.candidates,
                 clock=self.clock,
+                single_flight=build_single_flight(cfg.cache, exact),
             )
             await self.cache.start()
             self._sweeper = asyncio.create_task(self._sweep_loop())
         self.pipeline = Pipeline(cfg, self.cache, self.metrics, self._guardrails)
+        if self.rules is not None and cfg.guardrails.reload_interval > 0:
+            self.rules.start_watching(cfg.guardrails.reload_interval)
         self.ready = True
 
     async def _sweep_loop(self) -> None:
@@ -142,6 +163,10 @@ class Sidecar:
             await self.cache.close()
         if self.embedder is not None and self._owns_embedder:
             await self.embedder.close()
+        if self.rules is not None:
+            await self.rules.aclose()
+        if self.engine is not None and self.engine.audit is not None:
+            self.engine.audit.close()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         detail: dict[str, Any] = {"ready": self.ready}
@@ -153,5 +178,7 @@ class Sidecar:
             if problems:
                 detail["unhealthy"] = problems
                 ok = False
+        if self.rules is not None:
+            detail["rules"] = self.rules.status()
         detail.update(self.extra_status)
         return ok, detail

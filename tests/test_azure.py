@@ -229,7 +229,9 @@ async def test_entra_token_is_sent_as_bearer(azure: FakeAzureContentSafety) -> N
     async def token() -> str:
         return "entra-token-1"
 
-    settings = AzureSettings.from_config({"endpoint": azure.url, "auth": "entra"})
+    settings = AzureSettings.from_config(
+        {"endpoint": azure.url, "auth": "entra", "timeout_ms": 5000}
+    )
     check = AzureContentSafetyCheck(settings, token_provider=token)
     try:
         assert (await check.scan([TextPiece(0, "<Hate:6>")], ctx())).findings
@@ -334,7 +336,12 @@ async def test_through_the_registry(
     monkeypatch.setenv(KEY_ENV, KEY)
     check = build_check(
         "azure_content_safety",
-        {"endpoint": azure.url, "api_key_env": KEY_ENV, "categories": {"Hate": 4}},
+        {
+            "endpoint": azure.url,
+            "api_key_env": KEY_ENV,
+            "categories": {"Hate": 4},
+            "timeout_ms": 5000,
+        },
     )
     try:
         result = await check.scan([TextPiece(0, "<Hate:4>")], ctx())

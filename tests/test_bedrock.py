@@ -207,6 +207,7 @@ async def test_through_the_registry(bedrock: FakeBedrock, aws_env: None) -> None
             "guardrail_version": "DRAFT",
             "endpoint_url": bedrock.url,
             "region": "us-east-1",
+            "timeout_ms": 5000,
         },
     )
     try:
@@ -307,6 +308,7 @@ async def test_breaker_opens_and_recovers(make_check: MakeCheck, bedrock: FakeBe
             "max_retries": 0,
             "breaker_failures": 2,
             "breaker_reset_s": 10,
+            "timeout_ms": 5000,
         },
         clock=lambda: now[0],
     )

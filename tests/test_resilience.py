@@ -7,6 +7,7 @@ adapters' own tests drive the same layer through real HTTP against the fakes.
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -230,7 +231,10 @@ async def test_each_attempt_is_bounded_by_the_timeout() -> None:
 # --------------------------------------------------------------------------- breaker in caller
 
 
-async def test_caller_opens_breaker_rejects_without_calling_and_recovers() -> None:
+async def test_caller_opens_breaker_rejects_without_calling_and_recovers(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="guardrails.resilience")
     registry = CollectorRegistry()
     clock = FakeClock()
     caller = make_caller(registry, clock=clock, max_retries=1, breaker_failures=2)
@@ -241,6 +245,7 @@ async def test_caller_opens_breaker_rejects_without_calling_and_recovers() -> No
     assert failing.calls == 4
     assert caller.breaker_state is BreakerState.OPEN
     assert sample(registry, "guardrail_remote_breaker_state") == 1
+    assert "test profile 'p1': circuit breaker open for 30 s" in caplog.messages
 
     healthy = Script()
     with pytest.raises(CircuitOpenError) as info:
@@ -255,6 +260,7 @@ async def test_caller_opens_breaker_rejects_without_calling_and_recovers() -> No
     assert await caller.call(healthy) == "ok"
     assert caller.breaker_state is BreakerState.CLOSED
     assert sample(registry, "guardrail_remote_breaker_state") == 0
+    assert caplog.messages[-1] == "test profile 'p1': circuit breaker closed"
 
 
 async def test_client_errors_do_not_open_the_breaker() -> None:

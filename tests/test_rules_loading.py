@@ -26,7 +26,8 @@ GOOD = """\
 profiles:
   injection:
     provider: regex
-    config: {patterns: [{name: ignore-previous, pattern: '(?i)ignore (all )?previous instructions'}]}
+    config:
+      patterns: [{name: ignore-previous, pattern: '(?i)ignore (all )?previous instructions'}]
   email:
     provider: regex
     config: {patterns: [{name: email, pattern: '[a-z]+@[a-z]+\\.com'}]}
@@ -171,15 +172,35 @@ def test_cli_check_rules_reports_and_exits_nonzero(tmp_path: Path) -> None:
     ("rule", "line", "column", "fragment"),
     [
         ("  - id: a\n    colour: red\n" + RULE_TAIL, 5, 5, "unknown key 'colour'"),
-        ("  - id: a\n    apply_to: input\n    action: block\n", 4, 5, "missing required key 'profiles'"),
-        ("  - id: a\n    profiles: [p]\n    action: block\n", 4, 5, "missing required key 'apply_to'"),
-        ("  - id: a\n    apply_to: input\n    profiles: [p]\n", 4, 5, "missing required key 'action'"),
+        (
+            "  - id: a\n    apply_to: input\n    action: block\n",
+            4,
+            5,
+            "missing required key 'profiles'",
+        ),
+        (
+            "  - id: a\n    profiles: [p]\n    action: block\n",
+            4,
+            5,
+            "missing required key 'apply_to'",
+        ),
+        (
+            "  - id: a\n    apply_to: input\n    profiles: [p]\n",
+            4,
+            5,
+            "missing required key 'action'",
+        ),
         ("  - apply_to: input\n    profiles: [p]\n    action: block\n", 4, 5, "'id'"),
         ("  - id: 'bad id!'\n" + RULE_TAIL, 4, 9, "id: expected 1-128"),
         ("  - id: off\n" + RULE_TAIL, 4, 9, "got False"),  # YAML 1.1 reads `off` as false
         ("  - id: a\n    when: 'size(1) == 1'\n" + RULE_TAIL, 5, 11, "CEL type error"),
         ("  - id: a\n    when: 'model'\n" + RULE_TAIL, 5, 11, "must evaluate to a bool"),
-        ("  - id: a\n    when: 'nosuch == 1'\n" + RULE_TAIL, 5, 11, "unknown CEL variable(s) nosuch"),
+        (
+            "  - id: a\n    when: 'nosuch == 1'\n" + RULE_TAIL,
+            5,
+            11,
+            "unknown CEL variable(s) nosuch",
+        ),
         ("  - id: a\n    when: '(('\n" + RULE_TAIL, 5, 11, "CEL syntax error"),
         ("  - id: a\n    when: 42\n" + RULE_TAIL, 5, 11, "expected a CEL expression string"),
         ("  - id: a\n    sampling_rate: 101\n" + RULE_TAIL, 5, 20, "expected a number 0-100"),
@@ -191,8 +212,18 @@ def test_cli_check_rules_reports_and_exits_nonzero(tmp_path: Path) -> None:
         ("  - id: a\n    block_status: 200\n" + RULE_TAIL, 5, 19, "between 400 and 499"),
         ("  - id: a\n    enabled: maybe\n" + RULE_TAIL, 5, 14, "expected true or false"),
         ("  - id: a\n    description: [1]\n" + RULE_TAIL, 5, 18, "expected a string"),
-        ("  - id: a\n    apply_to: input\n    profiles: []\n    action: block\n", 6, 15, "non-empty"),
-        ("  - id: a\n    apply_to: input\n    profiles: [p, p]\n    action: block\n", 6, 19, "twice"),
+        (
+            "  - id: a\n    apply_to: input\n    profiles: []\n    action: block\n",
+            6,
+            15,
+            "non-empty",
+        ),
+        (
+            "  - id: a\n    apply_to: input\n    profiles: [p, p]\n    action: block\n",
+            6,
+            19,
+            "twice",
+        ),
         ("  - id: a\n    id: b\n" + RULE_TAIL, 5, 5, "duplicate key 'id'"),
         ("  - just a string\n", 4, 5, "a rule must be a mapping"),
     ],
@@ -213,7 +244,8 @@ def test_each_rule_error(tmp_path: Path, rule: str, line: int, column: int, frag
         ("  p: {provider: regex, config: {patterns: [{name: x, pattern: '[z'}]}}\n", 2, "[z"),
         ("  p: {provider: regex, config: {patterns: []}}\n", 2, "'patterns' must be a non-empty"),
         (
-            "  p: {provider: regex, config: {patterns: [{name: x, pattern: x}]}, redaction: blur}\n",
+            "  p: {provider: regex, redaction: blur,\n"
+            "      config: {patterns: [{name: x, pattern: x}]}}\n",
             2,
             "'blur' is not one of replace, mask, hash",
         ),
@@ -235,6 +267,9 @@ def test_file_level_errors(tmp_path: Path) -> None:
     assert (error.line, error.column) == (2, 1) and "unknown key 'rulez'" in error.message
     error = one_error(tmp_path, "- 1\n")
     assert "top level must be a mapping" in error.message
+    error = one_error(tmp_path, "# only a comment\n")
+    assert error.line == 0 and "rule file is empty" in error.message
+    assert validate_rule_files([write(tmp_path, "none.yaml", "rules: []\n")]) == []
 
 
 def test_profiles_and_rule_ids_span_files(tmp_path: Path) -> None:

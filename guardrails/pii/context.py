@@ -21,6 +21,8 @@ from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
 from spacy.lang.en.stop_words import STOP_WORDS
 
 _WORD = re.compile(r"[^\W\d_]+")
+# End of a sentence: terminal punctuation, space, capital letter; or a blank line.
+_SENTENCE_END = re.compile(r"[.!?]\s+(?=[A-Z])|\n\s*\n")
 _SUFFIXES = ("", "s", "es", "ed", "ing", "er", "ers", "d")
 # spaCy lists these as stop words, but they are the context words of several recognizers.
 _KEEP = frozenset({"call", "number", "phone"})
@@ -80,7 +82,12 @@ class WindowContextEnhancer(ContextAwareEnhancer):
         return raw_results
 
     def surrounding_words(self, text: str, start: int, end: int) -> list[str]:
-        before = _WORD.findall(text, max(0, start - _WINDOW_CHARS), start)
+        window_start = max(0, start - _WINDOW_CHARS)
+        # Context words stay within the sentence: "call me at X. Check order Y" must not lend
+        # "call" to Y.
+        for boundary in _SENTENCE_END.finditer(text, window_start, start):
+            window_start = boundary.end()
+        before = _WORD.findall(text, window_start, start)
         words = [w.lower() for w in before if w.lower() not in _STOP_WORDS]
         picked = words[-self.context_prefix_count :] if self.context_prefix_count else []
         if self.context_suffix_count:

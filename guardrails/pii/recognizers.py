@@ -25,7 +25,7 @@ from typing import Any
 
 import phonenumbers
 import regex
-from phonenumbers import PhoneMetadata, PhoneNumber, PhoneNumberFormat
+from phonenumbers import PhoneMetadata, PhoneNumber, PhoneNumberFormat, PhoneNumberType
 from presidio_analyzer import EntityRecognizer, LocalRecognizer, Pattern, PatternRecognizer
 from presidio_analyzer import RecognizerResult as Result
 from presidio_analyzer.predefined_recognizers import (
@@ -170,6 +170,21 @@ def _has_digits(text: str, minimum: int) -> bool:
 
 
 class PrecheckedCreditCardRecognizer(CreditCardRecognizer):
+    """Presidio's card recognizer plus Mastercard's 2221-2720 range (issued since 2017, not in
+    the stock pattern), skipped when the text has fewer than 12 digits."""
+
+    MASTERCARD_2_SERIES = Pattern(
+        "Mastercard 2-series (weak)",
+        r"\b(2(?:2[2-9]\d|[3-6]\d{2}|7[01]\d|720))[- ]?(\d{4})[- ]?(\d{4})[- ]?(\d{4})\b",
+        0.3,
+    )
+
+    def __init__(self, supported_language: str = "en") -> None:
+        super().__init__(
+            patterns=[*CreditCardRecognizer.PATTERNS, self.MASTERCARD_2_SERIES],
+            supported_language=supported_language,
+        )
+
     def analyze(
         self,
         text: str,
@@ -180,7 +195,19 @@ class PrecheckedCreditCardRecognizer(CreditCardRecognizer):
         if not _has_digits(text, 12):
             return []
         results: list[Result] = super().analyze(text, entities, nlp_artifacts, regex_flags)
-        return results
+        return [r for r in results if not _inside_longer_code(text, r.start, r.end)]
+
+
+# A digit group joined to the match by one separator: the match is part of a longer code
+# (an IBAN with a wrong checksum, "820-5388135-7145076" order numbers), not a card number.
+_CODE_BEFORE = re.compile(r"[A-Za-z0-9]*\d[A-Za-z0-9]*[ \-]$")
+_CODE_AFTER = re.compile(r"[ \-]?[A-Za-z0-9]*\d")
+
+
+def _inside_longer_code(text: str, start: int, end: int) -> bool:
+    return bool(
+        _CODE_BEFORE.search(text, max(0, start - 12), start) or _CODE_AFTER.match(text, end)
+    )
 
 
 class StrictSsnRecognizer(UsSsnRecognizer):
@@ -281,6 +308,9 @@ _NOT_A_PHONE = re.compile(
 )
 # Regions where numbers are customarily written without the trunk prefix.
 _TRUNK_PREFIX_OPTIONAL = frozenset({"US", "CA", "IN", "BR"})
+# ... but in India only for mobile numbers; landlines are written with the leading 0.
+_TRUNK_OPTIONAL_MOBILE_ONLY = frozenset({"IN"})
+_MOBILE_TYPES = (PhoneNumberType.MOBILE, PhoneNumberType.FIXED_LINE_OR_MOBILE)
 
 PHONE_CONTEXT = [
     "phone",
@@ -355,15 +385,21 @@ class FastPhoneRecognizer(LocalRecognizer):
             return self._international(digits[2:] if candidate.startswith("00") else digits)
         if not 7 <= len(digits) <= 12 or _NOT_A_PHONE.match(candidate):
             return None
+        # Try every region: the first valid one may not be the one whose format fits (a French
+        # "02 98 10 71 72" is also a valid British number without the French grouping).
+        best: float | None = None
         for rule in self._regions:
             region = rule[0]
             number = _national_number(candidate, digits, *rule)
             if number is None or not phonenumbers.is_valid_number_for_region(number, region):
                 continue
+            if rule[3] and region in _TRUNK_OPTIONAL_MOBILE_ONLY and not digits.startswith("0"):
+                if phonenumbers.number_type(number) not in _MOBILE_TYPES:
+                    continue
             if _grouping_agrees(candidate, digits, number):
                 return self.GROUPED
-            return self.WEAK
-        return None
+            best = self.WEAK
+        return best
 
     def _international(self, digits: str) -> float | None:
         if not 8 <= len(digits) <= 15:

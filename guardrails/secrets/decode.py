@@ -24,9 +24,12 @@ import re2
 _TOKEN = rb"[A-Za-z0-9+/_-]{16,}={0,2}"
 _PERCENT = rb"%[0-9A-Fa-f]{2}(?:[^\s%]*%[0-9A-Fa-f]{2})*"
 _CANDIDATES = re2.compile(rb"(" + _PERCENT + rb")|(" + _TOKEN + rb")")
-_HEX_ONLY = re2.compile(rb"^(?:[0-9A-Fa-f]{2})+$")
+_HEX_DIGITS = b"0123456789abcdefABCDEF"
 # Printable ASCII plus tab, LF, CR: decoded bytes outside this are binary, not hidden text.
-_NOT_PRINTABLE = re2.compile(rb"[^\t\n\r\x20-\x7e]")
+_PRINTABLE = bytes(range(0x20, 0x7F)) + b"\t\n\r"
+# The first character of each base64 quad holds a byte's top six bits; for the bytes above
+# that is one of these. Checking it rejects most random tokens without decoding them.
+_B64_PRINTABLE_LEADS = b"CDIJKLMNOPQRSTUVWXYZabcdef"
 _MIN_DECODED = 6
 
 
@@ -43,11 +46,11 @@ class Segment:
 
 
 def _printable(data: bytes) -> bool:
-    return len(data) >= _MIN_DECODED and _NOT_PRINTABLE.search(data) is None
+    return len(data) >= _MIN_DECODED and not data.translate(None, _PRINTABLE)
 
 
 def decode_hex(token: bytes) -> bytes | None:
-    if _HEX_ONLY.match(token) is None:
+    if len(token) % 2 or token.translate(None, _HEX_DIGITS):
         return None
     data = binascii.unhexlify(token)
     return data if _printable(data) else None
@@ -56,6 +59,8 @@ def decode_hex(token: bytes) -> bytes | None:
 def decode_base64(token: bytes) -> bytes | None:
     body = token.rstrip(b"=")
     if len(body) % 4 == 1:  # never a valid base64 length
+        return None
+    if body[::4].translate(None, _B64_PRINTABLE_LEADS):
         return None
     padded = body + b"=" * (-len(body) % 4)
     urlsafe = b"-" in body or b"_" in body

@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import ahocorasick
-import re2
 
+from guardrails.secrets.allowlists import AllowlistSet, new_cache
 from guardrails.secrets.config import (
     Allowlist,
     Rule,
@@ -37,15 +37,11 @@ from guardrails.secrets.config import (
     load_gitleaks_config,
 )
 from guardrails.secrets.decode import PassMap, decode_pass
+from guardrails.secrets.patterns import Regex, RuleMatcher
 
 DEFAULT_MAX_DECODE_DEPTH = 5
 ALLOW_COMMENT = b"gitleaks:allow"
-# RE2's default 8 MiB budget makes the DFA give up on some large Gitleaks patterns and fall
-# back to the (much slower, still linear) NFA; a larger budget keeps them on the DFA.
-_RE2_MAX_MEM = 64 << 20
-_SMALL_STOPWORD_LIST = 8
-# an optional leading (?flags), then a bracket class repeated {0,N} lazily
-_PREFIX_HEAD = re2.compile(r"^(\(\?[A-Za-z]+\))?(\[(?:\\.|[^\]\\])+\])\{0,(\d{1,3})\}\?")
+_log2 = math.log2
 
 
 def shannon_entropy(secret: str) -> float:
@@ -56,13 +52,11 @@ def shannon_entropy(secret: str) -> float:
     """
     if not secret:
         return 0.0
-    length = len(secret) if secret.isascii() else len(secret.encode("utf-8", "replace"))
-    inv = 1.0 / length
-    entropy = 0.0
-    for count in Counter(secret).values():
-        freq = count * inv
-        entropy -= freq * math.log2(freq)
-    return entropy
+    chars = len(secret)
+    size = chars if secret.isascii() else len(secret.encode("utf-8", "replace"))
+    # -sum(c/n * log2(c/n)) == (chars * log2(n) - sum(c * log2(c))) / n
+    weighted = sum([c * _log2(c) for c in Counter(secret).values()])
+    return (chars * _log2(size) - weighted) / size
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,151 +89,11 @@ class SecretFinding:
         return out
 
 
-def _compile(pattern: str, where: str, *, capture: bool = True) -> Any:
-    options = re2.Options()
-    options.max_mem = _RE2_MAX_MEM
-    options.log_errors = False
-    options.never_capture = not capture
-    try:
-        return re2.compile(pattern.encode("utf-8"), options)
-    except re2.error as exc:
-        raise SecretsConfigError(f"{where}: invalid regex {pattern!r}: {exc}") from exc
-
-
-def _lazy_prefix(pattern: str) -> tuple[str, int, str, str] | None:
-    """Split ``(?flags)[class]{0,N}?rest`` into ``((?flags)rest, N, (?flags), [class])``.
-
-    Gitleaks' generated rules start with such an optional lazy prefix (``[\\w.-]{0,50}?``).
-    It only moves where a match starts, yet it makes RE2's DFA track every possible start
-    and run several times slower. Scanning for ``rest`` first and then matching the full
-    regex from just before each hit gives the same matches (see ``_CompiledRule.spans``).
-    """
-    head = _PREFIX_HEAD.match(pattern)
-    if head is None:
-        return None
-    rest = pattern[head.end() :]
-    if not rest or rest[0] in "*+?{" or _has_top_level_alternation(rest):
-        return None
-    flags = head.group(1) or ""
-    return flags + rest, int(head.group(3)), flags, head.group(2)
-
-
-def _has_top_level_alternation(pattern: str) -> bool:
-    depth = 0
-    in_class = False
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        if ch == "\\":
-            i += 2
-            continue
-        if in_class:
-            if ch == "[" and pattern.startswith("[:", i):
-                end = pattern.find(":]", i + 2)
-                i = end + 2 if end >= 0 else i + 1
-                continue
-            if ch == "]":
-                in_class = False
-        elif ch == "[":
-            in_class = True
-            if pattern.startswith("^", i + 1):
-                i += 1
-            if pattern.startswith("]", i + 1):
-                i += 1  # a leading ']' is a literal
-        elif ch == "(":
-            depth += 1
-        elif ch == ")":
-            depth -= 1
-        elif ch == "|" and depth == 0:
-            return True
-        i += 1
-    return False
-
-
-def _compile_any(patterns: Sequence[str], where: str) -> Any:
-    """One regex matching where any of ``patterns`` matches (one pass instead of many)."""
-    for i, pattern in enumerate(patterns):
-        _compile(pattern, f"{where} regex #{i + 1}")  # validates and names the culprit
-    if len(patterns) == 1:
-        return _compile(patterns[0], where)
-    return _compile("|".join(f"(?:{p})" for p in patterns), where)
-
-
-class _CompiledAllowlist:
-    __slots__ = ("match_all", "target", "regex", "paths", "has_commits", "_words", "_trie")
-
-    def __init__(self, allowlist: Allowlist, where: str) -> None:
-        self.match_all = allowlist.match_all
-        self.target = allowlist.regex_target
-        self.regex = _compile_any(allowlist.regexes, where) if allowlist.regexes else None
-        self.paths = _compile_any(allowlist.paths, f"{where} paths") if allowlist.paths else None
-        self.has_commits = bool(allowlist.commits)
-        self._words: tuple[str, ...] = ()
-        self._trie: Any = None
-        if len(allowlist.stopwords) > _SMALL_STOPWORD_LIST:
-            self._trie = ahocorasick.Automaton()
-            for word in allowlist.stopwords:
-                self._trie.add_word(word, word)
-            self._trie.make_automaton()
-        else:
-            self._words = allowlist.stopwords
-
-    @property
-    def has_stopwords(self) -> bool:
-        return bool(self._words) or self._trie is not None
-
-    def has_stopword(self, secret: str) -> bool:
-        lowered = secret.lower()
-        if self._trie is not None:
-            for _ in self._trie.iter(lowered):
-                return True
-            return False
-        return any(word in lowered for word in self._words)
-
-    def allows(
-        self,
-        secret: str,
-        secret_b: bytes,
-        match_b: bytes,
-        line: Callable[[], bytes],
-        path: str | None,
-    ) -> bool:
-        def regex_hit() -> bool:
-            target = secret_b
-            if self.target == "match":
-                target = match_b
-            elif self.target == "line":
-                target = line()
-            return self.regex.search(target) is not None
-
-        path_hit = (
-            self.paths is not None
-            and path is not None
-            and self.paths.search(path.encode("utf-8")) is not None
-        )
-        if not self.match_all:
-            return (
-                path_hit
-                or (self.regex is not None and regex_hit())
-                or (self.has_stopwords and self.has_stopword(secret))
-            )
-        # AND: every criterion the allowlist sets must hold. Scanned texts have no commit.
-        if self.has_commits or (self.paths is not None and not path_hit):
-            return False
-        if self.regex is not None and not regex_hit():
-            return False
-        return not (self.has_stopwords and not self.has_stopword(secret))
-
-
 class _CompiledRule:
     __slots__ = (
         "id",
+        "matcher",
         "regex",
-        "locate",
-        "core",
-        "prefix_max",
-        "prefix_run",
-        "groups",
         "secret_group",
         "entropy",
         "path",
@@ -249,66 +103,43 @@ class _CompiledRule:
         "required",
     )
 
-    def __init__(self, rule: Rule, extra_allowlists: Sequence[Allowlist], source: str) -> None:
+    def __init__(self, rule: Rule, allowlists: AllowlistSet, source: str) -> None:
         where = f"{source}: rule {rule.id!r}"
         self.id = rule.id
-        self.regex = _compile(rule.regex, where) if rule.regex is not None else None
-        self.groups = self.regex.groups if self.regex is not None else 0
-        # Matches are located without capture groups (cheaper); groups are extracted from
-        # the match text afterwards, as Gitleaks does.
-        self.locate: Any = None
-        self.core: Any = None
-        self.prefix_max = 0
-        self.prefix_run: Any = None
+        self.matcher: RuleMatcher | None = None
+        self.regex: Regex | None = None
         if rule.regex is not None:
-            split = _lazy_prefix(rule.regex)
-            if split is None:
-                self.locate = _compile(rule.regex, where, capture=False)
-            else:
-                core, self.prefix_max, flags, prefix_class = split
-                self.core = _compile(core, where, capture=False)
-                self.prefix_run = _compile(
-                    f"{flags}{prefix_class}{{0,{self.prefix_max}}}\\z", where, capture=False
+            self.regex = Regex(rule.regex, where)
+            self.matcher = RuleMatcher(rule.regex, where)
+            if rule.secret_group > self.regex.groups:
+                raise SecretsConfigError(
+                    f"{where}: secretGroup {rule.secret_group} but the regex has only "
+                    f"{self.regex.groups} group(s)"
                 )
-        if rule.secret_group > self.groups:
-            raise SecretsConfigError(
-                f"{where}: secretGroup {rule.secret_group} but the regex has only "
-                f"{self.groups} group(s)"
-            )
         self.secret_group = rule.secret_group
         self.entropy = rule.entropy
-        self.path = _compile(rule.path, f"{where} path") if rule.path is not None else None
-        self.allowlists = [
-            _CompiledAllowlist(a, f"{where} allowlist #{i + 1}")
-            for i, a in enumerate((*rule.allowlists, *extra_allowlists))
-        ]
+        self.path = Regex(rule.path, f"{where} path", capture=False) if rule.path else None
+        self.allowlists = allowlists
         self.generic = "generic" in rule.id.lower()
         self.skip_report = rule.skip_report
         self.required = rule.required
 
-    def spans(self, text: bytes) -> Iterator[tuple[int, int]]:
-        """The regex's matches, left to right, exactly as ``finditer`` would give them."""
-        if self.core is None:
-            for match in self.locate.finditer(text):
-                yield match.span()
-            return
-        # The leftmost full match starts at most prefix_max characters before the leftmost
-        # core match, and the lazy prefix stops at that core match (no core match starts
-        # earlier), so the full match is the core match extended back over the longest run
-        # of prefix characters, limited to prefix_max and to the previous match's end.
-        pos = 0
-        size = len(text)
-        while pos <= size:
-            core = self.core.search(text, pos)
-            if core is None:
-                return
-            start, end = core.span()
-            window = max(pos, start - 4 * self.prefix_max)  # prefix_max chars, 4 bytes max
-            run = self.prefix_run.search(text[window:start])
-            if run is not None:
-                start = window + run.start()
-            yield start, end
-            pos = end if end > start else end + 1
+    def secret_span(self, match_b: bytes) -> tuple[int, int]:
+        """Where the secret sits in the match. Like Gitleaks, groups come from re-running the
+        regex on the match text alone."""
+        assert self.regex is not None
+        if not self.regex.groups:
+            return 0, len(match_b)
+        spans = self.regex.group_spans(match_b)
+        if spans is None:
+            return 0, len(match_b)
+        if self.secret_group:
+            start, end = spans[self.secret_group]
+            return (start, end) if start >= 0 else (0, 0)
+        for start, end in spans[1:]:
+            if end > start >= 0:
+                return start, end
+        return 0, len(match_b)
 
 
 @dataclass(slots=True)
@@ -342,18 +173,24 @@ class SecretScanner:
         # Off by default: in a guardrail, "gitleaks:allow" in a prompt or a model's answer
         # would let anyone switch redaction off.
         self.honor_allow_comments = honor_allow_comments
-        targeted: dict[str, list[Allowlist]] = {}
-        self._global: list[_CompiledAllowlist] = []
+        source = ruleset.source
+        shared: list[tuple[Allowlist, str]] = []
+        targeted: dict[str, list[tuple[Allowlist, str]]] = {}
         for i, allowlist in enumerate(ruleset.allowlists):
-            if allowlist.target_rules:
-                for rule_id in allowlist.target_rules:
-                    targeted.setdefault(rule_id, []).append(allowlist)
-            else:
-                where = f"{ruleset.source}: global allowlist #{i + 1}"
-                self._global.append(_CompiledAllowlist(allowlist, where))
-        self._rules = [
-            _CompiledRule(r, targeted.get(r.id, ()), ruleset.source) for r in ruleset.rules
-        ]
+            entry = (allowlist, f"{source}: global allowlist #{i + 1}")
+            if not allowlist.target_rules:
+                shared.append(entry)
+            for rule_id in allowlist.target_rules:
+                targeted.setdefault(rule_id, []).append(entry)
+        cache = new_cache()
+        self._rules = []
+        for rule in ruleset.rules:
+            own = [
+                (a, f"{source}: rule {rule.id!r} allowlist #{i + 1}")
+                for i, a in enumerate(rule.allowlists)
+            ]
+            allowlists = AllowlistSet([*shared, *targeted.get(rule.id, ()), *own], cache)
+            self._rules.append(_CompiledRule(rule, allowlists, source))
         self._always: list[int] = []
         self._keyword_rules: list[list[int]] = []
         self._automaton: Any = ahocorasick.Automaton()
@@ -420,10 +257,10 @@ class SecretScanner:
         for depth in range(self.max_decode_depth + 1):
             for index in self._triggered(lowered):
                 rule = self._rules[index]
-                if rule.regex is None:
+                if rule.matcher is None:
                     continue
                 if path is not None and rule.path is not None:
-                    if rule.path.search(path.encode("utf-8")) is None:
+                    if not rule.path.search(path.encode("utf-8")):
                         continue
                 self._run_rule(rule, current, maps, path, hits)
             if depth == self.max_decode_depth:
@@ -439,8 +276,8 @@ class SecretScanner:
 
     def _path_only_hits(self, path: str, hits: list[_Hit]) -> None:
         for rule in self._rules:
-            if rule.regex is None and rule.path is not None:
-                if rule.path.search(path.encode("utf-8")) is not None:
+            if rule.matcher is None and rule.path is not None:
+                if rule.path.search(path.encode("utf-8")):
                     hits.append(_Hit(rule, -1, -1, -1, -1, "", 0.0, ()))
 
     def _run_rule(
@@ -452,7 +289,9 @@ class SecretScanner:
         hits: list[_Hit],
     ) -> None:
         last_map = maps[-1] if maps else None
-        for m_start, m_end in rule.spans(text):
+        path_b = path.encode("utf-8") if path is not None else None
+        assert rule.matcher is not None
+        for m_start, m_end in rule.matcher.spans(text):
             # Gitleaks trims newlines off both ends of a match before using it
             while m_start < m_end and text[m_start] == 0x0A:
                 m_start += 1
@@ -472,7 +311,7 @@ class SecretScanner:
 
             if self.honor_allow_comments and ALLOW_COMMENT in line():
                 continue
-            s_off, e_off = _secret_span(rule, match_b)
+            s_off, e_off = rule.secret_span(match_b)
             if s_off == e_off:
                 continue  # the secret group did not take part in the match
             secret_b = match_b[s_off:e_off]
@@ -480,9 +319,7 @@ class SecretScanner:
             entropy = shannon_entropy(secret)
             if rule.entropy and entropy <= rule.entropy:
                 continue
-            if any(a.allows(secret, secret_b, match_b, line, path) for a in self._global):
-                continue
-            if any(a.allows(secret, secret_b, match_b, line, path) for a in rule.allowlists):
+            if rule.allowlists.allows(secret, secret_b, match_b, line, path_b):
                 continue
             span = (m_start + s_off, m_start + e_off)
             match_span = (m_start, m_end)
@@ -519,24 +356,6 @@ class SecretScanner:
 def _line_end(text: bytes, end: int) -> int:
     newline = text.find(b"\n", end)
     return len(text) if newline < 0 else newline
-
-
-def _secret_span(rule: _CompiledRule, match_b: bytes) -> tuple[int, int]:
-    """Where the secret sits inside the match. Like Gitleaks, groups come from re-running the
-    regex on the match text alone."""
-    if not rule.groups:
-        return 0, len(match_b)
-    sub = rule.regex.search(match_b)
-    if sub is None:
-        return 0, len(match_b)
-    if rule.secret_group:
-        start, end = sub.span(rule.secret_group)
-        return (start, end) if start >= 0 else (0, 0)
-    for group in range(1, rule.groups + 1):
-        start, end = sub.span(group)
-        if start >= 0 and end > start:
-            return start, end
-    return 0, len(match_b)
 
 
 def _set_lines(hits: list[_Hit], raw: bytes) -> None:

@@ -27,8 +27,13 @@ from sidecar.cache.stores import Neighbour
 class EmbeddedExactStore:
     name = "embedded"
 
-    def __init__(self, data_dir: str, max_entries: int, max_bytes: int,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        data_dir: str,
+        max_entries: int,
+        max_bytes: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._clock = clock
         self._path = None if data_dir == ":memory:" else Path(data_dir) / "cache.sqlite3"
         self._max_entries = max_entries
@@ -112,7 +117,7 @@ class EmbeddedExactStore:
         return evicted
 
     # -- ExactStore
-    async def get(self, entry_id: str) -> CacheEntry | None:
+    async def get(self, entry_id: str, partition: str | None = None) -> CacheEntry | None:
         with self._lock:
             entry = self._entries.get(entry_id)
             if entry is None:

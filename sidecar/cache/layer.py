@@ -18,6 +18,7 @@ import numpy as np
 from embedders.base import Embedder, EmbedderError
 from sidecar.cache.keys import CachePlan
 from sidecar.cache.model import CachedAnswer, CacheEntry
+from sidecar.cache.single_flight import HeldLock, SingleFlight
 from sidecar.cache.stores import ExactStore, StoreUnavailable, VectorIndex
 from sidecar.metrics import Metrics
 
@@ -58,6 +59,8 @@ class Lookup:
     similarity: float | None = None
     vector: np.ndarray | None = None  # the question's embedding, reused when storing
     refused: list[str] = field(default_factory=list)  # verifier reasons for refused candidates
+    # single-flight: the miss lock this request holds until its answer is stored or refused
+    lock: HeldLock | None = None
 
     @property
     def hit(self) -> bool:
@@ -74,8 +77,10 @@ class DualCache:
         verifier: MatchVerifier | None = None,
         candidates: int = 3,
         clock: Callable[[], float] = time.time,
+        single_flight: SingleFlight | None = None,
     ) -> None:
         self.clock = clock
+        self.single_flight = single_flight
         self.exact = exact
         self.vectors = vectors
         self.embedder = embedder
@@ -89,7 +94,14 @@ class DualCache:
             namespace = f"{self.embedder.model_id}:{self.embedder.dimension}"
             await self.vectors.start(namespace, self.embedder.dimension)
             await self._rebuild_vectors()
-        self.metrics.entries.set(await self.exact.count())
+        await self._refresh_entries()
+
+    async def _refresh_entries(self) -> None:
+        # Only a gauge: a shared backend that is down (even at start) must not fail anything.
+        try:
+            self.metrics.entries.set(await self.exact.count())
+        except StoreUnavailable as exc:
+            log.error("cache backend unavailable, entry count not refreshed: %s", exc)
 
     async def _rebuild_vectors(self) -> None:
         """An embedded index lives in memory: refill it from the persisted entries."""
@@ -123,7 +135,7 @@ class DualCache:
         try:
             if plan.use_exact:
                 started = time.perf_counter()
-                entry = await self.exact.get(plan.exact_key)
+                entry = await self.exact.get(plan.exact_key, plan.partition)
                 self.metrics.lookup_seconds.labels("exact").observe(time.perf_counter() - started)
                 if entry is not None:
                     return Lookup(CacheStatus.HIT_EXACT, "exact key matched", entry, 1.0)
@@ -131,8 +143,8 @@ class DualCache:
                 why = "exact miss" if plan.use_exact else "no exact lookup requested"
                 if plan.use_semantic and not plan.question:
                     why += "; no semantic layer for this request (not a plain user text turn)"
-                return Lookup(CacheStatus.MISS, why)
-            return await self._semantic(plan)
+                return await self._single_flight(plan, Lookup(CacheStatus.MISS, why))
+            return await self._single_flight(plan, await self._semantic(plan))
         except StoreUnavailable as exc:
             self.metrics.backend_errors.labels("lookup").inc()
             log.error("cache backend unavailable, request goes uncached: %s", exc)
@@ -159,7 +171,7 @@ class DualCache:
             best = n.similarity if best is None else max(best, n.similarity)
             if n.similarity < plan.threshold:
                 break  # best first: the rest are further away
-            entry = await self.exact.get(n.id)
+            entry = await self.exact.get(n.id, plan.partition)
             if entry is None or entry.scope != plan.scope:
                 continue  # expired or evicted since it was indexed
             verdict = self.verifier.verify(plan.question, entry.question, n.similarity)
@@ -184,6 +196,45 @@ class DualCache:
         else:
             reason = f"best similarity {best:.4f} < threshold {plan.threshold:.4f}"
         return Lookup(CacheStatus.MISS, reason, vector=vector, similarity=best, refused=refused)
+
+    # ------------------------------------------------------------------ single-flight
+    async def _single_flight(self, plan: CachePlan, miss: Lookup) -> Lookup:
+        """On a miss, take the key's lock, or wait (bounded) for the request holding it and
+        re-check the cache. A request that would not store its answer takes no lock."""
+        sf = self.single_flight
+        if sf is None or miss.status is not CacheStatus.MISS or not plan.use_exact:
+            return miss
+        if plan.no_store or not plan.exact_key:
+            return miss
+        token = await sf.lock.acquire(plan.exact_key, plan.partition, sf.ttl)
+        if token is not None:
+            miss.lock = HeldLock(plan.exact_key, plan.partition, token)
+            return miss
+        started = time.perf_counter()
+        released = await sf.lock.wait(plan.exact_key, plan.partition, sf.wait)
+        waited = (time.perf_counter() - started) * 1000
+        entry = await self.exact.get(plan.exact_key, plan.partition)
+        if entry is not None:
+            return Lookup(
+                CacheStatus.HIT_EXACT,
+                f"exact key matched after waiting {waited:.0f} ms for an identical request",
+                entry,
+                1.0,
+            )
+        outcome = "it finished without a stored answer" if released else "wait limit reached"
+        miss.reason += f"; waited {waited:.0f} ms for an identical request ({outcome})"
+        return miss
+
+    async def release(self, lookup: Lookup | None) -> None:
+        """Free the miss lock a lookup took (the pipeline calls this once the answer is stored
+        or found not storable). Idempotent; a failure only means the lock expires on its own."""
+        if lookup is None or lookup.lock is None or self.single_flight is None:
+            return
+        held, lookup.lock = lookup.lock, None
+        try:
+            await self.single_flight.lock.release(held.key, held.partition, held.token)
+        except StoreUnavailable as exc:
+            log.error("cache backend unavailable, miss lock left to expire: %s", exc)
 
     # ------------------------------------------------------------------ store
     async def store(
@@ -223,7 +274,7 @@ class DualCache:
         self.metrics.stores.inc()
         if evicted:
             self.metrics.evictions.inc(len(evicted))
-        self.metrics.entries.set(await self.exact.count())
+        await self._refresh_entries()
         return entry
 
     # ------------------------------------------------------------------ invalidation
@@ -242,6 +293,10 @@ class DualCache:
         return len(ids)
 
     async def sweep(self) -> None:
+        # Vector stores holding an expiry of their own (Qdrant, Weaviate) sweep it themselves.
+        vector_sweep = getattr(self.vectors, "sweep", None)
+        if vector_sweep is not None:
+            await vector_sweep()
         sweep = getattr(self.exact, "sweep", None)
         if sweep is None:
             return

@@ -36,6 +36,9 @@ _DEFAULTS: dict[str, Any] = {
     "socket_connect_timeout": 1.0,
     "socket_timeout": 1.0,
     "max_connections": 64,
+    # RESP2: replies of module commands (FT.*) keep one shape across redis-py versions
+    # (redis-py 8 negotiates RESP3 by default). The vector store parses both anyway.
+    "protocol": 2,
 }
 _NUMERIC_OPTIONS = ("socket_timeout", "socket_connect_timeout", "max_connections", "db")
 

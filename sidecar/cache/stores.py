@@ -31,7 +31,10 @@ class ExactStore(Protocol):
 
     async def start(self) -> None: ...
 
-    async def get(self, entry_id: str) -> CacheEntry | None: ...
+    async def get(self, entry_id: str, partition: str | None = None) -> CacheEntry | None:
+        """``partition``, when the caller knows it, lets a sharded store (Redis, keyed by
+        partition hash tag) find the entry in one round trip; stores may ignore it."""
+        ...
 
     async def put(self, entry: CacheEntry) -> list[str]:
         """Store (or replace) an entry; return ids evicted to make room."""

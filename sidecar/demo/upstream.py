@@ -10,6 +10,7 @@ Every call is counted and its raw body recorded.
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
 import time
 from collections import Counter
@@ -79,7 +80,7 @@ def openai_events(answer_id: str, model: str, text: str) -> Iterator[bytes]:
 
 def anthropic_events(answer_id: str, model: str, text: str) -> Iterator[bytes]:
     usage = {"input_tokens": 5, "output_tokens": 0}
-    message = {
+    message: dict[str, Any] = {
         "id": answer_id,
         "type": "message",
         "role": "assistant",
@@ -121,14 +122,27 @@ def fake_embedding(text: str) -> list[float]:
     return [(b - 127.5) / 127.5 for b in digest[:EMBEDDING_DIMENSION]]
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client closing a kept-alive connection (the OpenAI SDK does at [DONE]) is normal.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
+
+
 class FakeLLMUpstream:
     """Start with ``start()``; ``url`` is the base (``http://127.0.0.1:<port>``)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, chunk_pause: float = 0.001) -> None:
         self._host = host
+        self._chunk_pause = chunk_pause
         self._port = port
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._serial = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self._gate = 0  # LLM calls wait until this many were in flight at once (0: no wait)
         self.calls: list[UpstreamCall] = []
         self.counts: Counter[str] = Counter()
         self._embeddings_released = threading.Event()
@@ -151,8 +165,7 @@ class FakeLLMUpstream:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
                 return
 
-        self._httpd = ThreadingHTTPServer((self._host, self._port), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = _QuietServer((self._host, self._port), Handler)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
         )
@@ -179,6 +192,14 @@ class FakeLLMUpstream:
     def release_embeddings(self) -> None:
         self._embeddings_released.set()
 
+    def hold_until_in_flight(self, count: int) -> None:
+        """Make LLM calls wait until ``count`` of them are in flight together (a proof of
+        concurrency that needs no timing); ``count=0`` turns the gate off."""
+        with self._lock:
+            self._gate = count
+            self.max_in_flight = self.in_flight
+            self._lock.notify_all()
+
     def count(self, suffix: str = "") -> int:
         """Calls whose path ends with ``suffix`` (all LLM calls when empty)."""
         with self._lock:
@@ -199,6 +220,9 @@ class FakeLLMUpstream:
         raw = handler.rfile.read(length) if length else b""
         path = handler.path.split("?", 1)[0]
         call = UpstreamCall(path, {k.lower(): v for k, v in handler.headers.items()}, raw)
+        if not path.endswith(("/chat/completions", "/messages", "/embeddings")):
+            self._send_json(handler, 404, {"error": {"message": f"no route {path}"}})
+            return
         try:
             body = orjson.loads(raw) if raw else {}
         except orjson.JSONDecodeError:
@@ -208,17 +232,27 @@ class FakeLLMUpstream:
             if path.endswith("/embeddings"):
                 self._embeddings(handler, body)
                 return
-            with self._lock:
-                self.calls.append(call)
-                self.counts[path] += 1
-            if path.endswith("/chat/completions"):
-                self._chat(handler, body)
-            elif path.endswith("/messages"):
-                self._messages(handler, body)
-            else:
-                self._send_json(handler, 404, {"error": {"message": f"no route {path}"}})
-        except (BrokenPipeError, ConnectionResetError):
+            self._enter(call)
+            try:
+                if path.endswith("/chat/completions"):
+                    self._chat(handler, body)
+                else:
+                    self._messages(handler, body)
+            finally:
+                with self._lock:
+                    self.in_flight -= 1
+        except ConnectionError:
             pass  # the proxy gave up on this request (timeout tests)
+
+    def _enter(self, call: UpstreamCall) -> None:
+        with self._lock:
+            self.calls.append(call)
+            self.counts[call.path] += 1
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self._lock.notify_all()
+            if self._gate:
+                self._lock.wait_for(lambda: self.max_in_flight >= self._gate, _HOLD_LIMIT_S)
 
     def _chat(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         serial = self._next_serial()
@@ -290,8 +324,7 @@ class FakeLLMUpstream:
         handler.end_headers()
         handler.wfile.write(raw)
 
-    @staticmethod
-    def _send_stream(handler: BaseHTTPRequestHandler, events: Iterator[bytes]) -> None:
+    def _send_stream(self, handler: BaseHTTPRequestHandler, events: Iterator[bytes]) -> None:
         handler.send_response(200)
         handler.send_header("content-type", "text/event-stream")
         handler.send_header("cache-control", "no-cache")
@@ -303,6 +336,6 @@ class FakeLLMUpstream:
             handler.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             handler.wfile.flush()
             # Token pacing, as a real provider has: lets the proxy forward chunks one by one.
-            time.sleep(0.001)
+            time.sleep(self._chunk_pause)
         handler.wfile.write(b"0\r\n\r\n")
         handler.wfile.flush()

@@ -253,4 +253,9 @@ def create_app(
             if manage_lifecycle:
                 await sidecar.close()
 
-    return Starlette(routes=build_routes(sidecar) + list(extra_routes or []), lifespan=lifespan)
+    routes = build_routes(sidecar) + list(extra_routes or [])
+    if sidecar.engine is not None:
+        from sidecar.transports.litellm import litellm_guardrail_routes
+
+        routes += litellm_guardrail_routes(sidecar.engine)
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -53,7 +53,7 @@ class FakeAzureContentSafety(FakeJsonServer):
     def respond(self, request: Recorded) -> Reply:
         if not self._authorized(request):
             return error(401, "401", "Access denied due to invalid subscription key.")
-        version = (request.query.get("api-version") or [None])[0]
+        version = (request.query.get("api-version") or [""])[0]
         if request.path == "/contentsafety/text:analyze":
             if version not in ANALYZE_VERSIONS:
                 return error(404, "404", "Resource not found")

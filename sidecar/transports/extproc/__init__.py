@@ -52,6 +52,9 @@ class UnavailableProcessor:
     async def response_body(self, message: HttpBody) -> ProcessingResponse:
         return await self._fail()
 
+    async def close(self) -> None:
+        return None
+
 
 def build_server(sidecar: Sidecar) -> ExtProcServer:
     """The ext_proc server for a started ``Sidecar``: same pipeline, cache and metrics."""

@@ -8,14 +8,18 @@ import orjson
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3.external_processor_pb2 import (
+    HttpBody,
+    HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+)
 from envoy.type.v3 import http_status_pb2
 
 from sidecar.pipeline import HookError, HttpAnswer
 
-ProcessingRequest = pb.ProcessingRequest
-ProcessingResponse = pb.ProcessingResponse
-HttpHeaders = pb.HttpHeaders
-HttpBody = pb.HttpBody
+__all__ = ["HttpBody", "HttpHeaders", "ProcessingRequest", "ProcessingResponse"]
+
 ProcessingMode = processing_mode_pb2.ProcessingMode
 BodySendMode = processing_mode_pb2.ProcessingMode.BodySendMode
 

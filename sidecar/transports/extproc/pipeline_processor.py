@@ -74,6 +74,7 @@ class PipelineProcessor:
         self._response_headers: dict[str, str] = {}
         self._response_mode = BodySendMode.NONE
         self._stream: StreamProcessor | None = None
+        self._stream_stored = False
         self._answer_chunks: list[bytes] = []
         self._answer_size = 0
 
@@ -171,6 +172,9 @@ class PipelineProcessor:
             self._status = 0
         self._response_headers = _without_pseudo(headers)
         self._response_mode = self._choose_mode(ctx)
+        if self._response_mode == BodySendMode.NONE:
+            # No body will come: let identical requests waiting on this miss go ahead now.
+            await self._pipeline.release_miss_lock(ctx)
         return headers_reply(
             RESPONSE_HEADERS, ctx.cache.headers(), response_body_mode=self._response_mode
         )
@@ -190,7 +194,11 @@ class PipelineProcessor:
         out = await self._stream.feed(chunk)
         if message.end_of_stream:
             out += await self._stream.finish()
-            # Stored before the last chunk is released, so the client's next request hits.
+        if not self._stream_stored and (self._stream.terminal_seen or message.end_of_stream):
+            # Stored as soon as the terminal event arrives and before it is released: SDKs
+            # (OpenAI's) close the connection at [DONE], so end_of_stream may never come, and
+            # the client's next request must find the entry.
+            self._stream_stored = True
             await self._pipeline.finish_stream(
                 ctx, self._status, self._response_headers, self._stream
             )
@@ -224,3 +232,9 @@ class PipelineProcessor:
         if outcome.stored_entry_id is not None and whole:
             extra[ENTRY_HEADER] = outcome.stored_entry_id
         return body_reply(RESPONSE_BODY, outcome.body, extra, fix_length=whole)
+
+    async def close(self) -> None:
+        # A stream cut short (client gone, Envoy timeout, error) never reached the store: free
+        # its single-flight miss lock so waiting requests go upstream instead of timing out.
+        if self.ctx is not None:
+            await self._pipeline.release_miss_lock(self.ctx)

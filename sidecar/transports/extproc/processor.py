@@ -1,8 +1,8 @@
 """The per-request processor interface: one method per ext_proc message Envoy sends.
 
 A processor instance lives for one HTTP request (one ``Process`` stream) and may keep state
-between its calls. The server owns the stream loop and the failure policy; a processor only
-turns a message into a reply.
+between its calls; ``close`` is called once when the stream ends, however it ends. The server
+owns the stream loop and the failure policy; a processor only turns a message into a reply.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ class Processor(Protocol):
 
     async def response_body(self, message: HttpBody) -> ProcessingResponse: ...
 
+    async def close(self) -> None:
+        """The stream ended (answered, cancelled by Envoy, or failed): release what is held."""
+
 
 class PassThroughProcessor:
     """The null processor: every message continues unchanged.
@@ -49,3 +52,6 @@ class PassThroughProcessor:
 
     async def response_body(self, message: HttpBody) -> ProcessingResponse:
         return continue_for(RESPONSE_BODY)
+
+    async def close(self) -> None:
+        return None

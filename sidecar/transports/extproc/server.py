@@ -109,6 +109,10 @@ class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 if reply.HasField("immediate_response"):
                     return  # Envoy answered the client; nothing else comes on this stream
         finally:
+            try:
+                await processor.close()
+            except Exception:  # closing must not mask how the stream ended
+                log.exception("ext_proc processor failed to close")
             if self._metrics is not None:
                 self._metrics.streams.dec()
 

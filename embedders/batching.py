@@ -1,0 +1,186 @@
+"""Micro-batching: concurrent ``embed`` calls share one model call.
+
+A transformer on the CPU embeds 32 short texts in a fraction of 32 single calls' time, so
+under concurrency the requests that queue while the model is busy are embedded together.
+
+Policy (no added latency when idle):
+- An idle batcher starts a request at once (after one event-loop turn, so requests arriving
+  in the same turn join it).
+- While a batch runs, new requests queue. When it ends, the queued requests go next; if they
+  hold fewer than ``max_batch`` texts, the batcher first waits up to ``window`` seconds for
+  more (callers just served tend to come straight back under load), waking early once full.
+- A batch holds at most ``max_batch`` texts, except a single call larger than that, which
+  runs on its own. A failed model call fails every caller in that batch with the same error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from embedders.base import Embedder, EmbedderError
+
+
+@dataclass(slots=True)
+class _Job:
+    texts: Sequence[str]
+    future: asyncio.Future[np.ndarray]
+
+
+@dataclass(slots=True)
+class BatchStats:
+    """Counters for benchmarks and status pages."""
+
+    calls: int = 0  # embed() calls
+    batches: int = 0  # model calls
+    texts: int = 0
+    largest_batch: int = 0  # texts in the largest model call
+
+
+class MicroBatcher:
+    """Wraps any ``Embedder``; is one itself (model id and dimension are the inner one's)."""
+
+    def __init__(self, inner: Embedder, window: float = 0.002, max_batch: int = 32) -> None:
+        if max_batch < 1:
+            raise EmbedderError(f"embedder.max_batch must be at least 1, got {max_batch}")
+        if window < 0:
+            raise EmbedderError(f"embedder.batch_window_ms must not be negative, got {window}")
+        self.inner = inner
+        self.window = window
+        self.max_batch = max_batch
+        self.stats = BatchStats()
+        self._queue: deque[_Job] = deque()
+        self._queued_texts = 0
+        self._drainer: asyncio.Task[None] | None = None
+        self._full: asyncio.Future[None] | None = None  # set when the queue reaches max_batch
+
+    # The protocol's attributes mirror the wrapped embedder (it learns them in start()).
+    @property
+    def model_id(self) -> str:
+        return self.inner.model_id
+
+    @model_id.setter
+    def model_id(self, value: str) -> None:
+        self.inner.model_id = value
+
+    @property
+    def dimension(self) -> int:
+        return self.inner.dimension
+
+    @dimension.setter
+    def dimension(self, value: int) -> None:
+        self.inner.dimension = value
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if not texts:
+            return await self.inner.embed(texts)
+        loop = asyncio.get_running_loop()
+        drainer = self._drainer
+        if drainer is not None and drainer.get_loop() is not loop:
+            # A previous event loop ended (tests, tools calling asyncio.run twice): its queued
+            # callers are gone with it, and its futures cannot be resolved any more.
+            self._queue.clear()
+            self._queued_texts = 0
+            self._drainer = drainer = None
+        future: asyncio.Future[np.ndarray] = loop.create_future()
+        self._queue.append(_Job(texts, future))
+        self._queued_texts += len(texts)
+        self.stats.calls += 1
+        if drainer is None or drainer.done():
+            # The reference also keeps the task alive (the loop holds tasks weakly).
+            self._drainer = loop.create_task(self._drain())
+        elif self._queued_texts >= self.max_batch and self._full is not None:
+            if not self._full.done():
+                self._full.set_result(None)
+        return await future
+
+    def _take_batch(self) -> list[_Job]:
+        batch: list[_Job] = []
+        size = 0
+        while self._queue:
+            job = self._queue[0]
+            if batch and size + len(job.texts) > self.max_batch:
+                break
+            self._queue.popleft()
+            self._queued_texts -= len(job.texts)
+            if job.future.done():  # the caller was cancelled while queued
+                continue
+            batch.append(job)
+            size += len(job.texts)
+        return batch
+
+    async def _collect(self) -> None:
+        """Wait up to the window for the queue to fill (called only under load)."""
+        if self.window <= 0 or self._queued_texts >= self.max_batch:
+            return
+        self._full = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait((self._full,), timeout=self.window)
+        finally:
+            self._full = None
+
+    async def _drain(self) -> None:
+        try:
+            await asyncio.sleep(0)  # let requests of the same event-loop turn join
+            under_load = False
+            while self._queue:
+                if under_load:
+                    await self._collect()
+                batch = self._take_batch()
+                if batch:
+                    await self._run(batch)
+                under_load = True
+        except BaseException as exc:  # cancelled with the loop: nobody may wait forever
+            self._fail_all(exc)
+            raise
+
+    async def _run(self, batch: list[_Job]) -> None:
+        texts = [t for job in batch for t in job.texts]
+        self.stats.batches += 1
+        self.stats.texts += len(texts)
+        self.stats.largest_batch = max(self.stats.largest_batch, len(texts))
+        try:
+            matrix = await self.inner.embed(texts)
+            if matrix.shape[0] != len(texts):
+                raise EmbedderError(
+                    f"embedder returned {matrix.shape[0]} vectors for {len(texts)} texts"
+                )
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else EmbedderError("embedding was cancelled")
+            for job in batch:
+                if not job.future.done():
+                    job.future.set_exception(error)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        row = 0
+        for job in batch:
+            n = len(job.texts)
+            if not job.future.done():
+                job.future.set_result(matrix[row : row + n])
+            row += n
+
+    def _fail_all(self, exc: BaseException) -> None:
+        error = exc if isinstance(exc, Exception) else EmbedderError("embedding was cancelled")
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(error)
+        self._queued_texts = 0
+
+
+def with_batching(inner: Embedder, window_ms: float, max_batch: int) -> Embedder:
+    """``inner`` behind a ``MicroBatcher``, or unchanged when ``max_batch`` is 1."""
+    if max_batch <= 1:
+        return inner
+    return MicroBatcher(inner, window=window_ms / 1000.0, max_batch=max_batch)

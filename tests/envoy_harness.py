@@ -1,0 +1,145 @@
+"""Real processes for the Envoy end-to-end tests: sidecars (``sidecar serve`` subprocesses),
+in-process ext_proc servers (for failure-policy tests), and one Envoy with a listener per
+scenario. Everything binds 127.0.0.1 on free ports, readiness is polled with a deadline,
+and every process is stopped by its own PID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from sidecar.demo.envoy import (
+    ExtProcListener,
+    bootstrap,
+    envoy_binary,
+    envoy_command,
+    write_bootstrap,
+)
+from sidecar.demo.processes import ManagedProcess, free_port, sidecar_command
+from sidecar.transports.extproc import ExtProcServer, FailureMode, Processor
+
+T = TypeVar("T")
+SIDECAR_START_DEADLINE_S = 180.0  # loading the embedding model on a busy 2-core machine
+ENVOY_START_DEADLINE_S = 60.0
+
+
+def envoy_available() -> str | None:
+    """None when Envoy can run here, else the reason to skip."""
+    try:
+        envoy_binary()
+    except FileNotFoundError as exc:
+        return str(exc)
+    return None
+
+
+class BackgroundLoop:
+    """An asyncio loop in a thread, for gRPC servers living in the test process."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()
+
+
+@dataclass
+class SidecarProcess:
+    name: str
+    http_port: int
+    grpc_port: int
+    process: ManagedProcess
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+
+class EnvoyStack:
+    def __init__(self, workdir: Path, upstream_port: int) -> None:
+        self.workdir = workdir
+        self.upstream_port = upstream_port
+        self.sidecars: dict[str, SidecarProcess] = {}
+        self.listeners: dict[str, ExtProcListener] = {}
+        self.admin_port = free_port()
+        self.envoy: ManagedProcess | None = None
+        self._loop: BackgroundLoop | None = None
+        self._grpc_servers: list[ExtProcServer] = []
+
+    # ------------------------------------------------------------------ building
+    def add_sidecar(self, name: str, config: dict[str, Any]) -> SidecarProcess:
+        http_port, grpc_port = free_port(), free_port()
+        server = {**config.get("server", {}), "http_port": http_port, "grpc_port": grpc_port}
+        path = self.workdir / f"sidecar-{name}.yaml"
+        path.write_text(yaml.safe_dump({**config, "server": server}), encoding="utf-8")
+        process = ManagedProcess(
+            f"sidecar {name}", sidecar_command(path), self.workdir / f"sidecar-{name}.log"
+        )
+        self.sidecars[name] = SidecarProcess(name, http_port, grpc_port, process)
+        return self.sidecars[name]
+
+    def add_inprocess_extproc(
+        self, new_processor: Callable[[], Processor], failure_mode: FailureMode
+    ) -> int:
+        """An ext_proc server in this process (its processor is test code); returns its port."""
+        if self._loop is None:
+            self._loop = BackgroundLoop()
+        server = ExtProcServer(new_processor, port=0, failure_mode=failure_mode)
+        port = self._loop.run(server.start())
+        self._grpc_servers.append(server)
+        return port
+
+    def add_listener(
+        self,
+        name: str,
+        grpc_port: int,
+        failure_mode_allow: bool = False,
+        message_timeout: float = 20.0,
+    ) -> str:
+        spec = ExtProcListener(name, free_port(), grpc_port, failure_mode_allow, message_timeout)
+        self.listeners[name] = spec
+        return self.url(name)
+
+    def url(self, listener: str) -> str:
+        return f"http://127.0.0.1:{self.listeners[listener].port}"
+
+    # ------------------------------------------------------------------ running
+    def start(self) -> None:
+        for sidecar in self.sidecars.values():  # started together: model loads overlap
+            sidecar.process.start()
+        for sidecar in self.sidecars.values():
+            sidecar.process.wait_ready(f"{sidecar.http_url}/readyz", SIDECAR_START_DEADLINE_S)
+        config = bootstrap(self.admin_port, self.upstream_port, list(self.listeners.values()))
+        path = write_bootstrap(self.workdir / "envoy.yaml", config)
+        self.envoy = ManagedProcess("envoy", envoy_command(path), self.workdir / "envoy.log")
+        self.envoy.start()
+        self.envoy.wait_ready(f"http://127.0.0.1:{self.admin_port}/ready", ENVOY_START_DEADLINE_S)
+
+    def stop(self) -> None:
+        if self.envoy is not None:
+            self.envoy.stop()
+        for sidecar in self.sidecars.values():
+            sidecar.process.stop()
+        if self._loop is not None:
+            for server in self._grpc_servers:
+                self._loop.run(server.stop(grace=1.0))
+            self._loop.close()
+
+    def logs(self) -> str:
+        parts = [f"--- {s.name}\n{s.process.log_tail(40)}" for s in self.sidecars.values()]
+        if self.envoy is not None:
+            parts.append(f"--- envoy\n{self.envoy.log_tail(40)}")
+        return "\n".join(parts)

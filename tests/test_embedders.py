@@ -1,0 +1,287 @@
+"""The ONNX Runtime backend and the micro-batcher, against the real all-MiniLM-L6-v2."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from conftest import make_config
+from hookclient import chat_body, openai_answer, request_hook, round_trip
+
+from embedders import EmbedderError, build_embedder
+from embedders.batching import MicroBatcher
+from embedders.onnx_embedder import OnnxEmbedder
+from embedders.sentence_tf import SentenceTransformerEmbedder
+from sidecar.config import ConfigError, load_config
+from sidecar.services import Sidecar
+from sidecar.transports.http import create_app
+
+SENTENCES = [
+    "What is the capital of France?",
+    "How do I reset my password?",
+    "ok",
+    "Is the museum open on Sundays? I would like to visit with two children and a dog.",
+    "Explain the difference between a process and a thread in an operating system, with "
+    "examples from Linux and Windows, and say when each is the better choice.",
+]
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("onnx-cache")
+
+
+@pytest.fixture(scope="module")
+def onnx_fp32(onnx_cache: Path) -> Iterator[OnnxEmbedder]:
+    model = OnnxEmbedder(cache_dir=str(onnx_cache))
+    asyncio.run(model.start())
+    yield model
+    asyncio.run(model.close())
+
+
+@pytest.fixture(scope="module")
+def onnx_int8(onnx_cache: Path, onnx_fp32: OnnxEmbedder) -> Iterator[OnnxEmbedder]:
+    model = OnnxEmbedder(cache_dir=str(onnx_cache), quantize=True)
+    asyncio.run(model.start())
+    yield model
+    asyncio.run(model.close())
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.asarray((a * b).sum(axis=1))
+
+
+# ---------------------------------------------------------------------------- ONNX backend
+async def test_onnx_fp32_agrees_with_sentence_transformers(
+    onnx_fp32: OnnxEmbedder, embedder: SentenceTransformerEmbedder
+) -> None:
+    reference = await embedder.embed(SENTENCES)
+    got = await onnx_fp32.embed(SENTENCES)
+    assert got.shape == (len(SENTENCES), 384) and got.dtype == np.float32
+    assert onnx_fp32.dimension == 384
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, rtol=1e-5)
+    assert _cosines(got, reference).min() > 0.99
+
+
+async def test_onnx_int8_stays_close_to_sentence_transformers(
+    onnx_int8: OnnxEmbedder, embedder: SentenceTransformerEmbedder
+) -> None:
+    reference = await embedder.embed(SENTENCES)
+    got = await onnx_int8.embed(SENTENCES)
+    assert _cosines(got, reference).min() > 0.95
+    assert onnx_int8.onnx_path is not None and onnx_int8.onnx_path.name.endswith(".int8.onnx")
+
+
+async def test_onnx_batch_rows_match_single_texts(onnx_fp32: OnnxEmbedder) -> None:
+    # Padding a short text to a long neighbour must not change its vector.
+    together = await onnx_fp32.embed(SENTENCES)
+    for i, text in enumerate(SENTENCES):
+        alone = await onnx_fp32.embed([text])
+        np.testing.assert_allclose(together[i], alone[0], atol=1e-5)
+
+
+async def test_model_ids_keep_fp32_and_int8_indexes_apart(
+    onnx_fp32: OnnxEmbedder, onnx_int8: OnnxEmbedder, embedder: SentenceTransformerEmbedder
+) -> None:
+    assert len({onnx_fp32.model_id, onnx_int8.model_id, embedder.model_id}) == 3
+
+
+async def test_export_is_cached_and_reused(onnx_cache: Path, onnx_fp32: OnnxEmbedder) -> None:
+    assert onnx_fp32.onnx_path is not None and onnx_fp32.onnx_path.parent == onnx_cache
+    before = os.stat(onnx_fp32.onnx_path)
+    listing = sorted(p.name for p in onnx_cache.iterdir())
+    again = OnnxEmbedder(cache_dir=str(onnx_cache))
+    await again.start()
+    try:
+        assert again.onnx_path == onnx_fp32.onnx_path
+        after = os.stat(onnx_fp32.onnx_path)
+        assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+        assert sorted(p.name for p in onnx_cache.iterdir()) == listing
+        np.testing.assert_allclose(
+            await again.embed(SENTENCES[:2]), await onnx_fp32.embed(SENTENCES[:2]), atol=1e-6
+        )
+    finally:
+        await again.close()
+
+
+async def test_corrupt_cached_file_is_named_in_the_error(
+    tmp_path: Path, onnx_fp32: OnnxEmbedder
+) -> None:
+    assert onnx_fp32.onnx_path is not None
+    broken = tmp_path / onnx_fp32.onnx_path.name
+    broken.write_bytes(b"not an onnx model")
+    model = OnnxEmbedder(cache_dir=str(tmp_path))
+    with pytest.raises(EmbedderError, match="delete it") as info:
+        await model.start()
+    assert str(broken) in str(info.value)
+    await model.close()
+
+
+async def test_unusable_cache_dir_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    model = OnnxEmbedder(cache_dir=str(blocker / "onnx"))
+    with pytest.raises(EmbedderError, match="onnx_cache_dir"):
+        await model.start()
+    await model.close()
+
+
+async def test_embed_before_start_is_refused() -> None:
+    model = OnnxEmbedder(cache_dir="/nonexistent-never-created")
+    with pytest.raises(EmbedderError, match="before start"):
+        await model.embed(["hello"])
+    await model.close()
+
+
+# ---------------------------------------------------------------------------- micro-batcher
+async def test_concurrent_callers_get_their_own_rows(onnx_fp32: OnnxEmbedder) -> None:
+    batcher = MicroBatcher(onnx_fp32, window=0.002, max_batch=8)
+    requests: list[list[str]] = [[s] for s in SENTENCES * 3] + [SENTENCES[:2]]
+    singles = [await onnx_fp32.embed(texts) for texts in requests]
+    results = await asyncio.gather(*(batcher.embed(texts) for texts in requests))
+    for texts, got, alone in zip(requests, results, singles, strict=True):
+        assert got.shape == (len(texts), 384)
+        np.testing.assert_allclose(got, alone, atol=1e-5)
+    # 17 texts queued in one event-loop turn: batches of at most 8 texts, not 16 model calls.
+    assert batcher.stats.calls == 16 and batcher.stats.texts == 17
+    assert batcher.stats.batches == 3 and batcher.stats.largest_batch == 8
+
+
+async def test_a_lone_request_completes_in_one_model_call(onnx_fp32: OnnxEmbedder) -> None:
+    batcher = MicroBatcher(onnx_fp32, window=0.002, max_batch=32)
+    got = await batcher.embed(["What is the capital of France?"])
+    np.testing.assert_allclose(
+        got, await onnx_fp32.embed(["What is the capital of France?"]), atol=1e-6
+    )
+    assert (batcher.stats.calls, batcher.stats.batches) == (1, 1)
+    # Sequential callers are each served alone, never held back for company.
+    await batcher.embed(["second"])
+    assert batcher.stats.batches == 2 and batcher.stats.largest_batch == 1
+
+
+async def test_a_call_larger_than_max_batch_runs_alone(onnx_fp32: OnnxEmbedder) -> None:
+    batcher = MicroBatcher(onnx_fp32, window=0.0, max_batch=2)
+    big, small = SENTENCES, ["tiny"]
+    got_big, got_small = await asyncio.gather(batcher.embed(big), batcher.embed(small))
+    assert got_big.shape == (5, 384) and got_small.shape == (1, 384)
+    assert batcher.stats.batches == 2 and batcher.stats.largest_batch == 5
+
+
+async def test_model_errors_reach_every_waiting_caller() -> None:
+    unstarted = SentenceTransformerEmbedder()  # embed() before start() raises EmbedderError
+    batcher = MicroBatcher(unstarted, window=0.002, max_batch=32)
+    try:
+        results = await asyncio.gather(
+            *(batcher.embed([f"question {i}"]) for i in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, EmbedderError) for r in results), results
+        assert all("before start" in str(r) for r in results)
+        assert batcher.stats.batches == 1
+    finally:
+        await unstarted.close()
+
+
+async def test_a_cancelled_caller_does_not_disturb_the_others(onnx_fp32: OnnxEmbedder) -> None:
+    batcher = MicroBatcher(onnx_fp32, window=0.002, max_batch=32)
+    tasks = [asyncio.create_task(batcher.embed([s])) for s in SENTENCES[:3]]
+    await asyncio.sleep(0)  # let the three enqueue
+    tasks[1].cancel()
+    first, third = await tasks[0], await tasks[2]
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[1]
+    np.testing.assert_allclose(first, await onnx_fp32.embed(SENTENCES[:1]), atol=1e-5)
+    np.testing.assert_allclose(third, await onnx_fp32.embed(SENTENCES[2:3]), atol=1e-5)
+
+
+def test_the_batcher_survives_a_new_event_loop(onnx_fp32: OnnxEmbedder) -> None:
+    batcher = MicroBatcher(onnx_fp32, window=0.002, max_batch=32)
+    one = asyncio.run(batcher.embed(["first loop"]))
+    two = asyncio.run(batcher.embed(["second loop"]))
+    assert one.shape == two.shape == (1, 384)
+
+
+def test_batcher_rejects_bad_settings(onnx_fp32: OnnxEmbedder) -> None:
+    with pytest.raises(EmbedderError, match="max_batch"):
+        MicroBatcher(onnx_fp32, max_batch=0)
+    with pytest.raises(EmbedderError, match="batch_window_ms"):
+        MicroBatcher(onnx_fp32, window=-1)
+
+
+# ---------------------------------------------------------------------------- wiring
+def test_build_embedder_wraps_in_the_batcher_unless_disabled(onnx_cache: Path) -> None:
+    batched = build_embedder(
+        "onnx",
+        model="all-MiniLM-L6-v2",
+        onnx_cache_dir=str(onnx_cache),
+        batch_window_ms=2.0,
+        max_batch=16,
+    )
+    assert isinstance(batched, MicroBatcher) and batched.max_batch == 16
+    assert isinstance(batched.inner, OnnxEmbedder)
+    assert batched.window == pytest.approx(0.002)
+    plain = build_embedder("onnx", model="all-MiniLM-L6-v2", onnx_quantize=True, max_batch=1)
+    assert isinstance(plain, OnnxEmbedder) and plain.model_id.startswith("onnx-int8:")
+    with pytest.raises(EmbedderError, match="unknown embedder backend 'tensorflow'"):
+        build_embedder("tensorflow", model="x")
+
+
+def test_embedder_config_keys_and_their_errors() -> None:
+    c = load_config(environ={})
+    assert (c.embedder.batch_window_ms, c.embedder.max_batch) == (2.0, 32)
+    assert not c.embedder.onnx_quantize and c.embedder.onnx_cache_dir == ""
+    c = load_config(
+        environ={
+            "SIDECAR_EMBEDDER__BACKEND": "onnx",
+            "SIDECAR_EMBEDDER__ONNX_QUANTIZE": "true",
+            "SIDECAR_EMBEDDER__MAX_BATCH": "1",
+        }
+    )
+    assert (c.embedder.backend, c.embedder.onnx_quantize, c.embedder.max_batch) == ("onnx", True, 1)
+    with pytest.raises(ConfigError, match="embedder.max_batch"):
+        load_config(environ={"SIDECAR_EMBEDDER__MAX_BATCH": "0"})
+    with pytest.raises(ConfigError, match="embedder.backend"):
+        load_config(environ={"SIDECAR_EMBEDDER__BACKEND": "tensorflow"})
+
+
+async def test_sidecar_with_the_onnx_backend_serves_semantic_hits(
+    onnx_cache: Path, onnx_fp32: OnnxEmbedder
+) -> None:
+    config = make_config(embedder={"backend": "onnx", "onnx_cache_dir": str(onnx_cache)})
+    sidecar = Sidecar(config)
+    await sidecar.start()
+    try:
+        assert isinstance(sidecar.embedder, MicroBatcher)
+        assert sidecar.embedder.model_id == onnx_fp32.model_id
+        transport = httpx.ASGITransport(app=create_app(sidecar, manage_lifecycle=False))
+        async with httpx.AsyncClient(transport=transport, base_url="http://sidecar") as client:
+            await round_trip(
+                client, chat_body("What is the capital of France?"), openai_answer("Paris.")
+            )
+            questions = ["What's the capital city of France?", "How do I bake sourdough bread?"]
+            replies: list[Any] = await asyncio.gather(
+                *(request_hook(client, chat_body(q)) for q in questions)
+            )
+        statuses = [r.json()["cache"]["status"] for r in replies]
+        assert statuses == ["hit-semantic", "miss"]
+    finally:
+        await sidecar.close()
+
+
+def test_missing_tokenizer_is_named(tmp_path: Path, onnx_cache: Path) -> None:
+    from embedders.sentence_tf import packaged_model_path
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    for item in Path(packaged_model_path()).iterdir():
+        if item.name != "tokenizer.json":
+            (model_dir / item.name).symlink_to(item)
+    model = OnnxEmbedder(model_path=str(model_dir), cache_dir=str(onnx_cache))
+    with pytest.raises(EmbedderError, match="tokenizer.json"):
+        asyncio.run(model.start())
+    asyncio.run(model.close())

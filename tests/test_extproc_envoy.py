@@ -1,0 +1,533 @@
+"""The ext_proc hook end to end: client -> real Envoy -> sidecar (gRPC) -> fake provider.
+
+One Envoy runs a listener per scenario (main sidecar; sidecar down; sidecar too slow; sidecar
+failing; body rewrite), all started once for the module. Every test uses its own cache
+partition (``x-bf-cache-key``) so tests do not see each other's entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import grpc
+import httpx
+import openai
+import orjson
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from sidecar.demo.processes import free_port
+from sidecar.transports.extproc.messages import (
+    REQUEST_BODY,
+    REQUEST_HEADERS,
+    RESPONSE_BODY,
+    RESPONSE_HEADERS,
+    BodySendMode,
+    HttpBody,
+    HttpHeaders,
+    ProcessingResponse,
+    body_reply,
+    continue_for,
+    headers_reply,
+    read_headers,
+)
+from tests.envoy_harness import EnvoyStack, envoy_available
+from tests.fakes.upstream import HOLD_MARKER, FakeLLMUpstream
+
+GUARD_WIRED = importlib.util.find_spec("sidecar.guard") is not None
+SECRET = "SECRET-123456"
+REDACT_RULES = """\
+profiles:
+  fake-secret:
+    provider: regex
+    config: {patterns: [{name: fake-secret, pattern: 'SECRET-[0-9]{6}'}]}
+rules:
+  - id: redact-fake-secret
+    apply_to: input
+    profiles: [fake-secret]
+    action: redact
+"""
+
+
+# ---------------------------------------------------------------------- test processors
+class FailingProcessor:
+    """Raises on the chosen message (the request body, or the Nth streamed answer chunk)."""
+
+    def __init__(self, fail_on: str, after_chunks: int = 0) -> None:
+        self._fail_on = fail_on
+        self._after = after_chunks
+        self._chunks = 0
+
+    async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        return continue_for(REQUEST_HEADERS)
+
+    async def request_body(self, message: HttpBody) -> ProcessingResponse:
+        if self._fail_on == REQUEST_BODY:
+            raise RuntimeError("injected request failure")
+        return continue_for(REQUEST_BODY)
+
+    async def response_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        return headers_reply(RESPONSE_HEADERS, response_body_mode=BodySendMode.STREAMED)
+
+    async def response_body(self, message: HttpBody) -> ProcessingResponse:
+        self._chunks += 1
+        if self._fail_on == RESPONSE_BODY and self._chunks > self._after:
+            raise RuntimeError("injected answer failure")
+        return continue_for(RESPONSE_BODY)
+
+    async def close(self) -> None:
+        return None
+
+
+class RewritingProcessor:
+    """Redacts SECRET in the request body; ``x-test-keep-length`` leaves content-length stale."""
+
+    def __init__(self) -> None:
+        self._fix_length = True
+
+    async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        self._fix_length = "x-test-keep-length" not in read_headers(message, "request")
+        return continue_for(REQUEST_HEADERS)
+
+    async def request_body(self, message: HttpBody) -> ProcessingResponse:
+        new = message.body.replace(SECRET.encode(), b"[REDACTED]")
+        return body_reply(REQUEST_BODY, new, fix_length=self._fix_length)
+
+    async def response_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        return continue_for(RESPONSE_HEADERS)
+
+    async def response_body(self, message: HttpBody) -> ProcessingResponse:
+        return continue_for(RESPONSE_BODY)
+
+    async def close(self) -> None:
+        return None
+
+
+# ---------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeLLMUpstream]:
+    fake = FakeLLMUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, upstream: FakeLLMUpstream
+) -> Iterator[EnvoyStack]:
+    reason = envoy_available()
+    if reason is not None:
+        pytest.skip(f"Envoy unavailable: {reason}")
+    workdir = tmp_path_factory.mktemp("envoy-e2e")
+    env = EnvoyStack(workdir, upstream.port)
+    main_config: dict[str, Any] = {
+        "cache": {"data_dir": ":memory:", "default_cache_key": "e2e"},
+        "server": {"log_level": "warning"},
+    }
+    if GUARD_WIRED:
+        rules = workdir / "redact.yaml"
+        rules.write_text(REDACT_RULES, encoding="utf-8")
+        main_config["guardrails"] = {"rules": [str(rules)]}
+        main_config["server"]["grpc_failure_mode"] = "open"
+    main = env.add_sidecar("main", main_config)
+    # A sidecar whose embedding provider stalls on HOLD_MARKER: the sidecar becomes too slow.
+    slow = env.add_sidecar(
+        "slow",
+        {
+            "cache": {"data_dir": ":memory:", "default_cache_key": "slow"},
+            "embedder": {
+                "backend": "openai",
+                "base_url": f"{upstream.url}/v1",
+                "model": "fake-embed",
+                "dimension": 64,
+                "timeout": 30,
+            },
+            "server": {"log_level": "warning"},
+        },
+    )
+    env.add_listener("main", main.grpc_port)
+    dead_port = free_port()  # nothing listens here: the sidecar is down
+    env.add_listener("down_open", dead_port, failure_mode_allow=True)
+    env.add_listener("down_closed", dead_port, failure_mode_allow=False)
+    env.add_listener("slow_open", slow.grpc_port, failure_mode_allow=True, message_timeout=0.5)
+    env.add_listener("slow_closed", slow.grpc_port, failure_mode_allow=False, message_timeout=0.5)
+    fail_request_open = env.add_inprocess_extproc(lambda: FailingProcessor(REQUEST_BODY), "open")
+    fail_request_closed = env.add_inprocess_extproc(
+        lambda: FailingProcessor(REQUEST_BODY), "closed"
+    )
+    fail_stream_open = env.add_inprocess_extproc(
+        lambda: FailingProcessor(RESPONSE_BODY, after_chunks=3), "open"
+    )
+    env.add_listener("error_open", fail_request_open)
+    env.add_listener("error_closed", fail_request_closed)
+    env.add_listener("stream_error_open", fail_stream_open)
+    env.add_listener("rewrite", env.add_inprocess_extproc(RewritingProcessor, "closed"))
+    try:
+        env.start()
+    except Exception:
+        env.stop()
+        raise
+    yield env
+    upstream.release_embeddings()
+    env.stop()
+
+
+def chat(prompt: str, stream: bool = False, model: str = "gpt-4o-mini") -> dict[str, Any]:
+    return {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream}
+
+
+def sse_text(raw: bytes) -> tuple[str, bool]:
+    """(text, ended properly) of an OpenAI or Anthropic event stream."""
+    text, ended = [], False
+    for frame in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
+        for line in frame.decode().splitlines():
+            if not line.startswith("data:"):
+                continue
+            data = line[5:].strip()
+            if data == "[DONE]":
+                ended = True
+                continue
+            payload = orjson.loads(data)
+            if payload.get("type") == "message_stop":
+                ended = True
+            if payload.get("type") == "content_block_delta":
+                text.append(payload["delta"]["text"])
+            for choice in payload.get("choices") or []:
+                text.append(choice.get("delta", {}).get("content") or "")
+    return "".join(text), ended
+
+
+# ---------------------------------------------------------------------- cache behaviour
+def test_repeat_request_is_answered_from_cache(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    headers = {"x-bf-cache-key": "repeat"}
+    body = chat("What is the boiling point of water at sea level?")
+    with httpx.Client(base_url=stack.url("main"), headers=headers, timeout=30) as client:
+        first = client.post("/v1/chat/completions", json=body)
+        calls = upstream.count()
+        second = client.post("/v1/chat/completions", json=body)
+    assert first.status_code == 200 and first.headers["x-bf-cache-status"] == "miss"
+    assert second.status_code == 200
+    assert second.headers["x-bf-cache-status"] == "hit-exact"
+    assert second.headers["x-bf-cache-similarity"] == "1.0000"
+    assert second.headers["x-bf-cache-entry-id"] == first.headers["x-bf-cache-entry-id"]
+    assert second.headers["content-type"] == "application/json"
+    assert upstream.count() == calls  # the upstream was not called again
+    assert second.json() == first.json()
+
+
+def test_paraphrase_is_answered_with_hit_semantic(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    headers = {"x-bf-cache-key": "paraphrase"}
+    with httpx.Client(base_url=stack.url("main"), headers=headers, timeout=30) as client:
+        first = client.post("/v1/chat/completions", json=chat("What is the capital of France?"))
+        calls = upstream.count()
+        second = client.post(
+            "/v1/chat/completions", json=chat("Tell me the capital city of France.")
+        )
+    assert first.headers["x-bf-cache-status"] == "miss"
+    assert second.headers["x-bf-cache-status"] == "hit-semantic"
+    assert 0.8 <= float(second.headers["x-bf-cache-similarity"]) < 1.0
+    assert upstream.count() == calls
+    assert second.json()["choices"] == first.json()["choices"]
+
+
+def test_openai_stream_is_cached_and_replayed_to_the_sdk(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    client = openai.OpenAI(
+        base_url=f"{stack.url('main')}/v1",
+        api_key="test",
+        max_retries=0,
+        default_headers={"x-bf-cache-key": "openai-stream"},
+    )
+    messages: Any = [{"role": "user", "content": "Write a haiku about the tide."}]
+    texts, statuses = [], []
+    calls = 0
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o-mini", messages=messages, stream=True
+        )
+        statuses.append(raw.headers["x-bf-cache-status"])
+        texts.append("".join(c.choices[0].delta.content or "" for c in raw.parse() if c.choices))
+        if not calls:
+            calls = upstream.count()
+    assert statuses == ["miss", "hit-exact"]
+    assert texts[0].endswith("to: Write a haiku about the tide.")
+    assert texts[1] == texts[0]
+    assert upstream.count() == calls
+
+
+def test_anthropic_stream_is_cached_and_replayed_to_the_sdk(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    client = anthropic.Anthropic(
+        base_url=stack.url("main"),
+        api_key="test",
+        max_retries=0,
+        default_headers={"x-bf-cache-key": "anthropic-stream"},
+    )
+    texts = []
+    for _ in range(2):
+        with client.messages.stream(
+            model="claude-fake",
+            max_tokens=64,
+            messages=[{"role": "user", "content": "Name three moons of Jupiter."}],
+        ) as stream:
+            texts.append(stream.get_final_text())
+        if len(texts) == 1:
+            calls = upstream.count()
+    assert texts[0].endswith("to: Name three moons of Jupiter.")
+    assert texts[1] == texts[0]
+    assert upstream.count() == calls
+
+
+def test_streamed_miss_is_forwarded_in_chunks_and_hit_is_one_sse_body(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    body = chat("Count from one to twenty in words.", stream=True)
+    headers = {"x-bf-cache-key": "stream-chunks"}
+    bodies, chunk_counts, types = [], [], []
+    with httpx.Client(base_url=stack.url("main"), headers=headers, timeout=30) as client:
+        for _ in range(2):
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                chunks = list(response.iter_raw())
+                types.append(response.headers["content-type"])
+            chunk_counts.append(len(chunks))
+            bodies.append(b"".join(chunks))
+    # Envoy forwarded the upstream's chunks as they came (STREAMED), not one buffered body.
+    assert chunk_counts[0] > 1
+    assert types == ["text/event-stream", "text/event-stream"]
+    first, ended = sse_text(bodies[0])
+    assert ended and first.endswith("to: Count from one to twenty in words.")
+    assert bodies[1] == bodies[0]  # the replay is the exact event sequence
+
+
+def test_bad_cache_header_is_refused_with_400_naming_it(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    calls = upstream.count()
+    response = httpx.post(
+        f"{stack.url('main')}/v1/chat/completions",
+        json=chat("hello"),
+        headers={"x-bf-cache-ttl": "banana"},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["kind"] == "bad_request" and "x-bf-cache-ttl" in error["message"]
+    assert upstream.count() == calls
+
+
+def test_malformed_json_is_refused_with_400(stack: EnvoyStack) -> None:
+    response = httpx.post(
+        f"{stack.url('main')}/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"]["kind"] == "malformed_json"
+
+
+def test_other_traffic_passes_through_untouched(stack: EnvoyStack) -> None:
+    response = httpx.post(f"{stack.url('main')}/v1/files", content=b"\x00binary upload", timeout=30)
+    assert response.status_code == 404  # the fake provider's own answer: it got the request
+    assert response.json()["error"]["message"] == "no route /v1/files"
+
+
+def test_grpc_health_service_reports_serving(stack: EnvoyStack) -> None:
+    port = stack.sidecars["main"].grpc_port
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "envoy.service.ext_proc.v3.ExternalProcessor"):
+            reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+# ---------------------------------------------------------------------- request rewrite
+def test_rewritten_request_reaches_upstream_with_correct_length(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    prompt = f"my key is {SECRET}, keep it safe"
+    response = httpx.post(
+        f"{stack.url('rewrite')}/v1/chat/completions", json=chat(prompt), timeout=30
+    )
+    assert response.status_code == 200
+    call = upstream.calls_to("/chat/completions")[-1]
+    assert SECRET.encode() not in call.body and b"[REDACTED]" in call.body
+    assert int(call.headers["content-length"]) == len(call.body)
+    assert "my key is [REDACTED], keep it safe" in response.text
+
+
+def test_rewrite_without_length_fix_is_what_envoy_rejects(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    """Why the length fix exists: a stale content-length makes Envoy answer 500."""
+    calls = upstream.count()
+    response = httpx.post(
+        f"{stack.url('rewrite')}/v1/chat/completions",
+        json=chat(f"my key is {SECRET}"),
+        headers={"x-test-keep-length": "1"},
+        timeout=30,
+    )
+    assert response.status_code == 500
+    assert upstream.count() == calls
+
+
+@pytest.mark.skipif(
+    not GUARD_WIRED, reason="guardrail rules are not wired into the sidecar yet (sidecar.guard)"
+)
+def test_guardrail_redaction_reaches_upstream_through_envoy(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    prompt = f"please store {SECRET} for me"
+    response = httpx.post(
+        f"{stack.url('main')}/v1/chat/completions",
+        json=chat(prompt),
+        headers={"x-bf-cache-key": "redact"},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    call = upstream.calls_to("/chat/completions")[-1]
+    assert SECRET.encode() not in call.body
+    assert int(call.headers["content-length"]) == len(call.body)
+
+
+# ---------------------------------------------------------------------- failure behaviour
+@pytest.mark.parametrize(
+    ("listener", "status", "reaches_upstream"),
+    [("down_open", 200, True), ("down_closed", 500, False)],
+)
+def test_sidecar_down_follows_failure_mode_allow(
+    stack: EnvoyStack, upstream: FakeLLMUpstream, listener: str, status: int, reaches_upstream: bool
+) -> None:
+    calls = upstream.count()
+    response = httpx.post(
+        f"{stack.url(listener)}/v1/chat/completions", json=chat("is anyone there?"), timeout=30
+    )
+    assert response.status_code == status
+    assert (upstream.count() == calls + 1) is reaches_upstream
+    if reaches_upstream:
+        assert "x-bf-cache-status" not in response.headers
+        assert response.json()["choices"][0]["message"]["content"].endswith("is anyone there?")
+
+
+@pytest.mark.parametrize(
+    ("listener", "status", "reaches_upstream"),
+    [("slow_open", 200, True), ("slow_closed", 504, False)],
+)
+def test_sidecar_too_slow_follows_message_timeout(
+    stack: EnvoyStack, upstream: FakeLLMUpstream, listener: str, status: int, reaches_upstream: bool
+) -> None:
+    calls = upstream.count()
+    prompt = f"{HOLD_MARKER} {listener}: a question whose embedding never returns in time"
+    response = httpx.post(
+        f"{stack.url(listener)}/v1/chat/completions", json=chat(prompt), timeout=30
+    )
+    assert response.status_code == status
+    assert (upstream.count() == calls + 1) is reaches_upstream
+    if reaches_upstream:
+        assert response.json()["choices"][0]["message"]["content"].endswith(prompt)
+
+
+def test_sidecar_error_fails_open_with_the_answer_unmodified(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    calls = upstream.count()
+    response = httpx.post(
+        f"{stack.url('error_open')}/v1/chat/completions", json=chat("still fine?"), timeout=30
+    )
+    assert response.status_code == 200
+    assert upstream.count() == calls + 1
+    assert response.json()["choices"][0]["message"]["content"].endswith("to: still fine?")
+
+
+def test_sidecar_error_fails_closed_with_500(stack: EnvoyStack, upstream: FakeLLMUpstream) -> None:
+    calls = upstream.count()
+    response = httpx.post(
+        f"{stack.url('error_closed')}/v1/chat/completions", json=chat("refused?"), timeout=30
+    )
+    assert response.status_code == 500
+    assert upstream.count() == calls
+
+
+def test_sidecar_error_mid_stream_fails_open_with_the_stream_intact(stack: EnvoyStack) -> None:
+    body = chat("Tell me a long story about a lighthouse keeper.", stream=True)
+    with httpx.Client(timeout=30) as client:
+        with client.stream(
+            "POST", f"{stack.url('stream_error_open')}/v1/chat/completions", json=body
+        ) as response:
+            raw = b"".join(response.iter_raw())
+    text, ended = sse_text(raw)
+    assert response.status_code == 200
+    assert ended and text.endswith("to: Tell me a long story about a lighthouse keeper.")
+
+
+# ---------------------------------------------------------------------- concurrency
+async def _one(client: httpx.AsyncClient, i: int) -> tuple[int, str, str, bool]:
+    """Request i: OpenAI streamed, OpenAI plain, or Anthropic streamed, with a unique prompt."""
+    prompt = f"concurrent request number {i}: what is {i} times {i}?"
+    kind = i % 3
+    if kind == 2:
+        path, payload = (
+            "/v1/messages",
+            {
+                "model": "claude-fake",
+                "max_tokens": 32,
+                "stream": True,
+                "messages": [{"role": "user", "content": prompt}],
+            },
+        )
+    else:
+        path, payload = "/v1/chat/completions", chat(prompt, stream=kind == 0)
+    # A partition per request: similar prompts must not hit each other semantically here.
+    response = await client.post(path, json=payload, headers={"x-bf-cache-key": f"conc-{i}"})
+    assert response.status_code == 200, response.text
+    if kind == 1:
+        text = response.json()["choices"][0]["message"]["content"]
+        ended = True
+    else:
+        text, ended = sse_text(response.content)
+    return i, text, response.headers["x-bf-cache-status"], ended
+
+
+async def _round(url: str, count: int) -> list[tuple[int, str, str, bool]]:
+    limits = httpx.Limits(max_connections=count, max_keepalive_connections=count)
+    async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        return await asyncio.gather(*(_one(client, i) for i in range(count)))
+
+
+def test_concurrent_requests_get_their_own_answers(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    count = 60
+    upstream.hold_until_in_flight(50)  # upstream answers only once 50 calls wait together
+    try:
+        calls = upstream.count()
+        first = asyncio.run(_round(stack.url("main"), count))
+    finally:
+        upstream.hold_until_in_flight(0)
+    assert upstream.max_in_flight >= 50
+    assert upstream.count() == calls + count
+    second = asyncio.run(_round(stack.url("main"), count))
+    assert upstream.count() == calls + count  # every repeat came from the cache
+    for (i, text, status, ended), (_, again, status2, ended2) in zip(first, second, strict=True):
+        expected = f"to: concurrent request number {i}: what is {i} times {i}?"
+        assert status == "miss" and ended and text.endswith(expected), (i, text)
+        assert status2 == "hit-exact" and ended2 and again == text, (i, again)
+
+
+def test_rules_file_for_guard_test_is_valid(tmp_path: Path) -> None:
+    """The redact rule used once guardrails are wired must load (keeps the fixture honest)."""
+    rules = pytest.importorskip("guardrails.rules")
+    path = tmp_path / "redact.yaml"
+    path.write_text(REDACT_RULES, encoding="utf-8")
+    assert [str(e) for e in rules.validate_rule_files([str(path)])] == []
