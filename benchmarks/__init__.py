@@ -1,0 +1,1 @@
+"""Benchmarks: speed and quality measurements, JSON results in benchmarks/results/."""

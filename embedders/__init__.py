@@ -47,7 +47,9 @@ def build_embedder(
         )
     from embedders.batching import with_batching
 
-    return with_batching(inner, batch_window_ms, max_batch)
+    # Splitting a batch by length saves padding work on a local model; a remote API would only
+    # see more requests.
+    return with_batching(inner, batch_window_ms, max_batch, split_by_length=backend != "openai")
 
 
 __all__ = ["Embedder", "EmbedderError", "build_embedder"]

@@ -44,7 +44,13 @@ class BatchStats:
 class MicroBatcher:
     """Wraps any ``Embedder``; is one itself (model id and dimension are the inner one's)."""
 
-    def __init__(self, inner: Embedder, window: float = 0.002, max_batch: int = 32) -> None:
+    def __init__(
+        self,
+        inner: Embedder,
+        window: float = 0.002,
+        max_batch: int = 32,
+        split_by_length: bool = True,
+    ) -> None:
         if max_batch < 1:
             raise EmbedderError(f"embedder.max_batch must be at least 1, got {max_batch}")
         if window < 0:
@@ -52,6 +58,8 @@ class MicroBatcher:
         self.inner = inner
         self.window = window
         self.max_batch = max_batch
+        #: run a batch as groups of similar length (local models: padding costs real work)
+        self.split_by_length = split_by_length
         self.stats = BatchStats()
         self._queue: deque[_Job] = deque()
         self._queued_texts = 0
@@ -149,12 +157,29 @@ class MicroBatcher:
         self.stats.batches += 1
         self.stats.texts += len(texts)
         self.stats.largest_batch = max(self.stats.largest_batch, len(texts))
+        owner = [j for j, job in enumerate(batch) for _ in job.texts]
+        first_row = [0] * len(batch)
+        for j in range(1, len(batch)):
+            first_row[j] = first_row[j - 1] + len(batch[j - 1].texts)
+        out: np.ndarray | None = None
+        missing = [len(job.texts) for job in batch]
         try:
-            matrix = await self.inner.embed(texts)
-            if matrix.shape[0] != len(texts):
-                raise EmbedderError(
-                    f"embedder returned {matrix.shape[0]} vectors for {len(texts)} texts"
-                )
+            for group in self._groups(texts):
+                matrix = await self.inner.embed([texts[i] for i in group])
+                if matrix.shape[0] != len(group):
+                    raise EmbedderError(
+                        f"embedder returned {matrix.shape[0]} vectors for {len(group)} texts"
+                    )
+                if out is None:
+                    out = np.empty((len(texts), matrix.shape[1]), dtype=matrix.dtype)
+                out[group] = matrix
+                for i in group:
+                    j = owner[i]
+                    missing[j] -= 1
+                    # A caller whose texts are all done is answered before later groups run.
+                    if missing[j] == 0 and not batch[j].future.done():
+                        start = first_row[j]
+                        batch[j].future.set_result(out[start : start + len(batch[j].texts)])
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else EmbedderError("embedding was cancelled")
             for job in batch:
@@ -162,13 +187,12 @@ class MicroBatcher:
                     job.future.set_exception(error)
             if not isinstance(exc, Exception):
                 raise
-            return
-        row = 0
-        for job in batch:
-            n = len(job.texts)
-            if not job.future.done():
-                job.future.set_result(matrix[row : row + n])
-            row += n
+
+    def _groups(self, texts: list[str]) -> list[list[int]]:
+        if not self.split_by_length or len(texts) < 2:
+            return [list(range(len(texts)))]
+        # Characters / 4 approximates word pieces; the 2 stands for [CLS] and [SEP].
+        return group_by_length([len(t) // 4 + 2 for t in texts])
 
     def _fail_all(self, exc: BaseException) -> None:
         error = exc if isinstance(exc, Exception) else EmbedderError("embedding was cancelled")
@@ -179,8 +203,32 @@ class MicroBatcher:
         self._queued_texts = 0
 
 
-def with_batching(inner: Embedder, window_ms: float, max_batch: int) -> Embedder:
+def group_by_length(lengths: Sequence[int], max_padding: float = 0.3) -> list[list[int]]:
+    """Indices grouped so that padding each group to its longest member adds at most
+    ``max_padding`` (a share of the real tokens); groups are in ascending length order."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    current: list[int] = []
+    real = 0
+    for i in order:
+        n = max(1, lengths[i])
+        # Sorted ascending: the newcomer is the longest, so the group pads to its length.
+        if current and n * (len(current) + 1) > (1 + max_padding) * (real + n):
+            groups.append(current)
+            current, real = [], 0
+        current.append(i)
+        real += n
+    if current:
+        groups.append(current)
+    return groups
+
+
+def with_batching(
+    inner: Embedder, window_ms: float, max_batch: int, split_by_length: bool = True
+) -> Embedder:
     """``inner`` behind a ``MicroBatcher``, or unchanged when ``max_batch`` is 1."""
     if max_batch <= 1:
         return inner
-    return MicroBatcher(inner, window=window_ms / 1000.0, max_batch=max_batch)
+    return MicroBatcher(
+        inner, window=window_ms / 1000.0, max_batch=max_batch, split_by_length=split_by_length
+    )

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from embedders.base import EmbedderError
+from embedders.batching import group_by_length
 from embedders.sentence_tf import DEFAULT_MODEL, resolve_model_path
 
 log = logging.getLogger("sidecar.embedder")
@@ -242,14 +243,17 @@ class OnnxEmbedder:
             raise EmbedderError(f"the ONNX backend needs {tokenizer_file} (a fast tokenizer)")
         onnx_file = ensure_onnx_file(model_dir, self._cache_dir, self._quantize, self._model_name)
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
-        # tokenizer.json pads to a fixed 128; sentence-transformers pads to the longest text
-        # and truncates at max_seq_length.
+        # sentence-transformers truncates at max_seq_length (tokenizer.json says 128 and pads
+        # to 128); padding is done per length group in _encode.
         tokenizer.enable_truncation(max_length=_max_seq_length(model_dir))
-        tokenizer.enable_padding(pad_id=0, pad_token="[PAD]")
+        tokenizer.no_padding()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = self._threads
         options.inter_op_num_threads = 1
+        # Idle worker threads sleep instead of spinning: the sidecar shares its cores with the
+        # proxy, and spinning threads measurably slowed both under load.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(
                 str(onnx_file), options, providers=["CPUExecutionProvider"]
@@ -264,13 +268,28 @@ class OnnxEmbedder:
 
     def _encode(self, texts: Sequence[str]) -> np.ndarray:
         encodings = self._tokenizer.encode_batch(list(texts))
-        ids = np.asarray([e.ids for e in encodings], dtype=np.int64)
-        mask = np.asarray([e.attention_mask for e in encodings], dtype=np.int64)
-        feeds = {"input_ids": ids, "attention_mask": mask}
-        if "token_type_ids" in self._input_names:
-            feeds["token_type_ids"] = np.zeros_like(ids)
-        (tokens,) = self._session.run(["token_embeddings"], feeds)
-        return mean_pool_normalised(tokens, mask)
+        parts: list[tuple[list[int], np.ndarray]] = []
+        # Texts of similar length run together: padding a short text to a long neighbour
+        # costs as much as embedding real tokens (CPU time is linear in batch x length).
+        for group in group_by_length([len(e.ids) for e in encodings]):
+            width = max(len(encodings[i].ids) for i in group)
+            ids = np.zeros((len(group), width), dtype=np.int64)
+            mask = np.zeros((len(group), width), dtype=np.int64)
+            for row, i in enumerate(group):
+                n = len(encodings[i].ids)
+                ids[row, :n] = encodings[i].ids
+                mask[row, :n] = 1
+            feeds = {"input_ids": ids, "attention_mask": mask}
+            if "token_type_ids" in self._input_names:
+                feeds["token_type_ids"] = np.zeros_like(ids)
+            (tokens,) = self._session.run(["token_embeddings"], feeds)
+            parts.append((group, mean_pool_normalised(tokens, mask)))
+        if len(parts) == 1:
+            return parts[0][1][np.argsort(parts[0][0])]
+        out = np.empty((len(encodings), parts[0][1].shape[1]), dtype=np.float32)
+        for group, vectors in parts:
+            out[group] = vectors
+        return out
 
     def encode_sync(self, texts: Sequence[str]) -> np.ndarray:
         """Blocking encode, for tools that run outside an event loop (benchmarks, eval)."""

@@ -22,7 +22,19 @@ PROVIDERS: dict[str, str] = {
 }
 
 
-def build_check(provider: str, config: Mapping[str, Any], *, base_dir: str | None = None) -> Check:
+# Providers that call a remote service take their profile name (a metrics label) and the shared
+# remote-call metrics as well.
+REMOTE_PROVIDERS = frozenset({"bedrock", "azure_content_safety"})
+
+
+def build_check(
+    provider: str,
+    config: Mapping[str, Any],
+    *,
+    base_dir: str | None = None,
+    profile: str | None = None,
+    remote_metrics: Any = None,
+) -> Check:
     target = PROVIDERS.get(provider)
     if target is None:
         known = ", ".join(sorted(PROVIDERS))
@@ -33,5 +45,8 @@ def build_check(provider: str, config: Mapping[str, Any], *, base_dir: str | Non
     except ImportError as exc:  # a provider whose optional dependency is missing
         raise CheckConfigError(f"provider {provider!r} is not available: {exc}") from exc
     factory = getattr(module, attr)
-    check: Check = factory(config, base_dir=base_dir)
+    if provider in REMOTE_PROVIDERS:
+        check: Check = factory(config, base_dir=base_dir, profile=profile, metrics=remote_metrics)
+    else:
+        check = factory(config, base_dir=base_dir)
     return check

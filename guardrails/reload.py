@@ -47,13 +47,15 @@ class RuleSetHolder:
         *,
         poll_interval_s: float = 2.0,
         retire_grace_s: float = 30.0,
+        remote_metrics: Any = None,
     ) -> None:
+        self.remote_metrics = remote_metrics
         self.paths = tuple(os.fspath(p) for p in paths)
         self.poll_interval_s = poll_interval_s
         self.retire_grace_s = retire_grace_s
         self._lock = threading.Lock()  # reloads run in worker threads; one at a time
         self._signature = self._signatures()
-        self._current = load_rule_files(self.paths)
+        self._current = load_rule_files(self.paths, remote_metrics=remote_metrics)
         self.loaded_at = time.time()
         self.last_error: str | None = None
         self.last_attempt_at: float | None = None
@@ -87,7 +89,11 @@ class RuleSetHolder:
             self.last_attempt_at = time.time()
             signature = self._signatures()
             try:
-                new = load_rule_files(self.paths, reuse_checks=self._current.checks)
+                new = load_rule_files(
+                    self.paths,
+                    reuse_checks=self._current.checks,
+                    remote_metrics=self.remote_metrics,
+                )
             except RuleFileError as exc:
                 error = str(exc)
             except Exception as exc:  # noqa: BLE001 - a reload must never take the sidecar down

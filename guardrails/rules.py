@@ -395,8 +395,11 @@ _RULE_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
 
 
 class _Loader:
-    def __init__(self, paths: Sequence[str], reuse: Mapping[str, Check] | None) -> None:
+    def __init__(
+        self, paths: Sequence[str], reuse: Mapping[str, Check] | None, remote_metrics: Any = None
+    ) -> None:
         self.paths = list(paths)
+        self.remote_metrics = remote_metrics
         self.reuse = dict(reuse or {})
         self.errors: list[RuleError] = []
         self.profiles: dict[str, Profile] = {}
@@ -508,7 +511,13 @@ class _Loader:
         check = self.checks.get(key) or self.reuse.get(key)
         if check is None:
             try:
-                check = build_check(provider, config, base_dir=base_dir)
+                check = build_check(
+                    provider,
+                    config,
+                    base_dir=base_dir,
+                    profile=name,
+                    remote_metrics=self.remote_metrics,
+                )
             except CheckConfigError as exc:
                 reader.error(config_node, subject, f"invalid {provider} config: {exc}")
                 return
@@ -621,16 +630,21 @@ def _peek_id(node: yaml.Node) -> str | None:
 
 
 def load_rule_files(
-    paths: Sequence[str | os.PathLike[str]], *, reuse_checks: Mapping[str, Check] | None = None
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    reuse_checks: Mapping[str, Check] | None = None,
+    remote_metrics: Any = None,
 ) -> RuleSet:
     """Load and validate rule files; raises RuleFileError listing every problem.
 
     ``reuse_checks`` (a previous RuleSet's ``checks``) lets a reload keep check instances whose
     provider, config and directory are unchanged, so heavy checks are not rebuilt.
+    ``remote_metrics`` (a ``guardrails.remote_metrics.RemoteMetrics``) is shared by the checks
+    that call remote services, so their calls are exported with the sidecar's metrics.
     """
     if not paths:
         return RuleSet.empty()
-    return _Loader([os.fspath(p) for p in paths], reuse_checks).load()
+    return _Loader([os.fspath(p) for p in paths], reuse_checks, remote_metrics).load()
 
 
 def validate_rule_files(paths: Sequence[str | os.PathLike[str]]) -> list[RuleError]:

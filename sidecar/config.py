@@ -9,13 +9,19 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+#: what the semantic-hit verifier compares (see sidecar/cache/verify.py)
+VerifierCheck = Literal[
+    "negation", "antonym", "number", "unit", "datetime", "entity", "scope", "order", "focus"
+]
+VerifierStrictness = Literal["lenient", "balanced", "strict"]
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -84,6 +90,15 @@ class CacheConfig(_Section):
     max_bytes: int = Field(1024 * 1024 * 1024, ge=1024)
     #: nearest candidates checked against the threshold (and the verifier) on a semantic lookup
     candidates: int = Field(3, ge=1, le=50)
+    #: second opinion on semantic candidates: "traps" refuses a hit when the questions differ in
+    #: negation, antonyms, numbers, units, dates, names, scope or order; "off" trusts the threshold
+    verifier: Literal["off", "traps"] = "traps"
+    #: lenient: only substitutions; balanced: also a number, date or restrictor on one side;
+    #: strict: also a name or comparative on one side
+    verifier_strictness: VerifierStrictness = "balanced"
+    verifier_checks: list[VerifierCheck] = Field(
+        default_factory=lambda: list(get_args(VerifierCheck))
+    )
     #: namespace prefix for shared backends (Redis key prefix, collection name)
     namespace: str = "sidecar"
     #: single-flight: identical concurrent misses wait for the first one's answer (see

@@ -117,7 +117,10 @@ def build_guardrails(
     g = config.guardrails
     if not g.rules:
         return None
-    holder = RuleSetHolder(g.rules, poll_interval_s=g.reload_interval or 2.0)
+    from guardrails.remote_metrics import RemoteMetrics
+
+    remote = RemoteMetrics(registry) if registry is not None else None  # type: ignore[arg-type]
+    holder = RuleSetHolder(g.rules, poll_interval_s=g.reload_interval or 2.0, remote_metrics=remote)
     audit_path = g.audit_log
     if not audit_path and config.persistent:
         audit_path = str(Path(config.cache.data_dir) / "audit.jsonl")

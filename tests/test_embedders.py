@@ -15,7 +15,7 @@ from conftest import make_config
 from hookclient import chat_body, openai_answer, request_hook, round_trip
 
 from embedders import EmbedderError, build_embedder
-from embedders.batching import MicroBatcher
+from embedders.batching import MicroBatcher, group_by_length
 from embedders.onnx_embedder import OnnxEmbedder
 from embedders.sentence_tf import SentenceTransformerEmbedder
 from sidecar.config import ConfigError, load_config
@@ -199,6 +199,26 @@ async def test_a_cancelled_caller_does_not_disturb_the_others(onnx_fp32: OnnxEmb
     np.testing.assert_allclose(third, await onnx_fp32.embed(SENTENCES[2:3]), atol=1e-5)
 
 
+def test_length_groups_bound_the_padding_and_keep_every_index() -> None:
+    lengths = [12, 3, 55, 11, 9, 14, 10, 200, 13, 12, 8]
+    groups = group_by_length(lengths, max_padding=0.3)
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    for group in groups:
+        real = sum(lengths[i] for i in group)
+        assert max(lengths[i] for i in group) * len(group) <= 1.3 * real
+    assert [7] in groups and [2] in groups  # the long outliers are not padded to
+    assert group_by_length([]) == []
+
+
+async def test_mixed_lengths_in_one_batch_keep_their_rows(onnx_fp32: OnnxEmbedder) -> None:
+    batcher = MicroBatcher(onnx_fp32, window=0.002, max_batch=32, split_by_length=True)
+    texts = ["hi", SENTENCES[4] * 3, "ok then", SENTENCES[3], "a", SENTENCES[4]]
+    results = await asyncio.gather(*(batcher.embed([t]) for t in texts))
+    for text, got in zip(texts, results, strict=True):
+        np.testing.assert_allclose(got, await onnx_fp32.embed([text]), atol=1e-5)
+    assert batcher.stats.batches == 1
+
+
 def test_the_batcher_survives_a_new_event_loop(onnx_fp32: OnnxEmbedder) -> None:
     batcher = MicroBatcher(onnx_fp32, window=0.002, max_batch=32)
     one = asyncio.run(batcher.embed(["first loop"]))
@@ -227,6 +247,8 @@ def test_build_embedder_wraps_in_the_batcher_unless_disabled(onnx_cache: Path) -
     assert batched.window == pytest.approx(0.002)
     plain = build_embedder("onnx", model="all-MiniLM-L6-v2", onnx_quantize=True, max_batch=1)
     assert isinstance(plain, OnnxEmbedder) and plain.model_id.startswith("onnx-int8:")
+    remote = build_embedder("openai", model="m", base_url="http://127.0.0.1:9", max_batch=8)
+    assert isinstance(remote, MicroBatcher) and not remote.split_by_length
     with pytest.raises(EmbedderError, match="unknown embedder backend 'tensorflow'"):
         build_embedder("tensorflow", model="x")
 

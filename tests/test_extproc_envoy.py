@@ -41,16 +41,25 @@ from tests.fakes.upstream import HOLD_MARKER, FakeLLMUpstream
 
 GUARD_WIRED = importlib.util.find_spec("sidecar.guard") is not None
 SECRET = "SECRET-123456"
-REDACT_RULES = """\
+GUARD_RULES = """\
 profiles:
   fake-secret:
     provider: regex
     config: {patterns: [{name: fake-secret, pattern: 'SECRET-[0-9]{6}'}]}
+  forbidden:
+    provider: regex
+    config: {patterns: [{name: forbidden, pattern: 'FORBIDDEN-TOPIC'}]}
+  zebra:
+    provider: regex
+    config: {patterns: [{name: zebra, pattern: 'ZEBRA-[0-9]{4}'}]}
+  dragon:
+    provider: regex
+    config: {patterns: [{name: dragon, pattern: 'DRAGON-[0-9]{4}'}]}
 rules:
-  - id: redact-fake-secret
-    apply_to: input
-    profiles: [fake-secret]
-    action: redact
+  - {id: redact-fake-secret, apply_to: input, profiles: [fake-secret], action: redact}
+  - {id: block-forbidden, apply_to: input, profiles: [forbidden], action: block}
+  - {id: redact-zebra-answers, apply_to: output, profiles: [zebra], action: redact}
+  - {id: block-dragon-answers, apply_to: output, profiles: [dragon], action: block}
 """
 
 
@@ -125,16 +134,28 @@ def stack(
         pytest.skip(f"Envoy unavailable: {reason}")
     workdir = tmp_path_factory.mktemp("envoy-e2e")
     env = EnvoyStack(workdir, upstream.port)
-    main_config: dict[str, Any] = {
-        "cache": {"data_dir": ":memory:", "default_cache_key": "e2e"},
-        "server": {"log_level": "warning"},
-    }
+    # Cache only: grpc_failure_mode "auto" means fail open.
+    main = env.add_sidecar(
+        "main",
+        {
+            "cache": {"data_dir": ":memory:", "default_cache_key": "e2e"},
+            "server": {"log_level": "warning"},
+        },
+    )
+    env.add_listener("main", main.grpc_port)
     if GUARD_WIRED:
-        rules = workdir / "redact.yaml"
-        rules.write_text(REDACT_RULES, encoding="utf-8")
-        main_config["guardrails"] = {"rules": [str(rules)]}
-        main_config["server"]["grpc_failure_mode"] = "open"
-    main = env.add_sidecar("main", main_config)
+        # Guardrails (exact cache only, no model to load): "auto" means fail closed.
+        rules = workdir / "guard.yaml"
+        rules.write_text(GUARD_RULES, encoding="utf-8")
+        guarded = env.add_sidecar(
+            "guarded",
+            {
+                "cache": {"data_dir": ":memory:", "default_cache_key": "g", "vector_store": ""},
+                "guardrails": {"rules": [str(rules)]},
+                "server": {"log_level": "warning"},
+            },
+        )
+        env.add_listener("guarded", guarded.grpc_port)
     # A sidecar whose embedding provider stalls on HOLD_MARKER: the sidecar becomes too slow.
     slow = env.add_sidecar(
         "slow",
@@ -144,13 +165,11 @@ def stack(
                 "backend": "openai",
                 "base_url": f"{upstream.url}/v1",
                 "model": "fake-embed",
-                "dimension": 64,
                 "timeout": 30,
             },
             "server": {"log_level": "warning"},
         },
     )
-    env.add_listener("main", main.grpc_port)
     dead_port = free_port()  # nothing listens here: the sidecar is down
     env.add_listener("down_open", dead_port, failure_mode_allow=True)
     env.add_listener("down_closed", dead_port, failure_mode_allow=False)
@@ -382,23 +401,97 @@ def test_rewrite_without_length_fix_is_what_envoy_rejects(
     assert upstream.count() == calls
 
 
-@pytest.mark.skipif(
-    not GUARD_WIRED, reason="guardrail rules are not wired into the sidecar yet (sidecar.guard)"
+needs_guard = pytest.mark.skipif(
+    not GUARD_WIRED, reason="guardrail rules are not wired into the sidecar (sidecar.guard)"
 )
-def test_guardrail_redaction_reaches_upstream_through_envoy(
+
+
+@needs_guard
+def test_guardrail_redaction_reaches_upstream_with_correct_length(
     stack: EnvoyStack, upstream: FakeLLMUpstream
 ) -> None:
-    prompt = f"please store {SECRET} for me"
     response = httpx.post(
-        f"{stack.url('main')}/v1/chat/completions",
-        json=chat(prompt),
-        headers={"x-bf-cache-key": "redact"},
+        f"{stack.url('guarded')}/v1/chat/completions",
+        json=chat(f"please store {SECRET} for me"),
         timeout=30,
     )
     assert response.status_code == 200
     call = upstream.calls_to("/chat/completions")[-1]
-    assert SECRET.encode() not in call.body
+    assert b"please store " in call.body and SECRET.encode() not in call.body
     assert int(call.headers["content-length"]) == len(call.body)
+
+
+@needs_guard
+def test_guardrail_input_block_answers_without_calling_upstream(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    calls = upstream.count()
+    response = httpx.post(
+        f"{stack.url('guarded')}/v1/chat/completions",
+        json=chat("tell me about FORBIDDEN-TOPIC"),
+        timeout=30,
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "block-forbidden"
+    assert upstream.count() == calls
+
+
+@needs_guard
+def test_guardrail_output_redaction_rewrites_plain_answer(stack: EnvoyStack) -> None:
+    response = httpx.post(
+        f"{stack.url('guarded')}/v1/chat/completions", json=chat("echo ZEBRA-1234"), timeout=30
+    )
+    assert response.status_code == 200
+    assert int(response.headers["content-length"]) == len(response.content)
+    content = response.json()["choices"][0]["message"]["content"]
+    assert "ZEBRA-1234" not in content and content.startswith("answer ")
+
+
+@needs_guard
+def test_guardrail_output_redaction_rewrites_stream_in_flight(stack: EnvoyStack) -> None:
+    body = chat("please repeat ZEBRA-4321 and then say goodbye", stream=True)
+    with httpx.Client(timeout=30) as client:
+        with client.stream(
+            "POST", f"{stack.url('guarded')}/v1/chat/completions", json=body
+        ) as response:
+            chunks = list(response.iter_raw())
+    text, ended = sse_text(b"".join(chunks))
+    assert response.status_code == 200 and len(chunks) > 1 and ended
+    assert "ZEBRA-4321" not in text and text.endswith("and then say goodbye")
+
+
+@needs_guard
+def test_guardrail_output_block_replaces_plain_answer(stack: EnvoyStack) -> None:
+    response = httpx.post(
+        f"{stack.url('guarded')}/v1/chat/completions", json=chat("echo DRAGON-7777"), timeout=30
+    )
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "block-dragon-answers"
+    assert "DRAGON-7777" not in response.text
+
+
+@needs_guard
+def test_guardrail_output_block_ends_stream_with_error_event(stack: EnvoyStack) -> None:
+    body = chat("echo DRAGON-8888 please", stream=True)
+    with httpx.Client(timeout=30) as client:
+        with client.stream(
+            "POST", f"{stack.url('guarded')}/v1/chat/completions", json=body
+        ) as response:
+            raw = b"".join(response.iter_raw())
+    assert response.status_code == 200  # headers went out before the answer was seen
+    assert b"DRAGON-8888" not in raw
+    last = [f for f in raw.split(b"\n\n") if f.strip()][-1]
+    assert orjson.loads(last.removeprefix(b"data: "))["error"]["code"] == "block-dragon-answers"
+
+
+@needs_guard
+def test_failure_mode_auto_is_closed_with_guardrails_open_without(stack: EnvoyStack) -> None:
+    modes = {
+        name: httpx.get(f"{stack.sidecars[name].http_url}/readyz", timeout=10).json()["grpc"]
+        for name in ("main", "guarded")
+    }
+    assert modes["main"]["failure_mode"] == "open"
+    assert modes["guarded"]["failure_mode"] == "closed"
 
 
 # ---------------------------------------------------------------------- failure behaviour
@@ -427,12 +520,17 @@ def test_sidecar_down_follows_failure_mode_allow(
 def test_sidecar_too_slow_follows_message_timeout(
     stack: EnvoyStack, upstream: FakeLLMUpstream, listener: str, status: int, reaches_upstream: bool
 ) -> None:
-    calls = upstream.count()
+    calls, held = upstream.count(), upstream.held_embeddings
     prompt = f"{HOLD_MARKER} {listener}: a question whose embedding never returns in time"
-    response = httpx.post(
-        f"{stack.url(listener)}/v1/chat/completions", json=chat(prompt), timeout=30
-    )
+    upstream.hold_embeddings()
+    try:
+        response = httpx.post(
+            f"{stack.url(listener)}/v1/chat/completions", json=chat(prompt), timeout=30
+        )
+    finally:
+        upstream.release_embeddings()
     assert response.status_code == status
+    assert upstream.held_embeddings == held + 1  # the sidecar really was stuck on it
     assert (upstream.count() == calls + 1) is reaches_upstream
     if reaches_upstream:
         assert response.json()["choices"][0]["message"]["content"].endswith(prompt)
@@ -528,6 +626,6 @@ def test_concurrent_requests_get_their_own_answers(
 def test_rules_file_for_guard_test_is_valid(tmp_path: Path) -> None:
     """The redact rule used once guardrails are wired must load (keeps the fixture honest)."""
     rules = pytest.importorskip("guardrails.rules")
-    path = tmp_path / "redact.yaml"
-    path.write_text(REDACT_RULES, encoding="utf-8")
+    path = tmp_path / "guard.yaml"
+    path.write_text(GUARD_RULES, encoding="utf-8")
     assert [str(e) for e in rules.validate_rule_files([str(path)])] == []

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from guardrails.base import CheckContext, CheckResult, Stage, TextPiece
+from guardrails.base import Check, CheckContext, CheckResult, Stage, TextPiece
 from guardrails.pii.check import PresidioCheck, build
 from guardrails.pii.redaction import VAULT_KEY, PlaceholderVault, apply_replacements
 from guardrails.registry import build_check
@@ -35,7 +35,9 @@ async def scan_input(check: PresidioCheck, text: str, c: CheckContext | None = N
 
 
 def redact(text: str, result: CheckResult) -> str:
-    return apply_replacements(text, [(f.start, f.end, f.replacement or "") for f in result.findings])
+    return apply_replacements(
+        text, [(f.start, f.end, f.replacement or "") for f in result.findings]
+    )
 
 
 async def test_replace_mode_is_default_and_names_the_entity() -> None:
@@ -56,6 +58,7 @@ async def test_registry_builds_the_presidio_provider() -> None:
     result = await check.scan([TextPiece(0, PROMPT)], ctx())
     assert {f.type for f in result.findings} == {"EMAIL_ADDRESS"}
     assert check.provider == "presidio"
+    assert isinstance(check, Check)
 
 
 async def test_mask_mode_keeps_separators_and_last_digits() -> None:

@@ -111,11 +111,11 @@ def offline_suffix_extractor() -> Any:
 class OfflineEmailRecognizer(EmailRecognizer):
     """Presidio's e-mail pattern, validated against the bundled suffix list only.
 
-    The pattern is only tried near each ``@`` (a local part is at most 64 characters and a
-    domain at most 255), instead of at every position of the text.
+    The pattern is only tried on the token around each ``@`` (a domain is at most 255
+    characters), instead of at every position of the text.
     """
 
-    _LOCAL_MAX = 65
+    _TOKEN_MAX = 256
     _DOMAIN_MAX = 256
 
     def __init__(self, supported_language: str = "en") -> None:
@@ -139,7 +139,12 @@ class OfflineEmailRecognizer(EmailRecognizer):
         at = text.find("@")
         while at >= 0:
             if at >= done:
-                window_start = max(done, at - self._LOCAL_MAX)
+                # Start at the beginning of the token holding the '@', so an over-long local
+                # part is matched whole rather than from an arbitrary point inside it.
+                window_start = at
+                lowest = max(done, at - self._TOKEN_MAX)
+                while window_start > lowest and not text[window_start - 1].isspace():
+                    window_start -= 1
                 window_end = min(len(text), at + self._DOMAIN_MAX)
                 for m in self._pattern.finditer(text, window_start, window_end):
                     if m.start() <= at < m.end():

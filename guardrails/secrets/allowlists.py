@@ -104,9 +104,7 @@ class AllowlistSet:
 
     __slots__ = ("_secret", "_match", "_line", "_paths", "_stopwords", "_and", "empty")
 
-    def __init__(
-        self, allowlists: Sequence[tuple[Allowlist, str]], cache: _RegexCache
-    ) -> None:
+    def __init__(self, allowlists: Sequence[tuple[Allowlist, str]], cache: _RegexCache) -> None:
         """``allowlists`` pairs each allowlist with where it came from, for errors."""
         by_target: dict[str, list[str]] = {"secret": [], "match": [], "line": []}
         paths: list[str] = []
@@ -128,12 +126,7 @@ class AllowlistSet:
         self._paths = cache.get(paths, "allowlist paths")
         self._stopwords = Stopwords(stopwords)
         self.empty = not (
-            self._secret
-            or self._match
-            or self._line
-            or self._paths
-            or self._stopwords
-            or self._and
+            self._secret or self._match or self._line or self._paths or self._stopwords or self._and
         )
 
     def allows(

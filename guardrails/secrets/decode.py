@@ -17,13 +17,13 @@ import bisect
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
-import re2
+from guardrails.secrets.patterns import Regex
 
 # Base64 needs 16+ alphabet characters before it is worth a decode attempt (shorter runs
 # are mostly identifiers). Hex is the same alphabet's subset and is tried first when it fits.
-_TOKEN = rb"[A-Za-z0-9+/_-]{16,}={0,2}"
-_PERCENT = rb"%[0-9A-Fa-f]{2}(?:[^\s%]*%[0-9A-Fa-f]{2})*"
-_CANDIDATES = re2.compile(rb"(" + _PERCENT + rb")|(" + _TOKEN + rb")")
+_TOKEN = r"[A-Za-z0-9+/_-]{16,}={0,2}"
+_PERCENT = r"%[0-9A-Fa-f]{2}(?:[^\s%]*%[0-9A-Fa-f]{2})*"
+_CANDIDATES = Regex(f"{_PERCENT}|{_TOKEN}", "encoded-segment finder", capture=False)
 _HEX_DIGITS = b"0123456789abcdefABCDEF"
 # Printable ASCII plus tab, LF, CR: decoded bytes outside this are binary, not hidden text.
 _PRINTABLE = bytes(range(0x20, 0x7F)) + b"\t\n\r"
@@ -123,27 +123,45 @@ class PassMap:
         return new_start, max(new_end, new_start)
 
 
+def _decode(candidate: bytes) -> tuple[str, bytes | None]:
+    if candidate[:1] == b"%":
+        return "percent", decode_percent(candidate)
+    decoded = decode_hex(candidate)
+    if decoded is not None:
+        return "hex", decoded
+    return "base64", decode_base64(candidate)
+
+
+def _candidates(text: bytes, previous: PassMap | None) -> list[tuple[int, int, Segment | None]]:
+    """Encoded-looking runs; after the first pass only those inside freshly decoded text."""
+    found: list[tuple[int, int, Segment | None]] = []
+    if previous is None:
+        found.extend((start, end, None) for start, end in _CANDIDATES.spans(text))
+        return found
+    for parent in previous.segments:
+        pos = parent.dec_start
+        while pos < parent.dec_end:
+            span = _CANDIDATES.span(text, pos)
+            if span is None or span[0] >= parent.dec_end:
+                break
+            found.append((span[0], span[1], parent))
+            pos = span[1] if span[1] > span[0] else span[1] + 1
+    return found
+
+
 def decode_pass(text: bytes, previous: PassMap | None) -> tuple[bytes, PassMap]:
     """Decode the encoded segments of ``text``.
 
-    After the first pass only candidates overlapping a segment decoded in the previous pass
-    are tried: the rest of the text was already examined.
+    After the first pass only candidates inside a segment decoded by the previous pass are
+    tried: the rest of the text was already examined.
     """
     out = bytearray()
     segments: list[Segment] = []
     cursor = 0
-    for match in _CANDIDATES.finditer(text):
-        start, end = match.span()
-        parent = previous.overlapping(start, end) if previous is not None else None
-        if previous is not None and parent is None:
-            continue
-        if match.start(1) >= 0:
-            kind, decoded = "percent", decode_percent(match.group(1))
-        else:
-            token = match.group(2)
-            kind, decoded = "hex", decode_hex(token)
-            if decoded is None:
-                kind, decoded = "base64", decode_base64(token)
+    for start, end, parent in _candidates(text, previous):
+        if start < cursor:
+            continue  # overlaps a candidate already decoded
+        kind, decoded = _decode(text[start:end])
         if decoded is None:
             continue
         out += text[cursor:start]

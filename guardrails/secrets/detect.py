@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,10 @@ from guardrails.secrets.decode import PassMap, decode_pass
 from guardrails.secrets.patterns import Regex, RuleMatcher
 
 DEFAULT_MAX_DECODE_DEPTH = 5
+# Far more regex matches than any real prompt has; past this a scan stops (see ScanReport).
+DEFAULT_MAX_MATCHES = 10_000
+# Bytes of text around a decoded segment that a rescan looks at.
+DECODE_CONTEXT = 2048
 ALLOW_COMMENT = b"gitleaks:allow"
 _log2 = math.log2
 
@@ -124,13 +128,22 @@ class _CompiledRule:
         self.skip_report = rule.skip_report
         self.required = rule.required
 
-    def secret_span(self, match_b: bytes) -> tuple[int, int]:
-        """Where the secret sits in the match. Like Gitleaks, groups come from re-running the
-        regex on the match text alone."""
-        assert self.regex is not None
+    def secret_span(self, match_b: bytes, core_at: int) -> tuple[int, int]:
+        """Where the secret sits in the match.
+
+        Like Gitleaks, groups come from matching the regex against the match text alone. A
+        match anchored where the match (or, after an optional prefix, its core) starts gives
+        the same groups as Gitleaks' unanchored search whenever it succeeds, at a fraction of
+        the cost; the unanchored search remains the fallback."""
+        assert self.regex is not None and self.matcher is not None
         if not self.regex.groups:
             return 0, len(match_b)
-        spans = self.regex.group_spans(match_b)
+        spans = None
+        core = self.matcher.core_groups
+        if core is not None and 0 <= core_at < len(match_b):
+            spans = core.group_spans(match_b, at=core_at)
+        if spans is None:
+            spans = self.regex.group_spans(match_b, at=0) or self.regex.group_spans(match_b)
         if spans is None:
             return 0, len(match_b)
         if self.secret_group:
@@ -165,11 +178,15 @@ class SecretScanner:
         *,
         max_decode_depth: int = DEFAULT_MAX_DECODE_DEPTH,
         honor_allow_comments: bool = False,
+        max_matches: int = DEFAULT_MAX_MATCHES,
     ) -> None:
         if max_decode_depth < 0:
             raise SecretsConfigError("max_decode_depth must be >= 0")
+        if max_matches < 1:
+            raise SecretsConfigError("max_matches must be >= 1")
         self.ruleset = ruleset
         self.max_decode_depth = max_decode_depth
+        self.max_matches = max_matches
         # Off by default: in a guardrail, "gitleaks:allow" in a prompt or a model's answer
         # would let anyone switch redaction off.
         self.honor_allow_comments = honor_allow_comments
@@ -238,6 +255,10 @@ class SecretScanner:
         return sorted(picked)
 
     def scan(self, text: str, *, path: str | None = None) -> list[SecretFinding]:
+        """Find secrets in ``text`` (see ``scan_report``)."""
+        return self.scan_report(text, path=path).findings
+
+    def scan_report(self, text: str, *, path: str | None = None) -> ScanReport:
         """Find secrets in ``text``.
 
         ``path`` is an optional file name for Gitleaks compatibility: with it, rules and
@@ -245,34 +266,42 @@ class SecretScanner:
         path-only rules never fire and path restrictions of regex rules are ignored.
         """
         if not text and path is None:
-            return []
+            return ScanReport([])
         text = _without_lone_surrogates(text)
         raw = text.encode("utf-8")
-        hits: list[_Hit] = []
+        state = _ScanState(path, self.max_matches)
         if path is not None:
-            self._path_only_hits(path, hits)
+            self._path_only_hits(path, state.hits)
         current = raw
-        maps: list[PassMap] = []
-        lowered = text.lower()
-        for depth in range(self.max_decode_depth + 1):
-            for index in self._triggered(lowered):
-                rule = self._rules[index]
-                if rule.matcher is None:
-                    continue
-                if path is not None and rule.path is not None:
-                    if not rule.path.search(path.encode("utf-8")):
-                        continue
-                self._run_rule(rule, current, maps, path, hits)
-            if depth == self.max_decode_depth:
-                break
-            current, pass_map = decode_pass(current, maps[-1] if maps else None)
-            if not pass_map.segments:
-                break
-            maps.append(pass_map)
-            lowered = current.decode("utf-8", "replace").lower()
-        if not hits:
-            return []
-        return self._finish(hits, raw, text)
+        windows = [(0, len(raw))]
+        try:
+            for depth in range(self.max_decode_depth + 1):
+                for start, end in windows:
+                    lowered = (
+                        text.lower()
+                        if depth == 0
+                        else current[start:end].decode("utf-8", "replace").lower()
+                    )
+                    for index in self._triggered(lowered):
+                        rule = self._rules[index]
+                        if rule.matcher is None:
+                            continue
+                        if path is not None and rule.path is not None:
+                            if not rule.path.search(path.encode("utf-8")):
+                                continue
+                        self._run_rule(rule, current, start, end, state)
+                if depth == self.max_decode_depth:
+                    break
+                current, pass_map = decode_pass(current, state.maps[-1] if state.maps else None)
+                if not pass_map.segments:
+                    break
+                state.maps.append(pass_map)
+                windows = _windows_around(pass_map, len(current))
+        except _LimitReached:
+            state.truncated = True
+        if not state.hits:
+            return ScanReport([], truncated=state.truncated)
+        return ScanReport(self._finish(state.hits, raw, text), truncated=state.truncated)
 
     def _path_only_hits(self, path: str, hits: list[_Hit]) -> None:
         for rule in self._rules:
@@ -281,17 +310,18 @@ class SecretScanner:
                     hits.append(_Hit(rule, -1, -1, -1, -1, "", 0.0, ()))
 
     def _run_rule(
-        self,
-        rule: _CompiledRule,
-        text: bytes,
-        maps: list[PassMap],
-        path: str | None,
-        hits: list[_Hit],
+        self, rule: _CompiledRule, text: bytes, w_start: int, w_end: int, state: _ScanState
     ) -> None:
+        """Run one rule over ``text[w_start:w_end]`` (the whole text on the first pass)."""
+        maps = state.maps
         last_map = maps[-1] if maps else None
-        path_b = path.encode("utf-8") if path is not None else None
         assert rule.matcher is not None
-        for m_start, m_end in rule.matcher.spans(text):
+        chunk = text if (w_start, w_end) == (0, len(text)) else text[w_start:w_end]
+        for rel_start, rel_end, rel_core in rule.matcher.spans(chunk):
+            state.matches += 1
+            if state.matches > state.max_matches:
+                raise _LimitReached
+            m_start, m_end = rel_start + w_start, rel_end + w_start
             # Gitleaks trims newlines off both ends of a match before using it
             while m_start < m_end and text[m_start] == 0x0A:
                 m_start += 1
@@ -311,7 +341,7 @@ class SecretScanner:
 
             if self.honor_allow_comments and ALLOW_COMMENT in line():
                 continue
-            s_off, e_off = rule.secret_span(match_b)
+            s_off, e_off = rule.secret_span(match_b, rel_core + w_start - m_start)
             if s_off == e_off:
                 continue  # the secret group did not take part in the match
             secret_b = match_b[s_off:e_off]
@@ -319,7 +349,7 @@ class SecretScanner:
             entropy = shannon_entropy(secret)
             if rule.entropy and entropy <= rule.entropy:
                 continue
-            if rule.allowlists.allows(secret, secret_b, match_b, line, path_b):
+            if rule.allowlists.allows(secret, secret_b, match_b, line, state.path_b):
                 continue
             span = (m_start + s_off, m_start + e_off)
             match_span = (m_start, m_end)
@@ -327,7 +357,7 @@ class SecretScanner:
                 span = pass_map.to_previous(*span)
                 match_span = pass_map.to_previous(*match_span)
             encodings = segment.encodings if segment is not None else ()
-            hits.append(_Hit(rule, span[0], span[1], *match_span, secret, entropy, encodings))
+            state.hits.append(_Hit(rule, span[0], span[1], *match_span, secret, entropy, encodings))
 
     def _finish(self, hits: list[_Hit], raw: bytes, text: str) -> list[SecretFinding]:
         located = [h for h in hits if h.match_start >= 0]
@@ -351,6 +381,48 @@ class SecretScanner:
             for h in hits
         }
         return sorted(findings, key=lambda f: (f.start, f.end, f.rule_id, f.match_start))
+
+
+class _LimitReached(Exception):
+    """More regex matches than ``max_matches``: the scan stops and reports truncation."""
+
+
+@dataclass(slots=True)
+class _ScanState:
+    path: str | None
+    max_matches: int
+    hits: list[_Hit] = field(default_factory=list)
+    maps: list[PassMap] = field(default_factory=list)
+    matches: int = 0
+    truncated: bool = False
+    path_b: bytes | None = None
+
+    def __post_init__(self) -> None:
+        self.path_b = self.path.encode("utf-8") if self.path is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class ScanReport:
+    """Findings of one scan. ``truncated`` means the text had more candidate matches than
+    the scanner's ``max_matches`` and was not scanned to the end: treat the whole text as
+    suspect (the check reports it as a finding without a span)."""
+
+    findings: list[SecretFinding]
+    truncated: bool = False
+
+
+def _windows_around(pass_map: PassMap, size: int) -> list[tuple[int, int]]:
+    """Where a rescan after decoding must look: each decoded segment plus a margin of
+    context on both sides (assignment names, quotes), merged where they touch."""
+    windows: list[tuple[int, int]] = []
+    for seg in pass_map.segments:
+        start = max(0, seg.dec_start - DECODE_CONTEXT)
+        end = min(size, seg.dec_end + DECODE_CONTEXT)
+        if windows and start <= windows[-1][1]:
+            windows[-1] = (windows[-1][0], max(windows[-1][1], end))
+        else:
+            windows.append((start, end))
+    return windows
 
 
 def _line_end(text: bytes, end: int) -> int:
@@ -384,8 +456,7 @@ def _dedupe_generic(hits: list[_Hit]) -> list[_Hit]:
         hit
         for hit in hits
         if not (
-            hit.rule.generic
-            and any(hit.secret in secret for secret in specific.get(hit.line, ()))
+            hit.rule.generic and any(hit.secret in secret for secret in specific.get(hit.line, ()))
         )
     ]
 

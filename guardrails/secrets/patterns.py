@@ -18,6 +18,7 @@ from guardrails.secrets.config import SecretsConfigError
 # back to the slower (still linear) NFA; a larger budget keeps them on the DFA.
 _MAX_MEM = 64 << 20
 _UNANCHORED = re2._Anchor.UNANCHORED
+_ANCHOR_START = re2._Anchor.ANCHOR_START
 _NO_MATCH = (-1, -1)
 # An optional leading (?flags), then a bracket class repeated {0,N} lazily.
 _PREFIX_HEAD = re2.compile(r"^(\(\?[A-Za-z]+\))?(\[(?:\\.|[^\]\\])+\])\{0,(\d{1,3})\}\?")
@@ -50,9 +51,14 @@ class Regex:
         first = self._raw.Match(_UNANCHORED, text, pos, len(text))[0]
         return None if first[0] < 0 else first
 
-    def group_spans(self, text: bytes) -> list[tuple[int, int]] | None:
-        """Spans of the whole match and every group (``(-1, -1)`` when a group is unset)."""
-        spans: list[tuple[int, int]] = self._raw.Match(_UNANCHORED, text, 0, len(text))
+    def group_spans(self, text: bytes, at: int | None = None) -> list[tuple[int, int]] | None:
+        """Spans of the whole match and every group (``(-1, -1)`` when a group is unset).
+
+        With ``at``, the match must start there (much cheaper than searching)."""
+        if at is None:
+            spans: list[tuple[int, int]] = self._raw.Match(_UNANCHORED, text, 0, len(text))
+        else:
+            spans = self._raw.Match(_ANCHOR_START, text, at, len(text))
         return None if spans[0] == _NO_MATCH else spans
 
     def search(self, text: bytes) -> bool:
@@ -140,10 +146,12 @@ class RuleMatcher:
     stops at that core match, so the result equals the full regex's ``finditer``.
     """
 
-    __slots__ = ("_plain", "_core", "_prefix_max", "_prefix_run")
+    __slots__ = ("_plain", "_core", "_prefix_max", "_prefix_run", "core_groups")
 
     def __init__(self, pattern: str, where: str) -> None:
         split = lazy_prefix(pattern)
+        #: the core with its groups (the prefix has none), for extracting the secret
+        self.core_groups: Regex | None = None
         self._plain: Regex | None = None
         self._core: Regex | None = None
         self._prefix_max = 0
@@ -153,14 +161,18 @@ class RuleMatcher:
             return
         core, self._prefix_max, flags, prefix_class = split
         self._core = Regex(core, where, capture=False)
+        self.core_groups = Regex(core, where)
         # longest run of prefix characters (at most N) that ends the window
         self._prefix_run = Regex(
             f"{flags}{prefix_class}{{0,{self._prefix_max}}}\\z", where, capture=False
         )
 
-    def spans(self, text: bytes) -> Iterator[tuple[int, int]]:
+    def spans(self, text: bytes) -> Iterator[tuple[int, int, int]]:
+        """``(start, end, core_start)`` of each match; ``core_start`` is where the part after
+        the optional prefix begins (``start`` when there is no prefix)."""
         if self._plain is not None:
-            yield from self._plain.spans(text)
+            for start, end in self._plain.spans(text):
+                yield start, end, start
             return
         assert self._core is not None and self._prefix_run is not None
         pos = 0
@@ -169,10 +181,11 @@ class RuleMatcher:
             core = self._core.span(text, pos)
             if core is None:
                 return
-            start, end = core
+            core_start, end = core
+            start = core_start
             window = max(pos, start - 4 * self._prefix_max)  # N characters, 4 bytes at most
             run = self._prefix_run.span(text[window:start])
             if run is not None:
                 start = window + run[0]
-            yield start, end
+            yield start, end, core_start
             pos = end if end > start else end + 1

@@ -221,7 +221,7 @@ class DualCache:
                 entry,
                 1.0,
             )
-        outcome = "it finished without a stored answer" if released else "wait limit reached"
+        outcome = "its lock ended without a stored answer" if released else "wait limit reached"
         miss.reason += f"; waited {waited:.0f} ms for an identical request ({outcome})"
         return miss
 
@@ -260,6 +260,11 @@ class DualCache:
         )
         try:
             evicted = await self.exact.put(entry)
+        except StoreUnavailable as exc:
+            self.metrics.backend_errors.labels("store").inc()
+            log.error("cache backend unavailable, answer not stored: %s", exc)
+            return None
+        try:
             if self.vectors is not None:
                 if evicted:
                     await self.vectors.remove(evicted)
@@ -268,9 +273,9 @@ class DualCache:
                         entry.id, entry.scope, entry.partition, entry.vector, entry.expires_at
                     )
         except StoreUnavailable as exc:
+            # The exact store has it (a separate backend): it still serves exact hits.
             self.metrics.backend_errors.labels("store").inc()
-            log.error("cache backend unavailable, answer not stored: %s", exc)
-            return None
+            log.error("vector backend unavailable, answer stored for exact hits only: %s", exc)
         self.metrics.stores.inc()
         if evicted:
             self.metrics.evictions.inc(len(evicted))

@@ -13,6 +13,8 @@ second at worst, never a hang; pools reconnect on the next call, so recovery nee
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +92,8 @@ def connect(target: RedisTarget) -> RedisClient:
     base = target.url.replace("+cluster", "", 1) if target.cluster else target.url
     retry = Retry(NoBackoff(), _RETRIES)
     if target.cluster:
+        # Per-node pools of this size; ``in_flight_limit`` queues callers beyond it, since
+        # the cluster client fails (MaxConnectionsError) where a blocking pool would wait.
         return RedisCluster.from_url(base, retry=retry, **_DEFAULTS)
     options = dict(_DEFAULTS)
     # A blocking pool waits for a free connection instead of failing under a burst.
@@ -97,6 +101,14 @@ def connect(target: RedisTarget) -> RedisClient:
         base, retry=retry, timeout=options["socket_timeout"], **options
     )
     return Redis(connection_pool=pool)
+
+
+def in_flight_limit(target: RedisTarget) -> asyncio.Semaphore | contextlib.nullcontext[None]:
+    """Bounds concurrent commands of one store to its pool size (Cluster only; a standalone
+    client's blocking pool already queues)."""
+    if target.cluster:
+        return asyncio.Semaphore(int(_DEFAULTS["max_connections"]) // 2)
+    return contextlib.nullcontext()
 
 
 def unavailable(what: str, target: RedisTarget, exc: BaseException) -> StoreUnavailable:

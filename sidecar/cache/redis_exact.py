@@ -32,6 +32,7 @@ from sidecar.cache.redis_conn import (
     RedisClient,
     RedisTarget,
     connect,
+    in_flight_limit,
     short_hash,
     unavailable,
 )
@@ -90,6 +91,7 @@ class RedisExactStore:
         self.prefix = prefix
         self._clock = clock
         self._client: RedisClient = connect(target)
+        self._limit = in_flight_limit(target)
         self._scripts: dict[str, AsyncScript] = {}
         # count() scans the keyspace: memoised, since the cache refreshes its gauge per write.
         self._count_interval = count_interval
@@ -112,7 +114,8 @@ class RedisExactStore:
     async def call(self, op: str, fn: Callable[[RedisClient], Awaitable[Any]]) -> Any:
         """Run one client call; every Redis failure becomes StoreUnavailable (no secrets)."""
         try:
-            return await fn(self._client)
+            async with self._limit:
+                return await fn(self._client)
         except REDIS_ERRORS as exc:
             raise unavailable(f"redis exact store ({op})", self.target, exc) from None
 

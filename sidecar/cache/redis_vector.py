@@ -30,6 +30,7 @@ from sidecar.cache.redis_conn import (
     RedisClient,
     RedisTarget,
     connect,
+    in_flight_limit,
     namespace_slug,
     short_hash,
     unavailable,
@@ -88,6 +89,7 @@ class RedisVectorIndex:
         self.prefix = prefix
         self._clock = clock
         self._client: RedisClient = connect(target)
+        self._limit = in_flight_limit(target)
         self._dimension = 0
         self.index = ""
         self._key_prefix = ""
@@ -95,13 +97,26 @@ class RedisVectorIndex:
 
     async def _call(self, op: str, fn: Callable[[RedisClient], Awaitable[Any]]) -> Any:
         try:
-            return await fn(self._client)
+            async with self._limit:
+                return await fn(self._client)
         except ResponseError as exc:
             if _missing_index(exc):
                 self._ready = False
             raise unavailable(f"redis vector store ({op})", self.target, exc) from None
         except REDIS_ERRORS as exc:
             raise unavailable(f"redis vector store ({op})", self.target, exc) from None
+
+    async def _indexed(self, op: str, fn: Callable[[RedisClient], Awaitable[Any]]) -> Any:
+        """A call that needs the index; an index that vanished (server restarted empty,
+        FLUSHALL) is recreated once and the call retried, so recovery needs no restart."""
+        await self._ensure()
+        try:
+            return await self._call(op, fn)
+        except StoreUnavailable:
+            if self._ready:
+                raise
+        await self._ensure()
+        return await self._call(op, fn)
 
     # -- lifecycle
     async def start(self, namespace: str, dimension: int) -> None:
@@ -149,8 +164,7 @@ class RedisVectorIndex:
 
     async def health(self) -> str | None:
         try:
-            await self._ensure()
-            await self._call("info", lambda c: c.execute_command("FT.INFO", self.index))
+            await self._indexed("info", lambda c: c.execute_command("FT.INFO", self.index))
         except (StoreUnavailable, BackendConfigError) as exc:
             return str(exc)
         return None
@@ -190,21 +204,13 @@ class RedisVectorIndex:
 
     async def search(self, scope: str, vector: Sequence[float], k: int) -> list[Neighbour]:
         blob = self._blob(vector)
-        await self._ensure()
         query = (
             f"(@scope:{{{short_hash(scope)}}} @expires_at:[({self._clock()!r} +inf])"
             f"=>[KNN {int(k)} @vec $B AS dist]"
         )
         args = ("FT.SEARCH", self.index, query, "PARAMS", 2, "B", blob,
                 "RETURN", 1, "dist", "LIMIT", 0, int(k), "DIALECT", 2)  # fmt: skip
-        try:
-            reply = await self._call("search", lambda c: c.execute_command(*args))
-        except StoreUnavailable:
-            if self._ready:
-                raise
-            # The index vanished (server restarted empty, FLUSHALL): recreate it once.
-            await self._ensure()
-            reply = await self._call("search", lambda c: c.execute_command(*args))
+        reply = await self._indexed("search", lambda c: c.execute_command(*args))
         found = [
             Neighbour(key[len(self._key_prefix) :], 1.0 - float(fields["dist"]))
             for key, fields in _search_rows(reply)
@@ -226,14 +232,13 @@ class RedisVectorIndex:
         await self._call("remove", delete)
 
     async def remove_partition(self, partition: str) -> None:
-        await self._ensure()
         query = f"@partition:{{{short_hash(partition)}}}"
         args = ("FT.SEARCH", self.index, query, "NOCONTENT", "LIMIT", 0, _DELETE_BATCH,
                 "DIALECT", 2)  # fmt: skip
         total = None
         rounds = 0
         while True:
-            reply = await self._call("remove_partition", lambda c: c.execute_command(*args))
+            reply = await self._indexed("remove_partition", lambda c: c.execute_command(*args))
             if total is None:
                 total = _search_total(reply)
             keys = [key for key, _ in _search_rows(reply)]
@@ -245,8 +250,7 @@ class RedisVectorIndex:
                 return
 
     async def count(self) -> int:
-        await self._ensure()
-        info = await self._call("count", lambda c: c.execute_command("FT.INFO", self.index))
+        info = await self._indexed("count", lambda c: c.execute_command("FT.INFO", self.index))
         if not isinstance(info, dict):
             info = {info[i]: info[i + 1] for i in range(0, len(info) - 1, 2)}
         fields = {_text(k): v for k, v in info.items()}

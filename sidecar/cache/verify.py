@@ -13,8 +13,9 @@ something that changes an answer:
 - datetime: other days, months, dates, times or periods ("2pm" and "14:00" are the same);
 - entity: another name, product, code identifier or version ("Salesforce" vs "HubSpot");
 - scope: other quantifiers or restrictors ("all" vs "some", "only", "less");
-- order: the same names in swapped roles ("from Friday to Sunday" vs the reverse,
-  "X better than Y" vs "Y better than X").
+- order: the same words in swapped roles ("from Friday to Sunday" vs the reverse,
+  "X better than Y" vs "Y better than X");
+- focus: the questions ask for different things ("why" vs "how many").
 
 Everything is cheap token structure: a question is analysed once (cached by text) and a
 comparison costs tens of microseconds. Refusal reasons name the check and the kind of
@@ -25,8 +26,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import get_args
@@ -49,7 +49,7 @@ _TOKEN = re.compile(
     r"|[.?!:;]"
 )
 _HYPHENATED = re.compile(r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+")
-_PLAIN_NUMBER = re.compile(r"^(\d+(?:\.\d+)*)(st|nd|rd|th)?$")
+_PLAIN_NUMBER = re.compile(r"^(\d+(?:\.\d+)*)(st|nd|rd|th|s)?$")
 _NUMBER_SUFFIX = re.compile(r"^(\d+(?:\.\d+)?)([a-z%]+)$")
 _RETIREMENT_PLAN = re.compile(r"^\d{3}[kb]$")  # "401k" is a name, not 401,000
 _CAMEL = re.compile(r"[a-z][A-Z]")
@@ -61,8 +61,11 @@ _BIGRAMS = {
     ("sign", "out"): "signout",
     ("check", "in"): "checkin",
     ("check", "out"): "checkout",
+    ("new", "year"): "newyear",
+    ("new", "years"): "newyear",
 }
 _ONE_BLOCKERS = frozenset("which the this that any no every each some only another".split())
+_CURRENCIES = frozenset("usd eur gbp jpy cad aud chf inr mxn cny btc eth".split())
 
 
 def _clock(hour: int, minute: int, half: str = "") -> str:
@@ -100,6 +103,42 @@ def _canonical_number(raw: str) -> str:
     return raw  # versions and decimals keep their digits ("3.8" is not "3.80" for a version)
 
 
+@dataclass(slots=True)
+class _Words:
+    """Word tokens of a question with what the lower-case forms lose."""
+
+    raw: list[str]  # original case
+    starts: list[bool]  # first word of a sentence
+    symbol: list[str]  # currency symbol written just before the word
+    tokens: list[str]  # lower case, possessives dropped, bigrams joined
+    origin: list[int]  # index in ``raw`` of each token
+
+
+def _split(text: str) -> _Words:
+    words = _Words([], [], [], [], [])
+    at_start, pending = True, ""
+    for tok in _TOKEN.findall(_prepare(text)):
+        if tok in _SENTENCE_END:
+            at_start = True
+            continue
+        if tok in lex.CURRENCY_SYMBOLS:
+            pending = tok
+            continue
+        words.raw.append(tok)
+        words.starts.append(at_start)
+        words.symbol.append(pending)
+        pending, at_start = "", False
+    lowers = [w.lower().replace("’", "'") for w in words.raw]
+    lowers = [(w[:-2] if w.endswith("'s") else w).replace("'", "") for w in lowers]
+    i = 0
+    while i < len(lowers):
+        pair = (lowers[i], lowers[i + 1]) if i + 1 < len(lowers) else None
+        words.tokens.append(_BIGRAMS.get(pair, lowers[i]) if pair else lowers[i])
+        words.origin.append(i)
+        i += 2 if pair in _BIGRAMS else 1
+    return words
+
+
 # -------------------------------------------------------------------- features
 @dataclass(frozen=True, slots=True)
 class QuestionFeatures:
@@ -108,26 +147,29 @@ class QuestionFeatures:
     tokens: tuple[str, ...]  # lower case, punctuation dropped, bigrams joined ("login")
     forms: frozenset[str]  # every spelling a name on the other side may match
     negations: int
-    values: tuple[str, ...]  # canonical numbers, sorted
-    quantities: tuple[tuple[str, str], ...]  # (number, unit), sorted
+    values: frozenset[str]  # canonical numbers ("two" is "2"; "one" is kept apart)
+    has_one: bool  # the word "one" used as a number
+    quantities: frozenset[tuple[str, str]]  # (number, unit)
     units: frozenset[str]  # units and currencies mentioned, with or without a number
-    times: frozenset[str]  # days, months, dates, clock times, periods
-    soft_times: frozenset[str]  # "today", "now": vague on their own
+    times: frozenset[str]  # named days, months, dates, clock times
+    periods: frozenset[str]  # parts of days and years, relative periods, "today"
     entities: dict[str, int]  # name form -> index in tokens
     scope: frozenset[int]  # indices of SCOPE_GROUPS present
     restrictors: frozenset[str]
     downward: frozenset[str]
     comparatives: frozenset[str]
-    roles: dict[str, str]  # relation word -> the first content word after it
+    moves: tuple[str, str]  # first content words after "from" and after "to"
+    than: str  # first content word after "than"
+    before_than: frozenset[str]  # words before "than"
+    focus: str  # what the question asks for: "reason", "amount", ... or ""
 
 
 def _is_entity(raw: str, lower: str, sentence_start: bool) -> bool:
     if lower in lex.STOPWORDS or lower in lex.WEEKDAYS or lower in lex.MONTHS:
         return False
-    if lower in lex.UNITS or lower in lex.DAY_PARTS:
+    if lower in lex.UNITS or lower in lex.DAY_PARTS or lower in lex.HOLIDAYS:
         return False
-    has_digit = any(c.isdigit() for c in raw)
-    if has_digit:
+    if any(c.isdigit() for c in raw):
         return any(c.isalpha() for c in raw)  # S23, 0x80070005, ipv6, 401k
     if "_" in raw or "()" in raw or ("." in raw and not raw.endswith(".")):
         return True  # code identifiers: snake_case, pandas.merge, len()
@@ -135,207 +177,453 @@ def _is_entity(raw: str, lower: str, sentence_start: bool) -> bool:
         return True
     if not raw[0].isupper():
         return bool(_CAMEL.search(raw))  # iPhone, useEffect
-    if raw.isupper() and len(raw) >= 2:
-        return True  # acronyms: USB, JFK, IRA
-    if _CAMEL.search(raw):
-        return True  # HubSpot, TypeError
-    if sentence_start:
-        return False
-    return lower != "i"
+    if (raw.isupper() and len(raw) >= 2) or _CAMEL.search(raw):
+        return True  # acronyms (USB, JFK) and inner capitals (HubSpot, TypeError)
+    return not sentence_start and lower != "i"
+
+
+def _number(tokens: Sequence[str], j: int) -> tuple[str, str]:
+    """(value, unit) of the number written at ``tokens[j]``, or ("", "") when it is none."""
+    tok = tokens[j]
+    if m := _PLAIN_NUMBER.match(tok):
+        return _canonical_number(m.group(1)), ""
+    if _RETIREMENT_PLAN.match(tok):
+        return "", ""
+    if m := _NUMBER_SUFFIX.match(tok):
+        suffix = m.group(2)
+        if suffix == "k":
+            return str(int(float(m.group(1)) * 1000)), ""
+        if suffix in lex.UNITS:
+            return _canonical_number(m.group(1)), lex.UNITS[suffix]
+        return "", ""
+    if tok in lex.SMALL_NUMBERS:
+        return str(lex.SMALL_NUMBERS[tok]), ""
+    if tok == "one":  # usually a pronoun ("which one", "how can one"); a number before a noun
+        prev = tokens[j - 1] if j else ""
+        nxt = tokens[j + 1] if j + 1 < len(tokens) else ""
+        if nxt in lex.SCALES or (
+            nxt.isalpha()
+            and nxt not in lex.STOPWORDS
+            and prev not in _ONE_BLOCKERS
+            and prev not in lex.STOPWORDS
+        ):
+            return "one", ""
+    return "", ""
+
+
+def _unit_near(tokens: Sequence[str], before: int, after: int) -> str:
+    if after < len(tokens):
+        word = tokens[after]
+        if word in ("degree", "degrees") and after + 1 < len(tokens):
+            return {"c": "c", "celsius": "c", "f": "f", "fahrenheit": "f"}.get(
+                tokens[after + 1], "deg"
+            )
+        if word == "us" and after + 1 < len(tokens) and tokens[after + 1].startswith("dollar"):
+            return "usd"
+        if word in lex.UNITS:
+            return lex.UNITS[word]
+    if before >= 0 and lex.UNITS.get(tokens[before], "") in _CURRENCIES:
+        return lex.UNITS[tokens[before]]  # "INR 15000", "USD 20"
+    return ""
+
+
+@dataclass(slots=True)
+class _Numbers:
+    values: set[str]
+    quantities: set[tuple[str, str]]
+    units: set[str]
+    positions: set[int]
+    has_one: bool = False
+
+
+def _numbers(words: _Words) -> _Numbers:
+    tokens = words.tokens
+    out = _Numbers(set(), set(), set(), set())
+    j = 0
+    while j < len(tokens):
+        at = j
+        value, unit = _number(tokens, j)
+        j += 1
+        if not value:
+            continue
+        out.positions.add(at)
+        if value.isdigit():  # "twenty five", "two hundred", "5 million"
+            total = int(value)
+            while j < len(tokens) and (tokens[j] in lex.SCALES or tokens[j] in lex.SMALL_NUMBERS):
+                word = tokens[j]
+                total = (
+                    total * lex.SCALES[word]
+                    if word in lex.SCALES
+                    else total + (lex.SMALL_NUMBERS[word])
+                )
+                out.positions.add(j)
+                j += 1
+            value = str(total)
+        if not unit:
+            symbol = words.symbol[words.origin[at]]
+            unit = lex.CURRENCY_SYMBOLS[symbol] if symbol else _unit_near(tokens, at - 1, j)
+        if value == "one":
+            out.has_one, value = True, "1"
+        else:
+            out.values.add(value)
+        if unit or value != "1":
+            out.quantities.add((value, unit))
+        if unit:
+            out.units.add(unit)
+    for j, tok in enumerate(tokens):
+        if j not in out.positions and tok in lex.UNITS and tok not in lex.AMBIGUOUS_UNITS:
+            out.units.add(lex.UNITS[tok])
+    out.units.update(lex.CURRENCY_SYMBOLS[s] for s in words.symbol if s)
+    return out
+
+
+def _times(words: _Words, numbers: set[int]) -> tuple[set[str], set[str]]:
+    """(named days, dates and clock times; parts of days and relative periods)."""
+    tokens = words.tokens
+    times: set[str] = set()
+    periods: set[str] = set()
+    for j, tok in enumerate(tokens):
+        if tok.startswith(("@t", "@d")):
+            times.add(tok)
+        elif tok in lex.WEEKDAYS:
+            times.add(lex.WEEKDAYS[tok])
+        elif tok in lex.MONTHS:
+            raw = words.raw[words.origin[j]]
+            near_number = (j + 1 in numbers) or (j - 1 in numbers)
+            # "may" and "march" are months only when written like one
+            if tok not in ("may", "march") or near_number or (raw[0].isupper() and j > 0):
+                times.add(lex.MONTHS[tok])
+        elif tok in lex.HOLIDAYS:
+            times.add(tok)
+        elif tok in lex.DAY_PARTS or tok in lex.SOFT_TIME_WORDS:
+            periods.add(tok.rstrip("s") if tok.startswith("week") else tok)
+        elif tok in lex.RELATIVE_PERIODS and j and tokens[j - 1] in lex.RELATIVE_MARKERS:
+            periods.add(f"{tokens[j - 1]}-{tok}")
+    return times, periods
+
+
+def _negations(tokens: Sequence[str]) -> int:
+    count = 0
+    for j, tok in enumerate(tokens):
+        if tok in lex.NEGATIONS:
+            # "..., or not?" and "why not?" are question tags, not negations
+            if tok == "not" and j and tokens[j - 1] in ("or", "why"):
+                continue
+            count += 1
+    return count
+
+
+def _object_after(tokens: Sequence[str], word: str) -> tuple[str, int]:
+    if word not in tokens:
+        return "", -1
+    at = tokens.index(word)
+    for nxt in tokens[at + 1 : at + 4]:
+        if nxt not in lex.STOPWORDS:
+            return _name_form(nxt), at
+    return "", at
+
+
+def _focus(tokens: Sequence[str]) -> str:
+    for j, tok in enumerate(tokens[:8]):
+        for opener, kind in lex.FOCUS_OPENERS.items():
+            if tuple(tokens[j : j + len(opener)]) == opener:
+                return kind
+        if tok in ("what", "which", "how"):
+            return ""
+    return ""
 
 
 @lru_cache(maxsize=8192)
 def analyse(text: str) -> QuestionFeatures:
     """Structure of one (normalised) question. Cached: a cached question is analysed once."""
-    raw_tokens = _TOKEN.findall(_prepare(text))
-    words: list[str] = []  # original case
-    starts: list[bool] = []
-    symbols_before: list[str] = []
-    at_start = True
-    pending_symbol = ""
-    for tok in raw_tokens:
-        if tok in _SENTENCE_END:
-            at_start = True
-            continue
-        if tok in lex.CURRENCY_SYMBOLS or tok == "%":
-            if tok == "%" and words:
-                words.append("%")
-                starts.append(False)
-                symbols_before.append("")
-            else:
-                pending_symbol = tok
-            continue
-        words.append(tok)
-        starts.append(at_start)
-        symbols_before.append(pending_symbol)
-        pending_symbol = ""
-        at_start = False
-    lowers = [w.lower().replace("’", "'") for w in words]
-    lowers = [w[:-2] if w.endswith("'s") else w for w in lowers]
-    lowers = [w.replace("'", "") for w in lowers]
-    # Join phrasal opposites so "log in" and "login" read the same.
-    tokens: list[str] = []
-    origin: list[int] = []
-    i = 0
-    while i < len(lowers):
-        pair = (lowers[i], lowers[i + 1]) if i + 1 < len(lowers) else None
-        if pair in _BIGRAMS:
-            tokens.append(_BIGRAMS[pair])
-            origin.append(i)
-            i += 2
-            continue
-        tokens.append(lowers[i])
-        origin.append(i)
-        i += 1
-
-    values: list[str] = []
-    quantities: list[tuple[str, str]] = []
-    units: set[str] = set()
-    times: set[str] = set()
-    soft: set[str] = set()
+    words = _split(text)
+    tokens = words.tokens
+    numbers = _numbers(words)
+    times, periods = _times(words, numbers.positions)
     entities: dict[str, int] = {}
-    number_at: set[int] = set()
-
-    def unit_after(j: int) -> str:
-        if j >= len(tokens):
-            return ""
-        word = tokens[j]
-        if word in ("degree", "degrees") and j + 1 < len(tokens):
-            nxt = tokens[j + 1]
-            return {"c": "c", "celsius": "c", "f": "f", "fahrenheit": "f"}.get(nxt, "deg")
-        if word == "us" and j + 1 < len(tokens) and tokens[j + 1].startswith("dollar"):
-            return "usd"
-        return lex.UNITS.get(word, "")
-
     for j, tok in enumerate(tokens):
-        if tok.startswith("@t") or tok.startswith("@d"):
-            times.add(tok)
+        if j in numbers.positions or tok.startswith("@"):
             continue
-        value = ""
-        unit = ""
-        if m := _PLAIN_NUMBER.match(tok):
-            value = _canonical_number(m.group(1))
-        elif _RETIREMENT_PLAN.match(tok):
-            pass
-        elif m := _NUMBER_SUFFIX.match(tok):
-            suffix = m.group(2)
-            if suffix == "k":
-                value = str(int(float(m.group(1)) * 1000))
-            elif suffix in ("st", "nd", "rd", "th"):
-                value = _canonical_number(m.group(1))
-            elif suffix in lex.UNITS:
-                value, unit = _canonical_number(m.group(1)), lex.UNITS[suffix]
-        elif tok in lex.SMALL_NUMBERS:
-            value = str(lex.SMALL_NUMBERS[tok])
-        elif tok == "one":
-            prev = tokens[j - 1] if j else ""
-            nxt = tokens[j + 1] if j + 1 < len(tokens) else ""
-            if nxt in lex.SCALES or (
-                nxt.isalpha() and nxt not in lex.STOPWORDS and prev not in _ONE_BLOCKERS
-            ):
-                value = "1"
-        if not value:
-            continue
-        number_at.add(j)
-        # "twenty five", "two hundred", "5 million"
-        k = j + 1
-        if value.isdigit():
-            total = int(value)
-            while k < len(tokens) and (tokens[k] in lex.SCALES or tokens[k] in lex.SMALL_NUMBERS):
-                if tokens[k] in lex.SCALES:
-                    total *= lex.SCALES[tokens[k]]
-                else:
-                    total += lex.SMALL_NUMBERS[tokens[k]]
-                number_at.add(k)
-                k += 1
-            value = str(total)
-        if not unit:
-            unit = unit_after(k)
-            symbol = symbols_before[origin[j]] if origin[j] < len(symbols_before) else ""
-            if symbol:
-                unit = lex.CURRENCY_SYMBOLS[symbol]
-        values.append(value)
-        quantities.append((value, unit))
-        if unit:
-            units.add(unit)
-    # numbers written as words inside a run ("twenty five") were folded into the first
-    values_counter = _fold_runs(values, quantities, tokens, number_at)
-    values, quantities = values_counter
-
-    for j, tok in enumerate(tokens):
-        if j in number_at:
-            continue
-        if tok in lex.UNITS and tok not in lex.AMBIGUOUS_UNITS:
-            units.add(lex.UNITS[tok])
-        if tok in lex.WEEKDAYS:
-            times.add(lex.WEEKDAYS[tok])
-        elif tok in lex.MONTHS:
-            raw = words[origin[j]]
-            near_number = (j + 1 in number_at) or (j - 1 in number_at)
-            if tok not in ("may", "march") or near_number or (raw[0].isupper() and j > 0):
-                times.add(lex.MONTHS[tok])
-        elif tok in lex.DAY_PARTS:
-            times.add(tok)
-        elif tok in lex.SOFT_TIME_WORDS:
-            soft.add(tok)
-        elif tok in lex.RELATIVE_PERIODS and j and tokens[j - 1] in lex.RELATIVE_MARKERS:
-            times.add(f"{tokens[j - 1]}-{tok}")
-        if tok == "new" and j + 1 < len(tokens) and tokens[j + 1] in ("year", "years"):
-            times.add("newyear")
-    for sym in symbols_before:
-        if sym:
-            units.add(lex.CURRENCY_SYMBOLS[sym])
-
-    for j, tok in enumerate(tokens):
-        if j in number_at or tok.startswith("@"):
-            continue
-        wi = origin[j]
-        raw = words[wi]
-        if _is_entity(raw, tok, starts[wi]):
+        raw = words.raw[words.origin[j]]
+        if _is_entity(raw, tok, words.starts[words.origin[j]]):
             entities.setdefault(_name_form(raw), j)
-
     forms: set[str] = set(tokens)
-    forms.update(_name_form(t) for t in words)
-    forms.update(_name_form(a + b) for a, b in zip(lowers, lowers[1:], strict=False))
+    forms.update(_name_form(t) for t in words.raw)
+    forms.update(_name_form(a + b) for a, b in zip(tokens, tokens[1:], strict=False))
     forms.update(_name_form(h) for h in _HYPHENATED.findall(text))
     token_set = set(tokens)
-    scope = frozenset(i for i, group in enumerate(lex.SCOPE_GROUPS) if token_set & group)
-    roles: dict[str, str] = {}
-    for j, tok in enumerate(tokens):
-        if tok in lex.ROLE_WORDS and tok not in roles:
-            for nxt in tokens[j + 1 : j + 4]:
-                if nxt not in lex.STOPWORDS:
-                    roles[tok] = _name_form(nxt)
-                    break
+    than, than_at = _object_after(tokens, "than")
     return QuestionFeatures(
         tokens=tuple(tokens),
         forms=frozenset(forms),
-        negations=sum(1 for t in tokens if t in lex.NEGATIONS),
-        values=tuple(sorted(values)),
-        quantities=tuple(sorted(quantities)),
-        units=frozenset(units),
+        negations=_negations(tokens),
+        values=frozenset(numbers.values),
+        has_one=numbers.has_one,
+        quantities=frozenset(numbers.quantities),
+        units=frozenset(numbers.units),
         times=frozenset(times),
-        soft_times=frozenset(soft),
+        periods=frozenset(periods),
         entities=entities,
-        scope=scope,
+        scope=frozenset(i for i, g in enumerate(lex.SCOPE_GROUPS) if token_set & g),
         restrictors=frozenset(token_set & lex.RESTRICTORS),
         downward=frozenset(token_set & lex.DOWNWARD),
         comparatives=frozenset(token_set & lex.COMPARATIVE_WORDS),
-        roles=roles,
+        moves=(_object_after(tokens, "from")[0], _object_after(tokens, "to")[0]),
+        than=than,
+        before_than=frozenset(_name_form(t) for t in tokens[: max(than_at, 0)]),
+        focus=_focus(tokens),
     )
 
 
-def _fold_runs(
-    values: list[str],
-    quantities: list[tuple[str, str]],
-    tokens: Sequence[str],
-    number_at: set[int],
-) -> tuple[list[str], list[tuple[str, str]]]:
-    """Drop the numbers that a preceding word-number run already absorbed."""
-    # A run like "twenty five" was recorded twice (25 at "twenty", 5 at "five"); keep the
-    # first of each run of adjacent number positions.
-    starts = [j for j in sorted(number_at) if j - 1 not in number_at]
-    if len(starts) == len(values):
-        return values, quantities
-    keep = len(starts)
-    return values[:keep], quantities[:keep]
+# -------------------------------------------------------------------- comparing
+def _differ(a: Collection[object], b: Collection[object], one_sided: bool) -> bool:
+    """True on a substitution (each side has something the other lacks); on one side only
+    if ``one_sided``."""
+    sa, sb = set(a), set(b)
+    if sa == sb:
+        return False
+    return bool(sa - sb and sb - sa) or one_sided
+
+
+def _edit_distance_at_most_one(a: str, b: str) -> bool:
+    """One substitution, insertion, deletion or swap of neighbours ("Zuckerberg"/"-burg")."""
+    if abs(len(a) - len(b)) > 1:
+        return False
+    if len(a) == len(b):
+        diff = [i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y]
+        if len(diff) == 2 and diff[1] == diff[0] + 1:
+            i = diff[0]
+            return a[i] == b[i + 1] and a[i + 1] == b[i]
+        return len(diff) <= 1
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    i = 0
+    while i < len(short) and short[i] == long_[i]:
+        i += 1
+    return short[i:] == long_[i + 1 :]
+
+
+def _has_form(forms: frozenset[str], name: str) -> bool:
+    if name in forms or name + "s" in forms or (name.endswith("s") and name[:-1] in forms):
+        return True
+    if len(name) < 5 or not name.isalpha():
+        return False
+    for form in forms:
+        if len(form) < 5 or form[0] != name[0]:
+            continue
+        # "India"/"Indian", "Canada"/"Canadian": a long shared start names the same thing
+        common = 0
+        for x, y in zip(name, form, strict=False):
+            if x != y:
+                break
+            common += 1
+        if common >= 5 and common >= 0.8 * min(len(name), len(form)):
+            return True
+        if len(name) >= 6 and len(form) >= 6 and _edit_distance_at_most_one(name, form):
+            return True  # a typo, not another name
+    return False
+
+
+def _pole(tokens: frozenset[str], axis: tuple[frozenset[str], frozenset[str]]) -> int:
+    """-1 or 1 for a side that uses only one pole of the axis, 0 otherwise."""
+    left, right = bool(tokens & axis[0]), bool(tokens & axis[1])
+    return 0 if left == right else (-1 if left else 1)
+
+
+def _morph_opposite(ta: frozenset[str], tb: frozenset[str]) -> bool:
+    """ "lock" vs "unlock", "upload" vs "download": a prefix turns a word into its opposite."""
+    for word in ta - tb:
+        for prefix in lex.NEGATING_PREFIXES:
+            stem = word[len(prefix) :]
+            if word.startswith(prefix) and len(stem) >= 3 and stem in tb and stem not in ta:
+                return True
+        for p1, p2 in lex.SWAPPED_PREFIXES:
+            for x, y in ((p1, p2), (p2, p1)):
+                if word.startswith(x) and len(word) - len(x) >= 3:
+                    other = y + word[len(x) :]
+                    if other in tb and other not in ta:
+                        return True
+    return False
+
+
+def _tightly_replaced(a: QuestionFeatures, b: QuestionFeatures, positions: set[int]) -> bool:
+    """Is a name of ``a`` swapped for one or two other content words of ``b``
+    ("Roth IRA" vs "traditional IRA")?"""
+    matcher = difflib.SequenceMatcher(None, a.tokens, b.tokens, autojunk=False)
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op != "replace" or i2 - i1 > 2 or j2 - j1 > 2:
+            continue
+        if positions.intersection(range(i1, i2)) and any(
+            t not in lex.STOPWORDS for t in b.tokens[j1:j2]
+        ):
+            return True
+    return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Comparison:
+    a: QuestionFeatures
+    b: QuestionFeatures
+    strictness: VerifierStrictness
+
+    @property
+    def balanced(self) -> bool:
+        return self.strictness != "lenient"
+
+    @property
+    def strict(self) -> bool:
+        return self.strictness == "strict"
+
+    def negation(self) -> str | None:
+        na, nb = self.a.negations, self.b.negations
+        if (na > 0) != (nb > 0):
+            return "one question is negated"
+        if self.strict and na != nb:
+            return "different number of negations"
+        return None
+
+    def antonym(self) -> str | None:
+        ta, tb = frozenset(self.a.tokens), frozenset(self.b.tokens)
+        for axis in lex.AXES:
+            pole = _pole(ta, axis)
+            if pole and _pole(tb, axis) == -pole:
+                return "opposite words"
+        if _morph_opposite(ta, tb) or _morph_opposite(tb, ta):
+            return "a prefix makes the opposite word"
+        return None
+
+    def number(self) -> str | None:
+        a, b = self.a.values, self.b.values
+        if a == b:
+            return None
+        only_a, only_b = a - b, b - a
+        # "one glass" and "1 glass" are the same; a bare "one" is often a pronoun
+        if only_a == {"1"} and not only_b and self.b.has_one:
+            return None
+        if only_b == {"1"} and not only_a and self.a.has_one:
+            return None
+        if only_a and only_b:
+            return "different numbers"
+        if self.balanced and not (self.strictness == "balanced" and _years(only_a | only_b)):
+            return "a number on one side only"
+        return None
+
+    def unit(self) -> str | None:
+        a, b = self.a, self.b
+        if a.values == b.values and a.quantities != b.quantities:
+            if {v for v, u in a.quantities if u} | {v for v, u in b.quantities if u}:
+                return "same numbers in different units"
+        if _differ(a.units, b.units, one_sided=self.strict):
+            return "different units or currencies"
+        return None
+
+    def datetime(self) -> str | None:
+        a, b = self.a, self.b
+        if _differ(a.times | a.periods, b.times | b.periods, one_sided=False):
+            return "different days, dates or times"
+        if _differ(a.times, b.times, one_sided=self.balanced):
+            return "a day, date or time on one side only"
+        if self.strict and a.periods != b.periods:
+            return "a time reference on one side only"
+        return None
+
+    def entity(self) -> str | None:
+        only_a = {n: j for n, j in self.a.entities.items() if not _has_form(self.b.forms, n)}
+        only_b = {n: j for n, j in self.b.entities.items() if not _has_form(self.a.forms, n)}
+        if only_a and only_b:
+            return "different names"
+        if not (only_a or only_b):
+            return None
+        if self.balanced and (
+            _tightly_replaced(self.a, self.b, set(only_a.values()))
+            or _tightly_replaced(self.b, self.a, set(only_b.values()))
+        ):
+            return "a name replaced by other words"
+        if self.strict:
+            return "a name on one side only"
+        return None
+
+    def scope(self) -> str | None:
+        a, b = self.a, self.b
+        if _differ(a.scope, b.scope, one_sided=False):
+            return "different quantifiers"
+        if self.balanced and a.restrictors != b.restrictors:
+            return "a restriction on one side only"
+        if self.balanced and a.downward != b.downward:
+            return "a comparative in the opposite direction"
+        if self.strict and (a.comparatives != b.comparatives or a.scope != b.scope):
+            return "a comparative or quantifier on one side only"
+        return None
+
+    def order(self) -> str | None:
+        a, b = self.a, self.b
+        (from_a, to_a), (from_b, to_b) = a.moves, b.moves
+        if from_a and to_a and from_a != to_a and (from_a, to_a) == (to_b, from_b):
+            return "from and to swapped"
+        if (
+            a.than
+            and b.than
+            and a.than != b.than
+            and a.than in b.before_than
+            and b.than in a.before_than
+        ):
+            return "the two sides of a comparison swapped"
+        return None
+
+    def focus(self) -> str | None:
+        fa, fb = self.a.focus, self.b.focus
+        if fa == fb:
+            return None
+        if (fa and fb) or "reason" in (fa, fb) or (self.strict and (fa or fb)):
+            return "the questions ask for different things"
+        return None
+
+
+def _years(values: frozenset[str] | set[str]) -> bool:
+    """Only years: "the 2016 election" and "the election" usually mean the same one."""
+    return bool(values) and all(v.isdigit() and 1900 <= int(v) <= 2100 for v in values)
+
+
+class AnswerChangeVerifier:
+    """Refuses a semantic hit when the questions differ in something that changes the answer.
+
+    ``checks`` picks the comparisons (see ``ALL_CHECKS``); ``strictness`` decides whether a
+    difference present on one side only ("book tickets" vs "book 2 tickets") counts.
+    """
+
+    def __init__(
+        self,
+        strictness: VerifierStrictness = "balanced",
+        checks: Sequence[VerifierCheck] = ALL_CHECKS,
+    ) -> None:
+        unknown = [c for c in checks if c not in ALL_CHECKS]
+        if unknown:
+            raise ValueError(f"unknown verifier checks {unknown}: choose from {list(ALL_CHECKS)}")
+        if strictness not in get_args(VerifierStrictness):
+            raise ValueError(f"unknown verifier strictness {strictness!r}")
+        self.strictness: VerifierStrictness = strictness
+        self.checks: tuple[VerifierCheck, ...] = tuple(c for c in ALL_CHECKS if c in checks)
+
+    def refusals(self, question: str, candidate: str, first_only: bool = False) -> list[str]:
+        """Every check that refuses (``check: kind of difference``), or only the first."""
+        if question == candidate:
+            return []
+        comparison = _Comparison(analyse(question), analyse(candidate), self.strictness)
+        out: list[str] = []
+        for check in self.checks:
+            why: str | None = getattr(comparison, check)()
+            if why is not None:
+                out.append(f"{check}: {why}")
+                if first_only:
+                    break
+        return out
+
+    def verify(self, question: str, candidate: str, similarity: float) -> Verdict:
+        refused = self.refusals(question, candidate, first_only=True)
+        return Verdict(False, refused[0]) if refused else Verdict(True)
+
+
+def build_verifier(config: CacheConfig) -> MatchVerifier | None:
+    """The verifier the cache configuration asks for (None: the threshold alone decides)."""
+    if config.verifier == "off":
+        return None
+    return AnswerChangeVerifier(config.verifier_strictness, config.verifier_checks)

@@ -19,11 +19,11 @@ NEGATIONS: frozenset[str] = frozenset(
 _AXES_TEXT = """
 open opens opening opened reopen | close closes closed closing shut
 safe safer safest harmless | unsafe dangerous harmful risky
-enable enables enabled enabling activate activated | disable disables disabled disabling deactivate deactivated
+enable enables enabled enabling activate | disable disables disabled disabling deactivate
 include includes included including inclusive | exclude excludes excluded excluding exclusive
-allow allows allowed allowing permit permitted | deny denies denied forbid forbidden prohibit prohibited
+allow allows allowed allowing permit permitted | deny denies denied forbid forbidden prohibit
 before prior earlier earliest pre | after later latest post
-increase increases increased increasing raise raises raised | decrease decreases decreased decreasing reduce reduces reduced lower lowers lowered
+increase increases increased raise raises raised | decrease decreases decreased reduce reduced lower
 buy buys buying bought purchase purchasing | sell sells selling sold
 import imports importing imported | export exports exporting exported
 upload uploads uploading uploaded | download downloads downloading downloaded
@@ -45,7 +45,7 @@ win wins won winning | lose loses lost losing
 profit profits profitable | loss losses
 credit credits credited | debit debits debited
 deposit deposits deposited depositing | withdraw withdraws withdrew withdrawing withdrawal
-arrive arrives arrived arriving arrival arrivals | depart departs departed departing departure departures
+arrive arrives arrived arriving arrival arrivals | depart departs departed departure departures
 inbound incoming | outbound outgoing
 input inputs | output outputs
 ascending asc | descending desc
@@ -174,9 +174,6 @@ COMPARATIVE_WORDS: frozenset[str] = frozenset(
     "more most less least fewer fewest better best worse worst than".split()
 )
 
-# Relation words whose object, when swapped between the sides, reverses the question
-# ("from Friday to Sunday" vs "from Sunday to Friday", "X better than Y" vs "Y better than X").
-ROLE_WORDS: frozenset[str] = frozenset("from to into than over versus vs instead".split())
 
 # Time words; "soft" ones on one side only do not change the answer in balanced mode.
 WEEKDAYS: dict[str, str] = {
@@ -194,10 +191,14 @@ MONTHS: dict[str, str] = {
 }
 MONTHS.update({"jan": "january", "feb": "february", "sept": "september", "oct": "october"})
 MONTHS.update({"nov": "november", "dec": "december", "aug": "august", "apr": "april"})
+# Named days: one side naming a day the other does not changes the answer.
+HOLIDAYS: frozenset[str] = frozenset(
+    "tomorrow yesterday tonight christmas easter thanksgiving halloween eve newyear".split()
+)
+# Parts of a day or year: refused when swapped ("morning" vs "evening"), not when added.
 DAY_PARTS: frozenset[str] = frozenset(
-    """morning afternoon evening night tonight noon midnight today tomorrow yesterday
-    weekend weekends weekday weekdays summer winter spring autumn christmas easter
-    thanksgiving halloween eve""".split()
+    """morning afternoon evening night noon midnight weekend weekends weekday weekdays
+    summer winter spring autumn""".split()
 )
 SOFT_TIME_WORDS: frozenset[str] = frozenset("today now currently nowadays".split())
 RELATIVE_PERIODS: frozenset[str] = frozenset("week month year weekend quarter".split())
@@ -263,7 +264,7 @@ jpy: jpy yen ¥
 cad: cad
 aud: aud
 chf: chf franc francs
-inr: inr rupee rupees
+inr: inr rupee rupees rs
 mxn: mxn peso pesos
 cny: cny yuan rmb
 btc: btc bitcoin bitcoins
@@ -337,7 +338,26 @@ ALIASES: dict[str, str] = {
     "britain": "uk",
     "british": "uk",
     "england": "uk",
-    "wifi": "wifi",
+    "u.s": "usa",
+    "u.s.a": "usa",
+    "u.k": "uk",
 }
 # Name suffixes that do not change what is named ("React.js" is "React").
 NAME_SUFFIXES: tuple[str, ...] = (".js", ".com", ".io", ".org", ".net", ".app")
+
+# What a question asks for. Two sides asking for different things ("why" vs "how many") need
+# different answers; generic openers ("what", "how", "which", "is") are not compared.
+FOCUS_OPENERS: dict[tuple[str, ...], str] = {
+    ("why",): "reason",
+    ("how", "come"): "reason",
+    ("how", "many"): "amount",
+    ("how", "much"): "amount",
+    ("how", "long"): "duration",
+    ("how", "often"): "frequency",
+    ("when",): "time",
+    ("what", "time"): "time",
+    ("where",): "place",
+    ("who",): "person",
+    ("whom",): "person",
+    ("whose",): "person",
+}

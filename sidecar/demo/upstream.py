@@ -21,8 +21,8 @@ from typing import Any
 
 import orjson
 
-#: embeddings whose input contains this marker wait for ``release_embeddings()`` (a slow
-#: embedding provider, for timeout tests)
+#: after ``hold_embeddings()``, embeddings whose input contains this marker wait for
+#: ``release_embeddings()`` (a slow embedding provider, for timeout tests)
 HOLD_MARKER = "[hold-embedding]"
 EMBEDDING_DIMENSION = 64
 # Bytes per HTTP chunk of a streamed answer: small and odd, so frames are split mid-event.
@@ -124,6 +124,7 @@ def fake_embedding(text: str) -> list[float]:
 
 class _QuietServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 256  # a proxy opens many connections at once; the default is 5
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A client closing a kept-alive connection (the OpenAI SDK does at [DONE]) is normal.
@@ -146,6 +147,8 @@ class FakeLLMUpstream:
         self.calls: list[UpstreamCall] = []
         self.counts: Counter[str] = Counter()
         self._embeddings_released = threading.Event()
+        self._embeddings_released.set()  # no holding until hold_embeddings()
+        self.held_embeddings = 0  # embedding calls that stalled on HOLD_MARKER
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -189,6 +192,10 @@ class FakeLLMUpstream:
     def url(self) -> str:
         return f"http://{self._host}:{self.port}"
 
+    def hold_embeddings(self) -> None:
+        """From now on, embeddings of inputs with HOLD_MARKER wait for release_embeddings()."""
+        self._embeddings_released.clear()
+
     def release_embeddings(self) -> None:
         self._embeddings_released.set()
 
@@ -197,7 +204,8 @@ class FakeLLMUpstream:
         concurrency that needs no timing); ``count=0`` turns the gate off."""
         with self._lock:
             self._gate = count
-            self.max_in_flight = self.in_flight
+            if count:
+                self.max_in_flight = self.in_flight  # measure from now on
             self._lock.notify_all()
 
     def count(self, suffix: str = "") -> int:
@@ -308,6 +316,8 @@ class FakeLLMUpstream:
         inputs = body.get("input")
         texts = [inputs] if isinstance(inputs, str) else list(inputs or [])
         if any(HOLD_MARKER in str(t) for t in texts):
+            with self._lock:
+                self.held_embeddings += 1
             self._embeddings_released.wait(_HOLD_LIMIT_S)
         data = [
             {"object": "embedding", "index": i, "embedding": fake_embedding(str(t))}
