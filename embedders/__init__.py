@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from embedders.base import Embedder, EmbedderError
+import os
+
+# Set before torch loads its OpenMP runtime: idle OpenMP threads then sleep instead of
+# spinning. The sidecar shares its cores with the proxy; with spinning threads one embedding
+# took 5x longer on a busy 2-core machine (benchmarks/embedding_bench.py, docs/benchmarks.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from embedders.base import Embedder, EmbedderError  # noqa: E402
 
 
 def build_embedder(

@@ -78,7 +78,9 @@ class CacheConfig(_Section):
     enabled: bool = True
     default_cache_key: str = ""
     ttl: float = 300.0
-    threshold: float = Field(0.8, ge=0.0, le=1.0)
+    #: cosine similarity a semantic hit needs (x-bf-cache-threshold overrides it per request);
+    #: 0.88 keeps wrong hits on Quora pairs near 7% (0.8 serves 15%): docs/semantic-correctness.md
+    threshold: float = Field(0.88, ge=0.0, le=1.0)
     conversation_history_threshold: int = Field(3, ge=1)
     exclude_system_prompt: bool = False
     cache_by_model: bool = True

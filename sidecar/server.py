@@ -9,6 +9,7 @@ import logging
 import uvicorn
 
 from embedders import EmbedderError
+from guardrails.rules import RuleFileError
 from sidecar.cache.backends import BackendConfigError
 from sidecar.config import SidecarConfig
 from sidecar.services import Sidecar
@@ -18,7 +19,11 @@ log = logging.getLogger("sidecar")
 
 
 async def run_server(config: SidecarConfig) -> int:
-    sidecar = Sidecar(config)
+    try:
+        sidecar = Sidecar(config)
+    except RuleFileError as exc:
+        log.error("start-up failed: invalid rule files:\n%s", exc)
+        return 2
     try:
         await sidecar.start()
     except (EmbedderError, BackendConfigError, OSError) as exc:
@@ -47,6 +52,9 @@ async def run_server(config: SidecarConfig) -> int:
             port,
             grpc_server.failure_mode,
         )
+    if sidecar.rules is not None:
+        # kill -HUP reloads rule files; a bad file keeps the previous rules (see /readyz).
+        sidecar.rules.install_sighup(asyncio.get_running_loop())
     app = create_app(sidecar, manage_lifecycle=False)
     server = uvicorn.Server(
         uvicorn.Config(

@@ -19,6 +19,7 @@ from guardrails.engine import GuardrailEngine
 from guardrails.reload import RuleSetHolder
 from sidecar.cache.backends import build_exact_store, build_single_flight, build_vector_index
 from sidecar.cache.layer import DualCache, MatchVerifier
+from sidecar.cache.verify import build_verifier
 from sidecar.config import SidecarConfig
 from sidecar.guard import build_guardrails
 from sidecar.metrics import Metrics
@@ -123,7 +124,8 @@ class Sidecar:
                     batch_window_ms=cfg.embedder.batch_window_ms,
                     max_batch=cfg.embedder.max_batch,
                 )
-            if self.embedder is not None and not self.embedder.dimension:
+            # An embedder passed in by the caller is already started (and shared).
+            if self.embedder is not None and self._owns_embedder:
                 await self.embedder.start()
             exact = build_exact_store(cfg.cache, self.clock)
             self.cache = DualCache(
@@ -131,7 +133,7 @@ class Sidecar:
                 build_vector_index(cfg.cache, self.clock),
                 self.embedder,
                 self.metrics,
-                self._verifier,
+                self._verifier if self._verifier is not None else build_verifier(cfg.cache),
                 cfg.cache.candidates,
                 clock=self.clock,
                 single_flight=build_single_flight(cfg.cache, exact),

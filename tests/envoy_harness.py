@@ -108,8 +108,18 @@ class EnvoyStack:
         grpc_port: int,
         failure_mode_allow: bool = False,
         message_timeout: float = 20.0,
+        allow_mode_override: bool = True,
+        response_body_mode: str = "BUFFERED",
     ) -> str:
-        spec = ExtProcListener(name, free_port(), grpc_port, failure_mode_allow, message_timeout)
+        spec = ExtProcListener(
+            name,
+            free_port(),
+            grpc_port,
+            failure_mode_allow,
+            message_timeout,
+            allow_mode_override,
+            response_body_mode,
+        )
         self.listeners[name] = spec
         return self.url(name)
 

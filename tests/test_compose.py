@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 import yaml
+from envoy_harness import envoy_available
 
 from sidecar.config import load_config
 from sidecar.demo.envoy import ExtProcListener, bootstrap, envoy_binary, write_bootstrap
-from tests.envoy_harness import envoy_available
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose"
 needs_envoy = pytest.mark.skipif(envoy_available() is not None, reason=f"{envoy_available()}")

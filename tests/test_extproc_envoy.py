@@ -8,7 +8,6 @@ partition (``x-bf-cache-key``) so tests do not see each other's entries.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,102 +18,10 @@ import httpx
 import openai
 import orjson
 import pytest
+from envoy_harness import EnvoyStack, envoy_available
+from extproc_scenarios import GUARD_RULES, GUARD_WIRED, SECRET, build_stack, chat, sse_text
+from fakes.upstream import HOLD_MARKER, FakeLLMUpstream
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from sidecar.demo.processes import free_port
-from sidecar.transports.extproc.messages import (
-    REQUEST_BODY,
-    REQUEST_HEADERS,
-    RESPONSE_BODY,
-    RESPONSE_HEADERS,
-    BodySendMode,
-    HttpBody,
-    HttpHeaders,
-    ProcessingResponse,
-    body_reply,
-    continue_for,
-    headers_reply,
-    read_headers,
-)
-from tests.envoy_harness import EnvoyStack, envoy_available
-from tests.fakes.upstream import HOLD_MARKER, FakeLLMUpstream
-
-GUARD_WIRED = importlib.util.find_spec("sidecar.guard") is not None
-SECRET = "SECRET-123456"
-GUARD_RULES = """\
-profiles:
-  fake-secret:
-    provider: regex
-    config: {patterns: [{name: fake-secret, pattern: 'SECRET-[0-9]{6}'}]}
-  forbidden:
-    provider: regex
-    config: {patterns: [{name: forbidden, pattern: 'FORBIDDEN-TOPIC'}]}
-  zebra:
-    provider: regex
-    config: {patterns: [{name: zebra, pattern: 'ZEBRA-[0-9]{4}'}]}
-  dragon:
-    provider: regex
-    config: {patterns: [{name: dragon, pattern: 'DRAGON-[0-9]{4}'}]}
-rules:
-  - {id: redact-fake-secret, apply_to: input, profiles: [fake-secret], action: redact}
-  - {id: block-forbidden, apply_to: input, profiles: [forbidden], action: block}
-  - {id: redact-zebra-answers, apply_to: output, profiles: [zebra], action: redact}
-  - {id: block-dragon-answers, apply_to: output, profiles: [dragon], action: block}
-"""
-
-
-# ---------------------------------------------------------------------- test processors
-class FailingProcessor:
-    """Raises on the chosen message (the request body, or the Nth streamed answer chunk)."""
-
-    def __init__(self, fail_on: str, after_chunks: int = 0) -> None:
-        self._fail_on = fail_on
-        self._after = after_chunks
-        self._chunks = 0
-
-    async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
-        return continue_for(REQUEST_HEADERS)
-
-    async def request_body(self, message: HttpBody) -> ProcessingResponse:
-        if self._fail_on == REQUEST_BODY:
-            raise RuntimeError("injected request failure")
-        return continue_for(REQUEST_BODY)
-
-    async def response_headers(self, message: HttpHeaders) -> ProcessingResponse:
-        return headers_reply(RESPONSE_HEADERS, response_body_mode=BodySendMode.STREAMED)
-
-    async def response_body(self, message: HttpBody) -> ProcessingResponse:
-        self._chunks += 1
-        if self._fail_on == RESPONSE_BODY and self._chunks > self._after:
-            raise RuntimeError("injected answer failure")
-        return continue_for(RESPONSE_BODY)
-
-    async def close(self) -> None:
-        return None
-
-
-class RewritingProcessor:
-    """Redacts SECRET in the request body; ``x-test-keep-length`` leaves content-length stale."""
-
-    def __init__(self) -> None:
-        self._fix_length = True
-
-    async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
-        self._fix_length = "x-test-keep-length" not in read_headers(message, "request")
-        return continue_for(REQUEST_HEADERS)
-
-    async def request_body(self, message: HttpBody) -> ProcessingResponse:
-        new = message.body.replace(SECRET.encode(), b"[REDACTED]")
-        return body_reply(REQUEST_BODY, new, fix_length=self._fix_length)
-
-    async def response_headers(self, message: HttpHeaders) -> ProcessingResponse:
-        return continue_for(RESPONSE_HEADERS)
-
-    async def response_body(self, message: HttpBody) -> ProcessingResponse:
-        return continue_for(RESPONSE_BODY)
-
-    async def close(self) -> None:
-        return None
 
 
 # ---------------------------------------------------------------------- fixtures
@@ -132,60 +39,7 @@ def stack(
     reason = envoy_available()
     if reason is not None:
         pytest.skip(f"Envoy unavailable: {reason}")
-    workdir = tmp_path_factory.mktemp("envoy-e2e")
-    env = EnvoyStack(workdir, upstream.port)
-    # Cache only: grpc_failure_mode "auto" means fail open.
-    main = env.add_sidecar(
-        "main",
-        {
-            "cache": {"data_dir": ":memory:", "default_cache_key": "e2e"},
-            "server": {"log_level": "warning"},
-        },
-    )
-    env.add_listener("main", main.grpc_port)
-    if GUARD_WIRED:
-        # Guardrails (exact cache only, no model to load): "auto" means fail closed.
-        rules = workdir / "guard.yaml"
-        rules.write_text(GUARD_RULES, encoding="utf-8")
-        guarded = env.add_sidecar(
-            "guarded",
-            {
-                "cache": {"data_dir": ":memory:", "default_cache_key": "g", "vector_store": ""},
-                "guardrails": {"rules": [str(rules)]},
-                "server": {"log_level": "warning"},
-            },
-        )
-        env.add_listener("guarded", guarded.grpc_port)
-    # A sidecar whose embedding provider stalls on HOLD_MARKER: the sidecar becomes too slow.
-    slow = env.add_sidecar(
-        "slow",
-        {
-            "cache": {"data_dir": ":memory:", "default_cache_key": "slow"},
-            "embedder": {
-                "backend": "openai",
-                "base_url": f"{upstream.url}/v1",
-                "model": "fake-embed",
-                "timeout": 30,
-            },
-            "server": {"log_level": "warning"},
-        },
-    )
-    dead_port = free_port()  # nothing listens here: the sidecar is down
-    env.add_listener("down_open", dead_port, failure_mode_allow=True)
-    env.add_listener("down_closed", dead_port, failure_mode_allow=False)
-    env.add_listener("slow_open", slow.grpc_port, failure_mode_allow=True, message_timeout=0.5)
-    env.add_listener("slow_closed", slow.grpc_port, failure_mode_allow=False, message_timeout=0.5)
-    fail_request_open = env.add_inprocess_extproc(lambda: FailingProcessor(REQUEST_BODY), "open")
-    fail_request_closed = env.add_inprocess_extproc(
-        lambda: FailingProcessor(REQUEST_BODY), "closed"
-    )
-    fail_stream_open = env.add_inprocess_extproc(
-        lambda: FailingProcessor(RESPONSE_BODY, after_chunks=3), "open"
-    )
-    env.add_listener("error_open", fail_request_open)
-    env.add_listener("error_closed", fail_request_closed)
-    env.add_listener("stream_error_open", fail_stream_open)
-    env.add_listener("rewrite", env.add_inprocess_extproc(RewritingProcessor, "closed"))
+    env = build_stack(tmp_path_factory.mktemp("envoy-e2e"), upstream)
     try:
         env.start()
     except Exception:
@@ -194,31 +48,6 @@ def stack(
     yield env
     upstream.release_embeddings()
     env.stop()
-
-
-def chat(prompt: str, stream: bool = False, model: str = "gpt-4o-mini") -> dict[str, Any]:
-    return {"model": model, "messages": [{"role": "user", "content": prompt}], "stream": stream}
-
-
-def sse_text(raw: bytes) -> tuple[str, bool]:
-    """(text, ended properly) of an OpenAI or Anthropic event stream."""
-    text, ended = [], False
-    for frame in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
-        for line in frame.decode().splitlines():
-            if not line.startswith("data:"):
-                continue
-            data = line[5:].strip()
-            if data == "[DONE]":
-                ended = True
-                continue
-            payload = orjson.loads(data)
-            if payload.get("type") == "message_stop":
-                ended = True
-            if payload.get("type") == "content_block_delta":
-                text.append(payload["delta"]["text"])
-            for choice in payload.get("choices") or []:
-                text.append(choice.get("delta", {}).get("content") or "")
-    return "".join(text), ended
 
 
 # ---------------------------------------------------------------------- cache behaviour
@@ -329,6 +158,33 @@ def test_streamed_miss_is_forwarded_in_chunks_and_hit_is_one_sse_body(
     assert bodies[1] == bodies[0]  # the replay is the exact event sequence
 
 
+@pytest.mark.parametrize("listener", ["fixed_buffered", "fixed_streamed"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_answers_are_cached_when_envoy_ignores_the_mode_override(
+    stack: EnvoyStack, upstream: FakeLLMUpstream, listener: str, stream: bool
+) -> None:
+    """BUFFERED streams arrive as one body, STREAMED JSON answers in chunks: both are stored."""
+    body = chat(f"Which planet is the largest? ({listener}, stream={stream})", stream=stream)
+    headers = {"x-bf-cache-key": f"fixed-{listener}-{stream}"}
+    raw, statuses = [], []
+    with httpx.Client(base_url=stack.url(listener), headers=headers, timeout=30) as client:
+        for _ in range(2):
+            response = client.post("/v1/chat/completions", json=body)
+            assert response.status_code == 200
+            raw.append(response.content)
+            statuses.append(response.headers["x-bf-cache-status"])
+            if len(raw) == 1:
+                calls = upstream.count()
+    assert statuses == ["miss", "hit-exact"]
+    assert upstream.count() == calls
+    assert raw[1] == raw[0]
+    if stream:
+        text = sse_text(raw[0])[0]
+    else:
+        text = orjson.loads(raw[0])["choices"][0]["message"]["content"]
+    assert text.endswith(f"({listener}, stream={stream})")
+
+
 def test_bad_cache_header_is_refused_with_400_naming_it(
     stack: EnvoyStack, upstream: FakeLLMUpstream
 ) -> None:
@@ -343,6 +199,33 @@ def test_bad_cache_header_is_refused_with_400_naming_it(
     error = response.json()["error"]
     assert error["kind"] == "bad_request" and "x-bf-cache-ttl" in error["message"]
     assert upstream.count() == calls
+
+
+def test_control_header_that_is_not_utf8_is_refused_naming_it(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    calls = upstream.count()
+    response = httpx.post(
+        f"{stack.url('main')}/v1/chat/completions",
+        json=chat("hello there"),
+        headers={"x-bf-cache-key": b"caf\xe9"},
+        timeout=30,
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["kind"] == "bad_header" and "x-bf-cache-key" in error["message"]
+    assert upstream.count() == calls
+
+
+def test_other_header_that_is_not_utf8_does_not_stop_the_request(stack: EnvoyStack) -> None:
+    response = httpx.post(
+        f"{stack.url('main')}/v1/chat/completions",
+        json=chat("hello from a latin-1 client"),
+        headers={"x-bf-cache-key": "latin1", "x-client-note": b"caf\xe9"},
+        timeout=30,
+    )
+    assert response.status_code == 200
+    assert response.headers["x-bf-cache-status"] == "miss"
 
 
 def test_malformed_json_is_refused_with_400(stack: EnvoyStack) -> None:
@@ -461,6 +344,18 @@ def test_guardrail_output_redaction_rewrites_stream_in_flight(stack: EnvoyStack)
 
 
 @needs_guard
+def test_guardrail_output_redaction_of_a_stream_envoy_buffered(stack: EnvoyStack) -> None:
+    """Without allow_mode_override Envoy hands over the whole stream at once; still redacted."""
+    body = chat("repeat ZEBRA-9999 once more", stream=True)
+    response = httpx.post(f"{stack.url('guarded_fixed')}/v1/chat/completions", json=body)
+    text, ended = sse_text(response.content)
+    assert response.status_code == 200 and ended
+    assert "ZEBRA-9999" not in text and text.endswith("once more")
+    if "content-length" in response.headers:
+        assert int(response.headers["content-length"]) == len(response.content)
+
+
+@needs_guard
 def test_guardrail_output_block_replaces_plain_answer(stack: EnvoyStack) -> None:
     response = httpx.post(
         f"{stack.url('guarded')}/v1/chat/completions", json=chat("echo DRAGON-7777"), timeout=30
@@ -567,6 +462,20 @@ def test_sidecar_error_mid_stream_fails_open_with_the_stream_intact(stack: Envoy
     text, ended = sse_text(raw)
     assert response.status_code == 200
     assert ended and text.endswith("to: Tell me a long story about a lighthouse keeper.")
+
+
+def test_sidecar_error_mid_stream_fails_closed_by_cutting_the_stream(stack: EnvoyStack) -> None:
+    body = chat("Tell me another long story about a lighthouse keeper.", stream=True)
+    received = b""
+    with httpx.Client(timeout=30) as client:
+        with pytest.raises(httpx.HTTPError):
+            with client.stream(
+                "POST", f"{stack.url('stream_error_closed')}/v1/chat/completions", json=body
+            ) as response:
+                assert response.status_code == 200  # headers were already on their way
+                for chunk in response.iter_raw():
+                    received += chunk
+    assert b"[DONE]" not in received  # the client never saw a complete stream
 
 
 # ---------------------------------------------------------------------- concurrency

@@ -174,6 +174,8 @@ async def test_concurrent_identical_misses_across_replicas_go_upstream_once(
         )
         assert reply.status_code == 200 and "stored_entry_id" in reply.json()
         rest = [r.json() for r in await asyncio.gather(*waiting)]
-        # Exactly one of six identical concurrent requests went upstream.
+        # Exactly one of six identical concurrent requests went upstream; the others got its
+        # answer: after waiting on the lock (exact hit), or, when their lookup reached the
+        # vector store after the answer was stored, as a semantic hit of similarity 1.
         assert [r["action"] for r in rest] == ["respond"] * 5, [r["cache"] for r in rest]
-        assert {r["cache"]["status"] for r in rest} == {"hit-exact"}
+        assert {r["cache"]["status"] for r in rest} <= {"hit-exact", "hit-semantic"}

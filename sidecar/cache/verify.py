@@ -39,12 +39,12 @@ ALL_CHECKS: tuple[VerifierCheck, ...] = get_args(VerifierCheck)
 
 # -------------------------------------------------------------------- tokenising
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")
-_CLOCK_12H = re.compile(r"\b(\d{1,2})(?::([0-5]\d))?\s*([ap])\.?\s?m\b\.?", re.IGNORECASE)
+_CLOCK_12H = re.compile(r"\b(\d{1,2})(?:[:.]([0-5]\d))?\s*([ap])\.?\s?m\b\.?", re.IGNORECASE)
 _CLOCK_24H = re.compile(r"\b([01]?\d|2[0-3]):([0-5]\d)\b")
 _ISO_DATE = re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b")
 _TOKEN = re.compile(
     r"@[td][\d-]+"  # placeholders written by _prepare
-    r"|[$€£¥%]"
+    r"|[$€£¥₹%]"
     r"|[A-Za-z0-9]+(?:[._+#'’][A-Za-z0-9]+)*(?:\(\))?[+#]*"
     r"|[.?!:;]"
 )
@@ -63,6 +63,11 @@ _BIGRAMS = {
     ("check", "out"): "checkout",
     ("new", "year"): "newyear",
     ("new", "years"): "newyear",
+    ("zoom", "in"): "zoomin",
+    ("zoom", "out"): "zoomout",
+    ("opt", "in"): "optin",
+    ("opt", "out"): "optout",
+    ("plug", "in"): "plugin",
 }
 _ONE_BLOCKERS = frozenset("which the this that any no every each some only another".split())
 _CURRENCIES = frozenset("usd eur gbp jpy cad aud chf inr mxn cny btc eth".split())
@@ -84,6 +89,7 @@ def _prepare(text: str) -> str:
     return _CLOCK_24H.sub(lambda m: " " + _clock(int(m.group(1)), int(m.group(2))) + " ", text)
 
 
+@lru_cache(maxsize=65536)
 def _name_form(word: str) -> str:
     """One spelling per name: lower case, no hyphens or possessive, known suffixes dropped."""
     w = word.lower().replace("’", "'").replace("-", "")
@@ -145,6 +151,7 @@ class QuestionFeatures:
     """What the checks compare, computed once per distinct question text."""
 
     tokens: tuple[str, ...]  # lower case, punctuation dropped, bigrams joined ("login")
+    token_set: frozenset[str]
     forms: frozenset[str]  # every spelling a name on the other side may match
     negations: int
     values: frozenset[str]  # canonical numbers ("two" is "2"; "one" is kept apart)
@@ -162,6 +169,8 @@ class QuestionFeatures:
     than: str  # first content word after "than"
     before_than: frozenset[str]  # words before "than"
     focus: str  # what the question asks for: "reason", "amount", ... or ""
+    poles: dict[int, int]  # antonym axis -> the one pole this question uses
+    prefixed: tuple[tuple[str, str], ...]  # ("unlock", "lock"), ("download", "upload")
 
 
 def _is_entity(raw: str, lower: str, sentence_start: bool) -> bool:
@@ -295,22 +304,38 @@ def _times(words: _Words, numbers: set[int]) -> tuple[set[str], set[str]]:
                 times.add(lex.MONTHS[tok])
         elif tok in lex.HOLIDAYS:
             times.add(tok)
-        elif tok in lex.DAY_PARTS or tok in lex.SOFT_TIME_WORDS:
+        elif tok in lex.SOFT_TIME_WORDS:
+            periods.add("now")
+        elif tok in lex.DAY_PARTS:
             periods.add(tok.rstrip("s") if tok.startswith("week") else tok)
         elif tok in lex.RELATIVE_PERIODS and j and tokens[j - 1] in lex.RELATIVE_MARKERS:
             periods.add(f"{tokens[j - 1]}-{tok}")
     return times, periods
 
 
-def _negations(tokens: Sequence[str]) -> int:
+def _negations(words: _Words) -> int:
     count = 0
+    tokens = words.tokens
     for j, tok in enumerate(tokens):
-        if tok in lex.NEGATIONS:
-            # "..., or not?" and "why not?" are question tags, not negations
-            if tok == "not" and j and tokens[j - 1] in ("or", "why"):
-                continue
-            count += 1
+        if tok not in lex.NEGATIONS:
+            continue
+        # "..., or not?" and "why not?" are question tags, not negations
+        if tok == "not" and j and tokens[j - 1] in ("or", "why"):
+            continue
+        at = words.origin[j]
+        if tok == "none" and words.raw[at] == "None" and not words.starts[at]:
+            continue  # the code literal: "why does it print None?"
+        count += 1
     return count
+
+
+def _scope(tokens: Sequence[str]) -> frozenset[int]:
+    found: set[int] = set()
+    for j, tok in enumerate(tokens):
+        if tok == "all" and tokens[j + 1 : j + 2] == ("time",):
+            continue  # "of all time" is emphasis, not a quantifier
+        found.update(i for i, group in enumerate(lex.SCOPE_GROUPS) if tok in group)
+    return frozenset(found)
 
 
 def _object_after(tokens: Sequence[str], word: str) -> tuple[str, int]:
@@ -325,12 +350,44 @@ def _object_after(tokens: Sequence[str], word: str) -> tuple[str, int]:
 
 def _focus(tokens: Sequence[str]) -> str:
     for j, tok in enumerate(tokens[:8]):
-        for opener, kind in lex.FOCUS_OPENERS.items():
-            if tuple(tokens[j : j + len(opener)]) == opener:
+        for size in (2, 1):
+            kind = lex.FOCUS_OPENERS.get(tuple(tokens[j : j + size]))
+            if kind is not None:
                 return kind
         if tok in ("what", "which", "how"):
             return ""
     return ""
+
+
+# word -> (axis index, pole) for every word of every axis
+_AXIS_OF: dict[str, list[tuple[int, int]]] = {}
+for _i, _axis in enumerate(lex.AXES):
+    for _pole_index, _words in ((-1, _axis[0]), (1, _axis[1])):
+        for _w in _words:
+            _AXIS_OF.setdefault(_w, []).append((_i, _pole_index))
+
+
+def _poles(tokens: Sequence[str]) -> dict[int, int]:
+    """Axis index -> -1 or 1 for the axes whose words sit on one pole only."""
+    seen: dict[int, set[int]] = {}
+    for tok in tokens:
+        for axis, pole in _AXIS_OF.get(tok, ()):
+            seen.setdefault(axis, set()).add(pole)
+    return {axis: next(iter(poles)) for axis, poles in seen.items() if len(poles) == 1}
+
+
+def _prefixed(tokens: Sequence[str]) -> tuple[tuple[str, str], ...]:
+    """(word, its opposite spelling) for words whose prefix negates or reverses a stem."""
+    out: list[tuple[str, str]] = []
+    for word in set(tokens):
+        for prefix in lex.NEGATING_PREFIXES:
+            if word.startswith(prefix) and len(word) - len(prefix) >= 3:
+                out.append((word, word[len(prefix) :]))
+        for p1, p2 in lex.SWAPPED_PREFIXES:
+            for x, y in ((p1, p2), (p2, p1)):
+                if word.startswith(x) and len(word) - len(x) >= 3:
+                    out.append((word, y + word[len(x) :]))
+    return tuple(out)
 
 
 @lru_cache(maxsize=8192)
@@ -347,6 +404,13 @@ def analyse(text: str) -> QuestionFeatures:
         raw = words.raw[words.origin[j]]
         if _is_entity(raw, tok, words.starts[words.origin[j]]):
             entities.setdefault(_name_form(raw), j)
+    for compound in _HYPHENATED.findall(text):
+        # "Wi-Fi" and "USB-C" are one name each, matching "wifi" and "usbc"
+        parts = [p for p in (_name_form(x) for x in compound.split("-")) if p in entities]
+        if parts:
+            entities.setdefault(_name_form(compound), min(entities[p] for p in parts))
+            for p in parts:
+                del entities[p]
     forms: set[str] = set(tokens)
     forms.update(_name_form(t) for t in words.raw)
     forms.update(_name_form(a + b) for a, b in zip(tokens, tokens[1:], strict=False))
@@ -355,8 +419,9 @@ def analyse(text: str) -> QuestionFeatures:
     than, than_at = _object_after(tokens, "than")
     return QuestionFeatures(
         tokens=tuple(tokens),
+        token_set=frozenset(tokens),
         forms=frozenset(forms),
-        negations=_negations(tokens),
+        negations=_negations(words),
         values=frozenset(numbers.values),
         has_one=numbers.has_one,
         quantities=frozenset(numbers.quantities),
@@ -364,7 +429,7 @@ def analyse(text: str) -> QuestionFeatures:
         times=frozenset(times),
         periods=frozenset(periods),
         entities=entities,
-        scope=frozenset(i for i, g in enumerate(lex.SCOPE_GROUPS) if token_set & g),
+        scope=_scope(tokens),
         restrictors=frozenset(token_set & lex.RESTRICTORS),
         downward=frozenset(token_set & lex.DOWNWARD),
         comparatives=frozenset(token_set & lex.COMPARATIVE_WORDS),
@@ -372,6 +437,8 @@ def analyse(text: str) -> QuestionFeatures:
         than=than,
         before_than=frozenset(_name_form(t) for t in tokens[: max(than_at, 0)]),
         focus=_focus(tokens),
+        poles=_poles(tokens),
+        prefixed=_prefixed(tokens),
     )
 
 
@@ -423,26 +490,10 @@ def _has_form(forms: frozenset[str], name: str) -> bool:
     return False
 
 
-def _pole(tokens: frozenset[str], axis: tuple[frozenset[str], frozenset[str]]) -> int:
-    """-1 or 1 for a side that uses only one pole of the axis, 0 otherwise."""
-    left, right = bool(tokens & axis[0]), bool(tokens & axis[1])
-    return 0 if left == right else (-1 if left else 1)
-
-
-def _morph_opposite(ta: frozenset[str], tb: frozenset[str]) -> bool:
+def _morph_opposite(a: QuestionFeatures, b: QuestionFeatures) -> bool:
     """ "lock" vs "unlock", "upload" vs "download": a prefix turns a word into its opposite."""
-    for word in ta - tb:
-        for prefix in lex.NEGATING_PREFIXES:
-            stem = word[len(prefix) :]
-            if word.startswith(prefix) and len(stem) >= 3 and stem in tb and stem not in ta:
-                return True
-        for p1, p2 in lex.SWAPPED_PREFIXES:
-            for x, y in ((p1, p2), (p2, p1)):
-                if word.startswith(x) and len(word) - len(x) >= 3:
-                    other = y + word[len(x) :]
-                    if other in tb and other not in ta:
-                        return True
-    return False
+    ta, tb = a.token_set, b.token_set
+    return any(other in tb and other not in ta and word not in tb for word, other in a.prefixed)
 
 
 def _tightly_replaced(a: QuestionFeatures, b: QuestionFeatures, positions: set[int]) -> bool:
@@ -482,12 +533,10 @@ class _Comparison:
         return None
 
     def antonym(self) -> str | None:
-        ta, tb = frozenset(self.a.tokens), frozenset(self.b.tokens)
-        for axis in lex.AXES:
-            pole = _pole(ta, axis)
-            if pole and _pole(tb, axis) == -pole:
-                return "opposite words"
-        if _morph_opposite(ta, tb) or _morph_opposite(tb, ta):
+        pb = self.b.poles
+        if any(pb.get(axis) == -pole for axis, pole in self.a.poles.items()):
+            return "opposite words"
+        if _morph_opposite(self.a, self.b) or _morph_opposite(self.b, self.a):
             return "a prefix makes the opposite word"
         return None
 
@@ -509,8 +558,11 @@ class _Comparison:
 
     def unit(self) -> str | None:
         a, b = self.a, self.b
-        if a.values == b.values and a.quantities != b.quantities:
-            if {v for v, u in a.quantities if u} | {v for v, u in b.quantities if u}:
+        units_a = {(v, u) for v, u in a.quantities if u}
+        units_b = {(v, u) for v, u in b.quantities if u}
+        for value, unit in units_a - units_b:
+            # the same number with another unit on the other side; a unit left out is no conflict
+            if any(v == value and u != unit for v, u in units_b):
                 return "same numbers in different units"
         if _differ(a.units, b.units, one_sided=self.strict):
             return "different units or currencies"
@@ -546,10 +598,10 @@ class _Comparison:
         a, b = self.a, self.b
         if _differ(a.scope, b.scope, one_sided=False):
             return "different quantifiers"
-        if self.balanced and a.restrictors != b.restrictors:
-            return "a restriction on one side only"
         if self.balanced and a.downward != b.downward:
             return "a comparative in the opposite direction"
+        if self.strict and a.restrictors != b.restrictors:
+            return "a restriction on one side only"
         if self.strict and (a.comparatives != b.comparatives or a.scope != b.scope):
             return "a comparative or quantifier on one side only"
         return None
@@ -573,7 +625,7 @@ class _Comparison:
         fa, fb = self.a.focus, self.b.focus
         if fa == fb:
             return None
-        if (fa and fb) or "reason" in (fa, fb) or (self.strict and (fa or fb)):
+        if (fa and fb) or (self.strict and (fa or fb)):
             return "the questions ask for different things"
         return None
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 # Words that turn a statement into its opposite when present on one side only.
 NEGATIONS: frozenset[str] = frozenset(
-    """not no never none nobody nothing nowhere neither nor without cannot unable
+    """not no non never none nobody nothing nowhere neither nor without cannot unable
     dont doesnt didnt cant wont isnt arent wasnt werent shouldnt wouldnt couldnt hasnt
     havent hadnt mustnt neednt aint""".split()
 )
@@ -131,6 +131,14 @@ healthy healthier healthiest | unhealthy
 legal | illegal
 overweight | underweight
 underpaid | overpaid
+strict stricter strictest | lenient relaxed
+pause paused pausing suspend suspended | resume resumed resuming unpause
+early | late
+near nearer nearest closer closest nearby | far farther farthest further furthest distant
+merge merged merging combine | split splitting separate
+zoomin | zoomout
+optin | optout
+plugin | unplug
 """
 
 
@@ -193,12 +201,12 @@ MONTHS.update({"jan": "january", "feb": "february", "sept": "september", "oct": 
 MONTHS.update({"nov": "november", "dec": "december", "aug": "august", "apr": "april"})
 # Named days: one side naming a day the other does not changes the answer.
 HOLIDAYS: frozenset[str] = frozenset(
-    "tomorrow yesterday tonight christmas easter thanksgiving halloween eve newyear".split()
+    "tomorrow yesterday tonight christmas easter thanksgiving halloween eve".split()
 )
 # Parts of a day or year: refused when swapped ("morning" vs "evening"), not when added.
 DAY_PARTS: frozenset[str] = frozenset(
     """morning afternoon evening night noon midnight weekend weekends weekday weekdays
-    summer winter spring autumn""".split()
+    summer winter spring autumn newyear""".split()
 )
 SOFT_TIME_WORDS: frozenset[str] = frozenset("today now currently nowadays".split())
 RELATIVE_PERIODS: frozenset[str] = frozenset("week month year weekend quarter".split())
@@ -286,7 +294,7 @@ UNITS = _units(_UNITS_TEXT)
 AMBIGUOUS_UNITS: frozenset[str] = frozenset(
     "g gr t m in l s h c f mo min second day week month year cup cups ton tons".split()
 )
-CURRENCY_SYMBOLS: dict[str, str] = {"$": "usd", "€": "eur", "£": "gbp", "¥": "jpy"}
+CURRENCY_SYMBOLS: dict[str, str] = {"$": "usd", "€": "eur", "£": "gbp", "¥": "jpy", "₹": "inr"}
 
 # Function words: never entities, even when capitalised (title case, sentence starts).
 STOPWORDS: frozenset[str] = frozenset(

@@ -30,6 +30,7 @@ def envoy_binary() -> str:
 
 
 _TYPES = "type.googleapis.com/envoy.extensions."
+EXT_PROC_SERVICE = "envoy.service.ext_proc.v3.ExternalProcessor"
 
 
 def _seconds(value: float) -> str:
@@ -44,6 +45,8 @@ class ExtProcListener:
     failure_mode_allow: bool = False
     message_timeout: float = 5.0
     allow_mode_override: bool = True
+    #: the configured mode; the sidecar overrides it per answer when allowed
+    response_body_mode: str = "BUFFERED"
 
 
 def _cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
@@ -75,6 +78,16 @@ def _cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
         },
     }
     if http2:
+        # The sidecar's standard gRPC health service, as in compose/envoy.yaml.
+        cluster["health_checks"] = [
+            {
+                "timeout": "1s",
+                "interval": "5s",
+                "unhealthy_threshold": 2,
+                "healthy_threshold": 1,
+                "grpc_health_check": {"service_name": EXT_PROC_SERVICE},
+            }
+        ]
         cluster["typed_extension_protocol_options"] = {
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                 "@type": _TYPES + "upstreams.http.v3.HttpProtocolOptions",
@@ -85,7 +98,11 @@ def _cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
 
 
 def ext_proc_filter(
-    cluster: str, failure_mode_allow: bool, message_timeout: float, allow_mode_override: bool
+    cluster: str,
+    failure_mode_allow: bool,
+    message_timeout: float,
+    allow_mode_override: bool,
+    response_body_mode: str = "BUFFERED",
 ) -> dict[str, Any]:
     return {
         "name": "envoy.filters.http.ext_proc",
@@ -101,7 +118,7 @@ def ext_proc_filter(
                 "request_trailer_mode": "SKIP",
                 "response_header_mode": "SEND",
                 # The sidecar switches streamed answers to STREAMED per request (mode_override).
-                "response_body_mode": "BUFFERED",
+                "response_body_mode": response_body_mode,
                 "response_trailer_mode": "SKIP",
             },
         },
@@ -145,6 +162,7 @@ def _listener(spec: ExtProcListener) -> dict[str, Any]:
                                     spec.failure_mode_allow,
                                     spec.message_timeout,
                                     spec.allow_mode_override,
+                                    spec.response_body_mode,
                                 ),
                                 {
                                     "name": "envoy.filters.http.router",

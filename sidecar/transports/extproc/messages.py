@@ -37,7 +37,9 @@ _IMMUTABLE = frozenset({"host", ":authority", ":method", ":path", ":scheme", ":s
 def read_headers(message: HttpHeaders, what: str) -> dict[str, str]:
     """Header map with lower-case names; repeated headers are joined with ``", "``.
 
-    Raises HookError(400) naming the header whose value is not UTF-8.
+    Values are UTF-8. A sidecar control header (``x-bf-*``) that is not raises HookError(400)
+    naming it; any other header falls back to Latin-1 (HTTP's historical charset), since
+    the sidecar must not refuse traffic the provider would accept.
     """
     out: dict[str, str] = {}
     for header in message.headers.headers:
@@ -46,9 +48,11 @@ def read_headers(message: HttpHeaders, what: str) -> dict[str, str]:
             try:
                 value = header.raw_value.decode("utf-8")
             except UnicodeDecodeError:
-                raise HookError(
-                    400, "bad_header", f"{what} header {name!r} has a value that is not UTF-8"
-                ) from None
+                if name.startswith("x-bf-"):
+                    raise HookError(
+                        400, "bad_header", f"{what} header {name!r} has a value that is not UTF-8"
+                    ) from None
+                value = header.raw_value.decode("latin-1")
         else:
             value = header.value
         out[name] = f"{out[name]}, {value}" if name in out else value

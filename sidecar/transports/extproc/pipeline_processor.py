@@ -75,6 +75,7 @@ class PipelineProcessor:
         self._response_mode = BodySendMode.NONE
         self._stream: StreamProcessor | None = None
         self._stream_stored = False
+        self._stream_messages = 0
         self._answer_chunks: list[bytes] = []
         self._answer_size = 0
 
@@ -191,6 +192,7 @@ class PipelineProcessor:
         if self._stream is None:
             self._stream = self._pipeline.open_stream(ctx)
         chunk = message.body
+        self._stream_messages += 1
         out = await self._stream.feed(chunk)
         if message.end_of_stream:
             out += await self._stream.finish()
@@ -202,7 +204,10 @@ class PipelineProcessor:
             await self._pipeline.finish_stream(
                 ctx, self._status, self._response_headers, self._stream
             )
-        return body_reply(RESPONSE_BODY, out if out != chunk else None)
+        # One message holding the whole stream means Envoy buffered it (mode_override not
+        # allowed): a rewritten body then needs its content-length corrected.
+        whole = self._stream_messages == 1 and message.end_of_stream
+        return body_reply(RESPONSE_BODY, out if out != chunk else None, fix_length=whole)
 
     async def _answer_chunk(self, ctx: RequestContext, message: HttpBody) -> ProcessingResponse:
         self._answer_size += len(message.body)

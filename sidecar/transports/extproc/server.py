@@ -141,6 +141,8 @@ class ExtProcServer:
             options=[
                 # Envoy multiplexes every request's stream over few HTTP/2 connections.
                 ("grpc.max_concurrent_streams", 10_000),
+                # A second sidecar on the same port must fail to start, not share the traffic.
+                ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
             ]

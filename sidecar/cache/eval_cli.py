@@ -1,0 +1,422 @@
+"""``sidecar cache eval`` and ``sidecar cache calibrate``: semantic-cache quality on labelled pairs.
+
+A pairs file holds JSON lines ``{"a": str, "b": str, "same": bool[, "category": str]}``:
+``same`` says whether the answer cached for ``a`` is right for ``b``.
+
+``eval`` measures the production path itself: a real ``Sidecar`` built from the configuration
+(same embedder, threshold and verifier) on a fresh in-memory cache. For every pair, ``a`` goes
+through ``Pipeline.on_request``/``on_response`` with a placeholder answer in a partition of its
+own, then ``b`` through ``Pipeline.on_request``; a hit is an answer served from the cache.
+
+``calibrate`` embeds every question once with the production embedder, asks the verifier about
+every pair, sweeps thresholds for each verifier setting, picks the point with the most good hits
+under the wrong-hit target, and then re-measures that point through the production path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from embedders.base import Embedder
+from sidecar.cache.layer import CacheStatus
+from sidecar.cache.verify import build_verifier
+from sidecar.config import ConfigError, SidecarConfig, VerifierStrictness, load_config
+from sidecar.formats import normalise_text
+from sidecar.pipeline import HookRequest
+from sidecar.services import Sidecar
+
+TRANSPORT = "eval"
+_CHAT_PATH = "/v1/chat/completions"
+_MODEL = "cache-eval"
+_PLACEHOLDER = orjson.dumps(
+    {
+        "id": "chatcmpl-eval",
+        "object": "chat.completion",
+        "created": 0,
+        "model": _MODEL,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "placeholder answer"},
+                "finish_reason": "stop",
+            }
+        ],
+    }
+)
+_HITS = (CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC)
+# Thresholds tried by calibrate; a coarse grid keeps the chosen point away from single pairs.
+THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.5 + 0.005 * i, 3) for i in range(100))
+
+
+class PairsError(ValueError):
+    """A pairs file that cannot be used; the message names the file, line and problem."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    a: str
+    b: str
+    same: bool
+    category: str | None = None
+
+
+def load_pairs(path: str | Path) -> list[Pair]:
+    """Read a JSON-lines pairs file. Raises PairsError naming the first bad line."""
+    source = Path(path)
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise PairsError(f"{source}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise PairsError(f"{source}: not UTF-8 text: {exc}") from exc
+    pairs: list[Pair] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{source}:{number}"
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise PairsError(f"{where}: not valid JSON: {exc}") from None
+        if not isinstance(row, dict):
+            raise PairsError(f"{where}: expected an object with 'a', 'b' and 'same'")
+        for name in ("a", "b"):
+            if not isinstance(row.get(name), str) or not row[name].strip():
+                raise PairsError(f"{where}: {name!r} must be a non-empty string")
+        if not isinstance(row.get("same"), bool):
+            raise PairsError(f"{where}: 'same' must be true or false")
+        category = row.get("category")
+        if category is not None and not isinstance(category, str):
+            raise PairsError(f"{where}: 'category' must be a string")
+        pairs.append(Pair(row["a"], row["b"], row["same"], category))
+    if not pairs:
+        raise PairsError(f"{source}: no pairs")
+    return pairs
+
+
+# -------------------------------------------------------------------- production path
+@dataclass(slots=True)
+class Outcome:
+    """What the cache did with ``b`` after ``a`` was stored."""
+
+    status: str
+    similarity: float | None = None
+    refused: list[str] = field(default_factory=list)
+
+    @property
+    def hit(self) -> bool:
+        return self.status in (s.value for s in _HITS)
+
+
+def eval_config(config: SidecarConfig) -> SidecarConfig:
+    """The configuration on a fresh in-memory cache: nothing read from or left on disk."""
+    cfg = config.model_copy(deep=True)
+    cfg.cache.enabled = True
+    cfg.cache.data_dir = ":memory:"
+    cfg.cache.exact_store = "embedded"
+    cfg.cache.vector_store = "embedded"
+    return cfg
+
+
+def _chat(question: str, partition: str, request_id: str) -> HookRequest:
+    return HookRequest(
+        method="POST",
+        path=_CHAT_PATH,
+        headers={"content-type": "application/json", "x-bf-cache-key": partition},
+        body={"model": _MODEL, "messages": [{"role": "user", "content": question}]},
+        request_id=request_id,
+    )
+
+
+async def _one_pair(sidecar: Sidecar, index: int, pair: Pair) -> Outcome:
+    pipeline = sidecar.pipeline
+    assert pipeline is not None
+    partition = f"cache-eval-pair-{index}"
+    ctx, outcome = await pipeline.on_request(_chat(pair.a, partition, f"a{index}"), TRANSPORT)
+    if outcome.action == "continue":
+        await pipeline.on_response(ctx, 200, {"content-type": "application/json"}, _PLACEHOLDER)
+    ctx, outcome = await pipeline.on_request(_chat(pair.b, partition, f"b{index}"), TRANSPORT)
+    lookup = ctx.lookup
+    return Outcome(
+        outcome.cache.status.value,
+        lookup.similarity if lookup is not None else None,
+        list(lookup.refused) if lookup is not None else [],
+    )
+
+
+async def run_pairs(
+    sidecar: Sidecar, pairs: Sequence[Pair], concurrency: int = 32
+) -> list[Outcome]:
+    """Every pair through the started sidecar's pipeline. Pairs run concurrently (each in its
+    own partition), so the embedder's micro-batcher groups their model calls."""
+    gate = asyncio.Semaphore(concurrency)
+
+    async def guarded(index: int, pair: Pair) -> Outcome:
+        async with gate:
+            return await _one_pair(sidecar, index, pair)
+
+    return list(await asyncio.gather(*(guarded(i, p) for i, p in enumerate(pairs))))
+
+
+def _rate(numerator: int, denominator: int) -> float | None:
+    return round(numerator / denominator, 4) if denominator else None
+
+
+def summarise(pairs: Sequence[Pair], hits: Sequence[bool]) -> dict[str, Any]:
+    """good_hit_rate: share of same-answer pairs served; wrong_hit_rate: share of the others."""
+    same = sum(p.same for p in pairs)
+    good = sum(h and p.same for p, h in zip(pairs, hits, strict=True))
+    wrong = sum(h and not p.same for p, h in zip(pairs, hits, strict=True))
+    out: dict[str, Any] = {
+        "pairs": len(pairs),
+        "good_hit_rate": _rate(good, same),
+        "wrong_hit_rate": _rate(wrong, len(pairs) - same),
+        "precision": _rate(good, good + wrong),
+        "good_hits": good,
+        "wrong_hits": wrong,
+    }
+    return out
+
+
+def _categories(pairs: Sequence[Pair], hits: Sequence[bool]) -> dict[str, Any]:
+    groups: dict[str, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        if pair.category is not None:
+            groups.setdefault(pair.category, []).append(i)
+    out: dict[str, Any] = {}
+    for name, members in sorted(groups.items()):
+        sub = summarise([pairs[i] for i in members], [hits[i] for i in members])
+        out[name] = {
+            "pairs": sub["pairs"],
+            "hit_rate": _rate(sum(hits[i] for i in members), len(members)),
+            "good_hit_rate": sub["good_hit_rate"],
+            "wrong_hit_rate": sub["wrong_hit_rate"],
+        }
+    return out
+
+
+def describe(config: SidecarConfig) -> dict[str, Any]:
+    cache = config.cache
+    return {
+        "threshold": cache.threshold,
+        "verifier": cache.verifier,
+        "verifier_strictness": cache.verifier_strictness,
+        "verifier_checks": list(cache.verifier_checks),
+    }
+
+
+async def evaluate(
+    config: SidecarConfig, pairs: Sequence[Pair], embedder: Embedder | None = None
+) -> dict[str, Any]:
+    """Hit rates of the configured cache on ``pairs``, measured through the production path."""
+    sidecar = Sidecar(eval_config(config), embedder=embedder)
+    await sidecar.start()
+    try:
+        outcomes = await run_pairs(sidecar, pairs)
+    finally:
+        await sidecar.close()
+    hits = [o.hit for o in outcomes]
+    result = {**summarise(pairs, hits), **describe(config)}
+    result["refused_by_verifier"] = sum(bool(o.refused) for o in outcomes)
+    categories = _categories(pairs, hits)
+    if categories:
+        result["categories"] = categories
+    return result
+
+
+# -------------------------------------------------------------------- calibration
+async def pair_similarities(
+    embedder: Embedder, pairs: Sequence[Pair], chunk: int = 64
+) -> np.ndarray:
+    """Cosine of each pair's normalised questions (what the cache embeds), each text once."""
+    texts = sorted({normalise_text(t) for p in pairs for t in (p.a, p.b)})
+    rows: dict[str, np.ndarray] = {}
+    for start in range(0, len(texts), chunk):
+        part = texts[start : start + chunk]
+        for text, vector in zip(part, await embedder.embed(part), strict=True):
+            rows[text] = np.asarray(vector, dtype=np.float32)
+    return np.array([float(rows[normalise_text(p.a)] @ rows[normalise_text(p.b)]) for p in pairs])
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingPoint:
+    verifier: str
+    verifier_strictness: VerifierStrictness
+    threshold: float
+    good_hit_rate: float
+    wrong_hit_rate: float
+    precision: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "verifier": self.verifier,
+            "verifier_strictness": self.verifier_strictness,
+            "good_hit_rate": round(self.good_hit_rate, 4),
+            "wrong_hit_rate": round(self.wrong_hit_rate, 4),
+            "precision": None if self.precision is None else round(self.precision, 4),
+        }
+
+
+def sweep(
+    same: np.ndarray,
+    sims: np.ndarray,
+    exact: np.ndarray,
+    accepted: np.ndarray,
+    target: float,
+    setting: tuple[str, VerifierStrictness],
+) -> OperatingPoint | None:
+    """The lowest grid threshold (most hits) whose wrong-hit rate is at most ``target``."""
+    n_same, n_diff = int(same.sum()), int((~same).sum())
+    for threshold in THRESHOLD_GRID:
+        hits = exact | ((sims >= threshold) & accepted)
+        good, wrong = int((hits & same).sum()), int((hits & ~same).sum())
+        wrong_rate = wrong / n_diff if n_diff else 0.0
+        if wrong_rate <= target:
+            return OperatingPoint(
+                setting[0],
+                setting[1],
+                threshold,
+                good / n_same if n_same else 0.0,
+                wrong_rate,
+                good / (good + wrong) if good + wrong else None,
+            )
+    return None
+
+
+def _settings(config: SidecarConfig) -> list[tuple[str, VerifierStrictness]]:
+    levels: tuple[VerifierStrictness, ...] = ("lenient", "balanced", "strict")
+    return [("off", config.cache.verifier_strictness)] + [("traps", s) for s in levels]
+
+
+def _apply(config: SidecarConfig, point: OperatingPoint) -> SidecarConfig:
+    cfg = config.model_copy(deep=True)
+    cfg.cache.threshold = point.threshold
+    cfg.cache.verifier = "traps" if point.verifier == "traps" else "off"
+    cfg.cache.verifier_strictness = point.verifier_strictness
+    return cfg
+
+
+async def calibrate(
+    config: SidecarConfig, pairs: Sequence[Pair], target: float, embedder: Embedder | None = None
+) -> dict[str, Any]:
+    """Find the verifier setting and threshold meeting ``target`` with the most good hits."""
+    same = np.array([p.same for p in pairs])
+    if same.all() or not same.any():
+        raise PairsError("calibration needs both same-answer and different-answer pairs")
+    # This sidecar only lends its embedder (the production one) to the steps below.
+    sidecar = Sidecar(eval_config(config), embedder=embedder)
+    await sidecar.start()
+    try:
+        assert sidecar.embedder is not None
+        return await _calibrate(config, pairs, target, sidecar.embedder, same)
+    finally:
+        await sidecar.close()
+
+
+async def _calibrate(
+    config: SidecarConfig,
+    pairs: Sequence[Pair],
+    target: float,
+    embedder: Embedder,
+    same: np.ndarray,
+) -> dict[str, Any]:
+    sims = await pair_similarities(embedder, pairs)
+    questions = [(normalise_text(p.b), normalise_text(p.a)) for p in pairs]
+    exact = np.array([b == a for b, a in questions])
+    candidates: list[OperatingPoint] = []
+    for setting in _settings(config):
+        trial = config.model_copy(deep=True)
+        trial.cache.verifier = "traps" if setting[0] == "traps" else "off"
+        trial.cache.verifier_strictness = setting[1]
+        verifier = build_verifier(trial.cache)
+        accepted = np.array(
+            [
+                verifier is None or verifier.verify(b, a, float(s)).accept
+                for (b, a), s in zip(questions, sims, strict=True)
+            ]
+        )
+        point = sweep(same, sims, exact, accepted, target, setting)
+        if point is not None:
+            candidates.append(point)
+    result: dict[str, Any] = {"target_wrong_rate": target, "pairs": len(pairs)}
+    result["alternatives"] = [c.to_json() for c in candidates]
+    if not candidates:
+        result["met"] = False
+        result["reason"] = "no threshold on the grid meets the target (exact repeats alone?)"
+        return result
+    best = max(candidates, key=lambda c: (c.good_hit_rate, -c.wrong_hit_rate))
+    chosen = _apply(config, best)
+    validated = await evaluate(chosen, pairs, embedder)
+    result["operating_point"] = best.to_json()
+    result["validated"] = validated
+    result["met"] = (validated["wrong_hit_rate"] or 0.0) <= target
+    result["config"] = {
+        "cache": {
+            "threshold": best.threshold,
+            "verifier": chosen.cache.verifier,
+            "verifier_strictness": best.verifier_strictness,
+        }
+    }
+    return result
+
+
+# -------------------------------------------------------------------- command line
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Add ``cache eval`` and ``cache calibrate`` to the sidecar's sub-commands."""
+    cache = subparsers.add_parser("cache", help="semantic-cache quality tools")
+    actions = cache.add_subparsers(dest="cache_command", required=True)
+    ev = actions.add_parser("eval", help="hit rates on labelled pairs through the real path")
+    ev.add_argument("--pairs", required=True, help='JSON lines {"a","b","same"[,"category"]}')
+    ev.add_argument("--config", help="YAML configuration file (default: built-in defaults)")
+    cal = actions.add_parser(
+        "calibrate", help="threshold and verifier settings meeting a wrong-hit target"
+    )
+    cal.add_argument("--pairs", required=True, help='JSON lines {"a","b","same"[,"category"]}')
+    cal.add_argument("--config", help="YAML configuration file (default: built-in defaults)")
+    cal.add_argument(
+        "--target-wrong-rate",
+        type=float,
+        required=True,
+        help="highest acceptable share of different-answer pairs served from the cache",
+    )
+    cache.set_defaults(func=run)
+    parser: argparse.ArgumentParser = cache
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    """Exit codes: 0 done (calibrate: target met), 1 calibrate target not met, 2 bad input."""
+    try:
+        config = load_config(args.config)
+        pairs = load_pairs(args.pairs)
+    except (ConfigError, PairsError) as exc:
+        print(f"sidecar cache {args.cache_command}: {exc}", file=sys.stderr)
+        return 2
+    if args.cache_command == "eval":
+        result = asyncio.run(evaluate(config, pairs))
+        print(orjson.dumps(result).decode())
+        return 0
+    target = args.target_wrong_rate
+    if not 0.0 <= target < 1.0:
+        print(
+            f"sidecar cache calibrate: --target-wrong-rate must be in [0, 1), got {target}",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        result = asyncio.run(calibrate(config, pairs, target))
+    except PairsError as exc:
+        print(f"sidecar cache calibrate: {exc}", file=sys.stderr)
+        return 2
+    print(orjson.dumps(result).decode())
+    return 0 if result["met"] else 1
