@@ -75,7 +75,7 @@ async def _exact_hit_rounds(
 
 async def _load_vectors(index: VectorIndex, rows: np.ndarray, expires_at: float) -> float:
     started = time.perf_counter()
-    batch = 256
+    batch = 32  # below the pool size: a burst beyond it waits for connections, then fails
     for lo in range(0, len(rows), batch):
         await asyncio.gather(
             *(

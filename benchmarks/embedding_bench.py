@@ -104,7 +104,7 @@ async def run(quick: bool) -> dict[str, Any]:
         "onnx fp32 micro-batched": MicroBatcher(fp32, window=0.002, max_batch=32),
         "onnx int8 micro-batched": MicroBatcher(int8, window=0.002, max_batch=32),
     }
-    singles = {
+    singles: dict[str, Embedder] = {
         "torch": torch_model,
         "torch micro-batched": variants["torch micro-batched"],
         "onnx fp32": fp32,
@@ -113,16 +113,16 @@ async def run(quick: bool) -> dict[str, Any]:
     rounds = 2 if quick else 4
     per_round = 96 if quick else 256
     single_n = 20 if quick else 60
-    for model in singles.values():  # warm caches and thread pools
-        await single_latency(model, texts[:5])
+    for warm in singles.values():  # warm caches and thread pools
+        await single_latency(warm, texts[:5])
 
     lat: dict[str, list[float]] = {k: [] for k in singles}
     tput: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     for r in range(rounds):
-        for name, model in singles.items():
-            lat[name] += await single_latency(model, texts[r * single_n : (r + 1) * single_n])
-        for name, model in variants.items():
-            tput[name].append(await concurrent_throughput(model, texts, per_round))
+        for name, single in singles.items():
+            lat[name] += await single_latency(single, texts[r * single_n : (r + 1) * single_n])
+        for name, variant in variants.items():
+            tput[name].append(await concurrent_throughput(variant, texts, per_round))
 
     single_stats = {k: latency_stats(v) for k, v in lat.items()}
     throughput = {

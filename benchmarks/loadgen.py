@@ -13,8 +13,8 @@ Each connection (``concurrency`` of them, keep-alive) repeatedly takes the next 
 (round robin) and sends its requests in order, one answer before the next request. A
 sequence is one logical request: the request hook then the response hook, for example.
 Latency is recorded per step and per whole sequence; answers are counted per substring in
-``count`` (in headers or body) so a benchmark can confirm it measured hits and not misses. The requests are
-pre-built bytes: the generator does as little work as possible per request.
+``count`` (headers or body), so a benchmark can confirm it measured hits and not misses. The
+requests are pre-built bytes: the generator does as little work per request as it can.
 """
 
 from __future__ import annotations

@@ -78,6 +78,8 @@ class SummaryRow:
     target: str = ""  # e.g. "<= 1.5 ms", ">= 2.5x"
     met: bool | None = None
     note: str = ""
+    #: False when value / baseline means nothing (an added latency beside the base latency)
+    show_ratio: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class SummaryRow:
             "target": self.target,
             "met": self.met,
             "note": self.note,
+            "show_ratio": self.show_ratio,
         }
 
 

@@ -38,6 +38,7 @@ from benchmarks.report import SummaryRow, machine, write_result
 from embedders.sentence_tf import SentenceTransformerEmbedder
 from sidecar.cache import verify
 from sidecar.cache.eval_cli import Pair, evaluate, load_pairs, summarise
+from sidecar.cache.verify_features import analyse
 from sidecar.config import CacheConfig, SidecarConfig
 from sidecar.formats import normalise_text
 
@@ -129,7 +130,7 @@ def verifier_latency(pairs: Sequence[Pair], config: CacheConfig) -> dict[str, An
     verifier = verify.build_verifier(config)
     assert verifier is not None
     questions = [(normalise_text(p.b), normalise_text(p.a)) for p in pairs]
-    verify.analyse.cache_clear()
+    analyse.cache_clear()
     cold: list[float] = []
     for b, a in questions:
         started = time.perf_counter()

@@ -116,6 +116,11 @@ class CacheConfig(_Section):
     def _ttl(cls, v: Any) -> float:
         return parse_duration(v)
 
+    @field_validator("verifier", mode="before")
+    @classmethod
+    def _verifier(cls, v: Any) -> Any:
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
 
 class EmbedderConfig(_Section):
     backend: Literal["sentence-transformers", "onnx", "openai"] = "sentence-transformers"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from guardrails.audit import AuditLog
 from guardrails.base import CheckContext, Stage, TextPiece
-from guardrails.engine import GuardrailEngine, RuleEnv
+from guardrails.engine import GuardrailEngine, Outcome, RuleEnv
 from guardrails.reload import RuleSetHolder
 from guardrails.stream import StreamGuard
 from sidecar.config import SidecarConfig
@@ -56,7 +56,11 @@ class _StreamAdapter:
 
     async def finish(self) -> GuardStep:
         step = await self._guard.finish()
-        return _step(step.released, step.blocked)
+        out = _step(step.released, step.blocked)
+        out.redacted = any(
+            d.outcome in (Outcome.REDACTED, Outcome.REWRITTEN) for d in self._guard.decisions
+        )
+        return out
 
 
 class _PassThrough:

@@ -357,6 +357,9 @@ class Pipeline:
             if processor.blocked is not None:
                 ctx.blocked = True
                 ctx.note(f"blocked on output (stream): {processor.blocked}")
+            if processor.redacted:
+                ctx.note("output redacted by guardrails (stream)")
+                ctx.guard_state["output_redacted"] = True
             return ResponseOutcome(
                 "continue", out_headers, body=new_body if new_body != body else None
             )
@@ -469,6 +472,8 @@ class Pipeline:
     ) -> str | None:
         if processor.blocked is not None:
             ctx.blocked = True
+        if processor.redacted:
+            ctx.guard_state["output_redacted"] = True
         if processor.oversize:
             ctx.note("stream over max_body_bytes: not stored")
             return None

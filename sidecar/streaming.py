@@ -22,6 +22,7 @@ class GuardStep:
     released: str
     blocked_message: str | None = None  # set when a rule blocked the stream
     blocked_code: str = ""
+    redacted: bool = False  # on finish: some text was redacted (the stream must not be cached)
 
 
 class TextGuard(Protocol):
@@ -85,6 +86,7 @@ class StreamProcessor:
         self._assembler = SseAssembler()
         self.events: list[SseEvent] = []
         self.blocked: str | None = None
+        self.redacted = False
         self.terminal_seen = False
         self.oversize = False
         self._max_bytes = max_bytes
@@ -154,6 +156,7 @@ class StreamProcessor:
     async def _flush(self, channel: str) -> bytes:
         guard = self._guards.pop(channel)
         step = await guard.finish()
+        self.redacted = self.redacted or step.redacted
         if step.blocked_message is not None:
             return self._block(step)
         if not step.released:

@@ -30,14 +30,16 @@ class Fakes:
         return "".join(self._rng.choice(alphabet) for _ in range(n))
 
     def mixed(self, n: int, alphabet: str = ALNUM) -> str:
-        """Random characters with at least one digit, upper and lower case letter."""
+        """Random characters with at least one digit, upper and lower case letter (of those
+        the alphabet has)."""
+        wanted = [
+            test
+            for test in (str.isdigit, str.isupper, str.islower)
+            if any(test(c) for c in alphabet)
+        ]
         while True:
             body = self.chars(alphabet, n)
-            if (
-                any(c.isdigit() for c in body)
-                and any(c.isupper() for c in body)
-                and any(c.islower() for c in body)
-            ):
+            if all(any(test(c) for c in body) for test in wanted):
                 return body
 
     def digits(self, n: int) -> str:

@@ -7,10 +7,11 @@ from guardrails.secrets.config import (
     load_gitleaks_config,
     parse_gitleaks_toml,
 )
-from guardrails.secrets.detect import SecretFinding, SecretScanner, shannon_entropy
+from guardrails.secrets.detect import ScanReport, SecretFinding, SecretScanner, shannon_entropy
 
 __all__ = [
     "RuleSet",
+    "ScanReport",
     "SecretFinding",
     "SecretScanner",
     "SecretsConfigError",

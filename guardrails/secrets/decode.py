@@ -92,12 +92,13 @@ class PassMap:
         self._dec_ends = [s.dec_end for s in segments]
 
     def overlapping(self, start: int, end: int) -> Segment | None:
-        """The first segment whose decoded range overlaps ``[start, end)``."""
-        i = bisect.bisect_right(self._dec_ends, start)
-        if i < len(self.segments):
-            seg = self.segments[i]
-            if seg.dec_start < end or (start == end and seg.dec_start <= start < seg.dec_end):
-                return seg
+        """The first segment whose decoded range overlaps or touches ``[start, end)``.
+
+        Touching counts: decoding ``%3D`` to ``=`` can complete a token's left boundary
+        without the token itself having been encoded."""
+        i = bisect.bisect_left(self._dec_ends, start)
+        if i < len(self.segments) and self.segments[i].dec_start <= end:
+            return self.segments[i]
         return None
 
     def _shift_before(self, i: int) -> int:

@@ -366,6 +366,16 @@ class SecretScanner:
         if self._has_required:
             hits = _apply_required(hits)
         hits = [h for h in hits if not h.rule.skip_report]
+        # A secret found in plain text can turn up again in a decoding pass when it touches a
+        # decoded segment; keep the first (plainest) sighting.
+        seen: set[tuple[str, int, int]] = set()
+        unique = []
+        for h in hits:
+            key = (h.rule.id, h.start, h.end)
+            if key not in seen:
+                seen.add(key)
+                unique.append(h)
+        hits = unique
         to_char = _offset_converter(raw, text, hits)
         findings = {
             SecretFinding(

@@ -41,7 +41,10 @@ class Regex:
         try:
             self._re: Any = re2.compile(pattern.encode("utf-8"), options)
         except re2.error as exc:
-            raise SecretsConfigError(f"{where}: invalid regex {pattern!r}: {exc}") from exc
+            reason = exc.args[0] if exc.args else exc
+            if isinstance(reason, bytes):
+                reason = reason.decode("utf-8", "replace")
+            raise SecretsConfigError(f"{where}: invalid regex {pattern!r}: {reason}") from exc
         self.pattern = pattern
         self.groups: int = self._re.groups
         self._raw: Any = self._re._regexp

@@ -54,7 +54,9 @@ _PLACEHOLDER = orjson.dumps(
 )
 _HITS = (CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC)
 # Thresholds tried by calibrate; a coarse grid keeps the chosen point away from single pairs.
-THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.5 + 0.005 * i, 3) for i in range(100))
+# Never below 0.70: labelled pairs are near-misses and paraphrases, almost never unrelated
+# questions, which a lower threshold would start to serve.
+THRESHOLD_GRID: tuple[float, ...] = tuple(round(0.7 + 0.005 * i, 3) for i in range(60))
 
 
 class PairsError(ValueError):
@@ -173,9 +175,9 @@ def _rate(numerator: int, denominator: int) -> float | None:
 
 def summarise(pairs: Sequence[Pair], hits: Sequence[bool]) -> dict[str, Any]:
     """good_hit_rate: share of same-answer pairs served; wrong_hit_rate: share of the others."""
-    same = sum(p.same for p in pairs)
-    good = sum(h and p.same for p, h in zip(pairs, hits, strict=True))
-    wrong = sum(h and not p.same for p, h in zip(pairs, hits, strict=True))
+    same = sum(bool(p.same) for p in pairs)
+    good = sum(bool(h) and p.same for p, h in zip(pairs, hits, strict=True))
+    wrong = sum(bool(h) and not p.same for p, h in zip(pairs, hits, strict=True))
     out: dict[str, Any] = {
         "pairs": len(pairs),
         "good_hit_rate": _rate(good, same),

@@ -7,6 +7,8 @@ Key layout (``P`` = ``cache.namespace``, ``h`` = 16-hex hash of the partition):
   its longest-lived entry and is pruned of expired ids on every write, so it cannot grow forever
 - ``P:{h}:l:<id>``  single-flight lock of a key in flight (``SET NX PX``)
 - ``P:i:<id>``      the partition hash of an id, same TTL: deletion by id alone (admin API)
+- ``P:parts``       sorted set of partition hashes by latest expiry: counting entries walks the
+  partitions, never the whole (possibly shared) keyspace
 
 The ``{h}`` hash tag puts a partition's entries, member set and locks in one Cluster slot, so the
 scripts that touch several of them run atomically on one node. Every entry carries a native
@@ -65,6 +67,13 @@ for i = 1, #popped, 2 do
 end
 return {gone, redis.call('ZCARD', KEYS[1])}
 """
+# KEYS: partition registry. ARGV: partition hash, expires_at, ttl_ms.
+_REGISTER = """
+redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[1])
+local ttl = tonumber(ARGV[3])
+if redis.call('PTTL', KEYS[1]) < ttl then redis.call('PEXPIRE', KEYS[1], ttl) end
+return 1
+"""
 # KEYS: lock. ARGV: token. Only the owner may release.
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -93,7 +102,7 @@ class RedisExactStore:
         self._client: RedisClient = connect(target)
         self._limit = in_flight_limit(target)
         self._scripts: dict[str, AsyncScript] = {}
-        # count() scans the keyspace: memoised, since the cache refreshes its gauge per write.
+        # count() reads every partition: memoised, since the cache refreshes its gauge per write.
         self._count_interval = count_interval
         self._count: tuple[float, int] | None = None
 
@@ -103,6 +112,10 @@ class RedisExactStore:
 
     def _entry_key(self, tag: str, entry_id: str) -> str:
         return f"{tag}:e:{entry_id}"
+
+    @property
+    def _parts_key(self) -> str:
+        return f"{self.prefix}:parts"
 
     def _index_key(self, entry_id: str) -> str:
         return f"{self.prefix}:i:{entry_id}"
@@ -183,14 +196,16 @@ class RedisExactStore:
             "put",
             lambda c: c.set(self._index_key(entry.id), tag_hash, px=ttl_ms, get=True),
         )
-        _, previous = await asyncio.gather(put, index)
+        register = self.script(
+            _REGISTER, [self._parts_key], [tag_hash, repr(entry.expires_at), ttl_ms], "put"
+        )
+        _, previous, _ = await asyncio.gather(put, index, register)
         if previous is not None and _text(previous) != tag_hash:
             # The id moved to another partition: drop the copy left under the old one.
             old = f"{self.prefix}:{{{_text(previous)}}}"
             await self.script(
                 _DELETE, [self._entry_key(old, entry.id), f"{old}:m"], [entry.id], "put"
             )
-        self._count = None
         return []
 
     async def delete(self, entry_id: str) -> bool:
@@ -222,6 +237,9 @@ class RedisExactStore:
                 await self.call("delete_partition", _delete_each(index_keys))
             if not int(remaining):
                 break
+        await self.call(
+            "delete_partition", lambda c: c.zrem(self._parts_key, short_hash(partition))
+        )
         self._count = None
         return gone
 
@@ -229,12 +247,20 @@ class RedisExactStore:
         now = time.monotonic()
         if self._count is not None and now - self._count[0] < self._count_interval:
             return self._count[1]
-        pattern = f"{self.prefix}:{{*}}:e:*"
+        clock_now = repr(self._clock())
 
-        async def scan(c: RedisClient) -> int:
-            return sum([1 async for _ in c.scan_iter(match=pattern, count=1000)])
+        async def live_entries(c: RedisClient) -> int:
+            await c.zremrangebyscore(self._parts_key, "-inf", clock_now)
+            parts = await c.zrange(self._parts_key, 0, -1)
+            if not parts:
+                return 0
+            pipe = c.pipeline(transaction=False)
+            for part in parts:  # one ZCOUNT per partition: each lives in its own slot
+                tag_hash = part.decode() if isinstance(part, bytes) else str(part)
+                pipe.zcount(f"{self.prefix}:{{{tag_hash}}}:m", f"({clock_now}", "+inf")
+            return sum(int(n) for n in await pipe.execute())
 
-        value = int(await self.call("count", scan))
+        value = int(await self.call("count", live_entries))
         self._count = (now, value)
         return value
 

@@ -1,0 +1,135 @@
+"""``sidecar cache eval`` and ``sidecar cache calibrate`` on a subset of the project's trap set,
+through the real command line, the real model and the production cache path."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sidecar.cache.eval_cli import THRESHOLD_GRID
+from sidecar.cli import main
+
+TRAP_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "trap_pairs.jsonl"
+PER_CATEGORY = 6
+
+
+@pytest.fixture(scope="module")
+def pairs_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first few pairs of every category of the trap set."""
+    taken: dict[str, int] = {}
+    lines = []
+    for line in TRAP_FILE.read_text().splitlines():
+        row = json.loads(line)
+        if taken.get(row["category"], 0) < PER_CATEGORY:
+            taken[row["category"]] = taken.get(row["category"], 0) + 1
+            lines.append(line)
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_config(tmp_path: Path, name: str, cache: str) -> Path:
+    path = tmp_path / name
+    path.write_text(f"cache:\n{cache}")
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    out = json.loads(captured.out) if captured.out.strip() else None
+    return code, out, captured.err
+
+
+def test_eval_reports_rates_and_the_verifier_lowers_wrong_hits(
+    pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    traps = write_config(tmp_path, "traps.yaml", "  threshold: 0.8\n  verifier: traps\n")
+    off = write_config(tmp_path, "off.yaml", "  threshold: 0.8\n  verifier: off\n")
+    code, with_verifier, _ = run_cli(
+        capsys, "cache", "eval", "--pairs", str(pairs_file), "--config", str(traps)
+    )
+    assert code == 0
+    code, without, _ = run_cli(
+        capsys, "cache", "eval", "--pairs", str(pairs_file), "--config", str(off)
+    )
+    assert code == 0
+    for result in (with_verifier, without):
+        assert {"pairs", "good_hit_rate", "wrong_hit_rate", "precision", "threshold"} <= set(result)
+        assert result["pairs"] == 9 * PER_CATEGORY
+        assert result["threshold"] == 0.8
+        assert set(result["categories"]) == {
+            "negation",
+            "antonym",
+            "number",
+            "datetime",
+            "unit",
+            "entity",
+            "scope",
+            "paraphrase",
+            "near_repeat",
+        }
+        for rates in result["categories"].values():
+            assert 0.0 <= rates["hit_rate"] <= 1.0
+    # The production path ran the verifier: candidates were refused only when it was on.
+    assert with_verifier["refused_by_verifier"] > 0
+    assert without["refused_by_verifier"] == 0
+    assert with_verifier["wrong_hit_rate"] < without["wrong_hit_rate"]
+    assert with_verifier["wrong_hit_rate"] <= 0.05
+    assert with_verifier["precision"] > without["precision"]
+    # Identical texts are exact hits whatever the verifier says.
+    assert with_verifier["categories"]["near_repeat"]["good_hit_rate"] >= 0.8
+
+
+def test_calibrate_meets_the_target_and_validates_it(
+    pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, result, _ = run_cli(
+        capsys, "cache", "calibrate", "--pairs", str(pairs_file), "--target-wrong-rate", "0.02"
+    )
+    assert code == 0
+    assert result["met"] is True
+    point = result["operating_point"]
+    assert point["threshold"] in THRESHOLD_GRID
+    assert point["wrong_hit_rate"] <= 0.02
+    assert result["validated"]["wrong_hit_rate"] <= 0.02
+    assert result["validated"]["threshold"] == point["threshold"]
+    assert result["config"]["cache"]["threshold"] == point["threshold"]
+    settings = {(a["verifier"], a["verifier_strictness"]) for a in result["alternatives"]}
+    assert ("traps", "balanced") in settings
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"a": "x", "b": "y", "same": true}\nnot json\n', "pairs.jsonl:2: not valid JSON"),
+        ('{"a": "x", "b": "y"}\n', "pairs.jsonl:1: 'same' must be true or false"),
+        ('{"a": "", "b": "y", "same": false}\n', "pairs.jsonl:1: 'a' must be a non-empty"),
+        ('["a", "b"]\n', "pairs.jsonl:1: expected an object"),
+        ("\n", "no pairs"),
+    ],
+)
+@pytest.mark.parametrize("command", ["eval", "calibrate"])
+def test_bad_pairs_files_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str, command: str
+) -> None:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text(content)
+    extra = ["--target-wrong-rate", "0.02"] if command == "calibrate" else []
+    code, out, err = run_cli(capsys, "cache", command, "--pairs", str(path), *extra)
+    assert code == 2 and out is None
+    assert message in err
+
+
+def test_missing_file_and_bad_target(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "cache", "eval", "--pairs", str(tmp_path / "absent.jsonl"))
+    assert code == 2 and "cannot read" in err
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"a": "x", "b": "y", "same": true}\n')
+    code, _, err = run_cli(
+        capsys, "cache", "calibrate", "--pairs", str(path), "--target-wrong-rate", "1.5"
+    )
+    assert code == 2 and "--target-wrong-rate" in err
