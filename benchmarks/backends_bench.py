@@ -145,7 +145,9 @@ async def run(entries: int, n_queries: int, exact_iterations: int) -> dict[str, 
         load_seconds: dict[str, float] = {}
         for name, vector_url, exact_url in (
             ("embedded", "embedded", "embedded"),
-            ("valkey+redisearch", search.url, search.url),
+            # Loading 100k vectors keeps the server busy inserting into the graph for minutes;
+            # a generous timeout keeps a slow insert from failing the load (lookups are timed).
+            ("valkey+redisearch", f"{search.url}?socket_timeout=30", search.url),
         ):
             config = CacheConfig(
                 vector_store=vector_url,

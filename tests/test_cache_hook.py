@@ -245,7 +245,7 @@ async def test_follow_up_never_hits_another_conversation(sidecar_factory: Any) -
                                                 "And for premium?"))).json()
         assert res["cache"]["status"] == "miss"
         same = (await request_hook(client, convo("What does the basic plan cost?",
-                                                 "and for the premium plan?"))).json()
+                                                 "and for premium?"))).json()
         assert same["cache"]["status"] == "hit-semantic"
 
 

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from guardrails.secrets import SecretScanner, builtin_ruleset
-from tests.secrets_fakes import (
+from secrets_fakes import (
     ALNUM,
     B64,
     HEX,

@@ -13,7 +13,7 @@ from guardrails.base import Check, CheckConfigError, CheckContext, PieceKind, St
 from guardrails.registry import build_check
 from guardrails.secrets import cli
 from guardrails.secrets.check import SCAN_LIMIT_TYPE, build
-from tests.secrets_fakes import Fakes, j
+from secrets_fakes import Fakes, j
 
 f = Fakes(11)
 GHP = j("gh", "p_") + f.mixed(36)

@@ -1,0 +1,93 @@
+"""The cheapest possible ext_proc server on grpc.aio, as a floor for the proxy benchmark.
+
+Run: ``python -m benchmarks.null_extproc PORT [generator|readwrite]``. It answers request
+headers with CONTINUE and the request body with a fixed 200 immediate response: the gRPC
+work of an exact cache hit without any of the sidecar's own work. ``generator`` serves the
+stream as an async generator (as the sidecar does); ``readwrite`` uses ``context.read()`` and
+``context.write()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy.type.v3 import http_status_pb2
+
+_BODY = b'{"id":"chatcmpl-floor","object":"chat.completion","choices":[]}'
+_CONTINUE_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+_ANSWER = pb.ProcessingResponse(
+    immediate_response=pb.ImmediateResponse(
+        status=http_status_pb2.HttpStatus(code=200),
+        headers=pb.HeaderMutation(
+            set_headers=[
+                base_pb2.HeaderValueOption(
+                    header=base_pb2.HeaderValue(key="content-type", raw_value=b"application/json")
+                )
+            ]
+        ),
+        body=_BODY,
+    )
+)
+
+
+def _reply(message: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
+    kind = message.WhichOneof("request")
+    if kind == "request_headers":
+        return _CONTINUE_HEADERS
+    if kind == "request_body":
+        return _ANSWER
+    return None
+
+
+class GeneratorServicer(pb_grpc.ExternalProcessorServicer):
+    async def Process(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: Any
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        async for message in request_iterator:
+            reply = _reply(message)
+            if reply is None:
+                continue
+            yield reply
+            if reply is _ANSWER:
+                return
+
+
+class ReadWriteServicer(pb_grpc.ExternalProcessorServicer):
+    async def Process(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
+        while True:
+            message = await context.read()
+            if message is grpc.aio.EOF:
+                return
+            reply = _reply(message)
+            if reply is None:
+                continue
+            await context.write(reply)
+            if reply is _ANSWER:
+                return
+
+
+async def serve(port: int, style: str) -> None:
+    server = grpc.aio.server()
+    servicer = ReadWriteServicer() if style == "readwrite" else GeneratorServicer()
+    pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+def main() -> int:
+    port = int(sys.argv[1])
+    style = sys.argv[2] if len(sys.argv) > 2 else "generator"
+    asyncio.run(serve(port, style))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
