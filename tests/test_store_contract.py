@@ -422,7 +422,9 @@ def _down_urls() -> list[tuple[str, str]]:
     ]
 
 
-@pytest.mark.parametrize(("name", "url"), _down_urls())
+@pytest.mark.parametrize(
+    ("name", "url"), _down_urls(), ids=["redis", "qdrants-rest", "qdrant-grpc", "weaviate"]
+)
 async def test_vector_backend_down_is_reported_not_raised_at_start(
     name: str, url: str, clock: FakeClock, ns: str
 ) -> None:

@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from sidecar.cache.stores import StoreUnavailable
 from sidecar.pipeline import HookError, HookRequest, HttpAnswer
 from sidecar.services import Sidecar
 
@@ -192,7 +193,10 @@ async def delete_entry(request: Request, sidecar: Sidecar) -> Response:
     entry_id = request.path_params["entry_id"]
     if sidecar.cache is None:
         raise HookError(409, "cache_disabled", "the cache is disabled")
-    found = await sidecar.cache.delete(entry_id)
+    try:
+        found = await sidecar.cache.delete(entry_id)
+    except StoreUnavailable as exc:
+        raise HookError(503, "backend_unavailable", f"cache backend unavailable: {exc}") from None
     if not found:
         raise HookError(404, "not_found", f"no cache entry {entry_id!r}")
     return JSONResponse({"deleted": entry_id})
@@ -202,7 +206,10 @@ async def delete_partition(request: Request, sidecar: Sidecar) -> Response:
     key = request.path_params["cache_key"]
     if sidecar.cache is None:
         raise HookError(409, "cache_disabled", "the cache is disabled")
-    count = await sidecar.cache.delete_partition(key)
+    try:
+        count = await sidecar.cache.delete_partition(key)
+    except StoreUnavailable as exc:
+        raise HookError(503, "backend_unavailable", f"cache backend unavailable: {exc}") from None
     return JSONResponse({"partition": key, "deleted": count})
 
 
