@@ -51,8 +51,9 @@ def make_config(**sections: dict[str, Any]) -> SidecarConfig:
 
 
 @contextlib.asynccontextmanager
-async def running_sidecar(config: SidecarConfig, embedder: SentenceTransformerEmbedder,
-                          **kwargs: Any) -> AsyncIterator[tuple[Sidecar, httpx.AsyncClient]]:
+async def running_sidecar(
+    config: SidecarConfig, embedder: SentenceTransformerEmbedder, **kwargs: Any
+) -> AsyncIterator[tuple[Sidecar, httpx.AsyncClient]]:
     sidecar = Sidecar(config, embedder=embedder, **kwargs)
     await sidecar.start()
     app = create_app(sidecar, manage_lifecycle=False)

@@ -12,8 +12,11 @@ from sidecar.config import ConfigError, load_config, parse_duration
 
 def test_defaults_match_the_documented_keys() -> None:
     c = load_config(environ={})
-    assert (c.server.http_host, c.server.http_port, c.server.grpc_port) == ("127.0.0.1", 8080,
-                                                                           50051)
+    assert (c.server.http_host, c.server.http_port, c.server.grpc_port) == (
+        "127.0.0.1",
+        8080,
+        50051,
+    )
     assert c.server.max_body_bytes == 4194304
     assert c.cache.default_cache_key == "" and c.cache.ttl == 300
     assert c.cache.conversation_history_threshold == 3
@@ -28,23 +31,31 @@ def test_defaults_match_the_documented_keys() -> None:
 def test_yaml_and_environment_overrides(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("cache:\n  threshold: 0.85\n  ttl: 1h\nserver:\n  http_port: 9000\n")
-    c = load_config(path, environ={"SIDECAR_CACHE__THRESHOLD": "0.9",
-                                   "SIDECAR_CACHE__DEFAULT_CACHE_KEY": "team-a",
-                                   "SIDECAR_CACHE__EXACT_STORE": "embedded"})
+    c = load_config(
+        path,
+        environ={
+            "SIDECAR_CACHE__THRESHOLD": "0.9",
+            "SIDECAR_CACHE__DEFAULT_CACHE_KEY": "team-a",
+            "SIDECAR_CACHE__EXACT_STORE": "embedded",
+        },
+    )
     assert c.cache.threshold == 0.9 and c.cache.ttl == 3600
     assert c.cache.default_cache_key == "team-a"
     assert c.server.http_port == 9000
 
 
-@pytest.mark.parametrize(("text", "needle"), [
-    ("cache:\n  thresold: 0.9\n", "cache.thresold"),
-    ("bogus: {}\n", "bogus"),
-    ("cache:\n  threshold: 2\n", "cache.threshold"),
-    ("cache:\n  ttl: forever\n", "cache.ttl"),
-    ("server: [1]\n", "server"),
-    ("- a\n", "top level"),
-    ("cache: {threshold: [\n", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("cache:\n  thresold: 0.9\n", "cache.thresold"),
+        ("bogus: {}\n", "bogus"),
+        ("cache:\n  threshold: 2\n", "cache.threshold"),
+        ("cache:\n  ttl: forever\n", "cache.ttl"),
+        ("server: [1]\n", "server"),
+        ("- a\n", "top level"),
+        ("cache: {threshold: [\n", "not valid YAML"),
+    ],
+)
 def test_invalid_files_name_the_problem(tmp_path: Path, text: str, needle: str) -> None:
     path = tmp_path / "c.yaml"
     path.write_text(text)
@@ -60,8 +71,18 @@ def test_unknown_environment_section_is_an_error() -> None:
         load_config(environ={"SIDECAR_CACHE__NOPE": "5"})
 
 
-@pytest.mark.parametrize(("value", "seconds"), [(30, 30), ("45", 45), ("5m", 300), ("1h", 3600),
-                                                ("1h30m", 5400), ("250ms", 0.25), ("1.5s", 1.5)])
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [
+        (30, 30),
+        ("45", 45),
+        ("5m", 300),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("250ms", 0.25),
+        ("1.5s", 1.5),
+    ],
+)
 def test_durations(value: str | int, seconds: float) -> None:
     assert parse_duration(value) == seconds
 

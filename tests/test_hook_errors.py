@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-
 from conftest import make_config
 from hookclient import chat_body, openai_answer, request_hook, round_trip
 
@@ -17,8 +16,11 @@ async def _assert_untouched(sidecar: Any) -> None:
 
 async def test_malformed_json(sidecar_factory: Any) -> None:
     async with sidecar_factory() as (sidecar, client):
-        res = await client.post("/v1/hooks/request", content=b'{"method": "POST",',
-                                headers={"content-type": "application/json"})
+        res = await client.post(
+            "/v1/hooks/request",
+            content=b'{"method": "POST",',
+            headers={"content-type": "application/json"},
+        )
         assert res.status_code == 400
         assert res.json()["error"]["kind"] == "malformed_json"
         res = await client.post("/v1/hooks/request", content=b"[1, 2]")
@@ -32,18 +34,39 @@ async def test_missing_and_mistyped_fields(sidecar_factory: Any) -> None:
         ({"method": "POST", "body": {}}, "'path'"),
         ({"method": "POST", "path": "/v1/chat/completions"}, "'body'"),
         ({"method": 1, "path": "/v1/chat/completions", "body": {}}, "'method'"),
-        ({"method": "POST", "path": "/v1/chat/completions", "headers": [], "body": {}},
-         "'headers'"),
-        ({"method": "POST", "path": "/v1/chat/completions", "headers": {"x-a": 1}, "body": {}},
-         "'x-a'"),
-        ({"method": "POST", "path": "/v1/chat/completions", "body": {"model": "m"}},
-         "'messages'"),
-        ({"method": "POST", "path": "/v1/chat/completions",
-          "body": {"messages": [{"role": "user", "content": 5}]}}, "messages[0].content"),
-        ({"method": "POST", "path": "/v1/chat/completions",
-          "body": {"messages": [{"role": "user", "content": "x"}], "stream": "yes"}}, "'stream'"),
-        ({"method": "POST", "path": "/v1/messages",
-          "body": {"messages": [{"role": "robot", "content": "x"}]}}, "messages[0].role"),
+        (
+            {"method": "POST", "path": "/v1/chat/completions", "headers": [], "body": {}},
+            "'headers'",
+        ),
+        (
+            {"method": "POST", "path": "/v1/chat/completions", "headers": {"x-a": 1}, "body": {}},
+            "'x-a'",
+        ),
+        ({"method": "POST", "path": "/v1/chat/completions", "body": {"model": "m"}}, "'messages'"),
+        (
+            {
+                "method": "POST",
+                "path": "/v1/chat/completions",
+                "body": {"messages": [{"role": "user", "content": 5}]},
+            },
+            "messages[0].content",
+        ),
+        (
+            {
+                "method": "POST",
+                "path": "/v1/chat/completions",
+                "body": {"messages": [{"role": "user", "content": "x"}], "stream": "yes"},
+            },
+            "'stream'",
+        ),
+        (
+            {
+                "method": "POST",
+                "path": "/v1/messages",
+                "body": {"messages": [{"role": "robot", "content": "x"}]},
+            },
+            "messages[0].role",
+        ),
         ({"method": "POST", "path": "/v1/chat/completions", "body": "text"}, "JSON object"),
     ]
     async with sidecar_factory() as (sidecar, client):
@@ -66,30 +89,47 @@ async def test_oversize_body(sidecar_factory: Any) -> None:
 
 async def test_response_hook_errors(sidecar_factory: Any) -> None:
     async with sidecar_factory() as (sidecar, client):
-        res = await client.post("/v1/hooks/response", json={
-            "request_id": "nope", "status": 200, "headers": {}, "body": {}})
+        res = await client.post(
+            "/v1/hooks/response",
+            json={"request_id": "nope", "status": 200, "headers": {}, "body": {}},
+        )
         assert res.status_code == 404 and "nope" in res.json()["error"]["message"]
         res = await client.post("/v1/hooks/response", json={"request_id": "x", "body": {}})
         assert res.status_code == 400 and "'status'" in res.json()["error"]["message"]
-        res = await client.post("/v1/hooks/response", json={
-            "request_id": "x", "status": "200", "body": {}})
+        res = await client.post(
+            "/v1/hooks/response", json={"request_id": "x", "status": "200", "body": {}}
+        )
         assert res.status_code == 400 and "'status'" in res.json()["error"]["message"]
-        res = await client.post("/v1/hooks/response", json={
-            "request_id": "x", "status": 999, "body": {}})
+        res = await client.post(
+            "/v1/hooks/response", json={"request_id": "x", "status": 999, "body": {}}
+        )
         assert res.status_code == 400
         # A valid request id is not consumed by a malformed response call.
         first = (await request_hook(client, chat_body("What is the capital of France?"))).json()
-        res = await client.post("/v1/hooks/response", json={"request_id": first["request_id"],
-                                                            "status": 200})
+        res = await client.post(
+            "/v1/hooks/response", json={"request_id": first["request_id"], "status": 200}
+        )
         assert res.status_code == 400 and "'body'" in res.json()["error"]["message"]
-        ok = await client.post("/v1/hooks/response", json={
-            "request_id": first["request_id"], "status": 200, "headers": {},
-            "body": openai_answer("Paris.")})
+        ok = await client.post(
+            "/v1/hooks/response",
+            json={
+                "request_id": first["request_id"],
+                "status": 200,
+                "headers": {},
+                "body": openai_answer("Paris."),
+            },
+        )
         assert ok.status_code == 200 and ok.json()["stored_entry_id"]
         # Each request id answers once.
-        again = await client.post("/v1/hooks/response", json={
-            "request_id": first["request_id"], "status": 200, "headers": {},
-            "body": openai_answer("Paris.")})
+        again = await client.post(
+            "/v1/hooks/response",
+            json={
+                "request_id": first["request_id"],
+                "status": 200,
+                "headers": {},
+                "body": openai_answer("Paris."),
+            },
+        )
         assert again.status_code == 404
         assert sidecar.cache is not None and await sidecar.cache.exact.count() == 1
 
@@ -101,8 +141,10 @@ async def test_pending_contexts_expire(sidecar_factory: Any) -> None:
         for q in ("one?", "two?", "three?"):
             ids.append((await request_hook(client, chat_body(q))).json()["request_id"])
         assert len(sidecar.pending) == 2
-        res = await client.post("/v1/hooks/response", json={
-            "request_id": ids[0], "status": 200, "headers": {}, "body": openai_answer("1")})
+        res = await client.post(
+            "/v1/hooks/response",
+            json={"request_id": ids[0], "status": 200, "headers": {}, "body": openai_answer("1")},
+        )
         assert res.status_code == 404
 
 
@@ -124,12 +166,14 @@ async def test_admin_endpoints(sidecar_factory: Any) -> None:
         await request_hook(client, chat_body("What's the capital city of France?"))
         await request_hook(client, body, headers={"x-bf-cache-key": "other"})
         metrics = (await client.get("/metrics")).text
-        for line in ('sidecar_cache_hits_total{hit_type="exact"} 1.0',
-                     'sidecar_cache_hits_total{hit_type="semantic"} 1.0',
-                     "sidecar_cache_misses_total 2.0",
-                     "sidecar_cache_entries 1.0",
-                     "sidecar_cache_lookup_seconds_bucket",
-                     "sidecar_embedding_seconds_bucket"):
+        for line in (
+            'sidecar_cache_hits_total{hit_type="exact"} 1.0',
+            'sidecar_cache_hits_total{hit_type="semantic"} 1.0',
+            "sidecar_cache_misses_total 2.0",
+            "sidecar_cache_entries 1.0",
+            "sidecar_cache_lookup_seconds_bucket",
+            "sidecar_embedding_seconds_bucket",
+        ):
             assert line in metrics, line
         assert "capital" not in metrics  # request text never reaches metrics
 
@@ -140,8 +184,9 @@ async def test_not_ready_before_start(embedder: Any) -> None:
 
     sidecar = Sidecar(make_config(), embedder=embedder)
     app = create_app(sidecar, manage_lifecycle=False)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://s") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://s"
+    ) as client:
         assert (await client.get("/readyz")).status_code == 503
         res = await request_hook(client, chat_body("hi"))
         assert res.status_code == 503 and res.json()["error"]["kind"] == "not_ready"

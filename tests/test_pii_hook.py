@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import make_config
 from hookclient import (
     anthropic_stream,
@@ -18,6 +17,7 @@ from hookclient import (
     request_hook,
     response_hook,
 )
+
 from sidecar.formats import ApiFormat
 from sidecar.sse import iter_text_deltas, parse_events
 
@@ -41,8 +41,9 @@ def pii_sidecar(tmp_path: Path, sidecar_factory: Any) -> Any:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     audit = tmp_path / "audit.jsonl"
-    config = make_config(guardrails={"rules": [str(rules)], "audit_log": str(audit),
-                                     "reload_interval": 0})
+    config = make_config(
+        guardrails={"rules": [str(rules)], "audit_log": str(audit), "reload_interval": 0}
+    )
     return sidecar_factory(config), audit
 
 
@@ -83,17 +84,30 @@ async def test_reversible_restore_in_streams(pii_sidecar: Any) -> None:
         sent = first["body"]["messages"][0]["content"]
         assert "carol@example.net" not in sent and "[EMAIL_ADDRESS_1]" in sent
         parts = ["I will mail [EMAIL", "_ADDRESS_1] and ", "call [PHONE_NUM", "BER_1]."]
-        resp = (await response_hook(client, first["request_id"], openai_stream(parts),
-                                    content_type="text/event-stream")).json()
+        resp = (
+            await response_hook(
+                client, first["request_id"], openai_stream(parts), content_type="text/event-stream"
+            )
+        ).json()
         text = _text(ApiFormat.OPENAI, resp["body"])
         assert text == "I will mail carol@example.net and call +1 415 555 0132."
         assert resp["body"].rstrip().endswith("data: [DONE]")
 
-        anth = {"model": "c", "max_tokens": 50, "stream": True,
-                "messages": [{"role": "user", "content": q}]}
+        anth = {
+            "model": "c",
+            "max_tokens": 50,
+            "stream": True,
+            "messages": [{"role": "user", "content": q}],
+        }
         first = (await request_hook(client, anth, path="/v1/messages")).json()
-        resp = (await response_hook(client, first["request_id"], anthropic_stream(parts),
-                                    content_type="text/event-stream")).json()
+        resp = (
+            await response_hook(
+                client,
+                first["request_id"],
+                anthropic_stream(parts),
+                content_type="text/event-stream",
+            )
+        ).json()
         text = _text(ApiFormat.ANTHROPIC, resp["body"])
         assert text == "I will mail carol@example.net and call +1 415 555 0132."
         events = parse_events(resp["body"].encode())

@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-
-from guardrails.secrets import SecretScanner, builtin_ruleset
 from secrets_fakes import (
     ALNUM,
     B64,
@@ -17,6 +15,8 @@ from secrets_fakes import (
     Fakes,
     j,
 )
+
+from guardrails.secrets import SecretScanner, builtin_ruleset
 
 f = Fakes()
 PASSWORD = f.mixed(18)

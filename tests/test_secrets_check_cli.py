@@ -8,12 +8,12 @@ import json
 from pathlib import Path
 
 import pytest
+from secrets_fakes import Fakes, j
 
 from guardrails.base import Check, CheckConfigError, CheckContext, PieceKind, Stage, TextPiece
 from guardrails.registry import build_check
 from guardrails.secrets import cli
 from guardrails.secrets.check import SCAN_LIMIT_TYPE, build
-from secrets_fakes import Fakes, j
 
 f = Fakes(11)
 GHP = j("gh", "p_") + f.mixed(36)

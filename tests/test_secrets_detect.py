@@ -8,11 +8,11 @@ import string
 from urllib.parse import quote
 
 import pytest
+from secrets_fakes import Fakes, j
 
 from guardrails.secrets import SecretScanner, parse_gitleaks_toml, shannon_entropy
 from guardrails.secrets.detect import SecretFinding, non_overlapping
 from guardrails.secrets.patterns import Regex, RuleMatcher, lazy_prefix
-from secrets_fakes import Fakes, j
 
 f = Fakes(7)
 GHP = j("gh", "p_") + f.mixed(36)  # a fake GitHub token, built at run time

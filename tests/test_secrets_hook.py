@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import make_config
 from hookclient import chat_body, openai_answer, openai_stream, request_hook, round_trip
 from secrets_fakes import ALNUM, Fakes
+
 from sidecar.formats import ApiFormat
 from sidecar.sse import iter_text_deltas, parse_events
 
@@ -42,13 +42,15 @@ def secret_sidecar(tmp_path: Path, sidecar_factory: Any) -> Any:
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULES)
     audit = tmp_path / "audit.jsonl"
-    config = make_config(guardrails={"rules": [str(rules)], "audit_log": str(audit),
-                                     "reload_interval": 0})
+    config = make_config(
+        guardrails={"rules": [str(rules)], "audit_log": str(audit), "reload_interval": 0}
+    )
     return sidecar_factory(config), audit
 
 
-async def test_input_redaction_keeps_prose(secret_sidecar: Any,
-                                           caplog: pytest.LogCaptureFixture) -> None:
+async def test_input_redaction_keeps_prose(
+    secret_sidecar: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.DEBUG)
     factory, audit = secret_sidecar
     token = github_token()
@@ -73,8 +75,10 @@ async def test_tool_requests_with_secrets_are_blocked(secret_sidecar: Any) -> No
     factory, _ = secret_sidecar
     token = github_token()
     async with factory as (_, client):
-        body = chat_body(f"use {token}", tools=[{"type": "function",
-                                                   "function": {"name": "f", "parameters": {}}}])
+        body = chat_body(
+            f"use {token}",
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+        )
         res = (await request_hook(client, body)).json()
         assert res["action"] == "respond" and res["response"]["status"] == 403
         message = res["response"]["body"]["error"]["message"]
@@ -87,8 +91,12 @@ async def test_streamed_output_token_split_across_events(secret_sidecar: Any) ->
     token = github_token()
     async with factory as (sidecar, client):
         parts = ["Here is the key: ", token[:10], token[10:25], token[25:], " keep it safe."]
-        _, resp = await round_trip(client, chat_body("what key?", stream=True),
-                                   openai_stream(parts), content_type="text/event-stream")
+        _, resp = await round_trip(
+            client,
+            chat_body("what key?", stream=True),
+            openai_stream(parts),
+            content_type="text/event-stream",
+        )
         assert resp is not None
         assert token not in resp["body"]
         events = parse_events(resp["body"].encode())
