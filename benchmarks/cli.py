@@ -5,8 +5,9 @@ with ``--quick`` when asked and the module accepts it), writes
 ``benchmarks/results/<name>.json``, and its output goes to ``results/<name>.log``. The rows of
 the table come from each result's ``summary`` list (see ``benchmarks.report.SummaryRow``):
 every figure printed beside the baseline or peer it was measured against in the same run.
-The whole table is written to ``benchmarks/results/summary.json``; ``--write-docs`` also
-renders ``docs/benchmarks.md``.
+The table always covers the latest result of every module (``--only`` reruns some of them;
+each run's time is kept in ``runs``) and is written to ``benchmarks/results/summary.json``;
+``--write-docs`` also renders ``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -336,15 +337,16 @@ def run(args: argparse.Namespace) -> int:
     quick = bool(args.quick)
     runs: dict[str, Any] = {}
     previous = RESULTS_DIR / "summary.json"
-    if args.report_only and previous.is_file():
+    last = orjson.loads(previous.read_bytes()) if previous.is_file() else {}
+    if args.report_only and last:
         # The table describes the run that produced the results, not this rebuild.
-        last = orjson.loads(previous.read_bytes())
         started, host, quick = last["generated_at"], last["machine"], last["quick"]
-        runs = {k: v for k, v in last.get("runs", {}).items() if k in selected}
+    # The table covers every module's latest result; --only reruns some of them.
+    runs = {k: v for k, v in last.get("runs", {}).items() if k in available}
     if not args.report_only:
         for name in selected:
-            runs[name] = run_module(name, args.quick, args.timeout)
-    rows = collect(selected)
+            runs[name] = {**run_module(name, args.quick, args.timeout), "at": started}
+    rows = collect(available)
     for name, info in runs.items():
         if info["exit"] != 0 or not info["fresh_result"]:
             rows.append(
@@ -373,7 +375,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nwrote {path}")
     if args.write_docs:
         print(f"wrote {write_docs(summary)}")
-    failed = [n for n, i in runs.items() if i["exit"] != 0]
+    failed = [n for n in selected if n in runs and runs[n]["exit"] != 0]
     return 1 if failed and not args.report_only else 0
 
 

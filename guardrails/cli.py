@@ -20,7 +20,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     actions = audit.add_subparsers(dest="audit_command", required=True)
     verify = actions.add_parser("verify", help="check the hash chain of an audit log")
     verify.add_argument("file", help="audit log (JSONL)")
-    audit.set_defaults(guardrails_cli=run)
+    audit.set_defaults(func=run)
     parser: argparse.ArgumentParser = audit
     return parser
 

@@ -174,7 +174,11 @@ class DualCache:
             entry = await self.exact.get(n.id, plan.partition)
             if entry is None or entry.scope != plan.scope:
                 continue  # expired or evicted since it was indexed
-            verdict = self.verifier.verify(plan.question, entry.question, n.similarity)
+            try:
+                verdict = self.verifier.verify(plan.question, entry.question, n.similarity)
+            except Exception:  # a verifier bug must never serve (or fail) the request
+                log.exception("match verifier failed; candidate refused")
+                verdict = Verdict(False, "verifier_error: the verifier failed")
             if not verdict.accept:
                 refused.append(verdict.reason)
                 self.metrics.verifier_refusals.labels(verdict.reason.split(":")[0]).inc()

@@ -385,7 +385,10 @@ def analyse(text: str) -> QuestionFeatures:
             entities.setdefault(_name_form(raw), j)
     for compound in _HYPHENATED.findall(text):
         # "Wi-Fi" and "USB-C" are one name each, matching "wifi" and "usbc"
-        parts = [p for p in (_name_form(x) for x in compound.split("-")) if p in entities]
+        # dict.fromkeys: a part may repeat ("Step-by-step")
+        parts = list(
+            dict.fromkeys(p for p in (_name_form(x) for x in compound.split("-")) if p in entities)
+        )
         if parts:
             entities.setdefault(_name_form(compound), min(entities[p] for p in parts))
             for p in parts:
