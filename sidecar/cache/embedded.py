@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sidecar.cache.model import CacheEntry
-from sidecar.cache.stores import Neighbour
+from sidecar.cache.stores import Neighbour, as_vector, unit
 
 
 class EmbeddedExactStore:
@@ -309,18 +309,10 @@ class EmbeddedVectorIndex:
     async def start(self, namespace: str, dimension: int) -> None:
         self._dimension = dimension
 
-    @staticmethod
-    def _unit(vector: Sequence[float]) -> np.ndarray:
-        v = np.asarray(vector, dtype=np.float32)
-        norm = float(np.linalg.norm(v))
-        return v / norm if norm > 0 else v
-
     async def add(
         self, entry_id: str, scope: str, partition: str, vector: Sequence[float], expires_at: float
     ) -> None:
-        v = self._unit(vector)
-        if v.shape != (self._dimension,):
-            raise ValueError(f"vector has dimension {v.shape}, index expects {self._dimension}")
+        v = unit(as_vector(vector, self._dimension))
         with self._lock:
             old_scope = self._scope_of.get(entry_id)
             if old_scope is not None and old_scope != scope:
@@ -337,7 +329,7 @@ class EmbeddedVectorIndex:
             index = self._scopes.get(scope)
             if index is None:
                 return []
-            return index.search(self._unit(vector), k)
+            return index.search(unit(np.asarray(vector, dtype=np.float32)), k)
 
     async def remove(self, entry_ids: Sequence[str]) -> None:
         with self._lock:

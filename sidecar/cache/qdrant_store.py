@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-import numpy as np
 from qdrant_client import AsyncQdrantClient, models
 
 from sidecar.cache.backends import BackendConfigError
 from sidecar.cache.redis_conn import namespace_slug, short_hash
-from sidecar.cache.stores import Neighbour, StoreUnavailable
+from sidecar.cache.stores import Neighbour, StoreUnavailable, as_vector
 
 log = logging.getLogger("sidecar.cache.qdrant")
 
@@ -208,10 +207,7 @@ class QdrantVectorIndex:
 
     # -- VectorIndex
     def _vector(self, vector: Sequence[float]) -> list[float]:
-        v = np.asarray(vector, dtype=np.float32)
-        if v.shape != (self._dimension,):
-            raise ValueError(f"vector has dimension {v.shape}, index expects {self._dimension}")
-        result: list[float] = v.tolist()
+        result: list[float] = as_vector(vector, self._dimension).tolist()
         return result
 
     async def add(

@@ -22,7 +22,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import numpy as np
 from redis.exceptions import ResponseError
 
 from sidecar.cache.backends import BackendConfigError
@@ -36,7 +35,7 @@ from sidecar.cache.redis_conn import (
     short_hash,
     unavailable,
 )
-from sidecar.cache.stores import Neighbour, StoreUnavailable
+from sidecar.cache.stores import Neighbour, StoreUnavailable, as_vector, unit
 
 log = logging.getLogger("sidecar.cache.redis")
 
@@ -174,11 +173,7 @@ class RedisVectorIndex:
 
     # -- VectorIndex
     def _blob(self, vector: Sequence[float]) -> bytes:
-        v = np.asarray(vector, dtype=np.float32)
-        if v.shape != (self._dimension,):
-            raise ValueError(f"vector has dimension {v.shape}, index expects {self._dimension}")
-        norm = float(np.linalg.norm(v))
-        return (v / norm if norm > 0 else v).tobytes()
+        return bytes(unit(as_vector(vector, self._dimension)).tobytes())
 
     async def add(
         self, entry_id: str, scope: str, partition: str, vector: Sequence[float], expires_at: float

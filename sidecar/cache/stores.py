@@ -10,11 +10,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
+
 from sidecar.cache.model import CacheEntry
 
 
 class StoreUnavailable(RuntimeError):
     """The backend cannot be reached. The request proceeds uncached; /readyz reports it."""
+
+
+def as_vector(vector: Sequence[float], dimension: int) -> np.ndarray:
+    """float32 vector of the index's dimension; any other shape is a ValueError."""
+    v = np.asarray(vector, dtype=np.float32)
+    if v.shape != (dimension,):
+        raise ValueError(f"vector has dimension {v.shape}, index expects {dimension}")
+    return v
+
+
+def unit(v: np.ndarray) -> np.ndarray:
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 0 else v
 
 
 @dataclass(frozen=True, slots=True)
