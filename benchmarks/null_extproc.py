@@ -20,6 +20,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 
+from sidecar.server import loop_factory
+
 _BODY = b'{"id":"chatcmpl-floor","object":"chat.completion","choices":[]}'
 _CONTINUE_HEADERS = pb.ProcessingResponse(request_headers=pb.HeadersResponse())
 _ANSWER = pb.ProcessingResponse(
@@ -85,7 +87,9 @@ async def serve(port: int, style: str) -> None:
 def main() -> int:
     port = int(sys.argv[1])
     style = sys.argv[2] if len(sys.argv) > 2 else "generator"
-    asyncio.run(serve(port, style))
+    # The same event loop the sidecar runs on by default (server.event_loop: auto).
+    with asyncio.Runner(loop_factory=loop_factory("auto")) as runner:
+        runner.run(serve(port, style))
     return 0
 
 

@@ -67,6 +67,9 @@ class ServerConfig(_Section):
     #: bound on request contexts waiting for their response hook (oldest dropped first)
     max_pending: int = Field(10000, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: the event loop of ``sidecar serve``: ``uvloop`` (faster gRPC and HTTP handling),
+    #: ``asyncio`` (the standard loop), ``auto``: uvloop when it is installed
+    event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
     @field_validator("pending_ttl", mode="before")
     @classmethod

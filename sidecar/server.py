@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 
 import uvicorn
 
@@ -76,5 +77,21 @@ async def run_server(config: SidecarConfig) -> int:
     return 0
 
 
+def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop ``server.event_loop`` asks for; None is asyncio's default loop."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise RuntimeError("server.event_loop is uvloop but uvloop is not installed") from None
+        return None
+    return uvloop.new_event_loop
+
+
 def main_loop(config: SidecarConfig) -> int:
-    return asyncio.run(run_server(config))
+    factory = loop_factory(config.server.event_loop)
+    log.info("event loop: %s", "asyncio" if factory is None else "uvloop")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(run_server(config))

@@ -9,6 +9,9 @@ from typing import Any
 
 import httpx
 import pytest
+from envoy_harness import EnvoyStack, envoy_available
+from extproc_scenarios import build_stack
+from fakes.upstream import FakeLLMUpstream
 
 from embedders.sentence_tf import SentenceTransformerEmbedder
 from sidecar.config import SidecarConfig
@@ -71,3 +74,31 @@ def sidecar_factory(embedder: SentenceTransformerEmbedder) -> Callable[..., Any]
         return running_sidecar(config or make_config(), embedder, **kwargs)
 
     return factory
+
+
+# ---------------------------------------------------------------- Envoy end-to-end stack
+@pytest.fixture(scope="session")
+def upstream() -> Iterator[FakeLLMUpstream]:
+    fake = FakeLLMUpstream().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(
+    tmp_path_factory: pytest.TempPathFactory, upstream: FakeLLMUpstream
+) -> Iterator[EnvoyStack]:
+    """One real Envoy with a listener per scenario (extproc_scenarios.build_stack), shared by
+    the Envoy end-to-end test modules."""
+    reason = envoy_available()
+    if reason is not None:
+        pytest.skip(f"Envoy unavailable: {reason}")
+    env = build_stack(tmp_path_factory.mktemp("envoy-e2e"), upstream)
+    try:
+        env.start()
+    except Exception:
+        env.stop()
+        raise
+    yield env
+    upstream.release_embeddings()
+    env.stop()

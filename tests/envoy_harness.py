@@ -7,12 +7,14 @@ and every process is stopped by its own PID.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+import httpx
 import yaml
 
 from sidecar.demo.envoy import (
@@ -110,6 +112,7 @@ class EnvoyStack:
         message_timeout: float = 20.0,
         allow_mode_override: bool = True,
         response_body_mode: str = "BUFFERED",
+        single_message: bool = False,
     ) -> str:
         spec = ExtProcListener(
             name,
@@ -119,12 +122,26 @@ class EnvoyStack:
             message_timeout,
             allow_mode_override,
             response_body_mode,
+            single_message,
         )
         self.listeners[name] = spec
         return self.url(name)
 
     def url(self, listener: str) -> str:
         return f"http://127.0.0.1:{self.listeners[listener].port}"
+
+    def stat(self, name: str) -> int:
+        """One Envoy counter from the admin endpoint (0 before Envoy first counts it)."""
+        reply = httpx.get(
+            f"http://127.0.0.1:{self.admin_port}/stats",
+            params={"filter": f"^{re.escape(name)}$", "format": "json"},
+            timeout=10,
+        )
+        reply.raise_for_status()
+        for stat in reply.json().get("stats", []):
+            if stat.get("name") == name:
+                return int(stat.get("value", 0))
+        return 0
 
     # ------------------------------------------------------------------ running
     def start(self) -> None:

@@ -60,6 +60,9 @@ class FailingProcessor:
         self._after = after_chunks
         self._chunks = 0
 
+    def request_attributes(self, headers: dict[str, str]) -> None:
+        return None
+
     async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         return continue_for(REQUEST_HEADERS)
 
@@ -86,6 +89,9 @@ class RewritingProcessor:
 
     def __init__(self) -> None:
         self._fix_length = True
+
+    def request_attributes(self, headers: dict[str, str]) -> None:
+        return None
 
     async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         self._fix_length = "x-test-keep-length" not in read_headers(message, "request")
@@ -117,6 +123,8 @@ def build_stack(workdir: Path, upstream: FakeLLMUpstream) -> EnvoyStack:
         },
     )
     env.add_listener("main", main.grpc_port)
+    # One gRPC message per request: headers skipped, sent as attributes with the body.
+    env.add_listener("one_message", main.grpc_port, single_message=True)
     # Envoy ignoring the sidecar's mode_override: bodies arrive as configured.
     env.add_listener("fixed_buffered", main.grpc_port, allow_mode_override=False)
     env.add_listener(
@@ -136,6 +144,7 @@ def build_stack(workdir: Path, upstream: FakeLLMUpstream) -> EnvoyStack:
         )
         env.add_listener("guarded", guarded.grpc_port)
         env.add_listener("guarded_fixed", guarded.grpc_port, allow_mode_override=False)
+        env.add_listener("guarded_one_message", guarded.grpc_port, single_message=True)
     # A sidecar whose embedding provider stalls on HOLD_MARKER: the sidecar becomes too slow.
     slow = env.add_sidecar(
         "slow",

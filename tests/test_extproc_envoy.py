@@ -1,14 +1,14 @@
 """The ext_proc hook end to end: client -> real Envoy -> sidecar (gRPC) -> fake provider.
 
 One Envoy runs a listener per scenario (main sidecar; sidecar down; sidecar too slow; sidecar
-failing; body rewrite), all started once for the module. Every test uses its own cache
-partition (``x-bf-cache-key``) so tests do not see each other's entries.
+failing; body rewrite), all started once for the session (the ``stack`` fixture, conftest.py).
+Every test uses its own cache partition (``x-bf-cache-key``) so tests do not see each other's
+entries.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,36 +18,10 @@ import httpx
 import openai
 import orjson
 import pytest
-from envoy_harness import EnvoyStack, envoy_available
-from extproc_scenarios import GUARD_RULES, GUARD_WIRED, SECRET, build_stack, chat, sse_text
+from envoy_harness import EnvoyStack
+from extproc_scenarios import GUARD_RULES, GUARD_WIRED, SECRET, chat, sse_text
 from fakes.upstream import HOLD_MARKER, FakeLLMUpstream
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-
-# ---------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeLLMUpstream]:
-    fake = FakeLLMUpstream().start()
-    yield fake
-    fake.stop()
-
-
-@pytest.fixture(scope="module")
-def stack(
-    tmp_path_factory: pytest.TempPathFactory, upstream: FakeLLMUpstream
-) -> Iterator[EnvoyStack]:
-    reason = envoy_available()
-    if reason is not None:
-        pytest.skip(f"Envoy unavailable: {reason}")
-    env = build_stack(tmp_path_factory.mktemp("envoy-e2e"), upstream)
-    try:
-        env.start()
-    except Exception:
-        env.stop()
-        raise
-    yield env
-    upstream.release_embeddings()
-    env.stop()
 
 
 # ---------------------------------------------------------------------- cache behaviour

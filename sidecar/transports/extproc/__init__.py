@@ -40,6 +40,9 @@ class UnavailableProcessor:
     async def _fail(self) -> ProcessingResponse:
         raise ExtProcError("the sidecar is starting or stopping")
 
+    def request_attributes(self, headers: dict[str, str]) -> None:
+        return None
+
     async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         return await self._fail()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 import orjson
@@ -15,7 +16,15 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
     ProcessingResponse,
 )
 from envoy.type.v3 import http_status_pb2
+from google.protobuf import struct_pb2
 
+from sidecar.cache.keys import (
+    HEADER_KEY,
+    HEADER_NO_STORE,
+    HEADER_THRESHOLD,
+    HEADER_TTL,
+    HEADER_TYPE,
+)
 from sidecar.pipeline import HookError, HttpAnswer
 
 __all__ = ["HttpBody", "HttpHeaders", "ProcessingRequest", "ProcessingResponse"]
@@ -57,6 +66,65 @@ def read_headers(message: HttpHeaders, what: str) -> dict[str, str]:
             value = header.value
         out[name] = f"{out[name]}, {value}" if name in out else value
     return out
+
+
+# One message per request (request_header_mode: SKIP): Envoy sends no headers message and
+# attaches these attributes to the body message instead, under this filter's namespace.
+ATTRIBUTES_NAMESPACE = "envoy.filters.http.ext_proc"
+#: the request headers the sidecar itself reads; rules that read other headers need them added
+CARRIED_HEADERS = (
+    "content-type",
+    "x-request-id",
+    "x-bf-provider",
+    HEADER_KEY,
+    HEADER_TTL,
+    HEADER_THRESHOLD,
+    HEADER_TYPE,
+    HEADER_NO_STORE,
+)
+#: the ``request_attributes`` list for that Envoy configuration (docs/envoy.md)
+REQUEST_ATTRIBUTES = (
+    "request.method",
+    "request.path",
+    *(f"request.headers['{name}']" for name in CARRIED_HEADERS),
+)
+_HEADER_ATTRIBUTE = re.compile(r"""^request\.headers\[\s*(['"])([^'"]+)\1\s*\]$""")
+
+
+def read_attributes(message: ProcessingRequest) -> dict[str, str] | None:
+    """The request headers Envoy sent as attributes, in ``read_headers``' shape (``:method``,
+    ``:path`` and lower-case names), or None when the message carries none.
+
+    Envoy names each value by its expression (``request.headers['x-bf-cache-key']``) and
+    leaves out the headers a request does not have.
+    """
+    if ATTRIBUTES_NAMESPACE not in message.attributes:
+        return None
+    fields = message.attributes[ATTRIBUTES_NAMESPACE].fields
+    out: dict[str, str] = {}
+    for name, value in fields.items():
+        if name == "request.method":
+            key = ":method"
+        elif name == "request.path":
+            key = ":path"
+        elif match := _HEADER_ATTRIBUTE.match(name):
+            key = match.group(2).lower()
+        else:
+            continue  # another attribute someone configured: not a header
+        out[key] = _attribute_text(value)
+    return out
+
+
+def _attribute_text(value: struct_pb2.Value) -> str:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        return str(int(number)) if number.is_integer() else str(number)
+    if kind == "bool_value":
+        return "true" if value.bool_value else "false"
+    return ""
 
 
 def header_mutation(

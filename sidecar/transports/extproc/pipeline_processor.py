@@ -66,6 +66,7 @@ class PipelineProcessor:
         self._method = ""
         self._path = ""
         self._headers: dict[str, str] = {}
+        self._have_headers = False
         self._decided = False  # on_request ran (or was skipped); later request messages pass
         self._request_chunks: list[bytes] = []
         self.ctx: RequestContext | None = None
@@ -80,16 +81,27 @@ class PipelineProcessor:
         self._answer_size = 0
 
     # ------------------------------------------------------------------ request
+    def _take_headers(self, headers: dict[str, str]) -> None:
+        self._method = headers.get(":method", "").upper()
+        self._path = headers.get(":path", "")
+        self._headers = _without_pseudo(headers)
+        self._have_headers = True
+
+    def _cacheable(self) -> bool:
+        return self._method == "POST" and request_type_for(self._path) is not None
+
+    def request_attributes(self, headers: dict[str, str]) -> None:
+        if not self._have_headers:
+            self._take_headers(headers)
+
     async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         try:
             headers = read_headers(message, "request")
         except HookError as exc:
             self._decided = True
             return self._refuse(exc)
-        self._method = headers.get(":method", "").upper()
-        self._path = headers.get(":path", "")
-        self._headers = _without_pseudo(headers)
-        if message.end_of_stream or self._method != "POST" or request_type_for(self._path) is None:
+        self._take_headers(headers)
+        if message.end_of_stream or not self._cacheable():
             # Nothing to wait for: decide now, the body (if any) passes untouched.
             self._decided = True
             return await self._decide(None, REQUEST_HEADERS)
@@ -98,6 +110,17 @@ class PipelineProcessor:
     async def request_body(self, message: HttpBody) -> ProcessingResponse:
         if self._decided:
             return continue_for(REQUEST_BODY)
+        if not self._have_headers:
+            raise ExtProcError(
+                "the request body came without the request headers: with "
+                "request_header_mode SKIP, Envoy must send them as request_attributes "
+                "(docs/envoy.md, one message per request)"
+            )
+        if not self._cacheable():
+            # Headers came as attributes (no headers message): this is where we learn the
+            # request is not one we handle.
+            self._decided = True
+            return await self._decide(None, REQUEST_BODY)
         self._request_chunks.append(message.body)
         if not message.end_of_stream:
             # request_body_mode STREAMED: the chunk goes upstream now, the decision waits.

@@ -22,6 +22,10 @@ from sidecar.transports.extproc.messages import (
 
 
 class Processor(Protocol):
+    def request_attributes(self, headers: dict[str, str]) -> None:
+        """The request's headers as Envoy attributes, given before the first message that
+        carries them when Envoy skips the headers message (request_header_mode: SKIP)."""
+
     async def request_headers(self, message: HttpHeaders) -> ProcessingResponse: ...
 
     async def request_body(self, message: HttpBody) -> ProcessingResponse: ...
@@ -40,6 +44,9 @@ class PassThroughProcessor:
     Used where the sidecar has nothing to do, and for the rest of a stream after the sidecar
     failed on it (fail open), so a half-processed request is never altered further.
     """
+
+    def request_attributes(self, headers: dict[str, str]) -> None:
+        return None
 
     async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         return continue_for(REQUEST_HEADERS)

@@ -30,6 +30,7 @@ from sidecar.transports.extproc.messages import (
     ProcessingRequest,
     ProcessingResponse,
     continue_for,
+    read_attributes,
 )
 from sidecar.transports.extproc.processor import PassThroughProcessor, Processor
 
@@ -57,6 +58,8 @@ async def _dispatch(
 ) -> ProcessingResponse:
     if kind == REQUEST_HEADERS:
         return await processor.request_headers(message.request_headers)
+    if message.attributes and (headers := read_attributes(message)) is not None:
+        processor.request_attributes(headers)  # headers skipped: they came as attributes
     if kind == REQUEST_BODY:
         return await processor.request_body(message.request_body)
     if kind == RESPONSE_HEADERS:
