@@ -68,27 +68,38 @@ def load_qqp(path: Path, size: int, seed: int = QQP_SEED) -> list[Pair]:
     return [Pair(r["text_a"], r["text_b"], bool(r["label"])) for r in picked]
 
 
-def similarities(embedder: SentenceTransformerEmbedder, pairs: Sequence[Pair]) -> np.ndarray:
-    texts = sorted({normalise_text(t) for p in pairs for t in (p.a, p.b)})
-    vectors = embedder.encode_sync(texts)
-    row = {t: i for i, t in enumerate(texts)}
-    a = vectors[[row[normalise_text(p.a)] for p in pairs]]
-    b = vectors[[row[normalise_text(p.b)] for p in pairs]]
-    return np.asarray((a * b).sum(axis=1))
+class Embedded:
+    """Each pair's two vectors (``a`` rows and ``b`` rows) and their cosine."""
+
+    def __init__(self, embedder: SentenceTransformerEmbedder, pairs: Sequence[Pair]) -> None:
+        texts = sorted({normalise_text(t) for p in pairs for t in (p.a, p.b)})
+        vectors = embedder.encode_sync(texts).astype(np.float32)
+        row = {t: i for i, t in enumerate(texts)}
+        self.a = vectors[[row[normalise_text(p.a)] for p in pairs]]
+        self.b = vectors[[row[normalise_text(p.b)] for p in pairs]]
+        self.sims = np.asarray((self.a * self.b).sum(axis=1))
+
+
+def build_verifier(config: SidecarConfig, dimension: int) -> verify.AnswerChangeVerifier:
+    """The verifier the sidecar builds from ``config`` (match head included)."""
+    verifier = verify.build_verifier(config.cache, config.embedder, dimension)
+    assert isinstance(verifier, verify.AnswerChangeVerifier)
+    return verifier
 
 
 class Scored:
     """One data set with its similarities and the default verifier's verdicts."""
 
-    def __init__(self, pairs: Sequence[Pair], sims: np.ndarray, config: CacheConfig) -> None:
+    def __init__(self, pairs: Sequence[Pair], embedded: Embedded, config: SidecarConfig) -> None:
         self.pairs = list(pairs)
-        self.sims = sims
+        self.sims = sims = embedded.sims
         questions = [(normalise_text(p.b), normalise_text(p.a)) for p in pairs]
         self.exact = np.array([b == a for b, a in questions])
-        verifier = verify.build_verifier(config)
-        assert verifier is not None
+        verifier = build_verifier(config, embedded.a.shape[1])
+        # The stored question is ``a``, the new one ``b``: vectors in (new, stored) order.
         verdicts = [
-            verifier.verify(b, a, float(s)) for (b, a), s in zip(questions, sims, strict=True)
+            verifier.verify(b, a, float(s), (embedded.b[i], embedded.a[i]))
+            for i, ((b, a), s) in enumerate(zip(questions, sims, strict=True))
         ]
         self.accepted = np.array([v.accept for v in verdicts])
         self.reasons = [v.reason for v in verdicts]
@@ -125,22 +136,26 @@ class Scored:
         return best
 
 
-def verifier_latency(pairs: Sequence[Pair], config: CacheConfig) -> dict[str, Any]:
-    """Per candidate: analysing both questions from cold plus comparing; and comparing alone."""
-    verifier = verify.build_verifier(config)
-    assert verifier is not None
+def verifier_latency(
+    pairs: Sequence[Pair], embedded: Sequence[Embedded], config: SidecarConfig
+) -> dict[str, Any]:
+    """Per candidate: analysing both questions from cold plus comparing (and the match head's
+    score when every check passes); and the same once the questions are analysed."""
+    a = np.vstack([e.a for e in embedded])
+    b = np.vstack([e.b for e in embedded])
+    verifier = build_verifier(config, a.shape[1])
     questions = [(normalise_text(p.b), normalise_text(p.a)) for p in pairs]
     analyse.cache_clear()
     cold: list[float] = []
-    for b, a in questions:
+    for i, (q, c) in enumerate(questions):
         started = time.perf_counter()
-        verifier.verify(b, a, 0.9)
+        verifier.verify(q, c, 0.9, (b[i], a[i]))
         cold.append(time.perf_counter() - started)
     warm: list[float] = []
-    for b, a in questions:
-        analyse(b), analyse(a)  # both already analysed: the comparison alone
+    for i, (q, c) in enumerate(questions):
+        analyse(q), analyse(c)  # both already analysed: the comparison alone
         started = time.perf_counter()
-        verifier.verify(b, a, 0.9)
+        verifier.verify(q, c, 0.9, (b[i], a[i]))
         warm.append(time.perf_counter() - started)
 
     def ms(values: list[float]) -> dict[str, float]:
@@ -285,10 +300,13 @@ async def run(quick: bool, qqp_size: int) -> dict[str, Any]:
         "verifier": cache.verifier,
         "verifier_strictness": cache.verifier_strictness,
         "verifier_checks": list(cache.verifier_checks),
+        "match_head": cache.match_head,
+        "match_head_min": cache.match_head_min,
     }
     try:
         trap_pairs = load_pairs(TRAP_PAIRS)
-        trap = Scored(trap_pairs, similarities(embedder, trap_pairs), cache)
+        trap_vectors = Embedded(embedder, trap_pairs)
+        trap = Scored(trap_pairs, trap_vectors, config)
         block = {"pairs": len(trap_pairs), **compare(trap, cache)}
         block["categories"] = {
             "plain_cosine": trap.categories(PLAIN_THRESHOLD, verified=False),
@@ -297,10 +315,11 @@ async def run(quick: bool, qqp_size: int) -> dict[str, Any]:
         block["production_path"] = await evaluate(config, trap_pairs, embedder)
         block["production_path"].pop("categories", None)
         result["trap_set"] = block
-        latency_pairs = list(trap_pairs)
+        latency_pairs, latency_vectors = list(trap_pairs), [trap_vectors]
         if QQP_PAIRS.is_file():
             qqp_pairs = load_qqp(QQP_PAIRS, 2000 if quick else qqp_size)
-            qqp = Scored(qqp_pairs, similarities(embedder, qqp_pairs), cache)
+            qqp_vectors = Embedded(embedder, qqp_pairs)
+            qqp = Scored(qqp_pairs, qqp_vectors, config)
             block = {"pairs": len(qqp_pairs), "seed": QQP_SEED, **compare(qqp, cache)}
             block["best_precision_at_min_good"] = {
                 "plain_cosine": qqp.best_precision(QQP_MIN_GOOD, verified=False),
@@ -312,12 +331,13 @@ async def run(quick: bool, qqp_size: int) -> dict[str, Any]:
             }
             result["qqp"] = block
             latency_pairs += qqp_pairs
+            latency_vectors.append(qqp_vectors)
         else:
             result["qqp_missing"] = (
                 f"QQP pairs not found at {QQP_PAIRS}: only the trap set was measured "
                 "(the shared data directory sits next to the project checkout)"
             )
-        result["verifier_latency"] = verifier_latency(latency_pairs, cache)
+        result["verifier_latency"] = verifier_latency(latency_pairs, latency_vectors, config)
     finally:
         await embedder.close()
     result["summary"] = [row.to_json() for row in _summary(result)]

@@ -81,9 +81,9 @@ class CacheConfig(_Section):
     enabled: bool = True
     default_cache_key: str = ""
     ttl: float = 300.0
-    #: cosine similarity a semantic hit needs (x-bf-cache-threshold overrides it per request);
-    #: 0.88 keeps wrong hits on Quora pairs near 7% (0.8 serves 15%): docs/semantic-correctness.md
-    threshold: float = Field(0.88, ge=0.0, le=1.0)
+    #: cosine similarity a semantic candidate needs (x-bf-cache-threshold overrides it per
+    #: request); the verifier and its match head then decide: docs/semantic-correctness.md
+    threshold: float = Field(0.78, ge=0.0, le=1.0)
     conversation_history_threshold: int = Field(3, ge=1)
     exclude_system_prompt: bool = False
     cache_by_model: bool = True
@@ -104,6 +104,12 @@ class CacheConfig(_Section):
     verifier_checks: list[VerifierCheck] = Field(
         default_factory=lambda: list(get_args(VerifierCheck))
     )
+    #: learned duplicate-question score over the two vectors (sidecar/cache/match_head.py):
+    #: "auto" uses the bundled head when the embedder is the model it was trained for,
+    #: "off" none, or a path to a head file; part of the verifier (off with verifier: off)
+    match_head: str = "auto"
+    #: the score a candidate needs from the match head
+    match_head_min: float = Field(0.74, ge=0.0, le=1.0)
     #: namespace prefix for shared backends (Redis key prefix, collection name)
     namespace: str = "sidecar"
     #: single-flight: identical concurrent misses wait for the first one's answer (see

@@ -12,6 +12,7 @@ import uvicorn
 from embedders import EmbedderError
 from guardrails.rules import RuleFileError
 from sidecar.cache.backends import BackendConfigError
+from sidecar.cache.match_head import MatchHeadError
 from sidecar.config import SidecarConfig
 from sidecar.services import Sidecar
 from sidecar.transports.http import create_app
@@ -27,7 +28,7 @@ async def run_server(config: SidecarConfig) -> int:
         return 2
     try:
         await sidecar.start()
-    except (EmbedderError, BackendConfigError, OSError) as exc:
+    except (EmbedderError, BackendConfigError, MatchHeadError, OSError) as exc:
         log.error("start-up failed: %s", exc)
         await sidecar.close()
         return 2

@@ -133,7 +133,11 @@ class Sidecar:
                 build_vector_index(cfg.cache, self.clock),
                 self.embedder,
                 self.metrics,
-                self._verifier if self._verifier is not None else build_verifier(cfg.cache),
+                self._verifier
+                if self._verifier is not None
+                else build_verifier(
+                    cfg.cache, cfg.embedder, self.embedder.dimension if self.embedder else 0
+                ),
                 cfg.cache.candidates,
                 clock=self.clock,
                 single_flight=build_single_flight(cfg.cache, exact),

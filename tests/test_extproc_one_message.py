@@ -8,11 +8,13 @@ sidecar as ``main``, ``guarded_one_message`` to the guardrails sidecar.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
 import openai
 import pytest
+import yaml
 from envoy_harness import EnvoyStack
 from extproc_scenarios import GUARD_WIRED, SECRET, chat
 from fakes.upstream import FakeLLMUpstream
@@ -64,6 +66,17 @@ def test_every_header_the_sidecar_reads_is_requested() -> None:
     for header in ("x-bf-cache-key", "x-bf-cache-ttl", "x-bf-cache-threshold", "content-type"):
         assert f"request.headers['{header}']" in REQUEST_ATTRIBUTES
     assert {"request.method", "request.path"} <= set(REQUEST_ATTRIBUTES)
+
+
+def test_documented_envoy_snippet_lists_the_same_attributes() -> None:
+    docs = (Path(__file__).resolve().parent.parent / "docs" / "envoy.md").read_text("utf-8")
+    section = docs.split("### One message per request", 1)[1]
+    snippet = section.split("```yaml", 1)[1].split("```", 1)[0]
+    (ext_proc, buffer, _router) = yaml.safe_load(snippet)
+    typed = ext_proc["typed_config"]
+    assert typed["request_attributes"] == list(REQUEST_ATTRIBUTES)
+    assert typed["processing_mode"]["request_header_mode"] == "SKIP"
+    assert buffer["name"] == "envoy.filters.http.buffer"
 
 
 # ---------------------------------------------------------------------- through Envoy

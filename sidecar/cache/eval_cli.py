@@ -236,17 +236,20 @@ async def evaluate(
 
 
 # -------------------------------------------------------------------- calibration
-async def pair_similarities(
+async def pair_vectors(
     embedder: Embedder, pairs: Sequence[Pair], chunk: int = 64
-) -> np.ndarray:
-    """Cosine of each pair's normalised questions (what the cache embeds), each text once."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each pair's normalised questions embedded (what the cache embeds, each text once):
+    the cosines, the ``a`` vectors and the ``b`` vectors."""
     texts = sorted({normalise_text(t) for p in pairs for t in (p.a, p.b)})
     rows: dict[str, np.ndarray] = {}
     for start in range(0, len(texts), chunk):
         part = texts[start : start + chunk]
         for text, vector in zip(part, await embedder.embed(part), strict=True):
             rows[text] = np.asarray(vector, dtype=np.float32)
-    return np.array([float(rows[normalise_text(p.a)] @ rows[normalise_text(p.b)]) for p in pairs])
+    a = np.array([rows[normalise_text(p.a)] for p in pairs], dtype=np.float32)
+    b = np.array([rows[normalise_text(p.b)] for p in pairs], dtype=np.float32)
+    return (a * b).sum(axis=1), a, b
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,7 +335,7 @@ async def _calibrate(
     embedder: Embedder,
     same: np.ndarray,
 ) -> dict[str, Any]:
-    sims = await pair_similarities(embedder, pairs)
+    sims, vectors_a, vectors_b = await pair_vectors(embedder, pairs)
     questions = [(normalise_text(p.b), normalise_text(p.a)) for p in pairs]
     exact = np.array([b == a for b, a in questions])
     candidates: list[OperatingPoint] = []
@@ -340,11 +343,12 @@ async def _calibrate(
         trial = config.model_copy(deep=True)
         trial.cache.verifier = "traps" if setting[0] == "traps" else "off"
         trial.cache.verifier_strictness = setting[1]
-        verifier = build_verifier(trial.cache)
+        verifier = build_verifier(trial.cache, trial.embedder, embedder.dimension)
         accepted = np.array(
             [
-                verifier is None or verifier.verify(b, a, float(s)).accept
-                for (b, a), s in zip(questions, sims, strict=True)
+                verifier is None
+                or verifier.verify(b, a, float(s), (vectors_b[i], vectors_a[i])).accept
+                for i, ((b, a), s) in enumerate(zip(questions, sims, strict=True))
             ]
         )
         point = sweep(same, sims, exact, accepted, target, setting)

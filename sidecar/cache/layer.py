@@ -38,16 +38,32 @@ class Verdict:
     reason: str = ""
 
 
+#: the new question's vector and the candidate's stored one
+VectorPair = tuple[np.ndarray, np.ndarray]
+
+
 class MatchVerifier(Protocol):
     """Second opinion on a semantic candidate: may the cached answer serve the new question?"""
 
-    def verify(self, question: str, candidate: str, similarity: float) -> Verdict: ...
+    def verify(
+        self,
+        question: str,
+        candidate: str,
+        similarity: float,
+        vectors: VectorPair | None = None,
+    ) -> Verdict: ...
 
 
 class AcceptAll:
     """The null verifier: the similarity threshold alone decides."""
 
-    def verify(self, question: str, candidate: str, similarity: float) -> Verdict:
+    def verify(
+        self,
+        question: str,
+        candidate: str,
+        similarity: float,
+        vectors: VectorPair | None = None,
+    ) -> Verdict:
         return Verdict(True)
 
 
@@ -174,8 +190,14 @@ class DualCache:
             entry = await self.exact.get(n.id, plan.partition)
             if entry is None or entry.scope != plan.scope:
                 continue  # expired or evicted since it was indexed
+            stored = None if entry.vector is None else np.asarray(entry.vector, dtype=np.float32)
             try:
-                verdict = self.verifier.verify(plan.question, entry.question, n.similarity)
+                verdict = self.verifier.verify(
+                    plan.question,
+                    entry.question,
+                    n.similarity,
+                    None if stored is None else (vector, stored),
+                )
             except Exception:  # a verifier bug must never serve (or fail) the request
                 log.exception("match verifier failed; candidate refused")
                 verdict = Verdict(False, "verifier_error: the verifier failed")

@@ -29,10 +29,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import get_args
 
+import numpy as np
+
 from sidecar.cache import verify_lexicon as lex
-from sidecar.cache.layer import MatchVerifier, Verdict
+from sidecar.cache.layer import MatchVerifier, VectorPair, Verdict
+from sidecar.cache.match_head import DuplicateHead, head_for
 from sidecar.cache.verify_features import QuestionFeatures, analyse
-from sidecar.config import CacheConfig, VerifierCheck, VerifierStrictness
+from sidecar.config import CacheConfig, EmbedderConfig, VerifierCheck, VerifierStrictness
 
 ALL_CHECKS: tuple[VerifierCheck, ...] = get_args(VerifierCheck)
 
@@ -241,6 +244,8 @@ class AnswerChangeVerifier:
         self,
         strictness: VerifierStrictness = "balanced",
         checks: Sequence[VerifierCheck] = ALL_CHECKS,
+        head: DuplicateHead | None = None,
+        head_min: float = 0.5,
     ) -> None:
         unknown = [c for c in checks if c not in ALL_CHECKS]
         if unknown:
@@ -249,6 +254,8 @@ class AnswerChangeVerifier:
             raise ValueError(f"unknown verifier strictness {strictness!r}")
         self.strictness: VerifierStrictness = strictness
         self.checks: tuple[VerifierCheck, ...] = tuple(c for c in ALL_CHECKS if c in checks)
+        self.head = head
+        self.head_min = head_min
 
     def refusals(self, question: str, candidate: str, first_only: bool = False) -> list[str]:
         """Every check that refuses (``check: kind of difference``), or only the first."""
@@ -264,13 +271,81 @@ class AnswerChangeVerifier:
                     break
         return out
 
-    def verify(self, question: str, candidate: str, similarity: float) -> Verdict:
+    def verify(
+        self,
+        question: str,
+        candidate: str,
+        similarity: float,
+        vectors: VectorPair | None = None,
+    ) -> Verdict:
         refused = self.refusals(question, candidate, first_only=True)
-        return Verdict(False, refused[0]) if refused else Verdict(True)
+        if refused:
+            return Verdict(False, refused[0])
+        if self.head is not None and vectors is not None and question != candidate:
+            text = pair_text_features(question, candidate)
+            score = self.head.score(vectors[0], vectors[1], similarity, text)
+            if score < self.head_min:
+                return Verdict(
+                    False, f"match_head: duplicate score {score:.2f} < {self.head_min:.2f}"
+                )
+        return Verdict(True)
 
 
-def build_verifier(config: CacheConfig) -> MatchVerifier | None:
-    """The verifier the cache configuration asks for (None: the threshold alone decides)."""
+def _stem(token: str) -> str:
+    for suffix in ("ing", "ed", "es", "s"):
+        if token.endswith(suffix) and len(token) - len(suffix) >= 3:
+            return token[: -len(suffix)]
+    return token
+
+
+def _content(features: QuestionFeatures) -> set[str]:
+    return {_stem(t) for t in features.tokens if t not in lex.STOPWORDS}
+
+
+def pair_text_features(question: str, candidate: str) -> np.ndarray:
+    """The match head's text features (``match_head.features``), in training order: the fewer
+    and the more words only one side has, word overlap (Jaccard), the relative length
+    difference, same first word; then one flag per check (``ALL_CHECKS`` order) that objects
+    at strict settings."""
+    a, b = analyse(question), analyse(candidate)
+    ca, cb = _content(a), _content(b)
+    only_a, only_b = len(ca - cb), len(cb - ca)
+    longest = max(len(a.tokens), len(b.tokens), 1)
+    overlap = [
+        float(min(only_a, only_b)),
+        float(max(only_a, only_b)),
+        len(ca & cb) / max(1, len(ca | cb)),
+        abs(len(a.tokens) - len(b.tokens)) / longest,
+        float(a.tokens[:1] == b.tokens[:1]),
+    ]
+    strict = _Comparison(a, b, "strict")
+    flags = [
+        0.0 if question == candidate or getattr(strict, c)() is None else 1.0 for c in ALL_CHECKS
+    ]
+    return np.array(overlap + flags, dtype=np.float32)
+
+
+def build_verifier(
+    config: CacheConfig, embedder: EmbedderConfig | None = None, dimension: int = 0
+) -> MatchVerifier | None:
+    """The verifier the cache configuration asks for (None: the threshold alone decides).
+
+    The learned match head joins when ``cache.match_head`` allows it and ``embedder`` is
+    the model it was trained for (see ``match_head.head_for``).
+    """
     if config.verifier == "off":
         return None
-    return AnswerChangeVerifier(config.verifier_strictness, config.verifier_checks)
+    head = None
+    if embedder is not None and dimension:
+        head = head_for(config.match_head, embedder_identity(embedder), dimension)
+    return AnswerChangeVerifier(
+        config.verifier_strictness, config.verifier_checks, head, config.match_head_min
+    )
+
+
+def embedder_identity(embedder: EmbedderConfig) -> str:
+    """The model whose vectors the embedder returns, as far as configuration tells: a local
+    ``model_path`` is some other model unless proven otherwise."""
+    if embedder.model_path:
+        return f"local:{embedder.model_path}"
+    return embedder.model

@@ -1,0 +1,146 @@
+"""A learned second look at a semantic candidate: "do these two questions ask the same thing?"
+
+Cosine similarity compresses a question pair to one number. The pair's two vectors hold more:
+which dimensions agree (``u * v``) and which differ (``|u - v|``). ``DuplicateHead`` is a small
+two-layer network over those features, the cosine, and a few cheap text features (word
+overlap, and which of the verifier's checks would object at strict settings), trained on
+labelled duplicate / non-duplicate question pairs for one embedding model. It answers with a
+probability that the pair asks the same question, and the verifier refuses a hit below
+``cache.match_head_min``.
+
+It is a few matrix products over vectors the cache already has: the new question's vector
+from the lookup and the candidate's vector stored with its entry. No text is re-embedded and
+nothing is downloaded. The weights ship with the package (``data/*.npz``, one file per
+embedding model, with the model name, dimension and training provenance inside) and are used
+only with the model they were trained for. ``benchmarks/train_match_head.py`` rebuilds them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("sidecar.cache")
+
+DATA_DIR = Path(__file__).resolve().parent / "data"
+#: the bundled head for the default embedder (sentence-transformers/all-MiniLM-L6-v2)
+DEFAULT_HEAD = DATA_DIR / "duplicate_head_all-MiniLM-L6-v2.npz"
+
+
+class MatchHeadError(Exception):
+    """A head file that cannot be used (missing, malformed, or for another model)."""
+
+
+def features(u: np.ndarray, v: np.ndarray, similarity: float, text: np.ndarray) -> np.ndarray:
+    """The head's input for one pair: ``u * v``, ``|u - v|``, the cosine, then the text
+    features of the pair (``verify.pair_text_features``: word overlap and the strict checks)."""
+    return np.concatenate(
+        [u * v, np.abs(u - v), np.array([similarity], dtype=np.float32), text]
+    ).astype(np.float32)
+
+
+def batch_features(
+    u: np.ndarray, v: np.ndarray, similarities: np.ndarray, text: np.ndarray
+) -> np.ndarray:
+    """``features`` for many pairs at once (rows of ``u``, ``v`` and ``text``)."""
+    return np.hstack([u * v, np.abs(u - v), similarities[:, None], text]).astype(np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class DuplicateHead:
+    model: str  # the embedding model whose vectors it was trained on
+    dimension: int
+    text_features: int  # how many text features follow the vector ones
+    w1: np.ndarray  # (2 * dimension + 1 + text_features, hidden)
+    b1: np.ndarray
+    w2: np.ndarray  # (hidden,)
+    b2: float
+    info: dict[str, Any]  # training provenance, shown by /readyz and the docs
+
+    @classmethod
+    def load(cls, path: Path) -> DuplicateHead:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(str(data["meta"]))
+                head = cls(
+                    model=str(meta["model"]),
+                    dimension=int(meta["dimension"]),
+                    text_features=int(meta["text_features"]),
+                    w1=np.ascontiguousarray(data["w1"], dtype=np.float32),
+                    b1=np.ascontiguousarray(data["b1"], dtype=np.float32),
+                    w2=np.ascontiguousarray(data["w2"], dtype=np.float32).reshape(-1),
+                    b2=float(np.asarray(data["b2"]).reshape(-1)[0]),
+                    info=dict(meta.get("info", {})),
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise MatchHeadError(f"cannot load the match head {path}: {exc}") from exc
+        inputs = 2 * head.dimension + 1 + head.text_features
+        if head.w1.shape != (inputs, head.b1.shape[0]) or (head.w2.shape != head.b1.shape):
+            raise MatchHeadError(f"match head {path}: weight shapes do not fit together")
+        return head
+
+    def save(self, path: Path) -> None:
+        meta = {
+            "model": self.model,
+            "dimension": self.dimension,
+            "text_features": self.text_features,
+            "info": self.info,
+        }
+        np.savez_compressed(
+            path,
+            w1=self.w1.astype(np.float32),
+            b1=self.b1.astype(np.float32),
+            w2=self.w2.astype(np.float32),
+            b2=np.array([self.b2], dtype=np.float32),
+            meta=np.array(json.dumps(meta)),
+        )
+
+    def score_batch(self, x: np.ndarray) -> np.ndarray:
+        hidden = np.maximum(x @ self.w1 + self.b1, 0.0)
+        logits = hidden @ self.w2 + self.b2
+        return np.asarray(1.0 / (1.0 + np.exp(-logits)))
+
+    def score(self, u: np.ndarray, v: np.ndarray, similarity: float, text: np.ndarray) -> float:
+        """Probability that the two questions ask the same thing."""
+        if u.shape != (self.dimension,) or v.shape != (self.dimension,):
+            raise ValueError(
+                f"the match head takes {self.dimension}-dimensional vectors, "
+                f"got {u.shape} and {v.shape}"
+            )
+        if text.shape != (self.text_features,):
+            raise ValueError(f"the match head takes {self.text_features} text features")
+        return float(self.score_batch(features(u, v, similarity, text)[None, :])[0])
+
+
+def head_for(setting: str, model: str, dimension: int) -> DuplicateHead | None:
+    """The head ``cache.match_head`` asks for, for vectors of ``model``.
+
+    ``off``: none. ``auto``: the bundled head when the embedder is the model it was trained
+    for, else none (logged). A path: that file, which must match the embedder (an error).
+    """
+    if setting == "off":
+        return None
+    path = DEFAULT_HEAD if setting == "auto" else Path(setting)
+    head = DuplicateHead.load(path)
+    fits = _same_model(head.model, model) and head.dimension == dimension
+    if fits:
+        return head
+    if setting == "auto":
+        log.info(
+            "match head off: the bundled head is for %s, the embedder is %s", head.model, model
+        )
+        return None
+    raise MatchHeadError(
+        f"match head {path} was trained on {head.model} ({head.dimension} dimensions); "
+        f"the embedder is {model} ({dimension} dimensions)"
+    )
+
+
+def _same_model(a: str, b: str) -> bool:
+    """ "sentence-transformers/all-MiniLM-L6-v2" and "all-MiniLM-L6-v2" are one model."""
+    return a.rsplit("/", 1)[-1].lower() == b.rsplit("/", 1)[-1].lower()
