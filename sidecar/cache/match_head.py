@@ -71,9 +71,9 @@ class DuplicateHead:
                     model=str(meta["model"]),
                     dimension=int(meta["dimension"]),
                     text_features=int(meta["text_features"]),
-                    w1=np.ascontiguousarray(data["w1"], dtype=np.float32),
-                    b1=np.ascontiguousarray(data["b1"], dtype=np.float32),
-                    w2=np.ascontiguousarray(data["w2"], dtype=np.float32).reshape(-1),
+                    w1=_flushed(data["w1"]),
+                    b1=_flushed(data["b1"]),
+                    w2=_flushed(data["w2"]).reshape(-1),
                     b2=float(np.asarray(data["b2"]).reshape(-1)[0]),
                     info=dict(meta.get("info", {})),
                 )
@@ -102,7 +102,7 @@ class DuplicateHead:
 
     def score_batch(self, x: np.ndarray) -> np.ndarray:
         hidden = np.maximum(x @ self.w1 + self.b1, 0.0)
-        logits = hidden @ self.w2 + self.b2
+        logits = np.clip(hidden @ self.w2 + self.b2, -50.0, 50.0)
         return np.asarray(1.0 / (1.0 + np.exp(-logits)))
 
     def score(self, u: np.ndarray, v: np.ndarray, similarity: float, text: np.ndarray) -> float:
@@ -115,6 +115,15 @@ class DuplicateHead:
         if text.shape != (self.text_features,):
             raise ValueError(f"the match head takes {self.text_features} text features")
         return float(self.score_batch(features(u, v, similarity, text)[None, :])[0])
+
+
+def _flushed(weights: np.ndarray) -> np.ndarray:
+    """float32 weights with subnormal values set to zero. Regularised training leaves
+    thousands of them, and arithmetic on subnormals is slow on x86: one head score took
+    0.25 ms instead of 0.01 ms."""
+    out = np.array(weights, dtype=np.float32, order="C")
+    out[np.abs(out) < np.finfo(np.float32).tiny] = 0.0
+    return out
 
 
 def head_for(setting: str, model: str, dimension: int) -> DuplicateHead | None:
