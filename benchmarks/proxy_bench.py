@@ -265,6 +265,7 @@ def run(quick: bool) -> dict[str, Any]:
         measure("exact hit, 1 message", ports["cache-1msg"], exact_posts, hit_exact)
         for name, listener, sidecar, questions in (
             ("semantic hit", "cache", "cache", semantic),
+            ("semantic hit, 1 message", "cache-1msg", "cache", semantic),
             ("semantic hit (onnx int8)", "cache-onnx", "cache-onnx", semantic_onnx),
             ("semantic hit (onnx int8), 1 message", "cache-onnx-1msg", "cache-onnx", semantic_onnx),
         ):
@@ -328,6 +329,7 @@ def _summary(results: dict[str, Any], embed_ms: dict[str, float]) -> list[Summar
         ("exact hit", "direct"),
         ("exact hit, 1 message", "direct"),
         ("semantic hit", "direct"),
+        ("semantic hit, 1 message", "direct"),
         ("semantic hit (onnx int8)", "direct"),
         ("semantic hit (onnx int8), 1 message", "direct"),
         ("miss + store", "direct"),

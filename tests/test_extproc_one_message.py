@@ -20,9 +20,11 @@ from extproc_scenarios import GUARD_WIRED, SECRET, chat
 from fakes.upstream import FakeLLMUpstream
 from google.protobuf import struct_pb2
 
+from sidecar.transports.extproc import ExtProcError, PipelineProcessor
 from sidecar.transports.extproc.messages import (
     ATTRIBUTES_NAMESPACE,
     REQUEST_ATTRIBUTES,
+    HttpBody,
     ProcessingRequest,
     read_attributes,
 )
@@ -182,3 +184,24 @@ def test_blocked_request_never_reaches_the_upstream(stack: EnvoyStack) -> None:
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "block-forbidden"
     assert stack.stat(UPSTREAM_REQUESTS) == before
+
+
+# ---------------------------------------------------------------------- processor, no Envoy
+async def test_body_without_headers_or_attributes_is_a_named_sidecar_error(
+    sidecar_factory: Any,
+) -> None:
+    """Envoy set to SKIP the headers but not sending attributes: the sidecar cannot tell what
+    the request is, and says how to fix it (the server's failure mode then applies)."""
+    async with sidecar_factory() as (sidecar, _):
+        processor = PipelineProcessor(sidecar.pipeline)
+        with pytest.raises(ExtProcError, match="request_attributes"):
+            await processor.request_body(HttpBody(body=b"{}", end_of_stream=True))
+
+
+async def test_attributes_for_other_traffic_pass_the_body_untouched(sidecar_factory: Any) -> None:
+    async with sidecar_factory() as (sidecar, _):
+        processor = PipelineProcessor(sidecar.pipeline)
+        processor.request_attributes({":method": "POST", ":path": "/v1/files"})
+        reply = await processor.request_body(HttpBody(body=b"\x00upload", end_of_stream=True))
+        assert reply.WhichOneof("response") == "request_body"
+        assert not reply.request_body.response.HasField("body_mutation")
