@@ -213,6 +213,8 @@ def describe(config: SidecarConfig) -> dict[str, Any]:
         "verifier": cache.verifier,
         "verifier_strictness": cache.verifier_strictness,
         "verifier_checks": list(cache.verifier_checks),
+        "match_head": cache.match_head,
+        "match_head_min": cache.match_head_min,
     }
 
 
