@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import importlib
 import logging
 import sys
@@ -47,9 +46,9 @@ def _serve(args: argparse.Namespace) -> int:
         level=config.server.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from sidecar.server import run_server
+    from sidecar.server import main_loop
 
-    return asyncio.run(run_server(config))
+    return main_loop(config)
 
 
 def _check_config(args: argparse.Namespace) -> int:

@@ -32,6 +32,9 @@ async def run_server(config: SidecarConfig) -> int:
         log.error("start-up failed: %s", exc)
         await sidecar.close()
         return 2
+    # uvloop's loop class lives in module "uvloop", asyncio's in "asyncio.unix_events"
+    loop_module = type(asyncio.get_running_loop()).__module__
+    sidecar.extra_status["event_loop"] = loop_module.split(".")[0]
     grpc_server = None
     if config.server.grpc_enabled:
         # Imported here so the HTTP hook runs even where the gRPC stubs are not installed.
@@ -92,7 +95,11 @@ def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main_loop(config: SidecarConfig) -> int:
-    factory = loop_factory(config.server.event_loop)
+    try:
+        factory = loop_factory(config.server.event_loop)
+    except RuntimeError as exc:
+        log.error("start-up failed: %s", exc)
+        return 2
     log.info("event loop: %s", "asyncio" if factory is None else "uvloop")
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(run_server(config))

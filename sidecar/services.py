@@ -128,16 +128,23 @@ class Sidecar:
             if self.embedder is not None and self._owns_embedder:
                 await self.embedder.start()
             exact = build_exact_store(cfg.cache, self.clock)
+            verifier = (
+                self._verifier
+                if self._verifier is not None
+                else build_verifier(
+                    cfg.cache, cfg.embedder, self.embedder.dimension if self.embedder else 0
+                )
+            )
+            head = getattr(verifier, "head", None)
+            self.extra_status["match_head"] = (
+                "off" if head is None else f"{head.model} (min {cfg.cache.match_head_min})"
+            )
             self.cache = DualCache(
                 exact,
                 build_vector_index(cfg.cache, self.clock),
                 self.embedder,
                 self.metrics,
-                self._verifier
-                if self._verifier is not None
-                else build_verifier(
-                    cfg.cache, cfg.embedder, self.embedder.dimension if self.embedder else 0
-                ),
+                verifier,
                 cfg.cache.candidates,
                 clock=self.clock,
                 single_flight=build_single_flight(cfg.cache, exact),

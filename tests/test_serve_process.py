@@ -89,7 +89,11 @@ def _wait_generation(url: str, want: int, deadline_s: float = 30) -> dict[str, A
 
 def test_sighup_reloads_and_bad_file_keeps_previous(serve: Any) -> None:
     proc, url, rules = serve(0)  # no file watching: only SIGHUP reloads
-    assert httpx.get(f"{url}/readyz").json()["rules"]["rules"] == 1
+    ready = httpx.get(f"{url}/readyz").json()
+    assert ready["rules"]["rules"] == 1
+    # `sidecar serve` runs on the configured event loop (auto: uvloop, a dependency)
+    assert ready["event_loop"] == "uvloop"
+    assert ready["match_head"] == "all-MiniLM-L6-v2 (min 0.74)"
     rules.write_text(RULES_TWO)
     proc._proc.send_signal(signal.SIGHUP)
     detail = _wait_generation(url, 2)

@@ -60,7 +60,7 @@ class DuplicateHead:
     b1: np.ndarray
     w2: np.ndarray  # (hidden,)
     b2: float
-    info: dict[str, Any]  # training provenance, shown by /readyz and the docs
+    info: dict[str, Any]  # training provenance (docs/semantic-correctness.md)
 
     @classmethod
     def load(cls, path: Path) -> DuplicateHead:
