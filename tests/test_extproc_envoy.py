@@ -61,14 +61,17 @@ def test_paraphrase_is_answered_with_hit_semantic(
     assert second.json()["choices"] == first.json()["choices"]
 
 
+@pytest.mark.parametrize("listener", ["main", "one_message"])
 def test_openai_stream_is_cached_and_replayed_to_the_sdk(
-    stack: EnvoyStack, upstream: FakeLLMUpstream
+    stack: EnvoyStack, upstream: FakeLLMUpstream, listener: str
 ) -> None:
+    """Also with one message per request: the response side (mode_override to STREAMED)
+    works without a request headers message."""
     client = openai.OpenAI(
-        base_url=f"{stack.url('main')}/v1",
+        base_url=f"{stack.url(listener)}/v1",
         api_key="test",
         max_retries=0,
-        default_headers={"x-bf-cache-key": "openai-stream"},
+        default_headers={"x-bf-cache-key": f"openai-stream-{listener}"},
     )
     messages: Any = [{"role": "user", "content": "Write a haiku about the tide."}]
     texts, statuses = [], []
@@ -264,12 +267,15 @@ needs_guard = pytest.mark.skipif(
 
 
 @needs_guard
+@pytest.mark.parametrize("listener", ["guarded", "guarded_one_message"])
 def test_guardrail_redaction_reaches_upstream_with_correct_length(
-    stack: EnvoyStack, upstream: FakeLLMUpstream
+    stack: EnvoyStack, upstream: FakeLLMUpstream, listener: str
 ) -> None:
+    """Also with one message per request (no request headers message to fix the length on:
+    the buffer filter after ext_proc sets it)."""
     response = httpx.post(
-        f"{stack.url('guarded')}/v1/chat/completions",
-        json=chat(f"please store {SECRET} for me"),
+        f"{stack.url(listener)}/v1/chat/completions",
+        json=chat(f"please store {SECRET} for me via {listener}"),
         timeout=30,
     )
     assert response.status_code == 200
