@@ -100,6 +100,10 @@ def test_calibrate_meets_the_target_and_validates_it(
     assert result["config"]["cache"]["threshold"] == point["threshold"]
     settings = {(a["verifier"], a["verifier_strictness"]) for a in result["alternatives"]}
     assert ("traps", "balanced") in settings
+    # The match head's minimum is swept too, and the chosen one is part of the advice.
+    head_mins = {a["match_head_min"] for a in result["alternatives"] if a["verifier"] == "traps"}
+    assert len(head_mins) >= 2 and None not in head_mins
+    assert result["config"]["cache"]["match_head_min"] == point["match_head_min"]
 
 
 @pytest.mark.parametrize(

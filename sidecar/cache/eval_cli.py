@@ -28,7 +28,7 @@ import orjson
 
 from embedders.base import Embedder
 from sidecar.cache.layer import CacheStatus
-from sidecar.cache.verify import build_verifier
+from sidecar.cache.verify import AnswerChangeVerifier, build_verifier, pair_text_features
 from sidecar.config import ConfigError, SidecarConfig, VerifierStrictness, load_config
 from sidecar.formats import normalise_text
 from sidecar.pipeline import HookRequest
@@ -254,10 +254,24 @@ async def pair_vectors(
     return (a * b).sum(axis=1), a, b
 
 
+#: match-head minimums calibration tries beside the configured one
+HEAD_MIN_GRID: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One verifier configuration calibration tries."""
+
+    verifier: str
+    verifier_strictness: VerifierStrictness
+    match_head_min: float | None = None  # None: no match head in play
+
+
 @dataclass(frozen=True, slots=True)
 class OperatingPoint:
     verifier: str
     verifier_strictness: VerifierStrictness
+    match_head_min: float | None
     threshold: float
     good_hit_rate: float
     wrong_hit_rate: float
@@ -268,6 +282,7 @@ class OperatingPoint:
             "threshold": self.threshold,
             "verifier": self.verifier,
             "verifier_strictness": self.verifier_strictness,
+            "match_head_min": self.match_head_min,
             "good_hit_rate": round(self.good_hit_rate, 4),
             "wrong_hit_rate": round(self.wrong_hit_rate, 4),
             "precision": None if self.precision is None else round(self.precision, 4),
@@ -280,7 +295,7 @@ def sweep(
     exact: np.ndarray,
     accepted: np.ndarray,
     target: float,
-    setting: tuple[str, VerifierStrictness],
+    setting: Setting,
 ) -> OperatingPoint | None:
     """The lowest grid threshold (most hits) whose wrong-hit rate is at most ``target``."""
     n_same, n_diff = int(same.sum()), int((~same).sum())
@@ -290,8 +305,9 @@ def sweep(
         wrong_rate = wrong / n_diff if n_diff else 0.0
         if wrong_rate <= target:
             return OperatingPoint(
-                setting[0],
-                setting[1],
+                setting.verifier,
+                setting.verifier_strictness,
+                setting.match_head_min,
                 threshold,
                 good / n_same if n_same else 0.0,
                 wrong_rate,
@@ -300,16 +316,13 @@ def sweep(
     return None
 
 
-def _settings(config: SidecarConfig) -> list[tuple[str, VerifierStrictness]]:
-    levels: tuple[VerifierStrictness, ...] = ("lenient", "balanced", "strict")
-    return [("off", config.cache.verifier_strictness)] + [("traps", s) for s in levels]
-
-
 def _apply(config: SidecarConfig, point: OperatingPoint) -> SidecarConfig:
     cfg = config.model_copy(deep=True)
     cfg.cache.threshold = point.threshold
     cfg.cache.verifier = "traps" if point.verifier == "traps" else "off"
     cfg.cache.verifier_strictness = point.verifier_strictness
+    if point.match_head_min is not None:
+        cfg.cache.match_head_min = point.match_head_min
     return cfg
 
 
@@ -340,22 +353,39 @@ async def _calibrate(
     sims, vectors_a, vectors_b = await pair_vectors(embedder, pairs)
     questions = [(normalise_text(p.b), normalise_text(p.a)) for p in pairs]
     exact = np.array([b == a for b, a in questions])
-    candidates: list[OperatingPoint] = []
-    for setting in _settings(config):
-        trial = config.model_copy(deep=True)
-        trial.cache.verifier = "traps" if setting[0] == "traps" else "off"
-        trial.cache.verifier_strictness = setting[1]
-        verifier = build_verifier(trial.cache, trial.embedder, embedder.dimension)
-        accepted = np.array(
+    # The match head as configured (None when off, or not made for this embedder). Its score
+    # does not depend on the rules' strictness: computed once per pair, then cut at each
+    # minimum of the grid.
+    configured = build_verifier(
+        config.cache.model_copy(update={"verifier": "traps"}), config.embedder, embedder.dimension
+    )
+    head = configured.head if isinstance(configured, AnswerChangeVerifier) else None
+    scores = np.ones(len(pairs))
+    if head is not None:
+        scores = np.array(
             [
-                verifier is None
-                or verifier.verify(b, a, float(s), (vectors_b[i], vectors_a[i])).accept
+                1.0
+                if b == a
+                else head.score(vectors_b[i], vectors_a[i], float(s), pair_text_features(b, a))
                 for i, ((b, a), s) in enumerate(zip(questions, sims, strict=True))
             ]
         )
-        point = sweep(same, sims, exact, accepted, target, setting)
-        if point is not None:
-            candidates.append(point)
+    mins: list[float | None] = [None]
+    if head is not None:
+        mins = [*sorted({config.cache.match_head_min, *HEAD_MIN_GRID})]
+    everything = np.ones(len(pairs), dtype=bool)
+    points = [sweep(same, sims, exact, everything, target, Setting("off", "balanced"))]
+    levels: tuple[VerifierStrictness, ...] = ("lenient", "balanced", "strict")
+    for strictness in levels:
+        rules = AnswerChangeVerifier(strictness, config.cache.verifier_checks)  # no head
+        passed = np.array(
+            [rules.verify(b, a, float(s)).accept for (b, a), s in zip(questions, sims, strict=True)]
+        )
+        for minimum in mins:
+            accepted = passed if minimum is None else passed & (scores >= minimum)
+            setting = Setting("traps", strictness, minimum)
+            points.append(sweep(same, sims, exact, accepted, target, setting))
+    candidates = [p for p in points if p is not None]
     result: dict[str, Any] = {"target_wrong_rate": target, "pairs": len(pairs)}
     result["alternatives"] = [c.to_json() for c in candidates]
     if not candidates:
@@ -373,6 +403,7 @@ async def _calibrate(
             "threshold": best.threshold,
             "verifier": chosen.cache.verifier,
             "verifier_strictness": best.verifier_strictness,
+            **({"match_head_min": best.match_head_min} if best.match_head_min is not None else {}),
         }
     }
     return result
