@@ -1,4 +1,4 @@
-"""Rule files: the YAML model, loading and validation.
+"""Rule files: loading and validation (the model they load into is ``guardrails.ruleset``).
 
 A rule file has two top-level keys: ``profiles`` (named check configurations, built once at
 load) and ``rules`` (which profiles run on which traffic, and what happens on a finding).
@@ -19,41 +19,47 @@ import json
 import logging
 import os
 import re
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import cel
 import yaml
 
-from guardrails.base import Check, CheckConfigError, Stage
+from guardrails.base import Check, CheckConfigError
 from guardrails.registry import PROVIDERS, build_check
+from guardrails.ruleset import (
+    Action,
+    ApplyTo,
+    OnError,
+    Profile,
+    Redaction,
+    Rule,
+    RuleError,
+    RuleFileError,
+    RuleSet,
+    close_checks,
+)
+
+# The model is importable from here too (``from guardrails.rules import RuleSet``).
+__all__ = [
+    "CEL_VARIABLES",
+    "Action",
+    "ApplyTo",
+    "OnError",
+    "Profile",
+    "Redaction",
+    "Rule",
+    "RuleError",
+    "RuleFileError",
+    "RuleSet",
+    "check_key",
+    "close_checks",
+    "compile_condition",
+    "load_rule_files",
+    "validate_rule_files",
+]
 
 log = logging.getLogger(__name__)
-
-
-class ApplyTo(enum.StrEnum):
-    INPUT = "input"
-    OUTPUT = "output"
-    BOTH = "both"
-
-
-class Action(enum.StrEnum):
-    BLOCK = "block"
-    REDACT = "redact"
-    DETECT_ONLY = "detect_only"
-
-
-class OnError(enum.StrEnum):
-    BLOCK = "block"  # fail closed
-    ALLOW = "allow"  # fail open
-
-
-class Redaction(enum.StrEnum):
-    REPLACE = "replace"  # [TYPE]
-    MASK = "mask"  # same-length '*'
-    HASH = "hash"  # [TYPE:salted-sha256-prefix]
 
 
 #: Variables a ``when`` expression may read (documented in docs/guardrails.md).
@@ -88,104 +94,6 @@ _PROBES: tuple[dict[str, Any], ...] = (
      "headers": {}, "params": {}, "messages": [], "text_length": 0, "cache_key": ""},
 )
 # fmt: on
-
-
-@dataclass(frozen=True, slots=True)
-class RuleError:
-    file: str
-    line: int  # 1-based; 0 when the error concerns the whole file
-    column: int
-    subject: str  # "rule 'x'", "profile 'y'", "rules[3]" or "" for file-level problems
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}:{self.column}" if self.line else self.file
-        return (
-            f"{where}: {self.subject}: {self.message}"
-            if self.subject
-            else f"{where}: {self.message}"
-        )
-
-
-class RuleFileError(ValueError):
-    def __init__(self, errors: Sequence[RuleError]) -> None:
-        self.errors = list(errors)
-        lines = [f"{len(self.errors)} error(s) in guardrail rule files:"]
-        lines += [f"  {err}" for err in self.errors]
-        super().__init__("\n".join(lines))
-
-
-@dataclass(frozen=True, slots=True)
-class Profile:
-    name: str
-    provider: str
-    config: Mapping[str, Any]
-    redaction: Redaction
-    check: Check
-    file: str
-    line: int
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    id: str
-    when: str
-    program: Any  # cel.Program (the extension's class is not usable as an annotation)
-    variables: frozenset[str]
-    apply_to: ApplyTo
-    profiles: tuple[str, ...]
-    action: Action
-    sampling_rate: float
-    timeout_ms: int
-    on_error: OnError
-    priority: int
-    enabled: bool
-    description: str
-    block_status: int | None  # None: the engine's default (403 unless configured)
-    file: str
-    line: int
-
-    def applies_to(self, stage: Stage) -> bool:
-        return self.apply_to is ApplyTo.BOTH or self.apply_to.value == stage.value
-
-
-@dataclass(slots=True)
-class RuleSet:
-    files: tuple[str, ...]
-    profiles: dict[str, Profile]
-    rules: tuple[Rule, ...]  # every rule, sorted by (priority, file order)
-    checks: dict[str, Check] = field(default_factory=dict)  # build key -> check (for reuse)
-    loaded_at: float = field(default_factory=time.time)
-    _by_stage: dict[Stage, tuple[Rule, ...]] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for stage in Stage:
-            self._by_stage[stage] = tuple(
-                r for r in self.rules if r.enabled and r.applies_to(stage)
-            )
-
-    @classmethod
-    def empty(cls) -> RuleSet:
-        return cls(files=(), profiles={}, rules=())
-
-    def rules_for(self, stage: Stage) -> tuple[Rule, ...]:
-        """Enabled rules for a stage, lowest priority first."""
-        return self._by_stage[stage]
-
-    def variables_for(self, stage: Stage) -> frozenset[str]:
-        """CEL variables the stage's conditions read (only these are built per request)."""
-        return frozenset().union(*(r.variables for r in self._by_stage[stage]))
-
-    async def aclose(self) -> None:
-        await close_checks(self.checks.values())
-
-
-async def close_checks(checks: Iterable[Check]) -> None:
-    for check in checks:
-        try:
-            await check.aclose()
-        except Exception as exc:  # noqa: BLE001 - closing must not fail a reload
-            log.warning("closing %s check failed: %s", check.provider, type(exc).__name__)
 
 
 def _discard(checks: Sequence[Check]) -> None:
