@@ -158,6 +158,9 @@ class FakeLLMUpstream:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Headers and body go out in separate writes: with Nagle's algorithm on, the body
+            # waits for the peer's delayed ACK (~40 ms per answer through Envoy).
+            disable_nagle_algorithm = True
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 upstream._handle(self)

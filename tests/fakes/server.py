@@ -60,6 +60,7 @@ class FakeJsonServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # headers and body are separate writes
 
             def do_POST(self) -> None:  # noqa: N802 - http.server's naming
                 fake._handle(self)
