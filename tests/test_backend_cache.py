@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -247,6 +247,40 @@ async def test_waiter_gets_the_owners_answer(replicas: Any) -> None:
     assert served.status is CacheStatus.HIT_EXACT and "after waiting" in served.reason
     assert owner.lock is None  # released once; a second release is a no-op
     await a.release(owner)
+
+
+class AnswerBeforeAcquire(WatchedLock):
+    """Lets the other replica store its answer and release the lock just before this one's
+    lock attempt: the window between a lookup's miss and its acquire, made deterministic."""
+
+    def __init__(self, inner: MissLock, before: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(inner)
+        self.before: Callable[[], Awaitable[None]] | None = before
+
+    async def acquire(self, key: str, partition: str, ttl: float) -> str | None:
+        if self.before is not None:
+            hook, self.before = self.before, None
+            await hook()
+        return await self.inner.acquire(key, partition, ttl)
+
+
+async def test_answer_stored_between_miss_and_lock_is_served(replicas: Any) -> None:
+    a, b, lock, config = replicas
+    plan = plan_for("What does a load balancer do?", config)
+    owner = await a.lookup(plan)
+    assert owner.lock is not None
+
+    async def owner_answers() -> None:
+        await a.store(plan, ANSWER, None)
+        await a.release(owner)
+
+    b.single_flight = SingleFlight(AnswerBeforeAcquire(lock.inner, owner_answers), 20.0, 30.0)
+    late = await b.lookup(plan)
+    # Without the re-check it would own a fresh lock and send a second request upstream.
+    assert late.status is CacheStatus.HIT_EXACT and late.lock is None
+    token = await lock.inner.acquire(plan.exact_key, plan.partition, 30.0)
+    assert token is not None  # the lock taken for the re-check was given back
+    await lock.inner.release(plan.exact_key, plan.partition, token)
 
 
 async def test_concurrent_identical_misses_elect_one_owner(replicas: Any) -> None:

@@ -234,6 +234,17 @@ class DualCache:
             return miss
         token = await sf.lock.acquire(plan.exact_key, plan.partition, sf.ttl)
         if token is not None:
+            # The previous holder may have stored its answer and released the lock after our
+            # lookup began (a slow embedding leaves a wide window): look once more, holding it.
+            entry = await self.exact.get(plan.exact_key, plan.partition)
+            if entry is not None:
+                await sf.lock.release(plan.exact_key, plan.partition, token)
+                return Lookup(
+                    CacheStatus.HIT_EXACT,
+                    "exact key matched: an identical request stored it during this lookup",
+                    entry,
+                    1.0,
+                )
             miss.lock = HeldLock(plan.exact_key, plan.partition, token)
             return miss
         started = time.perf_counter()
