@@ -88,12 +88,14 @@ def test_head_is_used_only_with_the_model_it_was_trained_for(tmp_path: Path) -> 
         head_for(str(tmp_path / "missing.npz"), "all-MiniLM-L6-v2", 384)
 
 
-def test_a_local_model_path_turns_the_bundled_head_off() -> None:
+def test_a_local_model_path_or_a_remote_model_turns_the_bundled_head_off() -> None:
     config = SidecarConfig().cache
     with_head = build_verifier(config, EmbedderConfig(), 384)
     assert isinstance(with_head, AnswerChangeVerifier) and with_head.head is not None
     local = build_verifier(config, EmbedderConfig(model_path="/models/mine"), 384)
     assert isinstance(local, AnswerChangeVerifier) and local.head is None
+    remote = build_verifier(config, EmbedderConfig(backend="openai", base_url="http://x/v1"), 384)
+    assert isinstance(remote, AnswerChangeVerifier) and remote.head is None
 
 
 def test_head_refusal_reason_names_the_head_not_the_words(head: DuplicateHead) -> None:

@@ -345,7 +345,10 @@ def build_verifier(
 
 def embedder_identity(embedder: EmbedderConfig) -> str:
     """The model whose vectors the embedder returns, as far as configuration tells: a local
-    ``model_path`` is some other model unless proven otherwise."""
+    ``model_path`` is some other model unless proven otherwise, and so is a remote server's
+    model of the same name (its pooling and normalisation are not ours to know)."""
     if embedder.model_path:
         return f"local:{embedder.model_path}"
+    if embedder.backend == "openai":
+        return f"remote:{embedder.model}"
     return embedder.model
