@@ -123,32 +123,27 @@ class Stack:
             self.workdir / "null-extproc.log",
         ).start()
         self.processes.append(floor)
-        listeners = [
-            ExtProcListener(name="direct", port=free_port(), grpc_port=grpc_ports["cache"]),
-            ExtProcListener(name="null-extproc", port=free_port(), grpc_port=floor_port),
-            # One gRPC message per request (headers as attributes + buffer filter).
-            ExtProcListener(
-                name="null-extproc-1msg",
-                port=free_port(),
-                grpc_port=floor_port,
-                single_message=True,
-            ),
-            ExtProcListener(
-                name="cache-1msg",
-                port=free_port(),
-                grpc_port=grpc_ports["cache"],
-                single_message=True,
-            ),
-            ExtProcListener(
-                name="cache-onnx-1msg",
-                port=free_port(),
-                grpc_port=grpc_ports["cache-onnx"],
-                single_message=True,
-            ),
-        ] + [
-            ExtProcListener(name=name, port=free_port(), grpc_port=grpc_ports[name])
-            for name, _ in specs
-        ]
+        listeners = (
+            [
+                ExtProcListener(name="direct", port=free_port(), grpc_port=grpc_ports["cache"]),
+                ExtProcListener(name="null-extproc", port=free_port(), grpc_port=floor_port),
+            ]
+            + [
+                # One gRPC message per request (headers as attributes + buffer filter).
+                ExtProcListener(
+                    name=f"{name}-1msg", port=free_port(), grpc_port=port, single_message=True
+                )
+                for name, port in (
+                    ("null-extproc", floor_port),
+                    ("cache", grpc_ports["cache"]),
+                    ("cache-onnx", grpc_ports["cache-onnx"]),
+                )
+            ]
+            + [
+                ExtProcListener(name=name, port=free_port(), grpc_port=grpc_ports[name])
+                for name, _ in specs
+            ]
+        )
         admin = free_port()
         config = bootstrap(admin, upstream_port, listeners)
         _strip_ext_proc(config, "direct")

@@ -28,6 +28,7 @@ import random
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ import orjson
 from benchmarks.report import SummaryRow, machine, write_result
 from embedders.sentence_tf import SentenceTransformerEmbedder
 from sidecar.cache import verify
-from sidecar.cache.eval_cli import Pair, evaluate, load_pairs, summarise
+from sidecar.cache.eval_cli import Pair, describe, evaluate, load_pairs, pair_vectors, summarise
 from sidecar.cache.verify_features import analyse
 from sidecar.config import CacheConfig, SidecarConfig
 from sidecar.formats import normalise_text
@@ -68,16 +69,18 @@ def load_qqp(path: Path, size: int, seed: int = QQP_SEED) -> list[Pair]:
     return [Pair(r["text_a"], r["text_b"], bool(r["label"])) for r in picked]
 
 
+@dataclass(frozen=True, slots=True)
 class Embedded:
-    """Each pair's two vectors (``a`` rows and ``b`` rows) and their cosine."""
+    """Each pair's cosine and its two vectors (``a`` rows and ``b`` rows), embedded as
+    ``sidecar cache calibrate`` does (``pair_vectors``: each normalised text once)."""
 
-    def __init__(self, embedder: SentenceTransformerEmbedder, pairs: Sequence[Pair]) -> None:
-        texts = sorted({normalise_text(t) for p in pairs for t in (p.a, p.b)})
-        vectors = embedder.encode_sync(texts).astype(np.float32)
-        row = {t: i for i, t in enumerate(texts)}
-        self.a = vectors[[row[normalise_text(p.a)] for p in pairs]]
-        self.b = vectors[[row[normalise_text(p.b)] for p in pairs]]
-        self.sims = np.asarray((self.a * self.b).sum(axis=1))
+    sims: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+
+    @classmethod
+    async def of(cls, embedder: SentenceTransformerEmbedder, pairs: Sequence[Pair]) -> Embedded:
+        return cls(*await pair_vectors(embedder, pairs))
 
 
 def build_verifier(config: SidecarConfig, dimension: int) -> verify.AnswerChangeVerifier:
@@ -295,17 +298,10 @@ async def run(quick: bool, qqp_size: int) -> dict[str, Any]:
     embedder = SentenceTransformerEmbedder()
     await embedder.start()
     result: dict[str, Any] = {"machine": machine(), "model": "all-MiniLM-L6-v2"}
-    result["defaults"] = {
-        "threshold": cache.threshold,
-        "verifier": cache.verifier,
-        "verifier_strictness": cache.verifier_strictness,
-        "verifier_checks": list(cache.verifier_checks),
-        "match_head": cache.match_head,
-        "match_head_min": cache.match_head_min,
-    }
+    result["defaults"] = describe(config)  # what `sidecar cache eval` reports
     try:
         trap_pairs = load_pairs(TRAP_PAIRS)
-        trap_vectors = Embedded(embedder, trap_pairs)
+        trap_vectors = await Embedded.of(embedder, trap_pairs)
         trap = Scored(trap_pairs, trap_vectors, config)
         block = {"pairs": len(trap_pairs), **compare(trap, cache)}
         block["categories"] = {
@@ -318,7 +314,7 @@ async def run(quick: bool, qqp_size: int) -> dict[str, Any]:
         latency_pairs, latency_vectors = list(trap_pairs), [trap_vectors]
         if QQP_PAIRS.is_file():
             qqp_pairs = load_qqp(QQP_PAIRS, 2000 if quick else qqp_size)
-            qqp_vectors = Embedded(embedder, qqp_pairs)
+            qqp_vectors = await Embedded.of(embedder, qqp_pairs)
             qqp = Scored(qqp_pairs, qqp_vectors, config)
             block = {"pairs": len(qqp_pairs), "seed": QQP_SEED, **compare(qqp, cache)}
             block["best_precision_at_min_good"] = {

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,7 @@ import numpy as np
 from benchmarks.semcache_bench import QQP_PAIRS, QQP_SAMPLE, QQP_SEED, load_qqp
 from embedders.sentence_tf import SentenceTransformerEmbedder
 from sidecar.cache import verify
-from sidecar.cache.eval_cli import Pair
+from sidecar.cache.eval_cli import Pair, pair_vectors
 from sidecar.cache.match_head import DEFAULT_HEAD, DuplicateHead, batch_features
 from sidecar.config import SidecarConfig
 from sidecar.formats import normalise_text
@@ -47,13 +48,17 @@ def embed_pairs(pairs: Sequence[Pair], cache_file: Path) -> tuple[np.ndarray, np
         with np.load(cache_file) as data:
             if len(data["a"]) == len(pairs):
                 return data["a"], data["b"]
-    embedder = SentenceTransformerEmbedder()
-    asyncio.run(embedder.start())
-    texts = sorted({normalise_text(t) for p in pairs for t in (p.a, p.b)})
-    vectors = embedder.encode_sync(texts)
-    row = {t: i for i, t in enumerate(texts)}
-    a = vectors[[row[normalise_text(p.a)] for p in pairs]].astype(np.float32)
-    b = vectors[[row[normalise_text(p.b)] for p in pairs]].astype(np.float32)
+
+    async def embed() -> tuple[np.ndarray, np.ndarray]:
+        embedder = SentenceTransformerEmbedder()
+        await embedder.start()
+        try:
+            _, a, b = await pair_vectors(embedder, pairs)  # what calibration embeds
+        finally:
+            await embedder.close()
+        return a, b
+
+    a, b = asyncio.run(embed())
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache_file, a=a, b=b)
     return a, b
@@ -146,9 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "alpha": args.alpha,
         "held_out_operating_point": point,
     }
-    head = DuplicateHead(
-        head.model, head.dimension, head.text_features, head.w1, head.b1, head.w2, head.b2, info
-    )
+    head = dataclasses.replace(head, info=info)
     head.save(args.out)
     print(f"wrote {args.out}")
     print(f"held-out operating point: {point}")

@@ -13,6 +13,7 @@ from envoy_harness import EnvoyStack
 from fakes.upstream import FakeLLMUpstream
 
 from sidecar.demo.processes import free_port
+from sidecar.transports.extproc import PassThroughProcessor
 from sidecar.transports.extproc.messages import (
     REQUEST_BODY,
     REQUEST_HEADERS,
@@ -52,19 +53,13 @@ rules:
 """
 
 
-class FailingProcessor:
+class FailingProcessor(PassThroughProcessor):
     """Raises on the chosen message (the request body, or the Nth streamed answer chunk)."""
 
     def __init__(self, fail_on: str, after_chunks: int = 0) -> None:
         self._fail_on = fail_on
         self._after = after_chunks
         self._chunks = 0
-
-    def request_attributes(self, headers: dict[str, str]) -> None:
-        return None
-
-    async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
-        return continue_for(REQUEST_HEADERS)
 
     async def request_body(self, message: HttpBody) -> ProcessingResponse:
         if self._fail_on == REQUEST_BODY:
@@ -80,18 +75,12 @@ class FailingProcessor:
             raise RuntimeError("injected answer failure")
         return continue_for(RESPONSE_BODY)
 
-    async def close(self) -> None:
-        return None
 
-
-class RewritingProcessor:
+class RewritingProcessor(PassThroughProcessor):
     """Redacts SECRET in the request body; ``x-test-keep-length`` leaves content-length stale."""
 
     def __init__(self) -> None:
         self._fix_length = True
-
-    def request_attributes(self, headers: dict[str, str]) -> None:
-        return None
 
     async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
         self._fix_length = "x-test-keep-length" not in read_headers(message, "request")
@@ -100,15 +89,6 @@ class RewritingProcessor:
     async def request_body(self, message: HttpBody) -> ProcessingResponse:
         new = message.body.replace(SECRET.encode(), b"[REDACTED]")
         return body_reply(REQUEST_BODY, new, fix_length=self._fix_length)
-
-    async def response_headers(self, message: HttpHeaders) -> ProcessingResponse:
-        return continue_for(RESPONSE_HEADERS)
-
-    async def response_body(self, message: HttpBody) -> ProcessingResponse:
-        return continue_for(RESPONSE_BODY)
-
-    async def close(self) -> None:
-        return None
 
 
 def build_stack(workdir: Path, upstream: FakeLLMUpstream) -> EnvoyStack:

@@ -28,7 +28,12 @@ import orjson
 
 from embedders.base import Embedder
 from sidecar.cache.layer import CacheStatus
-from sidecar.cache.verify import AnswerChangeVerifier, build_verifier, pair_text_features
+from sidecar.cache.match_head import head_for
+from sidecar.cache.verify import (
+    AnswerChangeVerifier,
+    embedder_identity,
+    pair_text_features,
+)
 from sidecar.config import ConfigError, SidecarConfig, VerifierStrictness, load_config
 from sidecar.formats import normalise_text
 from sidecar.pipeline import HookRequest
@@ -356,10 +361,7 @@ async def _calibrate(
     # The match head as configured (None when off, or not made for this embedder). Its score
     # does not depend on the rules' strictness: computed once per pair, then cut at each
     # minimum of the grid.
-    configured = build_verifier(
-        config.cache.model_copy(update={"verifier": "traps"}), config.embedder, embedder.dimension
-    )
-    head = configured.head if isinstance(configured, AnswerChangeVerifier) else None
+    head = head_for(config.cache.match_head, embedder_identity(config.embedder), embedder.dimension)
     scores = np.ones(len(pairs))
     if head is not None:
         scores = np.array(

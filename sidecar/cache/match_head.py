@@ -36,18 +36,12 @@ class MatchHeadError(Exception):
     """A head file that cannot be used (missing, malformed, or for another model)."""
 
 
-def features(u: np.ndarray, v: np.ndarray, similarity: float, text: np.ndarray) -> np.ndarray:
-    """The head's input for one pair: ``u * v``, ``|u - v|``, the cosine, then the text
-    features of the pair (``verify.pair_text_features``: word overlap and the strict checks)."""
-    return np.concatenate(
-        [u * v, np.abs(u - v), np.array([similarity], dtype=np.float32), text]
-    ).astype(np.float32)
-
-
 def batch_features(
     u: np.ndarray, v: np.ndarray, similarities: np.ndarray, text: np.ndarray
 ) -> np.ndarray:
-    """``features`` for many pairs at once (rows of ``u``, ``v`` and ``text``)."""
+    """The head's input, one row per pair (rows of ``u``, ``v`` and ``text``): ``u * v``,
+    ``|u - v|``, the cosine, then the pair's text features (``verify.pair_text_features``:
+    word overlap and the strict checks)."""
     return np.hstack([u * v, np.abs(u - v), similarities[:, None], text]).astype(np.float32)
 
 
@@ -114,7 +108,8 @@ class DuplicateHead:
             )
         if text.shape != (self.text_features,):
             raise ValueError(f"the match head takes {self.text_features} text features")
-        return float(self.score_batch(features(u, v, similarity, text)[None, :])[0])
+        row = batch_features(u[None, :], v[None, :], np.array([similarity]), text[None, :])
+        return float(self.score_batch(row)[0])
 
 
 def _flushed(weights: np.ndarray) -> np.ndarray:
