@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -74,6 +75,20 @@ def sidecar_factory(embedder: SentenceTransformerEmbedder) -> Callable[..., Any]
         return running_sidecar(config or make_config(), embedder, **kwargs)
 
     return factory
+
+
+def rules_sidecar(
+    tmp_path: Path, sidecar_factory: Callable[..., Any], rules: str
+) -> tuple[Any, Path]:
+    """A sidecar running ``rules`` (written to a file) with an audit log: (the factory's
+    context manager, the audit log's path). File watching is off."""
+    path = tmp_path / "rules.yaml"
+    path.write_text(rules)
+    audit = tmp_path / "audit.jsonl"
+    config = make_config(
+        guardrails={"rules": [str(path)], "audit_log": str(audit), "reload_interval": 0}
+    )
+    return sidecar_factory(config), audit
 
 
 # ---------------------------------------------------------------- Envoy end-to-end stack

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_config
+from conftest import make_config, rules_sidecar
 from hookclient import (
     anthropic_answer,
     anthropic_stream,
@@ -65,13 +65,7 @@ rules:
 
 @pytest.fixture
 def guarded(tmp_path: Path, sidecar_factory: Any) -> Any:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    audit = tmp_path / "audit.jsonl"
-    config = make_config(
-        guardrails={"rules": [str(rules)], "audit_log": str(audit), "reload_interval": 0}
-    )
-    return sidecar_factory(config), audit
+    return rules_sidecar(tmp_path, sidecar_factory, RULES)
 
 
 def _stream_text(api: ApiFormat, sse: str) -> str:

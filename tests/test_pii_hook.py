@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_config
+from conftest import rules_sidecar
 from hookclient import (
     anthropic_stream,
     chat_body,
@@ -38,13 +38,7 @@ rules:
 
 @pytest.fixture
 def pii_sidecar(tmp_path: Path, sidecar_factory: Any) -> Any:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    audit = tmp_path / "audit.jsonl"
-    config = make_config(
-        guardrails={"rules": [str(rules)], "audit_log": str(audit), "reload_interval": 0}
-    )
-    return sidecar_factory(config), audit
+    return rules_sidecar(tmp_path, sidecar_factory, RULES)
 
 
 def _text(api: ApiFormat, sse: str) -> str:

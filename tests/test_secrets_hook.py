@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_config
+from conftest import rules_sidecar
 from hookclient import chat_body, openai_answer, openai_stream, request_hook, round_trip
 from secrets_fakes import ALNUM, Fakes
 
@@ -39,13 +39,7 @@ def github_token() -> str:
 
 @pytest.fixture
 def secret_sidecar(tmp_path: Path, sidecar_factory: Any) -> Any:
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    audit = tmp_path / "audit.jsonl"
-    config = make_config(
-        guardrails={"rules": [str(rules)], "audit_log": str(audit), "reload_interval": 0}
-    )
-    return sidecar_factory(config), audit
+    return rules_sidecar(tmp_path, sidecar_factory, RULES)
 
 
 async def test_input_redaction_keeps_prose(
