@@ -38,6 +38,7 @@ os.environ.setdefault("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 from presidio_analyzer import AnalyzerEngine  # noqa: E402
 from presidio_analyzer.nlp_engine import NlpEngineProvider  # noqa: E402
 
+from benchmarks.report import pin_one_core  # noqa: E402
 from guardrails.base import CheckContext, PieceKind, Stage, TextPiece  # noqa: E402
 from guardrails.pii.check import PresidioCheck, build  # noqa: E402
 from guardrails.pii.config import DEFAULT_ENTITIES  # noqa: E402
@@ -239,14 +240,6 @@ def measure(
             "n": len(c),
         }
     return out
-
-
-def pin_one_core() -> int | None:
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    core = max(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {core})
-    return core
 
 
 # ---------------------------------------------------------------------------------------------

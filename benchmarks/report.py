@@ -42,6 +42,16 @@ def latency_stats(seconds: list[float]) -> dict[str, float]:
     }
 
 
+def pin_one_core() -> int | None:
+    """Pin this process to the highest-numbered core, so CPU-time figures are not spread
+    across cores; returns the core, or None where affinity cannot be set."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    core = max(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {core})
+    return core
+
+
 def machine() -> dict[str, Any]:
     """What the figures were measured on (``lscpu`` summary, Python, cores)."""
     info: dict[str, Any] = {

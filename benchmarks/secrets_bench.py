@@ -33,7 +33,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import SummaryRow, machine, write_result
+from benchmarks.report import SummaryRow, machine, pin_one_core, write_result
 from benchmarks.secrets_corpus import adversarial_inputs, one_kb_prompts
 from guardrails.secrets import SecretScanner, builtin_ruleset, load_gitleaks_config
 from guardrails.secrets.config import RuleSet
@@ -283,16 +283,6 @@ def worst_case(scanners: dict[str, SecretScanner], size: int) -> dict[str, Any]:
                 "truncated": report.truncated,
             }
     return rows
-
-
-def pin_one_core() -> int | None:
-    import os
-
-    if not hasattr(os, "sched_setaffinity"):
-        return None
-    core = max(os.sched_getaffinity(0))
-    os.sched_setaffinity(0, {core})
-    return core
 
 
 def main() -> None:
