@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import SummaryRow, latency_stats, machine, write_result
-from sidecar.cache.backends import build_exact_store, build_vector_index
 from sidecar.cache.keys import CachePlan
 from sidecar.cache.layer import CacheStatus, DualCache
 from sidecar.cache.model import CachedAnswer, CacheEntry
-from sidecar.cache.stores import ExactStore, VectorIndex
+from sidecar.cache.stores.backends import build_exact_store, build_vector_index
+from sidecar.cache.stores.base import ExactStore, VectorIndex
 from sidecar.config import CacheConfig
 from sidecar.metrics import Metrics
 from tests.backend_servers import (

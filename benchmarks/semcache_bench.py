@@ -37,9 +37,9 @@ import orjson
 
 from benchmarks.report import SummaryRow, machine, write_result
 from embedders.sentence_tf import SentenceTransformerEmbedder
-from sidecar.cache import verify
 from sidecar.cache.eval_cli import Pair, describe, evaluate, load_pairs, pair_vectors, summarise
-from sidecar.cache.verify_features import analyse
+from sidecar.cache.match import verify
+from sidecar.cache.match.features import analyse
 from sidecar.config import CacheConfig, SidecarConfig
 from sidecar.formats import normalise_text
 

@@ -1,4 +1,4 @@
-"""Train the bundled match head (sidecar/cache/match_head.py) for the default embedder.
+"""Train the bundled match head (sidecar/cache/match/head.py) for the default embedder.
 
 Run: ``python -m benchmarks.train_match_head [--hidden 128] [--alpha 0.01]``. Needs
 ``../shared/data/semcache/qqp_pairs.json.gz`` and scikit-learn (training only; the sidecar runs
@@ -11,7 +11,7 @@ below any sensible threshold teach it nothing useful); the 20% pick the operatin
 (threshold and minimum score) with the best precision at a good-hit rate of at least 0.47,
 with the default verifier in front, as the cache will run it.
 
-Writes ``sidecar/cache/data/duplicate_head_all-MiniLM-L6-v2.npz`` and prints the operating
+Writes ``sidecar/cache/match/data/duplicate_head_all-MiniLM-L6-v2.npz`` and prints the operating
 point. Embeddings are cached in benchmarks/results/ so a rerun with other settings is quick.
 """
 
@@ -29,9 +29,9 @@ import numpy as np
 
 from benchmarks.semcache_bench import QQP_PAIRS, QQP_SAMPLE, QQP_SEED, load_qqp
 from embedders.sentence_tf import SentenceTransformerEmbedder
-from sidecar.cache import verify
 from sidecar.cache.eval_cli import Pair, pair_vectors
-from sidecar.cache.match_head import DEFAULT_HEAD, DuplicateHead, batch_features
+from sidecar.cache.match import verify
+from sidecar.cache.match.head import DEFAULT_HEAD, DuplicateHead, batch_features
 from sidecar.config import SidecarConfig
 from sidecar.formats import normalise_text
 

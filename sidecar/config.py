@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
-#: what the semantic-hit verifier compares (see sidecar/cache/verify.py)
+#: what the semantic-hit verifier compares (see sidecar/cache/match/verify.py)
 VerifierCheck = Literal[
     "negation", "antonym", "number", "unit", "datetime", "entity", "scope", "order", "focus"
 ]
@@ -104,7 +104,7 @@ class CacheConfig(_Section):
     verifier_checks: list[VerifierCheck] = Field(
         default_factory=lambda: list(get_args(VerifierCheck))
     )
-    #: learned duplicate-question score over the two vectors (sidecar/cache/match_head.py):
+    #: learned duplicate-question score over the two vectors (sidecar/cache/match/head.py):
     #: "auto" uses the bundled head when the embedder is the model it was trained for,
     #: "off" none, or a path to a head file; part of the verifier (off with verifier: off)
     match_head: str = "auto"

@@ -11,8 +11,8 @@ import uvicorn
 
 from embedders import EmbedderError
 from guardrails.rules import RuleFileError
-from sidecar.cache.backends import BackendConfigError
-from sidecar.cache.match_head import MatchHeadError
+from sidecar.cache.match.head import MatchHeadError
+from sidecar.cache.stores.backends import BackendConfigError
 from sidecar.config import SidecarConfig
 from sidecar.services import Sidecar
 from sidecar.transports.http import create_app

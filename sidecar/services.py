@@ -17,9 +17,9 @@ from typing import Any
 from embedders import Embedder, build_embedder
 from guardrails.engine import GuardrailEngine
 from guardrails.reload import RuleSetHolder
-from sidecar.cache.backends import build_exact_store, build_single_flight, build_vector_index
 from sidecar.cache.layer import DualCache, MatchVerifier
-from sidecar.cache.verify import build_verifier
+from sidecar.cache.match.verify import build_verifier
+from sidecar.cache.stores.backends import build_exact_store, build_single_flight, build_vector_index
 from sidecar.config import SidecarConfig
 from sidecar.guard import build_guardrails
 from sidecar.metrics import Metrics

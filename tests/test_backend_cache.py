@@ -24,11 +24,11 @@ from backend_servers import (
 from conftest import FakeClock, make_config
 from hookclient import chat_body, openai_answer, request_hook, response_hook, round_trip
 
-from sidecar.cache.backends import build_exact_store, build_single_flight, build_vector_index
 from sidecar.cache.keys import CachePlan, plan_request
 from sidecar.cache.layer import CacheStatus, DualCache, Lookup
 from sidecar.cache.model import CachedAnswer
 from sidecar.cache.single_flight import MissLock, SingleFlight
+from sidecar.cache.stores.backends import build_exact_store, build_single_flight, build_vector_index
 from sidecar.config import CacheConfig
 from sidecar.formats import parse_request
 from sidecar.metrics import Metrics

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from guardrails.audit import AuditLog
-from sidecar.cache.verify_features import analyse
+from sidecar.cache.match.features import analyse
 from sidecar.cli import build_parser, main
 
 

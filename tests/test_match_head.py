@@ -13,8 +13,8 @@ import pytest
 from conftest import make_config
 from hookclient import chat_body, openai_answer, request_hook, round_trip
 
-from sidecar.cache.match_head import DEFAULT_HEAD, DuplicateHead, MatchHeadError, head_for
-from sidecar.cache.verify import AnswerChangeVerifier, build_verifier, pair_text_features
+from sidecar.cache.match.head import DEFAULT_HEAD, DuplicateHead, MatchHeadError, head_for
+from sidecar.cache.match.verify import AnswerChangeVerifier, build_verifier, pair_text_features
 from sidecar.config import EmbedderConfig, SidecarConfig
 from sidecar.formats import normalise_text
 

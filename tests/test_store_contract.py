@@ -33,12 +33,12 @@ from backend_servers import (
 )
 from conftest import FakeClock
 
-from sidecar.cache.backends import BackendConfigError, build_exact_store, build_vector_index
-from sidecar.cache.embedded import EmbeddedExactStore
 from sidecar.cache.model import CachedAnswer, CacheEntry
-from sidecar.cache.redis_conn import parse_redis_url, short_hash
-from sidecar.cache.redis_exact import RedisExactStore
-from sidecar.cache.stores import ExactStore, StoreUnavailable, VectorIndex
+from sidecar.cache.stores.backends import BackendConfigError, build_exact_store, build_vector_index
+from sidecar.cache.stores.base import ExactStore, StoreUnavailable, VectorIndex
+from sidecar.cache.stores.embedded import EmbeddedExactStore
+from sidecar.cache.stores.redis_conn import parse_redis_url, short_hash
+from sidecar.cache.stores.redis_exact import RedisExactStore
 from sidecar.config import CacheConfig
 
 RUN = f"ctest-{uuid.uuid4().hex[:8]}"

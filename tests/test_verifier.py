@@ -15,7 +15,7 @@ import pytest
 from conftest import make_config
 from hookclient import chat_body, openai_answer, request_hook, round_trip
 
-from sidecar.cache.verify import ALL_CHECKS, AnswerChangeVerifier, build_verifier
+from sidecar.cache.match.verify import ALL_CHECKS, AnswerChangeVerifier, build_verifier
 from sidecar.config import CacheConfig, ConfigError, load_config
 
 TRAP_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "trap_pairs.jsonl"

@@ -28,8 +28,8 @@ import orjson
 
 from embedders.base import Embedder
 from sidecar.cache.layer import CacheStatus
-from sidecar.cache.match_head import head_for
-from sidecar.cache.verify import (
+from sidecar.cache.match.head import head_for
+from sidecar.cache.match.verify import (
     AnswerChangeVerifier,
     embedder_identity,
     pair_text_features,

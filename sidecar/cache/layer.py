@@ -19,7 +19,7 @@ from embedders.base import Embedder, EmbedderError
 from sidecar.cache.keys import CachePlan
 from sidecar.cache.model import CachedAnswer, CacheEntry
 from sidecar.cache.single_flight import HeldLock, SingleFlight
-from sidecar.cache.stores import ExactStore, StoreUnavailable, VectorIndex
+from sidecar.cache.stores.base import ExactStore, StoreUnavailable, VectorIndex
 from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.cache")
@@ -121,7 +121,7 @@ class DualCache:
 
     async def _rebuild_vectors(self) -> None:
         """An embedded index lives in memory: refill it from the persisted entries."""
-        from sidecar.cache.embedded import EmbeddedExactStore, EmbeddedVectorIndex
+        from sidecar.cache.stores.embedded import EmbeddedExactStore, EmbeddedVectorIndex
 
         if not (
             isinstance(self.exact, EmbeddedExactStore)

@@ -9,7 +9,7 @@ a miss, proceeds upstream itself. So the lock bounds duplicate upstream calls; i
 a request for more than ``lock_wait``.
 
 ``LocalMissLock`` serves one process (embedded store); the Redis exact store provides a lock
-shared by every replica (``SET NX PX``, see ``sidecar.cache.redis_exact``).
+shared by every replica (``SET NX PX``, see ``sidecar.cache.stores.redis_exact``).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from sidecar.cache.stores import StoreUnavailable
+from sidecar.cache.stores.base import StoreUnavailable
 from sidecar.pipeline import HookError, HookRequest, HttpAnswer
 from sidecar.services import Sidecar
 

@@ -31,10 +31,10 @@ from typing import get_args
 
 import numpy as np
 
-from sidecar.cache import verify_lexicon as lex
 from sidecar.cache.layer import MatchVerifier, VectorPair, Verdict
-from sidecar.cache.match_head import DuplicateHead, head_for
-from sidecar.cache.verify_features import QuestionFeatures, analyse
+from sidecar.cache.match import lexicon as lex
+from sidecar.cache.match.features import QuestionFeatures, analyse
+from sidecar.cache.match.head import DuplicateHead, head_for
 from sidecar.config import CacheConfig, EmbedderConfig, VerifierCheck, VerifierStrictness
 
 ALL_CHECKS: tuple[VerifierCheck, ...] = get_args(VerifierCheck)

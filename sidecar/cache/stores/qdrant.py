@@ -31,9 +31,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from qdrant_client import AsyncQdrantClient, models
 
-from sidecar.cache.backends import BackendConfigError
-from sidecar.cache.redis_conn import namespace_slug, short_hash
-from sidecar.cache.stores import Neighbour, StoreUnavailable, as_vector
+from sidecar.cache.stores.backends import BackendConfigError
+from sidecar.cache.stores.base import Neighbour, StoreUnavailable, as_vector
+from sidecar.cache.stores.redis_conn import namespace_slug, short_hash
 
 log = logging.getLogger("sidecar.cache.qdrant")
 

@@ -1,4 +1,4 @@
-"""Question features for the match verifier: what ``sidecar.cache.verify`` compares.
+"""Question features for the match verifier: what ``sidecar.cache.match.verify`` compares.
 
 ``analyse`` turns one normalised question into its structure: tokens, negations, numbers with
 their units, days and times, names, scope words, comparison roles, what the question asks for,
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sidecar.cache import verify_lexicon as lex
+from sidecar.cache.match import lexicon as lex
 
 # -------------------------------------------------------------------- tokenising
 _THOUSANDS = re.compile(r"(?<=\d),(?=\d{3}\b)")

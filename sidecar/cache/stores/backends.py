@@ -27,13 +27,13 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from sidecar.cache.embedded import EmbeddedExactStore, EmbeddedVectorIndex
 from sidecar.cache.single_flight import LocalMissLock, MissLock, SingleFlight
-from sidecar.cache.stores import ExactStore, VectorIndex
+from sidecar.cache.stores.base import ExactStore, VectorIndex
+from sidecar.cache.stores.embedded import EmbeddedExactStore, EmbeddedVectorIndex
 from sidecar.config import CacheConfig
 
 if TYPE_CHECKING:
-    from sidecar.cache.redis_conn import RedisTarget
+    from sidecar.cache.stores.redis_conn import RedisTarget
 
 
 class BackendConfigError(ValueError):
@@ -64,7 +64,7 @@ def _namespace(config: CacheConfig) -> str:
 
 
 def _redis_target(url: str, setting: str) -> RedisTarget:
-    from sidecar.cache.redis_conn import RedisUrlError, parse_redis_url
+    from sidecar.cache.stores.redis_conn import RedisUrlError, parse_redis_url
 
     try:
         return parse_redis_url(url, setting)
@@ -78,7 +78,7 @@ def build_exact_store(config: CacheConfig, clock: Callable[[], float] = time.tim
         return EmbeddedExactStore(config.data_dir, config.max_entries, config.max_bytes, clock)
     scheme = _scheme(url)
     if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
-        from sidecar.cache.redis_exact import RedisExactStore
+        from sidecar.cache.stores.redis_exact import RedisExactStore
 
         target = _redis_target(url, "cache.exact_store")
         return RedisExactStore(target, _namespace(config), clock)
@@ -103,16 +103,16 @@ def build_vector_index(
         return None
     scheme = _scheme(url)
     if scheme in ("redis", "rediss", "redis+cluster", "rediss+cluster"):
-        from sidecar.cache.redis_vector import RedisVectorIndex
+        from sidecar.cache.stores.redis_vector import RedisVectorIndex
 
         target = _redis_target(url, "cache.vector_store")
         return RedisVectorIndex(target, _namespace(config), clock)
     if scheme.startswith("qdrant"):
-        from sidecar.cache.qdrant_store import QdrantVectorIndex, parse_qdrant_url
+        from sidecar.cache.stores.qdrant import QdrantVectorIndex, parse_qdrant_url
 
         return QdrantVectorIndex(parse_qdrant_url(url), _namespace(config), clock)
     if scheme.startswith("weaviate"):
-        from sidecar.cache.weaviate_store import WeaviateVectorIndex, parse_weaviate_url
+        from sidecar.cache.stores.weaviate import WeaviateVectorIndex, parse_weaviate_url
 
         return WeaviateVectorIndex(parse_weaviate_url(url), _namespace(config), clock)
     raise BackendConfigError(

@@ -29,7 +29,8 @@ from typing import Any
 from redis.commands.core import AsyncScript
 
 from sidecar.cache.model import CacheEntry
-from sidecar.cache.redis_conn import (
+from sidecar.cache.single_flight import new_token
+from sidecar.cache.stores.redis_conn import (
     REDIS_ERRORS,
     RedisClient,
     RedisTarget,
@@ -38,7 +39,6 @@ from sidecar.cache.redis_conn import (
     short_hash,
     unavailable,
 )
-from sidecar.cache.single_flight import new_token
 
 log = logging.getLogger("sidecar.cache.redis")
 

@@ -24,8 +24,9 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
-from sidecar.cache.backends import BackendConfigError
-from sidecar.cache.redis_conn import (
+from sidecar.cache.stores.backends import BackendConfigError
+from sidecar.cache.stores.base import Neighbour, StoreUnavailable, as_vector, unit
+from sidecar.cache.stores.redis_conn import (
     REDIS_ERRORS,
     RedisClient,
     RedisTarget,
@@ -35,7 +36,6 @@ from sidecar.cache.redis_conn import (
     short_hash,
     unavailable,
 )
-from sidecar.cache.stores import Neighbour, StoreUnavailable, as_vector, unit
 
 log = logging.getLogger("sidecar.cache.redis")
 

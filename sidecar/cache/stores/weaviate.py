@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sidecar.cache.backends import BackendConfigError
-from sidecar.cache.redis_conn import namespace_slug, short_hash
-from sidecar.cache.stores import Neighbour, StoreUnavailable, as_vector
+from sidecar.cache.stores.backends import BackendConfigError
+from sidecar.cache.stores.base import Neighbour, StoreUnavailable, as_vector
+from sidecar.cache.stores.redis_conn import namespace_slug, short_hash
 
 log = logging.getLogger("sidecar.cache.weaviate")
 

@@ -1,4 +1,4 @@
-"""Word lists for the match verifier (``sidecar.cache.verify``).
+"""Word lists for the match verifier (``sidecar.cache.match.verify``).
 
 Kept apart from the logic so the lists can grow without touching the checks. Every entry is
 lower case. The lists are general English and common product vocabulary, not tuned to any one

@@ -26,7 +26,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from sidecar.cache.stores import StoreUnavailable
+from sidecar.cache.stores.base import StoreUnavailable
 
 SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
 RedisClient = Redis | RedisCluster

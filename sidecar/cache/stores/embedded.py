@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from sidecar.cache.model import CacheEntry
-from sidecar.cache.stores import Neighbour, as_vector, unit
+from sidecar.cache.stores.base import Neighbour, as_vector, unit
 
 
 class EmbeddedExactStore:

@@ -1,0 +1,1 @@
+"""Where entries live: the exact stores and vector indexes, embedded or shared."""
