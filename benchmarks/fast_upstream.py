@@ -1,10 +1,11 @@
 """A fast fake LLM provider for the proxy benchmark, run as its own process.
 
-Run: ``python -m benchmarks.fast_upstream PORT``. Answers ``POST .../chat/completions`` with an
-OpenAI chat completion naming a serial number and the last user message, and ``GET`` with
-``{"status": "ok"}``. HTTP/1.1 keep-alive on asyncio protocols; each answer is one write with
-``TCP_NODELAY`` (a header write and a body write with Nagle's algorithm on cost ~40 ms per
-request through a proxy, which would swamp everything measured).
+Run: ``python -m benchmarks.fast_upstream PORT [DELAY_MS]``. Answers ``POST
+.../chat/completions`` (after DELAY_MS, default 0) with an OpenAI chat completion naming a
+serial number and the last user message, and ``GET`` with ``{"status": "ok"}``. HTTP/1.1
+keep-alive on asyncio protocols; each answer is one write with ``TCP_NODELAY`` (a header
+write and a body write with Nagle's algorithm on cost ~40 ms per request through a proxy,
+which would swamp everything measured).
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ def _http(status: int, body: bytes) -> bytes:
 
 
 class _Connection(asyncio.Protocol):
+    #: how long each answer waits before it is written (a slow provider, for the fault suite)
+    delay_s = 0.0
+
     def __init__(self) -> None:
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
@@ -91,9 +95,18 @@ class _Connection(asyncio.Protocol):
             self._buffer = self._buffer[end + 4 + length :]
             assert self._transport is not None
             if head.startswith(b"POST"):
-                self._transport.write(_answer(body))
+                answer = _answer(body)
+                if self.delay_s > 0:
+                    loop = asyncio.get_running_loop()
+                    loop.call_later(self.delay_s, self._write, answer)
+                else:
+                    self._transport.write(answer)
             else:
                 self._transport.write(_http(200, b'{"status":"ok"}'))
+
+    def _write(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
 
 
 async def serve(port: int) -> None:
@@ -104,6 +117,8 @@ async def serve(port: int) -> None:
 
 
 def main() -> int:
+    if len(sys.argv) > 2:
+        _Connection.delay_s = int(sys.argv[2]) / 1000
     asyncio.run(serve(int(sys.argv[1])))
     return 0
 
