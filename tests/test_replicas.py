@@ -169,9 +169,7 @@ async def test_concurrent_identical_misses_across_replicas_go_upstream_once(
         owner = first.result().json()
         assert owner["action"] == "continue" and owner["cache"]["status"] == "miss"
         # The proxy sends the owner's answer to the replica that saw its request.
-        reply = await response_hook(
-            client_of[first], owner["request_id"], openai_answer("Quiet keys align.")
-        )
+        reply = await response_hook(client_of[first], owner, openai_answer("Quiet keys align."))
         assert reply.status_code == 200 and "stored_entry_id" in reply.json()
         rest = [r.json() for r in await asyncio.gather(*waiting)]
         # Exactly one of six identical concurrent requests went upstream; the others got its
