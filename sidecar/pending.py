@@ -59,7 +59,7 @@ def context_bytes(ctx: RequestContext) -> int:
     pieces the guardrails scan, headers, path and a fixed overhead. Python objects cost more
     than their JSON for bodies made of many tiny values; for the bodies that matter (long
     messages, large ``metadata``) the body's bytes dominate."""
-    size = _CONTEXT_OVERHEAD + len(ctx.path) + len(ctx.method)
+    size = _CONTEXT_OVERHEAD + len(ctx.request_id) + len(ctx.path) + len(ctx.method)
     size += sum(len(k) + len(v) for k, v in ctx.headers.items())
     parsed = ctx.parsed
     if parsed is not None:

@@ -61,7 +61,7 @@ class Sidecar:
         self.ready = False
         self.start_error: str | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self.extra_status: dict[str, Any] = {}
+        self.extra_status: dict[str, Any] = {"pending_store": self.pending.store.name}
 
     async def start(self) -> None:
         cfg = self.config

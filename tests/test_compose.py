@@ -15,8 +15,8 @@ import yaml
 from envoy_harness import envoy_available
 
 from sidecar.config import load_config
-from sidecar.pending import build_pending_store
 from sidecar.demo.envoy import ExtProcListener, bootstrap, envoy_binary, write_bootstrap
+from sidecar.pending import build_pending_store
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose"
 needs_envoy = pytest.mark.skipif(envoy_available() is not None, reason=f"{envoy_available()}")

@@ -150,6 +150,10 @@ async def test_response_hook_on_the_other_replica_restores_pii(
     setup: tuple[Replica, Replica, str], proxy: RoundRobin
 ) -> None:
     a, b, namespace = setup
+    async with httpx.AsyncClient() as client:
+        for replica in (a, b):
+            ready = (await client.get(f"{replica.url}/readyz")).json()
+            assert ready["pending_store"] == "redis"
     request = {"method": "POST", "path": "/v1/chat/completions", "body": chat_body(QUESTION)}
     first = await post(proxy, "/v1/hooks/request", request)
     assert first.status_code == 200, first.text
