@@ -299,6 +299,32 @@ def build_pending(
     return PendingContexts(store, release, fallback)
 
 
+def pending_config_errors(
+    config: SidecarConfig, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """What would stop the pending store from being built (``sidecar check-config``); nothing
+    is connected."""
+    url = _redis_url(config)
+    if url is None:
+        return []
+    from sidecar.pending_redis import check_redis_settings
+
+    try:
+        check_redis_settings(config, url, environ)
+    except PendingConfigError as exc:
+        return [str(exc)]
+    return []
+
+
+def _redis_url(config: SidecarConfig) -> str | None:
+    choice = config.server.pending_store.strip()
+    if choice == "auto":
+        exact = config.cache.exact_store.strip()
+        is_redis = config.cache.enabled and exact.lower().startswith(("redis", "rediss"))
+        return exact if is_redis else None
+    return None if choice == "memory" else choice
+
+
 def build_pending_store(
     config: SidecarConfig, environ: Mapping[str, str] | None = None
 ) -> PendingStore:
@@ -306,13 +332,9 @@ def build_pending_store(
     ``cache.exact_store`` when that is a Redis URL (replicas sharing an exact store are
     expected to sit behind one load balancer), else memory. Raises PendingConfigError."""
     server = config.server
-    choice = server.pending_store.strip()
-    exact = config.cache.exact_store.strip()
-    if choice == "auto":
-        is_redis = config.cache.enabled and exact.lower().startswith(("redis", "rediss"))
-        choice = exact if is_redis else "memory"
-    if choice == "memory":
+    url = _redis_url(config)
+    if url is None:
         return MemoryPendingStore(server.pending_ttl, server.max_pending, server.max_pending_bytes)
     from sidecar.pending_redis import RedisPendingStore
 
-    return RedisPendingStore.from_config(config, choice, environ)
+    return RedisPendingStore.from_config(config, url, environ)

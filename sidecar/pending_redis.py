@@ -3,9 +3,9 @@
 A context holds the request's text and the reversible-PII vault (placeholder -> personal
 data), so nothing leaves the process in clear: the context is serialised, then encrypted and
 authenticated with AES-256-GCM (``cryptography``) under a key read from the environment
-variable named by ``server.pending_key_env`` (32 bytes, base64). The request id is the
-associated data, so a sealed context cannot be replayed under another id. All replicas need
-the same key.
+variable named by ``server.pending_key_env`` (32 bytes, base64; several, comma-separated,
+while a key rotates). The request id is the associated data, so a sealed context cannot be
+replayed under another id. All replicas need the same key.
 
 Key layout (``P`` = ``cache.namespace``; ``{pending}`` is a Cluster hash tag so one script
 touches all of them on one node):
@@ -118,9 +118,11 @@ return v
 )
 
 
-def load_key(env_name: str, environ: Mapping[str, str] | None = None) -> bytes:
-    """The AES-256 key from ``env_name`` (base64 of 32 bytes). Errors name the variable, never
-    its value."""
+def load_keys(env_name: str, environ: Mapping[str, str] | None = None) -> list[bytes]:
+    """The AES-256 keys in ``env_name``: base64 of 32 bytes each, comma-separated. The first
+    seals, every one opens, so keys rotate without losing waiting requests: add the new key
+    second on every replica, then move it first, then drop the old one after pending_ttl.
+    Errors name the variable, never its value."""
     source = os.environ if environ is None else environ
     raw = source.get(env_name, "").strip()
     how = (
@@ -132,22 +134,37 @@ def load_key(env_name: str, environ: Mapping[str, str] | None = None) -> bytes:
             f"server.pending_key_env: environment variable {env_name} is not set; pending "
             f"request contexts are kept in Redis and must be encrypted: {how}"
         )
-    padded = raw + "=" * (-len(raw) % 4)
-    try:
-        key = base64.b64decode(padded, validate=True)
-    except binascii.Error:
-        try:  # the URL-safe alphabet (secrets.token_urlsafe) is accepted too
-            key = base64.b64decode(padded, altchars=b"-_", validate=True)
+    keys = []
+    for n, text in enumerate((t.strip() for t in raw.split(",")), start=1):
+        padded = text + "=" * (-len(text) % 4)
+        try:
+            key = base64.b64decode(padded, validate=True)
         except binascii.Error:
+            try:  # the URL-safe alphabet (secrets.token_urlsafe) is accepted too
+                key = base64.b64decode(padded, altchars=b"-_", validate=True)
+            except binascii.Error:
+                raise PendingConfigError(
+                    f"server.pending_key_env: key {n} in {env_name} is not valid base64: {how}"
+                ) from None
+        if len(key) != 32:
             raise PendingConfigError(
-                f"server.pending_key_env: {env_name} is not valid base64: {how}"
-            ) from None
-    if len(key) != 32:
-        raise PendingConfigError(
-            f"server.pending_key_env: {env_name} decodes to {len(key)} bytes, AES-256 needs "
-            f"32: {how}"
-        )
-    return key
+                f"server.pending_key_env: key {n} in {env_name} decodes to {len(key)} bytes, "
+                f"AES-256 needs 32: {how}"
+            )
+        keys.append(key)
+    return keys
+
+
+def check_redis_settings(
+    config: SidecarConfig, url: str, environ: Mapping[str, str] | None = None
+) -> tuple[RedisTarget, list[bytes]]:
+    """The Redis target and keys of the pending store. Raises PendingConfigError."""
+    auto = config.server.pending_store.strip() == "auto"
+    try:
+        target = parse_redis_url(url, "cache.exact_store" if auto else "server.pending_store")
+    except RedisUrlError as exc:
+        raise PendingConfigError(str(exc)) from None
+    return target, load_keys(config.server.pending_key_env, environ)
 
 
 class _ProjectUnpickler(pickle.Unpickler):
@@ -176,10 +193,11 @@ class _ProjectUnpickler(pickle.Unpickler):
 
 
 class ContextSeal:
-    """Serialise + AES-GCM seal a context (and its secret), bound to its request id."""
+    """Serialise + AES-GCM seal a context (and its secret), bound to its request id. The
+    first key seals; any of them opens (rotation)."""
 
-    def __init__(self, key: bytes) -> None:
-        self._aead = AESGCM(key)
+    def __init__(self, keys: list[bytes]) -> None:
+        self._aeads = [AESGCM(key) for key in keys]
 
     def seal(self, ctx: RequestContext, secret: str) -> bytes:
         try:
@@ -192,12 +210,21 @@ class ContextSeal:
                 f"({type(exc).__name__}); a guardrail check keeps state that does not serialise",
             ) from None
         nonce = os.urandom(_NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, plain, _AAD_PREFIX + ctx.request_id.encode())
+        aad = _AAD_PREFIX + ctx.request_id.encode()
+        return nonce + self._aeads[0].encrypt(nonce, plain, aad)
 
     def open(self, request_id: str, blob: bytes) -> tuple[str, RequestContext]:
         """Raises InvalidTag when the blob was not sealed with this key for this id."""
         nonce, sealed = blob[:_NONCE_BYTES], blob[_NONCE_BYTES:]
-        plain = self._aead.decrypt(nonce, sealed, _AAD_PREFIX + request_id.encode())
+        aad = _AAD_PREFIX + request_id.encode()
+        for aead in self._aeads[:-1]:
+            try:
+                plain = aead.decrypt(nonce, sealed, aad)
+                break
+            except InvalidTag:
+                continue
+        else:
+            plain = self._aeads[-1].decrypt(nonce, sealed, aad)
         secret, ctx = _ProjectUnpickler(io.BytesIO(plain)).load()
         if not isinstance(secret, str) or not isinstance(ctx, RequestContext):
             raise pickle.UnpicklingError("a pending context of an unexpected shape")
@@ -219,7 +246,7 @@ class RedisPendingStore:
         self,
         target: RedisTarget,
         prefix: str,
-        key: bytes,
+        keys: list[bytes],
         *,
         ttl: float,
         max_items: int,
@@ -228,7 +255,7 @@ class RedisPendingStore:
     ) -> None:
         self.target = target
         self._prefix = f"{prefix}:{{pending}}"
-        self._seal = ContextSeal(key)
+        self._seal = ContextSeal(keys)
         self._ttl_ms = max(1, int(ttl * 1000))
         self._max_items = max_items
         self._max_bytes = max_bytes
@@ -242,20 +269,12 @@ class RedisPendingStore:
     ) -> RedisPendingStore:
         from sidecar.cache.stores.backends import _namespace
 
-        setting = (
-            "server.pending_store"
-            if config.server.pending_store.strip() != "auto"
-            else "cache.exact_store"
-        )
-        try:
-            target = parse_redis_url(url, setting)
-        except RedisUrlError as exc:
-            raise PendingConfigError(str(exc)) from None
+        target, keys = check_redis_settings(config, url, environ)
         server = config.server
         return cls(
             target,
             _namespace(config.cache),
-            load_key(server.pending_key_env, environ),
+            keys,
             ttl=server.pending_ttl,
             max_items=server.max_pending,
             max_bytes=server.max_pending_bytes,

@@ -38,6 +38,8 @@ class Sidecar:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        # First: a Redis pending store without its key fails before any model or rule loads.
+        self.pending = build_pending(config, self._release_miss_lock)
         self.metrics = Metrics()
         self.embedder: Embedder | None = embedder
         # A shared embedder (tests, eval tools) outlives this sidecar; only close our own.
@@ -56,8 +58,6 @@ class Sidecar:
                 self._guardrails, self.engine = adapter, adapter.engine
         self.cache: DualCache | None = None
         self.pipeline: Pipeline | None = None
-        # Built here, not in start(): a Redis pending store without its key fails fast.
-        self.pending = build_pending(config, self._release_miss_lock)
         self.ready = False
         self.start_error: str | None = None
         self._sweeper: asyncio.Task[None] | None = None

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import redis
-from backend_servers import delete_prefix, redis_reachable
+from backend_servers import delete_prefix, free_port, redis_reachable
 from conftest import make_config
 
 from guardrails.pii.redaction import VAULT_KEY, PlaceholderVault
@@ -22,11 +22,14 @@ from sidecar.cache.single_flight import HeldLock
 from sidecar.pending import (
     PendingConfigError,
     PendingConflict,
+    PendingContexts,
     PendingOverloaded,
     PendingUnknown,
+    build_pending,
     build_pending_store,
+    pending_config_errors,
 )
-from sidecar.pending_redis import RedisPendingStore, load_key
+from sidecar.pending_redis import RedisPendingStore, load_keys
 from sidecar.pipeline import HookError, RequestContext
 
 SHARED_REDIS = "redis://127.0.0.1:6379"
@@ -163,21 +166,68 @@ def test_the_key_must_be_set_and_be_32_bytes_of_base64() -> None:
     config = make_config(cache={"exact_store": SHARED_REDIS})
     with pytest.raises(PendingConfigError, match="SIDECAR_PENDING_KEY is not set"):
         build_pending_store(config, {})
-    with pytest.raises(PendingConfigError, match="not valid base64"):
-        load_key("K", {"K": "not base64!"})
-    with pytest.raises(PendingConfigError, match="16 bytes"):
-        load_key("K", {"K": base64.b64encode(os.urandom(16)).decode()})
+    with pytest.raises(PendingConfigError, match="key 1 in K is not valid base64"):
+        load_keys("K", {"K": "not base64!"})
+    with pytest.raises(PendingConfigError, match="key 2 in K decodes to 16 bytes"):
+        load_keys("K", {"K": new_key() + "," + base64.b64encode(os.urandom(16)).decode()})
     raw = os.urandom(32)
-    assert load_key("K", {"K": base64.urlsafe_b64encode(raw).decode().rstrip("=")}) == raw
+    assert load_keys("K", {"K": base64.urlsafe_b64encode(raw).decode().rstrip("=")}) == [raw]
     # The memory store needs no key; an explicit Redis URL needs one too.
     assert build_pending_store(make_config(), {}).name == "memory"
     explicit = make_config(server={"pending_store": SHARED_REDIS, "pending_key_env": "MY_KEY"})
     with pytest.raises(PendingConfigError, match="MY_KEY"):
         build_pending_store(explicit, {})
-    assert (
-        build_pending_store(
-            make_config(cache={"exact_store": SHARED_REDIS}, server={"pending_store": "memory"}),
-            {},
-        ).name
-        == "memory"
+    assert pending_config_errors(explicit, {}) and not pending_config_errors(
+        explicit, {"MY_KEY": new_key()}
     )
+    memory = make_config(cache={"exact_store": SHARED_REDIS}, server={"pending_store": "memory"})
+    assert build_pending_store(memory, {}).name == "memory"
+
+
+def test_check_config_reports_a_missing_key(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sidecar.cli import main
+
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(f"cache: {{exact_store: '{SHARED_REDIS}'}}\n")
+    monkeypatch.delenv("SIDECAR_PENDING_KEY", raising=False)
+    assert main(["check-config", "--config", str(path)]) == 1
+    assert "SIDECAR_PENDING_KEY is not set" in capsys.readouterr().err
+    monkeypatch.setenv("SIDECAR_PENDING_KEY", new_key())
+    assert main(["check-config", "--config", str(path)]) == 0
+
+
+async def test_keys_rotate_without_losing_waiting_requests(make_store: Any) -> None:
+    old, new = new_key(), new_key()
+    before = make_store(old)
+    await before.put(context("sealed-with-old"), "s", 100)
+    # Step 2 of a rotation: the new key seals, the old one still opens.
+    during = make_store(f"{new},{old}")
+    await during.put(context("sealed-with-new"), "s", 100)
+    assert (await during.take("sealed-with-old", "s")).request_id == "sealed-with-old"
+    after = make_store(new)
+    assert (await after.take("sealed-with-new", "s")).request_id == "sealed-with-new"
+
+
+async def test_an_unreachable_redis_keeps_contexts_in_the_process(namespace: str) -> None:
+    dead = f"redis://127.0.0.1:{free_port()}"
+    config = make_config(cache={"exact_store": dead, "namespace": namespace})
+    pending = build_pending(config, environ={"SIDECAR_PENDING_KEY": new_key()})
+    try:
+        assert pending.store.name == "redis"
+        await pending.ensure_free("r1")
+        secret = await pending.hold(context("r1"))
+        with pytest.raises(PendingConflict):
+            await pending.ensure_free("r1")
+        with pytest.raises(PendingUnknown):
+            await pending.take("r1", "wrong")
+        assert (await pending.take("r1", secret)).request_id == "r1"
+        # Without the in-process fallback, the request is refused with 503, naming the store.
+        alone = PendingContexts(pending.store)
+        with pytest.raises(HookError) as refused:
+            await alone.hold(context("r2"))
+        assert refused.value.status == 503
+        assert "pending store unavailable" in refused.value.message
+    finally:
+        await pending.close()
