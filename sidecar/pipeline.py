@@ -144,7 +144,8 @@ class RequestContext:
     blocked: bool = False
     input_redacted: bool = False
     trace: list[str] = field(default_factory=list)
-    # Per-request state for checks (reversible PII vault). Memory only; never logged or cached.
+    # Per-request state for checks (reversible PII vault). Never logged or cached; sealed with
+    # AES-GCM when it waits in Redis for the response hook (sidecar/pending_redis.py).
     guard_state: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
