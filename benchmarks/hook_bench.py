@@ -58,10 +58,10 @@ def seed_cache(base: str) -> tuple[list[str], list[str]]:
             rid = f"seed-{i}"
             r = client.post("/v1/hooks/request", json=hook_request_envelope(question, rid))
             r.raise_for_status()
-            if r.json()["action"] == "continue":
-                client.post(
-                    "/v1/hooks/response", json=hook_response_envelope(rid, f"answer {i}")
-                ).raise_for_status()
+            pending = r.json()
+            if pending["action"] == "continue":
+                envelope = hook_response_envelope(rid, f"answer {i}", pending["request_secret"])
+                client.post("/v1/hooks/response", json=envelope).raise_for_status()
             exact.append(question)
         for _, paraphrase in SEED_PAIRS:
             r = client.post("/v1/hooks/request", json=hook_request_envelope(paraphrase))

@@ -14,12 +14,16 @@ Each connection (``concurrency`` of them, keep-alive) repeatedly takes the next 
 sequence is one logical request: the request hook then the response hook, for example.
 Latency is recorded per step and per whole sequence; answers are counted per substring in
 ``count`` (headers or body), so a benchmark can confirm it measured hits and not misses. The
-requests are pre-built bytes: the generator does as little work per request as it can.
+requests are pre-built bytes: the generator does as little work per request as it can. The
+one exception: a step containing ``@@request_secret@@`` gets the ``request_secret`` of the
+previous step's answer in its place (and its content-length adjusted), as the HTTP hook's
+response call needs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import sys
 import time
 from itertools import count as counter
@@ -54,6 +58,21 @@ async def _read_answer(reader: asyncio.StreamReader) -> tuple[int, bytes, bytes]
     return status, head, await reader.readexactly(length) if length > 0 else b""
 
 
+_SECRET_SLOT = b"@@request_secret@@"
+_SECRET_FIELD = re.compile(rb'"request_secret":"([^"]*)"')
+_LENGTH = re.compile(rb"content-length: (\d+)", re.IGNORECASE)
+
+
+def _with_secret(request: bytes, previous_body: bytes) -> bytes:
+    """``request`` with the previous answer's request_secret in place of the slot."""
+    found = _SECRET_FIELD.search(previous_body)
+    secret = found.group(1) if found else b""
+    head, _, body = request.partition(b"\r\n\r\n")
+    body = body.replace(_SECRET_SLOT, secret)
+    head = _LENGTH.sub(b"content-length: " + str(len(body)).encode(), head, count=1)
+    return head + b"\r\n\r\n" + body
+
+
 async def run(spec: dict[str, Any]) -> dict[str, Any]:
     sequences = [[step.encode() for step in seq] for seq in spec["sequences"]]
     steps = max(len(s) for s in sequences)
@@ -85,7 +104,10 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
                 seq = sequences[next(next_index) % len(sequences)]
                 measured = now >= measure_from
                 seq_started = time.perf_counter()
+                body = b""
                 for i, request in enumerate(seq):
+                    if _SECRET_SLOT in request:
+                        request = _with_secret(request, body)
                     started = time.perf_counter()
                     writer.write(request)
                     status, head, body = await _read_answer(reader)

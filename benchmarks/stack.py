@@ -68,9 +68,17 @@ def hook_request_envelope(question: str, request_id: str | None = None) -> dict[
     return envelope
 
 
-def hook_response_envelope(request_id: str, answer_text: str) -> dict[str, Any]:
+#: stands for the request hook's ``request_secret`` in pre-built response hook requests;
+#: benchmarks.loadgen puts the secret of the previous answer in its place
+REQUEST_SECRET_SLOT = "@@request_secret@@"
+
+
+def hook_response_envelope(
+    request_id: str, answer_text: str, request_secret: str = REQUEST_SECRET_SLOT
+) -> dict[str, Any]:
     return {
         "request_id": request_id,
+        "request_secret": request_secret,
         "status": 200,
         "headers": {"content-type": "application/json"},
         "body": openai_answer(answer_text),

@@ -76,8 +76,10 @@ class CheckResult:
 class CheckContext:
     """What a check may know about the request besides the text.
 
-    ``request_state`` lives for one request only (memory, never logged or cached); checks use it
-    to carry state from the input stage to the output stage (reversible PII placeholders).
+    ``request_state`` lives for one request only (never logged or cached); checks use it to
+    carry state from the input stage to the output stage (reversible PII placeholders). Between
+    the HTTP hook's two calls it may wait in Redis, pickled and sealed (``sidecar.pending_redis``),
+    so what a check keeps there must pickle: plain data or this project's classes.
     """
 
     stage: Stage

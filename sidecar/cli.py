@@ -61,6 +61,9 @@ def _check_config(args: argparse.Namespace) -> int:
     rule_files = list(args.rules or [])
     if config is not None:
         rule_files = [*config.guardrails.rules, *rule_files]
+        from sidecar.pending import pending_config_errors
+
+        errors.extend(pending_config_errors(config))
     if rule_files:
         errors.extend(_rule_errors(rule_files))
     if errors:

@@ -64,8 +64,18 @@ class ServerConfig(_Section):
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     #: how long the request hook's context waits for its response hook
     pending_ttl: float = 300.0
-    #: bound on request contexts waiting for their response hook (oldest dropped first)
+    #: bound on request contexts waiting for their response hook; beyond it (or beyond
+    #: max_pending_bytes) new requests get 503 and waiting contexts are never dropped
     max_pending: int = Field(10000, ge=1)
+    #: bound on the estimated bytes of waiting request contexts (their bodies, metadata,
+    #: headers); with the Redis pending store, the sealed bytes across all replicas
+    max_pending_bytes: int = Field(256 * 1024 * 1024, ge=64 * 1024)
+    #: where waiting request contexts live: ``memory`` (this process), a Redis URL, or
+    #: ``auto``: Redis at cache.exact_store when that is a Redis URL, else memory
+    pending_store: str = "auto"
+    #: environment variable with the AES-256-GCM key (base64 of 32 bytes) that seals contexts
+    #: kept in Redis; required when the pending store is Redis
+    pending_key_env: str = "SIDECAR_PENDING_KEY"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     #: the event loop of ``sidecar serve``: ``uvloop`` (faster gRPC and HTTP handling),
     #: ``asyncio`` (the standard loop), ``auto``: uvloop when it is installed

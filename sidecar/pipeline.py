@@ -9,8 +9,8 @@ its reason; the cache's own reasons come from ``sidecar.cache.layer``.
 from __future__ import annotations
 
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -42,6 +42,12 @@ SIMILARITY_HEADER = "x-bf-cache-similarity"
 ENTRY_HEADER = "x-bf-cache-entry-id"
 # Headers of a cached answer worth replaying; hop-by-hop and per-response ones are dropped.
 _REPLAYED_HEADERS = ("content-type", "openai-model", "anthropic-model", "x-request-model")
+
+
+def new_request_id() -> str:
+    """An unguessable id (128 random bits, 22 URL-safe characters) for a request whose proxy
+    sent none: knowing one request's id tells nothing about another's."""
+    return secrets.token_urlsafe(16)
 
 
 class HookError(Exception):
@@ -138,7 +144,8 @@ class RequestContext:
     blocked: bool = False
     input_redacted: bool = False
     trace: list[str] = field(default_factory=list)
-    # Per-request state for checks (reversible PII vault). Memory only; never logged or cached.
+    # Per-request state for checks (reversible PII vault). Never logged or cached; sealed with
+    # AES-GCM when it waits in Redis for the response hook (sidecar/pending_redis.py).
     guard_state: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
 
@@ -198,7 +205,7 @@ class Pipeline:
         self, req: HookRequest, transport: str
     ) -> tuple[RequestContext, RequestOutcome]:
         ctx = RequestContext(
-            request_id=req.request_id or uuid.uuid4().hex,
+            request_id=req.request_id or new_request_id(),
             transport=transport,
             method=req.method.upper(),
             path=req.path,

@@ -26,6 +26,9 @@ async def run_server(config: SidecarConfig) -> int:
     except RuleFileError as exc:
         log.error("start-up failed: invalid rule files:\n%s", exc)
         return 2
+    except BackendConfigError as exc:
+        log.error("start-up failed: %s", exc)
+        return 2
     try:
         await sidecar.start()
     except (EmbedderError, BackendConfigError, MatchHeadError, OSError) as exc:

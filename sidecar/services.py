@@ -9,9 +9,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from embedders import Embedder, build_embedder
@@ -23,52 +21,10 @@ from sidecar.cache.stores.backends import build_exact_store, build_single_flight
 from sidecar.config import SidecarConfig
 from sidecar.guard import build_guardrails
 from sidecar.metrics import Metrics
+from sidecar.pending import build_pending
 from sidecar.pipeline import Guardrails, Pipeline, RequestContext
 
 log = logging.getLogger("sidecar")
-
-
-@dataclass(slots=True)
-class _Pending:
-    ctx: RequestContext
-    expires: float
-
-
-class PendingRequests:
-    """Request contexts waiting for their response hook (HTTP transport only).
-
-    Bounded in count and time: a proxy that never calls the response hook cannot grow memory.
-    """
-
-    def __init__(self, ttl: float, max_items: int) -> None:
-        self._ttl = ttl
-        self._max = max_items
-        self._items: OrderedDict[str, _Pending] = OrderedDict()
-
-    def put(self, ctx: RequestContext) -> None:
-        now = time.monotonic()
-        self._items.pop(ctx.request_id, None)
-        self._items[ctx.request_id] = _Pending(ctx, now + self._ttl)
-        while len(self._items) > self._max:
-            self._items.popitem(last=False)
-        # Expired entries sit at the front (insertion order = expiry order).
-        while self._items:
-            first = next(iter(self._items.values()))
-            if first.expires > now:
-                break
-            self._items.popitem(last=False)
-
-    def pop(self, request_id: str) -> RequestContext | None:
-        item = self._items.pop(request_id, None)
-        if item is None or item.expires <= time.monotonic():
-            return None
-        return item.ctx
-
-    def __contains__(self, request_id: str) -> bool:
-        return request_id in self._items
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 class Sidecar:
@@ -82,6 +38,8 @@ class Sidecar:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
+        # First: a Redis pending store without its key fails before any model or rule loads.
+        self.pending = build_pending(config, self._release_miss_lock)
         self.metrics = Metrics()
         self.embedder: Embedder | None = embedder
         # A shared embedder (tests, eval tools) outlives this sidecar; only close our own.
@@ -100,11 +58,10 @@ class Sidecar:
                 self._guardrails, self.engine = adapter, adapter.engine
         self.cache: DualCache | None = None
         self.pipeline: Pipeline | None = None
-        self.pending = PendingRequests(config.server.pending_ttl, config.server.max_pending)
         self.ready = False
         self.start_error: str | None = None
         self._sweeper: asyncio.Task[None] | None = None
-        self.extra_status: dict[str, Any] = {}
+        self.extra_status: dict[str, Any] = {"pending_store": self.pending.store.name}
 
     async def start(self) -> None:
         cfg = self.config
@@ -156,6 +113,10 @@ class Sidecar:
             self.rules.start_watching(cfg.guardrails.reload_interval)
         self.ready = True
 
+    async def _release_miss_lock(self, ctx: RequestContext) -> None:
+        if self.pipeline is not None:
+            await self.pipeline.release_miss_lock(ctx)
+
     async def _sweep_loop(self) -> None:
         assert self.cache is not None
         interval = max(1.0, min(60.0, self.config.cache.ttl / 4))
@@ -180,6 +141,7 @@ class Sidecar:
             await self.rules.aclose()
         if self.engine is not None and self.engine.audit is not None:
             self.engine.audit.close()
+        await self.pending.close()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         detail: dict[str, Any] = {"ready": self.ready}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,15 @@ class FakeClock:
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
+
+
+@pytest.fixture
+def pending_key(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A fresh AES-256 key in SIDECAR_PENDING_KEY: sidecars whose exact store is Redis keep
+    pending request contexts there, sealed with it."""
+    key = base64.b64encode(os.urandom(32)).decode()
+    monkeypatch.setenv("SIDECAR_PENDING_KEY", key)
+    return key
 
 
 def make_config(**sections: dict[str, Any]) -> SidecarConfig:

@@ -138,16 +138,19 @@ async def request_hook(
 
 async def response_hook(
     client: httpx.AsyncClient,
-    request_id: str,
+    pending: dict[str, Any],
     body: Any,
     *,
     status: int = 200,
     content_type: str = "application/json",
 ) -> httpx.Response:
+    """The response hook for ``pending``, the request hook's reply (its ``request_id`` and
+    ``request_secret``)."""
     return await client.post(
         "/v1/hooks/response",
         json={
-            "request_id": request_id,
+            "request_id": pending["request_id"],
+            "request_secret": pending["request_secret"],
             "status": status,
             "headers": {"content-type": content_type},
             "body": body,
@@ -171,8 +174,6 @@ async def round_trip(
     req = first.json()
     if req["action"] != "continue":
         return req, None
-    second = await response_hook(
-        client, req["request_id"], answer, status=status, content_type=content_type
-    )
+    second = await response_hook(client, req, answer, status=status, content_type=content_type)
     assert second.status_code == 200, second.text
     return req, second.json()

@@ -141,7 +141,7 @@ async def test_delete_partition_and_entry_forget_both_layers(cache: DualCache) -
 # ---------------------------------------------------------------- backend down, then back
 @pytest.mark.parametrize("which", ["exact", "vector"])
 async def test_backend_down_serves_uncached_reports_and_recovers(
-    which: str, sidecar_factory: Any, caplog: pytest.LogCaptureFixture
+    which: str, sidecar_factory: Any, caplog: pytest.LogCaptureFixture, pending_key: str
 ) -> None:
     password = "s3cret-" + uuid.uuid4().hex[:6]
     if which == "exact":
@@ -166,7 +166,7 @@ async def test_backend_down_serves_uncached_reports_and_recovers(
             assert req["cache"]["status"] == "bypass"
             assert "cache backend unavailable" in req["cache"]["reason"]
             assert any("unavailable" in r.getMessage() for r in caplog.records)
-            resp = (await response_hook(client, req["request_id"], openai_answer("Jupiter"))).json()
+            resp = (await response_hook(client, req, openai_answer("Jupiter"))).json()
             # A down exact store stores nothing; with only the vector store down, the answer is
             # kept for exact hits.
             assert ("stored_entry_id" in resp) is (which == "vector")
@@ -321,10 +321,10 @@ async def test_pipeline_releases_the_lock_when_the_answer_is_not_storable(
         body = chat_body("Is this answer cached?")
         first = (await request_hook(client, body)).json()
         assert first["action"] == "continue"
-        await response_hook(client, first["request_id"], {"error": "overloaded"}, status=503)
+        await response_hook(client, first, {"error": "overloaded"}, status=503)
         second = (await request_hook(client, body)).json()
         assert second["cache"]["status"] == "miss" and "waited" not in second["cache"]["reason"]
-        stored = await response_hook(client, second["request_id"], openai_answer("Yes."))
+        stored = await response_hook(client, second, openai_answer("Yes."))
         assert "stored_entry_id" in stored.json()
         third = (await request_hook(client, body)).json()
         assert third["cache"]["status"] == "hit-exact"

@@ -156,7 +156,7 @@ async def test_invalid_headers_are_400_naming_the_header(sidecar_factory: Any) -
             assert res.status_code == 400, name
             assert name in res.json()["error"]["message"]
         assert sidecar.cache is not None and await sidecar.cache.exact.count() == 0
-        assert len(sidecar.pending) == 0
+        assert (await sidecar.pending.stats()).items == 0
 
 
 async def test_conversation_history_threshold_bypasses(sidecar_factory: Any) -> None:

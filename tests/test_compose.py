@@ -16,6 +16,7 @@ from envoy_harness import envoy_available
 
 from sidecar.config import load_config
 from sidecar.demo.envoy import ExtProcListener, bootstrap, envoy_binary, write_bootstrap
+from sidecar.pending import build_pending_store
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose"
 needs_envoy = pytest.mark.skipif(envoy_available() is not None, reason=f"{envoy_available()}")
@@ -122,6 +123,8 @@ def test_compose_sidecar_config_loads_and_matches_envoy() -> None:
     assert config.cache.exact_store.startswith("redis://redis:")
     assert config.cache.vector_store.startswith("qdrant://qdrant:")
     assert config.server.grpc_host == "0.0.0.0"
+    # Starts without SIDECAR_PENDING_KEY: Envoy's ext_proc needs no shared pending store.
+    assert build_pending_store(config, {}).name == "memory"
     envoy = yaml.safe_load((COMPOSE / "envoy.yaml").read_text(encoding="utf-8"))
     endpoint = sidecar_cluster(envoy)["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
     address = endpoint["endpoint"]["address"]["socket_address"]
@@ -133,6 +136,7 @@ def test_k8s_sidecar_config_loads(tmp_path: Path) -> None:
     path.write_text(k8s_config_map()["sidecar.yaml"], encoding="utf-8")
     config = load_config(path, environ={})
     assert config.server.grpc_port == 50051 and config.cache.default_cache_key
+    assert build_pending_store(config, {}).name == "memory"
 
 
 def test_k8s_pod_runs_envoy_and_the_sidecar_together() -> None:

@@ -110,7 +110,7 @@ async def test_input_redaction_reaches_provider_and_keys_cache(guarded: Any) -> 
         assert first["action"] == "continue"
         sent = first["body"]["messages"][0]["content"]
         assert EMAIL not in sent and "[" in sent  # redacted text goes to the provider
-        await response_hook(client, first["request_id"], openai_answer("Sorry about that."))
+        await response_hook(client, first, openai_answer("Sorry about that."))
         # A different address redacts to the same text: the cache keyed on the redacted form.
         other = await request_hook(client, chat_body(q.replace(EMAIL, "bob@example.org")))
         assert other.json()["cache"]["status"] == "hit-exact"

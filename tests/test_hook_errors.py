@@ -11,7 +11,7 @@ from hookclient import chat_body, openai_answer, request_hook, round_trip
 
 async def _assert_untouched(sidecar: Any) -> None:
     assert sidecar.cache is not None and await sidecar.cache.exact.count() == 0
-    assert len(sidecar.pending) == 0
+    assert (await sidecar.pending.stats()).items == 0
 
 
 async def test_malformed_json(sidecar_factory: Any) -> None:
@@ -91,29 +91,38 @@ async def test_response_hook_errors(sidecar_factory: Any) -> None:
     async with sidecar_factory() as (sidecar, client):
         res = await client.post(
             "/v1/hooks/response",
-            json={"request_id": "nope", "status": 200, "headers": {}, "body": {}},
+            json={
+                "request_id": "nope",
+                "request_secret": "x",
+                "status": 200,
+                "headers": {},
+                "body": {},
+            },
         )
         assert res.status_code == 404 and "nope" in res.json()["error"]["message"]
-        res = await client.post("/v1/hooks/response", json={"request_id": "x", "body": {}})
-        assert res.status_code == 400 and "'status'" in res.json()["error"]["message"]
         res = await client.post(
-            "/v1/hooks/response", json={"request_id": "x", "status": "200", "body": {}}
+            "/v1/hooks/response", json={"request_id": "x", "request_secret": "s", "body": {}}
         )
         assert res.status_code == 400 and "'status'" in res.json()["error"]["message"]
         res = await client.post(
-            "/v1/hooks/response", json={"request_id": "x", "status": 999, "body": {}}
+            "/v1/hooks/response",
+            json={"request_id": "x", "request_secret": "s", "status": "200", "body": {}},
+        )
+        assert res.status_code == 400 and "'status'" in res.json()["error"]["message"]
+        res = await client.post(
+            "/v1/hooks/response",
+            json={"request_id": "x", "request_secret": "s", "status": 999, "body": {}},
         )
         assert res.status_code == 400
         # A valid request id is not consumed by a malformed response call.
         first = (await request_hook(client, chat_body("What is the capital of France?"))).json()
-        res = await client.post(
-            "/v1/hooks/response", json={"request_id": first["request_id"], "status": 200}
-        )
+        pending = {k: first[k] for k in ("request_id", "request_secret")}
+        res = await client.post("/v1/hooks/response", json={**pending, "status": 200})
         assert res.status_code == 400 and "'body'" in res.json()["error"]["message"]
         ok = await client.post(
             "/v1/hooks/response",
             json={
-                "request_id": first["request_id"],
+                **pending,
                 "status": 200,
                 "headers": {},
                 "body": openai_answer("Paris."),
@@ -124,7 +133,7 @@ async def test_response_hook_errors(sidecar_factory: Any) -> None:
         again = await client.post(
             "/v1/hooks/response",
             json={
-                "request_id": first["request_id"],
+                **pending,
                 "status": 200,
                 "headers": {},
                 "body": openai_answer("Paris."),
@@ -132,20 +141,6 @@ async def test_response_hook_errors(sidecar_factory: Any) -> None:
         )
         assert again.status_code == 404
         assert sidecar.cache is not None and await sidecar.cache.exact.count() == 1
-
-
-async def test_pending_contexts_expire(sidecar_factory: Any) -> None:
-    config = make_config(server={"max_pending": 2})
-    async with sidecar_factory(config) as (sidecar, client):
-        ids = []
-        for q in ("one?", "two?", "three?"):
-            ids.append((await request_hook(client, chat_body(q))).json()["request_id"])
-        assert len(sidecar.pending) == 2
-        res = await client.post(
-            "/v1/hooks/response",
-            json={"request_id": ids[0], "status": 200, "headers": {}, "body": openai_answer("1")},
-        )
-        assert res.status_code == 404
 
 
 async def test_errors_are_counted_in_metrics(sidecar_factory: Any) -> None:

@@ -53,7 +53,7 @@ async def test_reversible_round_trip_and_cache(pii_sidecar: Any) -> None:
         sent = first["body"]["messages"][0]["content"]
         assert "alice.smith@example.com" not in sent and "[EMAIL_ADDRESS_1]" in sent
         provider_answer = openai_answer("Sure, I will send it to [EMAIL_ADDRESS_1].")
-        resp = (await response_hook(client, first["request_id"], provider_answer)).json()
+        resp = (await response_hook(client, first, provider_answer)).json()
         restored = resp["body"]["choices"][0]["message"]["content"]
         assert restored == "Sure, I will send it to alice.smith@example.com."
         assert resp.get("stored_entry_id")
@@ -80,7 +80,7 @@ async def test_reversible_restore_in_streams(pii_sidecar: Any) -> None:
         parts = ["I will mail [EMAIL", "_ADDRESS_1] and ", "call [PHONE_NUM", "BER_1]."]
         resp = (
             await response_hook(
-                client, first["request_id"], openai_stream(parts), content_type="text/event-stream"
+                client, first, openai_stream(parts), content_type="text/event-stream"
             )
         ).json()
         text = _text(ApiFormat.OPENAI, resp["body"])
@@ -97,7 +97,7 @@ async def test_reversible_restore_in_streams(pii_sidecar: Any) -> None:
         resp = (
             await response_hook(
                 client,
-                first["request_id"],
+                first,
                 anthropic_stream(parts),
                 content_type="text/event-stream",
             )

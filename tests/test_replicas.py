@@ -7,84 +7,23 @@ arriving at both at once send one request upstream while the rest wait for its a
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
-import yaml
 from backend_servers import (
     ServerProcess,
     ServerUnavailable,
     delete_prefix,
-    free_port,
     redis_reachable,
     valkey_with_search,
 )
 from hookclient import chat_body, openai_answer, request_hook, response_hook, round_trip
+from replica import Replica, new_pending_key
 
 SHARED_REDIS = "redis://127.0.0.1:6379"
-REPO = Path(__file__).resolve().parent.parent
-
-
-class Replica:
-    """One ``python -m sidecar serve`` process on its own ports, stopped by its PID."""
-
-    def __init__(self, config: dict[str, Any], workdir: str, name: str) -> None:
-        self.port = free_port()
-        config = {**config, "server": {"http_port": self.port, "grpc_port": free_port()}}
-        self.config_path = Path(workdir) / f"{name}.yaml"
-        self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
-        self.log_path = Path(workdir) / f"{name}.log"
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "sidecar", "serve", "--config", str(self.config_path)],
-                cwd=REPO,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + timeout
-        while True:  # poll /readyz with a deadline (the model loads first)
-            if self.process.poll() is not None:
-                raise RuntimeError(f"replica exited: {self.log_tail()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"replica not ready in {timeout:.0f}s: {self.log_tail()}")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-
-    def log_tail(self) -> str:
-        return self.log_path.read_text(errors="replace")[-1500:] if self.log_path.exists() else ""
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +53,8 @@ def replicas() -> Iterator[tuple[Replica, Replica]]:
         }
     }
     workdir = tempfile.mkdtemp(prefix="sidecar-replicas-")
-    pair = (Replica(config, workdir, "a"), Replica(config, workdir, "b"))
+    env = {"SIDECAR_PENDING_KEY": new_pending_key()}  # pending contexts go to Redis too
+    pair = (Replica(config, workdir, "a", env), Replica(config, workdir, "b", env))
     try:
         for replica in pair:
             replica.start()
@@ -169,9 +109,7 @@ async def test_concurrent_identical_misses_across_replicas_go_upstream_once(
         owner = first.result().json()
         assert owner["action"] == "continue" and owner["cache"]["status"] == "miss"
         # The proxy sends the owner's answer to the replica that saw its request.
-        reply = await response_hook(
-            client_of[first], owner["request_id"], openai_answer("Quiet keys align.")
-        )
+        reply = await response_hook(client_of[first], owner, openai_answer("Quiet keys align."))
         assert reply.status_code == 200 and "stored_entry_id" in reply.json()
         rest = [r.json() for r in await asyncio.gather(*waiting)]
         # Exactly one of six identical concurrent requests went upstream; the others got its

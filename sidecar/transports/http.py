@@ -137,14 +137,16 @@ async def request_hook(request: Request, sidecar: Sidecar) -> Response:
         raise HookError(400, "missing_field", "missing field 'body'")
     hook = HookRequest(method=method, path=path, headers=headers, body=body, request_id=request_id)
     assert sidecar.pipeline is not None
+    if request_id is not None:
+        await sidecar.pending.ensure_free(request_id)  # 409 before any work
     ctx, outcome = await sidecar.pipeline.on_request(hook, TRANSPORT)
-    if outcome.action == "continue":
-        sidecar.pending.put(ctx)
     reply: dict[str, Any] = {
         "request_id": ctx.request_id,
         "action": outcome.action,
         "cache": outcome.cache.to_json(),
     }
+    if outcome.action == "continue":
+        reply["request_secret"] = await sidecar.pending.hold(ctx)  # 409 / 503 beyond bounds
     if outcome.body is not None:
         reply["body"] = outcome.body
     if outcome.response is not None:
@@ -155,6 +157,7 @@ async def request_hook(request: Request, sidecar: Sidecar) -> Response:
 async def response_hook(request: Request, sidecar: Sidecar) -> Response:
     data = await _read_envelope(request, sidecar)
     request_id = _field(data, "request_id", str, "a string")
+    secret = _field(data, "request_secret", str, "the string the request hook returned")
     status = _field(data, "status", int, "an integer HTTP status")
     if not 100 <= status <= 599:
         raise HookError(400, "wrong_type", f"field 'status' must be 100..599, got {status}")
@@ -163,14 +166,7 @@ async def response_hook(request: Request, sidecar: Sidecar) -> Response:
         raise HookError(400, "missing_field", "missing field 'body'")
     body = data["body"]
     raw = body.encode("utf-8") if isinstance(body, str) else orjson.dumps(body)
-    ctx = sidecar.pending.pop(request_id)
-    if ctx is None:
-        raise HookError(
-            404,
-            "unknown_request_id",
-            f"unknown or expired request_id {request_id!r}: call the request hook "
-            "first (contexts are kept for server.pending_ttl)",
-        )
+    ctx = await sidecar.pending.take(request_id, secret)  # 404 unless id and secret match
     assert sidecar.pipeline is not None
     outcome = await sidecar.pipeline.on_response(ctx, status, headers, raw)
     reply: dict[str, Any] = {
