@@ -22,7 +22,9 @@ The Redis runs with ``appendonly yes`` and ``appendfsync always``.
 from __future__ import annotations
 
 import argparse
+import base64
 import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -56,6 +58,7 @@ LIVENESS_MS = 100.0
 RSS_SLACK_MB = 300.0
 PENDING_CAP = 64 * 2**20  # server.max_pending_bytes in the flood scenario
 BODY_CAP = 2 * 2**20  # server.max_body_bytes in the flood scenario
+PENDING_KEY = base64.b64encode(secrets.token_bytes(32)).decode()
 
 
 class Sidecar:
@@ -88,7 +91,10 @@ class Sidecar:
     def start(self) -> None:
         self.starts += 1
         log = self.workdir / f"{self.name}-{self.starts}.log"
-        self.proc = ManagedProcess(self.name, sidecar_command(self.config), log).start()
+        # In Redis modes the HTTP hook's pending contexts live in Redis too, sealed with this key
+        # (a kill -9 then loses no request waiting for its answer).
+        env = {"SIDECAR_PENDING_KEY": PENDING_KEY}
+        self.proc = ManagedProcess(self.name, sidecar_command(self.config), log, env).start()
         self.proc.wait_ready(f"{self.url}/readyz", READY_S)
 
     def kill9(self) -> None:
