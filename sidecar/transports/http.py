@@ -264,5 +264,7 @@ def create_app(
     if sidecar.engine is not None:
         from sidecar.transports.litellm import litellm_guardrail_routes
 
-        routes += litellm_guardrail_routes(sidecar.engine)
+        routes += litellm_guardrail_routes(
+            sidecar.engine, max_body_bytes=sidecar.config.server.max_body_bytes
+        )
     return Starlette(routes=routes, lifespan=lifespan)
