@@ -31,7 +31,7 @@ class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return orjson.dumps(content, option=orjson.OPT_APPEND_NEWLINE)  # curl-friendly
 
 
 def _error(status: int, kind: str, message: str) -> JSONResponse:
