@@ -55,3 +55,30 @@ def test_bench_data_defaults_next_to_the_checkout() -> None:
         [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True
     )
     assert done.stdout.strip() == "/elsewhere/data"
+
+
+def test_bad_environment_override_names_the_variable() -> None:
+    done = sidecar("check-config", env={"SIDECAR_CACHE__THRESHOLD": "abc"})
+    assert done.returncode == 1
+    assert "environment variable SIDECAR_CACHE__THRESHOLD: cache.threshold" in done.stderr
+    assert "defaults" not in done.stderr
+
+
+def test_unknown_keys_get_the_nearest_key() -> None:
+    done = sidecar("check-config", env={"SIDECAR_CACHE__THRESOLD": "0.5"})
+    assert "cache.thresold: unknown key (did you mean 'threshold'?)" in done.stderr
+    done = sidecar("check-config", env={"SIDECAR_CAHCE__TTL": "5"})
+    assert "unknown section 'cahce' (did you mean 'cache'?)" in done.stderr
+
+
+def test_unknown_key_in_file_and_yaml_error_line(tmp_path: Path) -> None:
+    path = tmp_path / "sidecar.yaml"
+    path.write_text("cache:\n  ttl: 5m\n  max_entrys: 10\nservr: {}\n")
+    done = sidecar("check-config", "--config", str(path))
+    assert done.returncode == 1
+    assert "cache.max_entrys: unknown key (did you mean 'max_entries'?)" in done.stderr
+    assert "servr: unknown key (did you mean 'server'?)" in done.stderr
+    path.write_text("cache:\n  ttl: 5m\n  threshold: 0.8\n    data_dir: x\n")
+    done = sidecar("check-config", "--config", str(path))
+    assert done.returncode == 1
+    assert "not valid YAML at line 4, column" in done.stderr, done.stderr
