@@ -82,3 +82,30 @@ def test_unknown_key_in_file_and_yaml_error_line(tmp_path: Path) -> None:
     done = sidecar("check-config", "--config", str(path))
     assert done.returncode == 1
     assert "not valid YAML at line 4, column" in done.stderr, done.stderr
+
+
+AZURE_RULES = """\
+profiles:
+  azure-cs:
+    provider: azure_content_safety
+    config: {endpoint: "https://name.cognitiveservices.azure.com", api_key_env: SIDECAR_T_AZ_KEY}
+rules:
+  - {id: azure, apply_to: input, profiles: [azure-cs], action: block}
+"""
+
+
+def test_check_config_offline_skips_only_the_secrets(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(AZURE_RULES)
+    env = {"SIDECAR_T_AZ_KEY": ""}
+    done = sidecar("check-config", "--rules", str(rules), env=env)
+    assert done.returncode == 1
+    assert "SIDECAR_T_AZ_KEY (api_key_env) is not set" in done.stderr
+    done = sidecar("check-config", "--offline", "--rules", str(rules), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "skipped (--offline)" in done.stderr and "SIDECAR_T_AZ_KEY" in done.stderr
+    assert "1 secret(s) not checked" in done.stdout
+    # everything else is still validated
+    rules.write_text(AZURE_RULES.replace("action: block", "action: explode"))
+    done = sidecar("check-config", "--offline", "--rules", str(rules), env=env)
+    assert done.returncode == 1 and "explode" in done.stderr
