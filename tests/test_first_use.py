@@ -121,3 +121,36 @@ def test_demo_runs_after_the_first_command(tmp_path: Path) -> None:
     done = sidecar("demo", env={"TMPDIR": str(tmp_path)})
     assert done.returncode == 0, done.stderr[-2000:]
     assert "hit-exact" in done.stdout and "hit-semantic" in done.stdout
+
+
+GHP = "gh" + "p_8fK2mQ9xLr4TzW7vB1nY5cH3jD6sP0aE2gUi"  # split: not a secret in this file
+
+
+def test_secrets_scan_plain_files_and_stdin(tmp_path: Path) -> None:
+    first, clean = tmp_path / "notes.txt", tmp_path / "clean.txt"
+    first.write_text(f"line one\n  export TOKEN={GHP} # deploy\nend\n")
+    clean.write_text("nothing to see\n")
+    done = sidecar("secrets", "scan", str(first), str(clean))
+    assert done.returncode == 1  # found something, as Gitleaks
+    assert done.stdout.splitlines() == [f"{first}:2:16: github-pat (entropy 5.22)"]
+    assert GHP not in done.stdout + done.stderr
+    done = sidecar("secrets", "scan", str(clean))
+    assert done.returncode == 0 and done.stdout == ""
+    done = sidecar("secrets", "scan", "--redact", stdin=first.read_text())
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        "<stdin>:2:16: github-pat (entropy 5.22)",
+        "      export TOKEN=REDACTED # deploy",
+    ]
+    assert GHP[4:] not in done.stdout + done.stderr
+    done = sidecar("secrets", "scan", str(tmp_path / "missing.txt"))
+    assert done.returncode == 2 and "cannot read" in done.stderr
+
+
+def test_secrets_scan_jsonl_still_works(tmp_path: Path) -> None:
+    done = sidecar("secrets", "scan", "--jsonl", "-", stdin=f'{{"text": "t {GHP}"}}\n')
+    assert done.returncode == 0
+    assert orjson.loads(done.stdout)["findings"][0]["rule_id"] == "github-pat"
+    assert GHP not in done.stdout
+    done = sidecar("secrets", "scan", "--show-secrets", stdin="x")
+    assert done.returncode == 2 and "--jsonl only" in done.stderr
