@@ -154,3 +154,34 @@ def test_secrets_scan_jsonl_still_works(tmp_path: Path) -> None:
     assert GHP not in done.stdout
     done = sidecar("secrets", "scan", "--show-secrets", stdin="x")
     assert done.returncode == 2 and "--jsonl only" in done.stderr
+
+
+FOUR_PAIRS = [
+    {
+        "a": "What is the capital of France?",
+        "b": "What's the capital city of France?",
+        "same": True,
+    },
+    {"a": "How do I reset my password?", "b": "How can I reset my password?", "same": True},
+    {"a": "Is it safe to eat raw eggs?", "b": "Is it safe to eat raw chicken?", "same": False},
+    {"a": "Convert 5 miles to km", "b": "Convert 50 miles to km", "same": False},
+]
+
+
+def test_calibrate_on_a_tiny_sample_warns_and_prints_a_table(tmp_path: Path) -> None:
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_bytes(b"\n".join(orjson.dumps(p) for p in FOUR_PAIRS) + b"\n")
+    args = ("cache", "calibrate", "--pairs", str(pairs), "--target-wrong-rate", "0.05")
+    done = sidecar(*args)
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    assert "calibration on 4 pairs" in done.stdout and "95% interval" in done.stdout
+    assert "WARNING: the sample is too small to support the figure" in done.stdout
+    assert "about 73 different-answer pairs" in done.stdout
+    assert "warning:" in done.stderr
+    assert not done.stdout.lstrip().startswith("{")
+    done = sidecar(*args, "--json")
+    result = orjson.loads(done.stdout)
+    sample = result["sample"]
+    assert sample["supported"] is False and sample["different_answer_pairs"] == 2
+    low, high = sample["wrong_hit_rate_ci95"]
+    assert low == 0.0 and high > 0.5  # 0 of 2 wrong: compatible with a rate above 50%
