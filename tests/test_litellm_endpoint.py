@@ -167,8 +167,11 @@ def test_state_carries_from_request_to_response_of_a_call(client: TestClient) ->
     assert answer["texts"] == ["ask [P-1]"]
     answer = call(client, ["[P-1] says hi"], "response", **extra)
     assert answer["texts"] == ["alice says hi"]
-    # the state is used once: a second response for the same call id restores nothing
-    assert call(client, ["[P-1] again"], "response", **extra) == {"action": "NONE"}
+    # a stream brings several response calls for one call id: each one restores
+    assert call(client, ["[P-1] again"], "response", **extra)["texts"] == ["alice again"]
+    # another call id has no state: nothing to restore
+    other = call(client, ["[P-1] again"], "response", litellm_call_id="call-2", **extra)
+    assert other == {"action": "NONE"}
 
 
 @pytest.mark.parametrize(

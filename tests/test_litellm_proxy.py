@@ -40,6 +40,9 @@ profiles:
   pii:
     provider: presidio
     config: {entities: [EMAIL_ADDRESS], redaction: replace}
+  phone:
+    provider: presidio
+    config: {entities: [PHONE_NUMBER], redaction: reversible}
   topic:
     provider: regex
     config: {patterns: [{name: topic, pattern: 'forbidden-topic'}]}
@@ -57,6 +60,10 @@ rules:
   - id: redact-email
     apply_to: both
     profiles: [pii]
+    action: redact
+  - id: phone-placeholders
+    apply_to: both
+    profiles: [phone]
     action: redact
   - id: topic-on-gpt-4o
     when: 'model == "gpt-4o"'
@@ -267,6 +274,21 @@ def test_secret_in_streamed_answer_never_reaches_the_client(stack: Stack) -> Non
                 received.append(chunk.choices[0].delta.content)
     assert AWS_KEY not in "".join(received)
     assert AWS_KEY[:8] not in "".join(received)
+
+
+PHONE = "212-555-0187"
+LONG_TAIL = " ".join(f"word{i}" for i in range(40))  # many chunks: several guardrail calls
+
+
+def test_reversible_placeholders_restored_in_answers(stack: Stack) -> None:
+    """The provider sees a placeholder; the client gets the number back, also in a long
+    stream, where LiteLLM calls the response guardrail once per sampled chunk."""
+    answer = chat(stack, f"call me at {PHONE} tomorrow")
+    assert PHONE not in last_prompt(stack) and "[PHONE_NUMBER_1]" in last_prompt(stack)
+    assert answer.endswith(f"call me at {PHONE} tomorrow")
+    text = "".join(streamed(stack, f"call me at {PHONE} then {LONG_TAIL}"))
+    assert "[PHONE_NUMBER_1]" in last_prompt(stack)
+    assert text.endswith(f"call me at {PHONE} then {LONG_TAIL}")
 
 
 # ---------------------------------------------------------------------------- tool calls

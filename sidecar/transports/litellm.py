@@ -22,8 +22,9 @@ Tool-call arguments are checked like message text. The protocol has no field to 
 tool calls back, so a redaction inside tool-call arguments blocks the call instead; a block is
 always answered by LiteLLM with status 400 (the protocol carries no status).
 
-Per-request state (reversible redaction placeholders) is kept between the request and the
-response call of the same ``litellm_call_id`` in a small in-memory LRU.
+Per-request state (reversible redaction placeholders) is kept from the request call for every
+response call of the same ``litellm_call_id`` (a stream can bring several) in an in-memory LRU
+bounded by count.
 """
 
 from __future__ import annotations
@@ -172,7 +173,13 @@ class _Endpoint:
         if call_id is None:
             return {}
         if stage is Stage.OUTPUT:
-            return self._states.pop(call_id, None) or {}
+            # Kept, not popped: a stream may bring several response calls for one call id
+            # (LiteLLM's sampled scans); the LRU bound frees it.
+            state = self._states.get(call_id)
+            if state is None:
+                return {}
+            self._states.move_to_end(call_id)
+            return state
         state = self._states.setdefault(call_id, {})
         self._states.move_to_end(call_id)
         while len(self._states) > self._state_entries:
