@@ -338,6 +338,12 @@ def run(args: argparse.Namespace) -> int:
     runs: dict[str, Any] = {}
     previous = RESULTS_DIR / "summary.json"
     last = orjson.loads(previous.read_bytes()) if previous.is_file() else {}
+    if args.report_only and not last and not any(RESULTS_DIR.glob("*.json")):
+        print(
+            f"no results yet in {RESULTS_DIR}; run `sidecar bench` (or `sidecar bench --quick`)",
+            file=sys.stderr,
+        )
+        return 1
     if args.report_only and last:
         # The table describes the run that produced the results, not this rebuild.
         started, host, quick = last["generated_at"], last["machine"], last["quick"]
@@ -370,6 +376,7 @@ def run(args: argparse.Namespace) -> int:
         "rows": rows,
     }
     path = RESULTS_DIR / "summary.json"
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     path.write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     print(render_text(rows))
     print(f"\nwrote {path}")

@@ -18,8 +18,15 @@ from typing import Any
 
 import orjson
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-SHARED_DATA = Path(os.environ.get("SIDECAR_BENCH_DATA", "/work/shared/data"))
+#: where results are written: ``benchmarks/results`` in the checkout, or ``SIDECAR_BENCH_RESULTS``
+RESULTS_DIR = Path(
+    os.environ.get("SIDECAR_BENCH_RESULTS") or Path(__file__).resolve().parent / "results"
+)
+#: the labelled data some benchmarks read: ``../shared/data`` next to the checkout, or the
+#: directory in ``SIDECAR_BENCH_DATA`` (README "Benchmarks")
+SHARED_DATA = Path(
+    os.environ.get("SIDECAR_BENCH_DATA") or Path(__file__).resolve().parents[2] / "shared" / "data"
+)
 
 
 def percentile(values: list[float], q: float) -> float:

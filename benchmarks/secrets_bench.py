@@ -33,13 +33,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.report import SummaryRow, machine, pin_one_core, write_result
+from benchmarks.report import SHARED_DATA, SummaryRow, machine, pin_one_core, write_result
 from benchmarks.secrets_corpus import adversarial_inputs, one_kb_prompts
 from guardrails.secrets import SecretScanner, builtin_ruleset, load_gitleaks_config
 from guardrails.secrets.config import RuleSet
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-SECRETS_DATA = SHARED / "data" / "secrets"
+SECRETS_DATA = SHARED_DATA / "secrets"
 
 # Gitleaks rule ids grouped into the families the built-in pack covers.
 FAMILIES: dict[str, tuple[str, ...]] = {

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from benchmarks.report import SummaryRow, machine, write_result
+from benchmarks.report import SHARED_DATA, SummaryRow, machine, write_result
 from embedders.sentence_tf import SentenceTransformerEmbedder
 from sidecar.cache.eval_cli import Pair, describe, evaluate, load_pairs, pair_vectors, summarise
 from sidecar.cache.match import verify
@@ -44,9 +44,7 @@ from sidecar.config import CacheConfig, SidecarConfig
 from sidecar.formats import normalise_text
 
 TRAP_PAIRS = Path(__file__).resolve().parent / "data" / "trap_pairs.jsonl"
-QQP_PAIRS = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "semcache" / "qqp_pairs.json.gz"
-)
+QQP_PAIRS = SHARED_DATA / "semcache" / "qqp_pairs.json.gz"
 QQP_SEED = 9
 QQP_SAMPLE = 10_000
 PLAIN_THRESHOLD = 0.8

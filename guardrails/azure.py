@@ -21,7 +21,6 @@ possible) and the worst verdict over the chunks applies to the piece.
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
@@ -54,6 +53,7 @@ from guardrails.resilience import (
     require_str,
     run_all,
 )
+from guardrails.secret_env import secret_from_env
 
 PROVIDER = "azure_content_safety"
 _WHERE = "azure_content_safety"
@@ -319,13 +319,7 @@ class AzureContentSafetyCheck:
         self._token_provider = token_provider
         if settings.auth == "key" and token_provider is None:
             assert settings.api_key_env is not None
-            key = os.environ.get(settings.api_key_env, "").strip()
-            if not key:
-                raise CheckConfigError(
-                    f"{_WHERE}: environment variable {settings.api_key_env} "
-                    "(api_key_env) is not set"
-                )
-            self._key = _Secret(key)
+            self._key = _Secret(secret_from_env(settings.api_key_env, f"{_WHERE} {self.profile}"))
         elif settings.auth == "entra" and token_provider is None:
             self._token_provider = EntraTokenSource()
         policy = settings.policy

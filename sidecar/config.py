@@ -5,6 +5,7 @@ Unknown keys are errors. Every field has a default, so ``sidecar serve`` runs wi
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -197,16 +198,34 @@ class ConfigError(ValueError):
 ENV_PREFIX = "SIDECAR_"
 
 
-def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
-    sections = set(SidecarConfig.model_fields)
+def _nearest(name: str, choices: list[str]) -> str:
+    """`` (did you mean 'x'?)`` for the closest known name, or nothing."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _section_fields(section: str) -> list[str]:
+    field = SidecarConfig.model_fields.get(section)
+    model = field.annotation if field is not None else None
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        return list(model.model_fields)
+    return []
+
+
+def _env_overrides(
+    environ: Mapping[str, str],
+) -> tuple[dict[str, Any], list[str], dict[tuple[str, str], str]]:
+    """(values by section, errors, the variable each (section, key) came from)."""
+    sections = list(SidecarConfig.model_fields)
     out: dict[str, Any] = {}
     errors: list[str] = []
+    origin: dict[tuple[str, str], str] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX) or "__" not in name:
             continue
         section, _, key = name[len(ENV_PREFIX) :].lower().partition("__")
         if section not in sections:
-            errors.append(f"{name}: unknown section {section!r}")
+            errors.append(f"{name}: unknown section {section!r}{_nearest(section, sections)}")
             continue
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
@@ -216,7 +235,34 @@ def _env_overrides(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str
         if isinstance(value, dict):
             value = raw
         out.setdefault(section, {})[key] = value
-    return out, errors
+        origin[(section, key)] = name
+    return out, errors, origin
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError) -> str:
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    if mark is None:
+        return f"{source}: not valid YAML: {problem}"
+    return f"{source}: not valid YAML at line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
+def _validation_errors(
+    exc: ValidationError, source: str, origin: Mapping[tuple[str, str], str]
+) -> list[str]:
+    """One line per problem, naming where the value came from (the file, or the variable)."""
+    out: list[str] = []
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"]]
+        where = source
+        if len(loc) >= 2 and (loc[0], loc[1]) in origin:
+            where = f"environment variable {origin[(loc[0], loc[1])]}"
+        message = error["msg"]
+        if error["type"] == "extra_forbidden":
+            known = _section_fields(loc[0]) if len(loc) == 2 else list(SidecarConfig.model_fields)
+            message = f"unknown key{_nearest(loc[-1], known)}"
+        out.append(f"{where}: {'.'.join(loc)}: {message}")
+    return out
 
 
 def load_config(
@@ -234,13 +280,13 @@ def load_config(
         try:
             loaded = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise ConfigError([f"{source}: not valid YAML: {exc}"]) from exc
+            raise ConfigError([_yaml_error(source, exc)]) from exc
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError([f"{source}: the top level must be a mapping of sections"])
         data = loaded
-    overrides, errors = _env_overrides(os.environ if environ is None else environ)
+    overrides, errors, origin = _env_overrides(os.environ if environ is None else environ)
     for section, values in overrides.items():
         current = data.get(section)
         if current is None:
@@ -254,6 +300,4 @@ def load_config(
     try:
         return SidecarConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(
-            [f"{source}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
-        ) from exc
+        raise ConfigError(_validation_errors(exc, source, origin)) from exc

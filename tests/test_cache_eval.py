@@ -88,7 +88,14 @@ def test_calibrate_meets_the_target_and_validates_it(
     pairs_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     code, result, _ = run_cli(
-        capsys, "cache", "calibrate", "--pairs", str(pairs_file), "--target-wrong-rate", "0.02"
+        capsys,
+        "cache",
+        "calibrate",
+        "--json",
+        "--pairs",
+        str(pairs_file),
+        "--target-wrong-rate",
+        "0.02",
     )
     assert code == 0
     assert result["met"] is True
@@ -137,3 +144,17 @@ def test_missing_file_and_bad_target(tmp_path: Path, capsys: pytest.CaptureFixtu
         capsys, "cache", "calibrate", "--pairs", str(path), "--target-wrong-rate", "1.5"
     )
     assert code == 2 and "--target-wrong-rate" in err
+
+
+def test_wilson_interval_and_pairs_needed() -> None:
+    from sidecar.cache.calibrate_report import pairs_needed, sample_support, wilson_interval
+
+    assert wilson_interval(0, 0) is None
+    low, high = wilson_interval(0, 2)  # type: ignore[misc]
+    assert low == 0.0 and abs(high - 0.6577) < 1e-3
+    low, high = wilson_interval(5, 100)  # type: ignore[misc]
+    assert abs(low - 0.0215) < 1e-3 and abs(high - 0.1118) < 1e-3
+    assert pairs_needed(0.05) == 73
+    validated = {"pairs": 200, "good_hits": 80, "wrong_hits": 0}
+    assert sample_support(validated, 100, 0.05)["supported"] is True  # 0 of 100: <= 3.7%
+    assert "warning" in sample_support(validated, 150, 0.05)  # 0 of 50: up to 7.1%

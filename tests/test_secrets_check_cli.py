@@ -194,7 +194,7 @@ def test_cli_reads_stdin_and_uses_a_gitleaks_config(
     config.write_text(TEAM_RULES)
     token = team_token()
     monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"text": f"{token} {GHP}"}) + "\n"))
-    assert run(["secrets", "scan", "--config", str(config)]) == 0
+    assert run(["secrets", "scan", "--config", str(config), "--jsonl", "-"]) == 0
     [result] = outputs(capsys)
     assert [x["rule_id"] for x in result["findings"]] == ["team-token"]  # type: ignore[union-attr]
 

@@ -116,6 +116,11 @@ def test_sighup_reloads_and_bad_file_keeps_previous(serve: Any) -> None:
         },
     )
     assert res.json()["action"] == "respond"
+    # every JSON answer of the HTTP hook ends with a newline (a shell prompt after curl)
+    assert res.content.endswith(b"}\n")
+    bad = httpx.post(f"{url}/v1/hooks/request", content=b"{not json")
+    assert bad.status_code == 400 and bad.content.endswith(b"}\n")
+    assert httpx.get(f"{url}/healthz").content.endswith(b"}\n")
     assert "explode" in proc.log_tail(200)  # the reason is in the service log too
 
 

@@ -27,6 +27,7 @@ import numpy as np
 import orjson
 
 from embedders.base import Embedder
+from sidecar.cache.calibrate_report import render_table, sample_support
 from sidecar.cache.layer import CacheStatus
 from sidecar.cache.match.head import head_for
 from sidecar.cache.match.verify import (
@@ -400,6 +401,7 @@ async def _calibrate(
     result["operating_point"] = best.to_json()
     result["validated"] = validated
     result["met"] = (validated["wrong_hit_rate"] or 0.0) <= target
+    result["sample"] = sample_support(validated, int(same.sum()), target)
     result["config"] = {
         "cache": {
             "threshold": best.threshold,
@@ -424,6 +426,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     cal.add_argument("--pairs", required=True, help='JSON lines {"a","b","same"[,"category"]}')
     cal.add_argument("--config", help="YAML configuration file (default: built-in defaults)")
+    cal.add_argument(
+        "--json", action="store_true", help="print the result as JSON (default: a table)"
+    )
     cal.add_argument(
         "--target-wrong-rate",
         type=float,
@@ -459,5 +464,10 @@ def run(args: argparse.Namespace) -> int:
     except PairsError as exc:
         print(f"sidecar cache calibrate: {exc}", file=sys.stderr)
         return 2
-    print(orjson.dumps(result).decode())
+    if args.json:
+        print(orjson.dumps(result).decode())
+    else:
+        print(render_table(result))
+    if "warning" in result.get("sample", {}):
+        print(f"sidecar cache calibrate: warning: {result['sample']['warning']}", file=sys.stderr)
     return 0 if result["met"] else 1

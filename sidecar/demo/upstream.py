@@ -13,7 +13,7 @@ import hashlib
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -28,6 +28,15 @@ EMBEDDING_DIMENSION = 64
 # Bytes per HTTP chunk of a streamed answer: small and odd, so frames are split mid-event.
 _STREAM_CUT = 29
 _HOLD_LIMIT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedAnswer:
+    """The next chat answer, instead of the echo: its text, and tool calls (OpenAI shape,
+    plain answers only)."""
+
+    text: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +158,7 @@ class FakeLLMUpstream:
         self._embeddings_released = threading.Event()
         self._embeddings_released.set()  # no holding until hold_embeddings()
         self.held_embeddings = 0  # embedding calls that stalled on HOLD_MARKER
+        self._scripted: deque[ScriptedAnswer] = deque()
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -211,6 +221,13 @@ class FakeLLMUpstream:
                 self.max_in_flight = self.in_flight  # measure from now on
             self._lock.notify_all()
 
+    def answer_next(
+        self, text: str | None = None, tool_calls: list[dict[str, Any]] | None = None
+    ) -> None:
+        """The next chat completion answers ``text`` (and ``tool_calls``) instead of the echo."""
+        with self._lock:
+            self._scripted.append(ScriptedAnswer(text, tool_calls))
+
     def count(self, suffix: str = "") -> int:
         """Calls whose path ends with ``suffix`` (all LLM calls when empty)."""
         with self._lock:
@@ -268,11 +285,18 @@ class FakeLLMUpstream:
     def _chat(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         serial = self._next_serial()
         model = str(body.get("model") or "gpt-fake")
-        text = f"answer {serial} to: {_last_user_text(body.get('messages'))}"
+        with self._lock:
+            scripted = self._scripted.popleft() if self._scripted else ScriptedAnswer()
+        text = scripted.text
+        if text is None and scripted.tool_calls is None:
+            text = f"answer {serial} to: {_last_user_text(body.get('messages'))}"
         answer_id = f"chatcmpl-{serial}"
         if body.get("stream"):
-            self._send_stream(handler, openai_events(answer_id, model, text))
+            self._send_stream(handler, openai_events(answer_id, model, text or ""))
             return
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if scripted.tool_calls is not None:
+            message["tool_calls"] = scripted.tool_calls
         self._send_json(
             handler,
             200,
@@ -284,8 +308,8 @@ class FakeLLMUpstream:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
+                        "message": message,
+                        "finish_reason": "tool_calls" if scripted.tool_calls else "stop",
                     }
                 ],
                 "usage": {"prompt_tokens": 5, "completion_tokens": 5, "total_tokens": 10},

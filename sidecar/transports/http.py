@@ -31,7 +31,7 @@ class JSONResponse(Response):
     media_type = "application/json"
 
     def render(self, content: Any) -> bytes:
-        return orjson.dumps(content)
+        return orjson.dumps(content, option=orjson.OPT_APPEND_NEWLINE)  # curl-friendly
 
 
 def _error(status: int, kind: str, message: str) -> JSONResponse:
@@ -260,5 +260,7 @@ def create_app(
     if sidecar.engine is not None:
         from sidecar.transports.litellm import litellm_guardrail_routes
 
-        routes += litellm_guardrail_routes(sidecar.engine)
+        routes += litellm_guardrail_routes(
+            sidecar.engine, max_body_bytes=sidecar.config.server.max_body_bytes
+        )
     return Starlette(routes=routes, lifespan=lifespan)

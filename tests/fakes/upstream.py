@@ -7,6 +7,6 @@ tests' name for it.
 
 from __future__ import annotations
 
-from sidecar.demo.upstream import HOLD_MARKER, FakeLLMUpstream, UpstreamCall
+from sidecar.demo.upstream import HOLD_MARKER, FakeLLMUpstream, ScriptedAnswer, UpstreamCall
 
-__all__ = ["HOLD_MARKER", "FakeLLMUpstream", "UpstreamCall"]
+__all__ = ["HOLD_MARKER", "FakeLLMUpstream", "ScriptedAnswer", "UpstreamCall"]
