@@ -5,6 +5,7 @@ Unknown keys are errors. Every field has a default, so ``sidecar serve`` runs wi
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -12,7 +13,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -22,6 +30,20 @@ VerifierCheck = Literal[
     "negation", "antonym", "number", "unit", "datetime", "entity", "scope", "order", "focus"
 ]
 VerifierStrictness = Literal["lenient", "balanced", "strict"]
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def format_duration(seconds: float) -> str:
+    """``2592000`` -> ``"30d"``; the largest whole unit, else seconds."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -39,15 +61,21 @@ def parse_duration(value: str | int | float) -> float:
         else:
             match = _DURATION.match(text)
             if not match:
-                raise ValueError(f"invalid duration {value!r} (use seconds or e.g. 30s, 5m, 1h)")
+                raise ValueError(
+                    f"invalid duration {_short(value)} (use seconds or e.g. 30s, 5m, 1h)"
+                )
             seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    # float() turns 400 digits into inf (and YAML has .inf/.nan): never a usable lifetime.
+    if not math.isfinite(seconds):
+        raise ValueError(f"duration must be a finite number of seconds, got {_short(value)}")
     if seconds <= 0:
         raise ValueError(f"duration must be positive, got {value!r}")
     return seconds
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: YAML's .inf/.nan are never a valid timeout, size or threshold.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ServerConfig(_Section):
@@ -81,6 +109,8 @@ class CacheConfig(_Section):
     enabled: bool = True
     default_cache_key: str = ""
     ttl: float = 300.0
+    #: the longest lifetime an entry may get; a larger ``ttl`` or ``x-bf-cache-ttl`` is refused
+    max_ttl: float = 30 * 86400.0
     #: cosine similarity a semantic candidate needs (x-bf-cache-threshold overrides it per
     #: request); the verifier and its match head then decide: docs/semantic-correctness.md
     threshold: float = Field(0.78, ge=0.0, le=1.0)
@@ -120,10 +150,19 @@ class CacheConfig(_Section):
     #: lifetime of a miss lock whose owner never answers (crashed, response hook never called)
     lock_ttl_ms: int = Field(30_000, ge=100, le=3_600_000)
 
-    @field_validator("ttl", mode="before")
+    @field_validator("ttl", "max_ttl", mode="before")
     @classmethod
     def _ttl(cls, v: Any) -> float:
         return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _ttl_within_max(self) -> CacheConfig:
+        if self.ttl > self.max_ttl:
+            raise ValueError(
+                f"cache.ttl {format_duration(self.ttl)} is over cache.max_ttl "
+                f"{format_duration(self.max_ttl)}"
+            )
+        return self
 
     @field_validator("verifier", mode="before")
     @classmethod
