@@ -111,6 +111,23 @@ class CacheConfig(_Section):
     ttl: float = 300.0
     #: the longest lifetime an entry may get; a larger ``ttl`` or ``x-bf-cache-ttl`` is refused
     max_ttl: float = 30 * 86400.0
+    #: answers are stored only when every finish reason (OpenAI ``finish_reason``, Anthropic
+    #: ``stop_reason``) is in this list: truncated (``length``, ``max_tokens``) or filtered
+    #: (``content_filter``) answers are passed through but never replayed
+    storable_finish_reasons: list[str] = Field(
+        default_factory=lambda: [
+            "stop",
+            "tool_calls",
+            "function_call",
+            "end_turn",
+            "stop_sequence",
+            "tool_use",
+        ]
+    )
+    #: answers are stored as the model produced them, personal data included, unless an output
+    #: rule redacts it (a redacted answer is never stored). Off: an answer in which any output
+    #: rule found something, even a ``detect_only`` one, is passed through but not stored
+    store_flagged_answers: bool = True
     #: cosine similarity a semantic candidate needs (x-bf-cache-threshold overrides it per
     #: request); the verifier and its match head then decide: docs/semantic-correctness.md
     threshold: float = Field(0.78, ge=0.0, le=1.0)
