@@ -282,3 +282,55 @@ async def test_deleted_answers_leave_the_database_and_wal(
         assert (await request_hook(client, chat_body("Keep this one"))).json()["cache"][
             "status"
         ] == "hit-exact"
+
+
+def test_sidecar_serve_starts_over_the_issue_row(tmp_path: Path) -> None:
+    """The reported failure: one entry stored with an infinite TTL (orjson wrote its expiry as
+    null) made every later ``sidecar serve`` exit. Now the process starts and reports it."""
+    import httpx
+    import yaml
+
+    from sidecar.demo.processes import ManagedProcess, free_port, sidecar_command
+
+    data = tmp_path / "data"
+    data.mkdir()
+    row = {
+        "id": "0123456789abcdef0123456789abcdef",
+        "partition": "t",
+        "scope": "s",
+        "question": "q",
+        "answer": {"status": 200, "headers": {}, "body": "{}", "streamed": False},
+        "created_at": 1.0,
+        "expires_at": None,
+        "vector": None,
+        "meta": {},
+    }
+    with sqlite3.connect(str(data / "cache.sqlite3")) as db:
+        db.execute(
+            "CREATE TABLE entries (id TEXT PRIMARY KEY, partition TEXT NOT NULL,"
+            " expires_at REAL NOT NULL, used_at REAL NOT NULL, data BLOB NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO entries VALUES (?, 't', ?, 0, ?)",
+            (row["id"], float("inf"), orjson.dumps(row)),
+        )
+    port = free_port()
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"http_port": port, "grpc_enabled": False},
+                "cache": {"data_dir": str(data), "default_cache_key": "t"},
+            }
+        )
+    )
+    log = tmp_path / "sidecar.log"
+    proc = ManagedProcess("sidecar", sidecar_command(config), log).start()
+    try:
+        proc.wait_ready(f"http://127.0.0.1:{port}/readyz", 180)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert _metric(metrics, 'sidecar_cache_unreadable_entries_total{store="embedded"}') == 1
+    finally:
+        proc.stop()
+    text = log.read_text()
+    assert f"1 unreadable rows skipped: '{row['id']}' (expires_at is not a finite number)" in text
