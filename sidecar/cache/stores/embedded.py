@@ -116,6 +116,7 @@ class EmbeddedExactStore:
         )
         self._db.execute("DELETE FROM entries WHERE expires_at <= ?", (self._clock(),))
         self._db.commit()
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # expired answers leave the WAL too
         cur = self._db.execute("SELECT id, data FROM entries ORDER BY used_at")
         return [(row[0], row[1]) for row in cur.fetchall()]
 
