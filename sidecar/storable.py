@@ -71,8 +71,13 @@ def _openai_choice_ok(kind: RequestType, choice: dict[str, Any]) -> bool:
     content, calls = message.get("content"), message.get("tool_calls")
     if calls is not None and not _is_list_of_dicts(calls):
         return False
-    has_call = bool(calls) or isinstance(message.get("function_call"), dict)
-    return isinstance(content, str) or (content is None and has_call)
+    # content null is an answer when it called a tool or (structured outputs) refused
+    has_other = (
+        bool(calls)
+        or isinstance(message.get("function_call"), dict)
+        or isinstance(message.get("refusal"), str)
+    )
+    return isinstance(content, str) or (content is None and has_other)
 
 
 def _json_refusal(
