@@ -54,6 +54,8 @@ class EmbeddedExactStore:
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._partitions: dict[str, set[str]] = {}
         self._bytes = 0
+        # rows skipped at start because they cannot be read: the admin API may delete them
+        self._unreadable: set[str] = set()
         self._db: sqlite3.Connection | None = None
         # One thread owns the SQLite connection; writes keep their order and stay off the loop.
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-sqlite")
@@ -87,6 +89,7 @@ class EmbeddedExactStore:
         migrated = [e for e in migrated if e.id in self._entries]
         if migrated or evicted:
             await self._run(self._rewrite, migrated, evicted)
+        self._unreadable = {row_id for row_id, _ in unreadable}
         self.report_unreadable(len(unreadable))
         log.info(
             "embedded cache %s: %d entries loaded, %d migrated to schema version %d, "
@@ -232,6 +235,9 @@ class EmbeddedExactStore:
     async def delete(self, entry_id: str) -> bool:
         with self._lock:
             found = self._remove(entry_id) is not None
+            if entry_id in self._unreadable:  # a row named in the start-up line as unreadable
+                self._unreadable.discard(entry_id)
+                found = True
         if found:
             await self._persist_delete([entry_id])
         return found
