@@ -25,6 +25,10 @@ class PieceKind(enum.StrEnum):
     TOOL_ARGS = "tool_args"  # the arguments string of a tool call
     TOOL_RESULT = "tool_result"  # the content of a tool result (documents, for prompt shields)
     ANSWER = "answer"  # answer text on the output stage
+    # Request fields a rule sees only when its ``scan`` asks for them (guardrails.ruleset.Scan):
+    METADATA = "metadata"  # a string value inside the request's ``metadata`` object
+    USER = "user"  # the end-user id: OpenAI ``user``, Anthropic ``metadata.user_id``
+    TOOL_DESCRIPTION = "tool_description"  # a tool's description (or its parameters')
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from guardrails.audit import AuditLog
 from guardrails.base import CheckContext, CheckResult, Finding, Stage, TextPiece
 from guardrails.rules import Action, OnError, Profile, Redaction, Rule, RuleSet
+from guardrails.ruleset import DEFAULT_SCAN, scanned_kinds
 
 if TYPE_CHECKING:
     from guardrails.reload import RuleSetHolder
@@ -142,6 +143,11 @@ class StageResult:
     def redacted(self) -> bool:
         """Some text was redacted or rewritten by a check (not merely restored)."""
         return any(d.outcome in (Outcome.REDACTED, Outcome.REWRITTEN) for d in self.decisions)
+
+    @property
+    def flagged(self) -> bool:
+        """Some check found something (whatever the rule then did with it)."""
+        return any(d.finding_counts for d in self.decisions)
 
 
 @dataclass(slots=True)
@@ -331,7 +337,10 @@ class GuardrailEngine:
         if not ruleset.rules_for(stage):
             return StageResult()
         ctx = ctx if ctx.stage is stage else dataclasses.replace(ctx, stage=stage)
-        length = sum(len(p.text) for p in pieces)
+        # text_length stays the conversation's length: fields only a rule's ``scan`` opts into
+        # (metadata, user, tool descriptions) do not count.
+        conversation = scanned_kinds(DEFAULT_SCAN)
+        length = sum(len(p.text) for p in pieces if p.kind in conversation)
         selected, decisions, blocked = self.select(ruleset, stage, env, length)
         rewritten: dict[int, str] = {}
         if blocked is None and selected:
@@ -429,6 +438,9 @@ class GuardrailEngine:
         ctx: CheckContext,
         stage: Stage,
     ) -> RuleRun:
+        # A rule sees only the kinds of text its ``scan`` names (the conversation by default).
+        seen = rule.kinds
+        texts = {i: p for i, p in texts.items() if p.kind in seen}
         start = time.perf_counter()
         try:
             results = await self.scan(rule, ruleset, list(texts.values()), ctx)

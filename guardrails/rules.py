@@ -28,6 +28,7 @@ import yaml
 from guardrails.base import Check, CheckConfigError
 from guardrails.registry import PROVIDERS, build_check
 from guardrails.ruleset import (
+    DEFAULT_SCAN,
     Action,
     ApplyTo,
     OnError,
@@ -37,6 +38,7 @@ from guardrails.ruleset import (
     RuleError,
     RuleFileError,
     RuleSet,
+    Scan,
     close_checks,
 )
 
@@ -72,7 +74,7 @@ _TOP_KEYS = ("profiles", "rules")
 _PROFILE_KEYS = ("provider", "config", "redaction", "description")
 _RULE_KEYS: tuple[str, ...] = tuple(
     "id description enabled when apply_to profiles action sampling_rate timeout_ms on_error"
-    " priority block_status".split()
+    " priority block_status scan".split()
 )
 DEFAULT_TIMEOUT_MS = 1000
 DEFAULT_PRIORITY = 100
@@ -283,6 +285,22 @@ def _string(raw: Any) -> str:
     return raw
 
 
+def _scan(raw: Any) -> tuple[Scan, ...]:
+    names = [raw] if isinstance(raw, str) else raw
+    allowed = ", ".join(m.value for m in Scan)
+    if not isinstance(names, list) or not names:
+        raise _Invalid(f"expected a non-empty list of {allowed}, got {raw!r}")
+    out: list[Scan] = []
+    for name in names:
+        try:
+            target = Scan(name)
+        except ValueError:
+            raise _Invalid(f"{name!r} is not one of {allowed}") from None
+        if target not in out:
+            out.append(target)
+    return tuple(out)
+
+
 _REQUIRED = object()
 # key -> (parser, default); the _REQUIRED default marks a required key.
 _PROFILE_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
@@ -299,6 +317,7 @@ _RULE_FIELDS: dict[str, tuple[Callable[[Any], Any], Any]] = {
     "block_status": (_integer(400, 499), None),
     "enabled": (_boolean, True),
     "description": (_string, ""),
+    "scan": (_scan, DEFAULT_SCAN),
 }
 
 

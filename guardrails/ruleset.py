@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from guardrails.base import Check, Stage
+from guardrails.base import Check, PieceKind, Stage
 
 log = logging.getLogger("guardrails.rules")
 
@@ -63,6 +63,31 @@ class RuleFileError(ValueError):
         super().__init__("\n".join(lines))
 
 
+class Scan(enum.StrEnum):
+    """What text of a request a rule's checks see (the rule's ``scan`` list)."""
+
+    MESSAGES = "messages"  # message text, tool call arguments, tool results; answers on output
+    METADATA = "metadata"  # string values in the request's ``metadata``
+    USER = "user"  # OpenAI ``user``, Anthropic ``metadata.user_id``
+    TOOLS = "tools"  # tool descriptions, including their parameters' descriptions
+
+
+#: the default ``scan`` of a rule: the conversation only, as before ``scan`` existed
+DEFAULT_SCAN: tuple[Scan, ...] = (Scan.MESSAGES,)
+_SCAN_KINDS: dict[Scan, frozenset[PieceKind]] = {
+    Scan.MESSAGES: frozenset(
+        {PieceKind.MESSAGE, PieceKind.TOOL_ARGS, PieceKind.TOOL_RESULT, PieceKind.ANSWER}
+    ),
+    Scan.METADATA: frozenset({PieceKind.METADATA}),
+    Scan.USER: frozenset({PieceKind.USER}),
+    Scan.TOOLS: frozenset({PieceKind.TOOL_DESCRIPTION}),
+}
+
+
+def scanned_kinds(scan: Iterable[Scan]) -> frozenset[PieceKind]:
+    return frozenset().union(*(_SCAN_KINDS[s] for s in scan))
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     name: str
@@ -92,6 +117,12 @@ class Rule:
     block_status: int | None  # None: the engine's default (403 unless configured)
     file: str
     line: int
+    scan: tuple[Scan, ...] = DEFAULT_SCAN
+
+    @property
+    def kinds(self) -> frozenset[PieceKind]:
+        """The piece kinds this rule's checks see."""
+        return scanned_kinds(self.scan)
 
     def applies_to(self, stage: Stage) -> bool:
         return self.apply_to is ApplyTo.BOTH or self.apply_to.value == stage.value

@@ -6,6 +6,7 @@ Unknown keys are errors. Every field has a default, so ``sidecar serve`` runs wi
 from __future__ import annotations
 
 import difflib
+import math
 import os
 import re
 from collections.abc import Mapping
@@ -13,7 +14,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -23,6 +31,20 @@ VerifierCheck = Literal[
     "negation", "antonym", "number", "unit", "datetime", "entity", "scope", "order", "focus"
 ]
 VerifierStrictness = Literal["lenient", "balanced", "strict"]
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def format_duration(seconds: float) -> str:
+    """``2592000`` -> ``"30d"``; the largest whole unit, else seconds."""
+    for unit in ("d", "h", "m", "s"):
+        size = _UNIT_SECONDS[unit]
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{int(seconds / size)}{unit}"
+    return f"{seconds:g}s"
 
 
 def parse_duration(value: str | int | float) -> float:
@@ -40,15 +62,21 @@ def parse_duration(value: str | int | float) -> float:
         else:
             match = _DURATION.match(text)
             if not match:
-                raise ValueError(f"invalid duration {value!r} (use seconds or e.g. 30s, 5m, 1h)")
+                raise ValueError(
+                    f"invalid duration {_short(value)} (use seconds or e.g. 30s, 5m, 1h)"
+                )
             seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    # float() turns 400 digits into inf (and YAML has .inf/.nan): never a usable lifetime.
+    if not math.isfinite(seconds):
+        raise ValueError(f"duration must be a finite number of seconds, got {_short(value)}")
     if seconds <= 0:
         raise ValueError(f"duration must be positive, got {value!r}")
     return seconds
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: YAML's .inf/.nan are never a valid timeout, size or threshold.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ServerConfig(_Section):
@@ -92,6 +120,25 @@ class CacheConfig(_Section):
     enabled: bool = True
     default_cache_key: str = ""
     ttl: float = 300.0
+    #: the longest lifetime an entry may get; a larger ``ttl`` or ``x-bf-cache-ttl`` is refused
+    max_ttl: float = 30 * 86400.0
+    #: answers are stored only when every finish reason (OpenAI ``finish_reason``, Anthropic
+    #: ``stop_reason``) is in this list: truncated (``length``, ``max_tokens``) or filtered
+    #: (``content_filter``) answers are passed through but never replayed
+    storable_finish_reasons: list[str] = Field(
+        default_factory=lambda: [
+            "stop",
+            "tool_calls",
+            "function_call",
+            "end_turn",
+            "stop_sequence",
+            "tool_use",
+        ]
+    )
+    #: answers are stored as the model produced them, personal data included, unless an output
+    #: rule redacts it (a redacted answer is never stored). Off: an answer in which any output
+    #: rule found something, even a ``detect_only`` one, is passed through but not stored
+    store_flagged_answers: bool = True
     #: cosine similarity a semantic candidate needs (x-bf-cache-threshold overrides it per
     #: request); the verifier and its match head then decide: docs/semantic-correctness.md
     threshold: float = Field(0.78, ge=0.0, le=1.0)
@@ -131,10 +178,19 @@ class CacheConfig(_Section):
     #: lifetime of a miss lock whose owner never answers (crashed, response hook never called)
     lock_ttl_ms: int = Field(30_000, ge=100, le=3_600_000)
 
-    @field_validator("ttl", mode="before")
+    @field_validator("ttl", "max_ttl", mode="before")
     @classmethod
     def _ttl(cls, v: Any) -> float:
         return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _ttl_within_max(self) -> CacheConfig:
+        if self.ttl > self.max_ttl:
+            raise ValueError(
+                f"cache.ttl {format_duration(self.ttl)} is over cache.max_ttl "
+                f"{format_duration(self.max_ttl)}"
+            )
+        return self
 
     @field_validator("verifier", mode="before")
     @classmethod

@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import enum
 import unicodedata
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,12 @@ _CONTENT_FIELDS = {
     RequestType.EMBEDDINGS: ("input",),
     RequestType.RESPONSES: ("input", "instructions"),
 }
+
+
+# Pieces of the conversation itself (the rest are request fields a rule's ``scan`` opts into).
+_CONVERSATION_KINDS = frozenset(
+    {PieceKind.MESSAGE, PieceKind.TOOL_ARGS, PieceKind.TOOL_RESULT, PieceKind.ANSWER}
+)
 
 
 class BadRequest(ValueError):
@@ -96,7 +102,7 @@ class ParsedRequest:
 
     @property
     def text_length(self) -> int:
-        return sum(len(p.text) for p in self.pieces)
+        return sum(len(p.text) for p in self.pieces if p.kind in _CONVERSATION_KINDS)
 
 
 def normalise_text(text: str) -> str:
@@ -241,6 +247,44 @@ def _parse_anthropic(
     return messages, canonical
 
 
+_MAX_FIELD_DEPTH = 16  # nesting walked in metadata and tool schemas (deeper text is not scanned)
+
+
+def _strings(
+    value: Any, path: tuple[str | int, ...], only_key: str | None = None, depth: int = 0
+) -> Iterator[tuple[str, tuple[str | int, ...]]]:
+    """String leaves of a JSON value with their paths; with ``only_key``, only strings held
+    under that key (a tool's ``description``s, at any depth of its schema)."""
+    if depth > _MAX_FIELD_DEPTH:
+        return
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(item, str):
+                if only_key is None or key == only_key:
+                    yield item, (*path, key)
+            else:
+                yield from _strings(item, (*path, key), only_key, depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            if isinstance(item, str):
+                if only_key is None:
+                    yield item, (*path, i)
+            else:
+                yield from _strings(item, (*path, i), only_key, depth + 1)
+
+
+def _request_fields(body: dict[str, Any], api: ApiFormat, collector: _PieceCollector) -> None:
+    """Pieces outside the conversation. Rules see them only when their ``scan`` names them."""
+    metadata = body.get("metadata")
+    for text, path in _strings(metadata, ("metadata",)):
+        is_user = api is ApiFormat.ANTHROPIC and path == ("metadata", "user_id")
+        collector.add(text, path, PieceKind.USER if is_user else PieceKind.METADATA, None)
+    collector.add(body.get("user"), ("user",), PieceKind.USER, None)
+    for name in ("tools", "functions"):
+        for text, path in _strings(body.get(name), (name,), only_key="description"):
+            collector.add(text, path, PieceKind.TOOL_DESCRIPTION, None)
+
+
 def parse_request(path: str, body: Any, headers: Mapping[str, str]) -> ParsedRequest | None:
     """Parse a request body. None when the path is not an LLM API the sidecar knows."""
     kind = request_type_for(path)
@@ -288,6 +332,7 @@ def parse_request(path: str, body: Any, headers: Mapping[str, str]) -> ParsedReq
             collector.add(inp, ("input",), PieceKind.MESSAGE, "user")
             messages = [Message("user", inp)]
         collector.add(body.get("instructions"), ("instructions",), PieceKind.MESSAGE, "system")
+    _request_fields(body, api, collector)
     content_fields = _CONTENT_FIELDS[kind]
     params = {k: v for k, v in body.items() if k not in content_fields and k != "model"}
     provider = headers.get("x-bf-provider") or _provider_of(model, api)
@@ -331,21 +376,28 @@ def rewrite_body(
 # ---------------------------------------------------------------- answers
 
 
+def as_list(value: Any) -> list[Any]:
+    """``value`` when it is a list, else empty: answers come from outside and a field of the
+    wrong type (``{"choices": 5}``) must read as absent, never raise."""
+    return value if isinstance(value, list) else []
+
+
 def answer_pieces(
     api: ApiFormat, kind: RequestType, answer: Any
 ) -> tuple[list[TextPiece], list[PieceSlot]]:
-    """Text pieces of a non-streamed answer body (parsed JSON)."""
+    """Text pieces of a non-streamed answer body (parsed JSON). Any JSON value is accepted;
+    fields of the wrong type hold no pieces."""
     collector = _PieceCollector()
     if not isinstance(answer, dict):
         return [], []
     if api is ApiFormat.ANTHROPIC:
-        for i, block in enumerate(answer.get("content") or []):
+        for i, block in enumerate(as_list(answer.get("content"))):
             if isinstance(block, dict) and block.get("type") == "text":
                 collector.add(
                     block.get("text"), ("content", i, "text"), PieceKind.ANSWER, "assistant"
                 )
     else:
-        for i, choice in enumerate(answer.get("choices") or []):
+        for i, choice in enumerate(as_list(answer.get("choices"))):
             if not isinstance(choice, dict):
                 continue
             if kind is RequestType.COMPLETION:
@@ -361,7 +413,7 @@ def answer_pieces(
                     PieceKind.ANSWER,
                     "assistant",
                 )
-                for j, call in enumerate(msg.get("tool_calls") or []):
+                for j, call in enumerate(as_list(msg.get("tool_calls"))):
                     if isinstance(call, dict) and isinstance(call.get("function"), dict):
                         collector.add(
                             call["function"].get("arguments"),

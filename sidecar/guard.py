@@ -60,6 +60,7 @@ class _StreamAdapter:
         out.redacted = any(
             d.outcome in (Outcome.REDACTED, Outcome.REWRITTEN) for d in self._guard.decisions
         )
+        out.flagged = any(d.finding_counts for d in self._guard.decisions)
         return out
 
 
@@ -96,7 +97,9 @@ class EngineGuardrails:
         if result.blocked is not None:
             b = result.blocked
             return StageVerdict(blocked=True, status=b.status, message=b.message, code=b.rule_id)
-        return StageVerdict(rewritten=result.rewritten, redacted=result.redacted)
+        return StageVerdict(
+            rewritten=result.rewritten, redacted=result.redacted, flagged=result.flagged
+        )
 
     def stream_guards(self, ctx: RequestContext) -> Callable[[str], TextGuard] | None:
         if not self.engine.has_rules(Stage.OUTPUT):

@@ -44,6 +44,13 @@ class Metrics:
         self.store_skips = Counter(
             "sidecar_cache_store_skips", "Answers not stored, by reason", ["reason"], registry=r
         )
+        self.unreadable_entries = Counter(
+            "sidecar_cache_unreadable_entries",
+            "Stored entries that could not be read (corrupt or of an unknown schema version): "
+            "skipped, their ids logged",
+            ["store"],
+            registry=r,
+        )
         self.evictions = Counter(
             "sidecar_cache_evictions", "Entries evicted by the size bound", registry=r
         )

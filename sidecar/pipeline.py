@@ -33,6 +33,7 @@ from sidecar.formats import (
 )
 from sidecar.metrics import Metrics
 from sidecar.sse import parse_events, stream_is_complete
+from sidecar.storable import answer_refusal
 from sidecar.streaming import StreamProcessor, TextGuard
 
 log = logging.getLogger("sidecar.pipeline")
@@ -83,6 +84,7 @@ class CacheInfo:
     hit_type: str | None = None
     similarity: float | None = None
     entry_id: str | None = None
+    not_stored: str | None = None  # after the answer: why it was not stored (a fixed phrase)
 
     def headers(self) -> dict[str, str]:
         out = {STATUS_HEADER: self.status.value}
@@ -103,6 +105,8 @@ class CacheInfo:
             out["similarity"] = round(self.similarity, 6)
         if self.entry_id is not None:
             out["entry_id"] = self.entry_id
+        if self.not_stored is not None:
+            out["not_stored"] = self.not_stored
         return out
 
 
@@ -116,6 +120,7 @@ class StageVerdict:
     code: str = ""
     rewritten: dict[int, str] = field(default_factory=dict)
     redacted: bool = False  # some text was redacted (not merely restored)
+    flagged: bool = False  # some check found something (even if the rule only detected it)
 
 
 class Guardrails(Protocol):
@@ -333,8 +338,7 @@ class Pipeline:
         self, ctx: RequestContext, status: int, headers: Mapping[str, str], body: bytes
     ) -> ResponseOutcome:
         if len(body) > self.config.server.max_body_bytes:
-            ctx.note("answer over max_body_bytes: passed through, not stored")
-            self.metrics.store_skips.labels("too_large").inc()
+            self._not_stored(ctx, "too_large", "answer over max_body_bytes")
             return ResponseOutcome("continue", ctx.cache.headers())
         streamed = _is_event_stream(headers) or (
             ctx.parsed is not None
@@ -367,6 +371,8 @@ class Pipeline:
             if processor.redacted:
                 ctx.note("output redacted by guardrails (stream)")
                 ctx.guard_state["output_redacted"] = True
+            if processor.flagged:
+                ctx.guard_state["output_flagged"] = True
             return ResponseOutcome(
                 "continue", out_headers, body=new_body if new_body != body else None
             )
@@ -390,6 +396,8 @@ class Pipeline:
         if verdict.redacted:
             ctx.note("output redacted by guardrails")
             ctx.guard_state["output_redacted"] = True
+        if verdict.flagged:
+            ctx.guard_state["output_flagged"] = True
         if verdict.rewritten:
             new = rewrite_body(answer, slots, verdict.rewritten)
             return ResponseOutcome("continue", out_headers, body=orjson.dumps(new))
@@ -404,16 +412,35 @@ class Pipeline:
         streamed: bool,
     ) -> str | None:
         reason = self._store_refusal(ctx, status)
-        if reason is None and streamed:
-            assert ctx.parsed is not None
-            complete, why = stream_is_complete(ctx.parsed.api, parse_events(body))
-            if not complete:
-                reason = why
         if reason is not None:
-            ctx.note(f"not stored: {reason}")
-            self.metrics.store_skips.labels(reason.split(" ")[0].split(":")[0]).inc()
+            self._not_stored(ctx, reason.split(" ")[0].split(":")[0], reason)
+            return None
+        assert ctx.parsed is not None
+        events = parse_events(body) if streamed else []
+        if streamed:
+            complete, why = stream_is_complete(ctx.parsed.api, events)
+            if not complete:
+                self._not_stored(ctx, "stream", why)
+                return None
+        refusal = answer_refusal(
+            ctx.parsed.api,
+            ctx.parsed.request_type,
+            body,
+            streamed,
+            self.config.cache.storable_finish_reasons,
+            events,
+        )
+        if refusal is not None:
+            self._not_stored(ctx, refusal.code, refusal.reason)
             return None
         return await self._put(ctx, status, headers, body, streamed)
+
+    def _not_stored(self, ctx: RequestContext, code: str, reason: str) -> None:
+        """Record why an answer was not stored: trace, metric, and the response's cache info.
+        ``reason`` is a fixed phrase (or a status number), never text from the answer."""
+        ctx.note(f"not stored: {reason}")
+        ctx.cache.not_stored = reason
+        self.metrics.store_skips.labels(code).inc()
 
     def _store_refusal(self, ctx: RequestContext, status: int) -> str | None:
         if self.cache is None or ctx.plan is None or ctx.plan.bypass:
@@ -422,6 +449,8 @@ class Pipeline:
             return "blocked by a guardrail"
         if ctx.guard_state.get("output_redacted"):
             return "redacted by an output guardrail"
+        if ctx.guard_state.get("output_flagged") and not self.config.cache.store_flagged_answers:
+            return "flagged by an output guardrail (cache.store_flagged_answers is off)"
         if not 200 <= status < 300:
             return f"status {status} is not 2xx"
         if ctx.plan.no_store:
@@ -481,8 +510,10 @@ class Pipeline:
             ctx.blocked = True
         if processor.redacted:
             ctx.guard_state["output_redacted"] = True
+        if processor.flagged:
+            ctx.guard_state["output_flagged"] = True
         if processor.oversize:
-            ctx.note("stream over max_body_bytes: not stored")
+            self._not_stored(ctx, "too_large", "stream over max_body_bytes")
             return None
         body = b"".join(e.raw for e in processor.events)
         return await self._store(ctx, status, headers, body, True)

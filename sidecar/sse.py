@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.formats import ApiFormat
+from sidecar.formats import ApiFormat, as_list
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +125,7 @@ def iter_text_deltas(api: ApiFormat, event: SseEvent) -> Iterator[tuple[str, str
             if delta.get("type") == "text_delta" and isinstance(delta.get("text"), str):
                 yield f"block:{payload.get('index', 0)}", delta["text"]
         return
-    for choice in payload.get("choices") or []:
+    for choice in as_list(payload.get("choices")):
         if not isinstance(choice, dict):
             continue
         channel = f"choice:{choice.get('index', 0)}"

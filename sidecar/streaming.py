@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 
-from sidecar.formats import ApiFormat, sse_error_event
+from sidecar.formats import ApiFormat, as_list, sse_error_event
 from sidecar.sse import SseAssembler, SseEvent, is_terminal, iter_text_deltas
 
 
@@ -23,6 +23,7 @@ class GuardStep:
     blocked_message: str | None = None  # set when a rule blocked the stream
     blocked_code: str = ""
     redacted: bool = False  # on finish: some text was redacted (the stream must not be cached)
+    flagged: bool = False  # on finish: some check found something (cache.store_flagged_answers)
 
 
 class TextGuard(Protocol):
@@ -38,8 +39,8 @@ def _set_delta_text(api: ApiFormat, payload: dict[str, Any], channel: str, text:
     if api is ApiFormat.ANTHROPIC:
         payload["delta"]["text"] = text
         return
-    for choice in payload.get("choices") or []:
-        if f"choice:{choice.get('index', 0)}" == channel:
+    for choice in as_list(payload.get("choices")):
+        if isinstance(choice, dict) and f"choice:{choice.get('index', 0)}" == channel:
             if isinstance(choice.get("delta"), dict) and "content" in choice["delta"]:
                 choice["delta"]["content"] = text
             else:
@@ -60,7 +61,7 @@ def _closes_channel(api: ApiFormat, payload: Any, channel: str) -> bool:
             payload.get("type") == "content_block_stop"
             and channel == f"block:{payload.get('index', 0)}"
         )
-    for choice in payload.get("choices") or []:
+    for choice in as_list(payload.get("choices")):
         if (
             isinstance(choice, dict)
             and choice.get("finish_reason")
@@ -87,6 +88,7 @@ class StreamProcessor:
         self.events: list[SseEvent] = []
         self.blocked: str | None = None
         self.redacted = False
+        self.flagged = False
         self.terminal_seen = False
         self.oversize = False
         self._max_bytes = max_bytes
@@ -157,6 +159,7 @@ class StreamProcessor:
         guard = self._guards.pop(channel)
         step = await guard.finish()
         self.redacted = self.redacted or step.redacted
+        self.flagged = self.flagged or step.flagged
         if step.blocked_message is not None:
             return self._block(step)
         if not step.released:

@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from sidecar.config import CacheConfig, parse_duration
+from sidecar.config import CacheConfig, format_duration, parse_duration
 from sidecar.formats import BadRequest, ParsedRequest, RequestType, normalise_text
 
 HEADER_KEY = "x-bf-cache-key"
@@ -87,10 +87,16 @@ def parse_cache_headers(headers: Mapping[str, str], config: CacheConfig) -> Cach
         partition = config.default_cache_key
     plan.partition = partition
     if (raw := headers.get(HEADER_TTL)) is not None:
+        shown = raw if len(raw) <= 40 else raw[:37] + "..."
         try:
             plan.ttl = parse_duration(raw.strip())
         except ValueError as exc:
-            raise BadRequest(f"invalid {HEADER_TTL} header {raw!r}: {exc}") from None
+            raise BadRequest(f"invalid {HEADER_TTL} header {shown!r}: {exc}") from None
+        if plan.ttl > config.max_ttl:
+            raise BadRequest(
+                f"invalid {HEADER_TTL} header {shown!r}: over the maximum "
+                f"{format_duration(config.max_ttl)} (cache.max_ttl)"
+            )
     if (raw := headers.get(HEADER_THRESHOLD)) is not None:
         try:
             value = float(raw)

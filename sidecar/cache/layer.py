@@ -103,6 +103,8 @@ class DualCache:
         self.metrics = metrics
         self.verifier: MatchVerifier = verifier or AcceptAll()
         self.candidates = candidates
+        counter = metrics.unreadable_entries.labels(exact.name)
+        exact.report_unreadable = lambda n: counter.inc(n)
 
     async def start(self) -> None:
         await self.exact.start()

@@ -1,12 +1,45 @@
-"""Cache entries and the keys that address them."""
+"""Cache entries and the keys that address them.
+
+Stored form (``to_bytes``): one JSON object. Schema versions:
+
+- 1: the first format, without a ``"v"`` field (sidecar releases before the schema version).
+- 2: the same fields plus ``"v": 2``; ``from_bytes`` reads 1 and 2, and a store that meets a
+  version-1 row rewrites it as version 2 (the embedded store does so at start).
+
+``from_bytes`` raises ``UnreadableEntry`` (never TypeError/KeyError) for anything else: a store
+logs the id, counts it and skips the row, so one bad row never stops the sidecar.
+"""
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+
+#: the schema version ``to_bytes`` writes
+SCHEMA_VERSION = 2
+#: versions ``from_bytes`` reads (older ones are migrated on write)
+READABLE_VERSIONS = (1, 2)
+
+
+class UnreadableEntry(ValueError):
+    """A stored entry that cannot be read. The message says why, never the content."""
+
+
+def _require(cond: bool, why: str) -> None:
+    if not cond:
+        raise UnreadableEntry(why)
+
+
+def _finite(value: Any, name: str) -> float:
+    _require(
+        isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value),
+        f"{name} is not a finite number",
+    )
+    return float(value)
 
 
 @dataclass(slots=True)
@@ -27,12 +60,20 @@ class CachedAnswer:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> CachedAnswer:
+    def from_json(cls, data: Any) -> CachedAnswer:
+        _require(isinstance(data, dict), "answer is not an object")
+        status, headers, body = data.get("status"), data.get("headers"), data.get("body")
+        _require(isinstance(status, int) and 100 <= status <= 599, "answer.status is invalid")
+        _require(
+            isinstance(headers, dict) and all(isinstance(v, str) for v in headers.values()),
+            "answer.headers is not a mapping of strings",
+        )
+        _require(isinstance(body, str), "answer.body is not a string")
         return cls(
-            status=int(data["status"]),
-            headers=dict(data["headers"]),
-            body=str(data["body"]).encode("utf-8"),
-            streamed=bool(data["streamed"]),
+            status=status,
+            headers=dict(headers),
+            body=body.encode("utf-8"),
+            streamed=bool(data.get("streamed", False)),
         )
 
 
@@ -66,6 +107,7 @@ class CacheEntry:
     def to_bytes(self) -> bytes:
         return orjson.dumps(
             {
+                "v": SCHEMA_VERSION,
                 "id": self.id,
                 "partition": self.partition,
                 "scope": self.scope,
@@ -80,15 +122,62 @@ class CacheEntry:
 
     @classmethod
     def from_bytes(cls, raw: bytes | str) -> CacheEntry:
-        data = orjson.loads(raw)
-        return cls(
+        return cls.read(raw)[0]
+
+    @classmethod
+    def read(cls, raw: bytes | str) -> tuple[CacheEntry, int]:
+        """The entry and the schema version it was stored in. Raises ``UnreadableEntry``."""
+        _require(isinstance(raw, bytes | str), "not bytes or text")
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise UnreadableEntry("not valid JSON") from None
+        _require(isinstance(data, dict), "not a JSON object")
+        version = data.get("v", 1)
+        _require(
+            isinstance(version, int) and not isinstance(version, bool),
+            "schema version is not an integer",
+        )
+        if version not in READABLE_VERSIONS:
+            raise UnreadableEntry(
+                f"schema version {version} (this sidecar reads versions "
+                f"{', '.join(map(str, READABLE_VERSIONS))})"
+            )
+        # Versions 1 and 2 share their fields; a future migration branches on ``version`` here.
+        for name in ("id", "partition", "scope", "question"):
+            _require(isinstance(data.get(name), str), f"{name} is not a string")
+        vector = data.get("vector")
+        _require(
+            vector is None
+            or (
+                isinstance(vector, list)
+                and all(isinstance(x, int | float) and math.isfinite(x) for x in vector)
+            ),
+            "vector is not a list of finite numbers",
+        )
+        meta = data.get("meta") or {}
+        _require(isinstance(meta, dict), "meta is not an object")
+        entry = cls(
             id=data["id"],
             partition=data["partition"],
             scope=data["scope"],
             question=data["question"],
-            answer=CachedAnswer.from_json(data["answer"]),
-            created_at=float(data["created_at"]),
-            expires_at=float(data["expires_at"]),
-            vector=data.get("vector"),
-            meta=data.get("meta") or {},
+            answer=CachedAnswer.from_json(data.get("answer")),
+            created_at=_finite(data.get("created_at"), "created_at"),
+            expires_at=_finite(data.get("expires_at"), "expires_at"),
+            vector=vector,
+            meta=meta,
         )
+        return entry, version
+
+
+def entry_id_of(raw: bytes | str) -> str | None:
+    """The id in a stored entry, if one can be found without reading the rest (for logs)."""
+    if not isinstance(raw, bytes | str):
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    value = data.get("id") if isinstance(data, dict) else None
+    return value if isinstance(value, str) else None

@@ -6,13 +6,17 @@ Every backend (embedded, Redis, Qdrant, Weaviate) implements one or both. The ca
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from sidecar.cache.model import CacheEntry
+
+#: told how many stored entries a store found but could not read (the cache counts them in
+#: ``sidecar_cache_unreadable_entries_total``); the store itself logs their ids
+UnreadableCounter = Callable[[int], None]
 
 
 class StoreUnavailable(RuntimeError):
@@ -43,6 +47,8 @@ class ExactStore(Protocol):
     """Entries by id. Must honour ``expires_at`` (never return an expired entry)."""
 
     name: str
+    #: the cache layer replaces it to count entries that cannot be read (logged by id, skipped)
+    report_unreadable: UnreadableCounter
 
     async def start(self) -> None: ...
 

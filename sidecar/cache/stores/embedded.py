@@ -9,6 +9,7 @@ grows (a scope of 100,000 entries is searched in well under a millisecond).
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 import time
@@ -20,12 +21,24 @@ from typing import Any
 
 import numpy as np
 
-from sidecar.cache.model import CacheEntry
-from sidecar.cache.stores.base import Neighbour, as_vector, unit
+from sidecar.cache.model import SCHEMA_VERSION, CacheEntry, UnreadableEntry
+from sidecar.cache.stores.base import Neighbour, UnreadableCounter, as_vector, unit
+
+log = logging.getLogger("sidecar.cache.embedded")
+_NAMED_ROWS = 50  # ids named in the start-up line; the metric counts them all
+
+
+def _name_rows(rows: list[tuple[str, str]]) -> str:
+    if not rows:
+        return ""
+    named = ", ".join(f"{row_id[:80]!r} ({why})" for row_id, why in rows[:_NAMED_ROWS])
+    more = f", and {len(rows) - _NAMED_ROWS} more" if len(rows) > _NAMED_ROWS else ""
+    return f": {named}{more}"
 
 
 class EmbeddedExactStore:
     name = "embedded"
+    report_unreadable: UnreadableCounter = staticmethod(lambda n: None)  # set by the cache
 
     def __init__(
         self,
@@ -41,6 +54,8 @@ class EmbeddedExactStore:
         self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
         self._partitions: dict[str, set[str]] = {}
         self._bytes = 0
+        # rows skipped at start because they cannot be read: the admin API may delete them
+        self._unreadable: set[str] = set()
         self._db: sqlite3.Connection | None = None
         # One thread owns the SQLite connection; writes keep their order and stay off the loop.
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-sqlite")
@@ -48,20 +63,54 @@ class EmbeddedExactStore:
 
     # -- lifecycle
     async def start(self) -> None:
+        """Load the persisted entries. Never fails on a row: a row that cannot be read is
+        named by id (never its content) in one summary line, counted, left in the file for a
+        newer sidecar or an operator, and skipped. Rows of an older schema are rewritten."""
         if self._path is None:
             return
         rows = await self._run(self._open)
         now = self._clock()
-        for raw in rows:
-            entry = CacheEntry.from_bytes(raw)
-            if not entry.expired(now):
-                self._insert(entry)
-        self._evict()
+        unreadable: list[tuple[str, str]] = []
+        migrated: list[CacheEntry] = []
+        for row_id, raw in rows:
+            try:
+                entry, version = CacheEntry.read(raw)
+                if entry.id != row_id:
+                    raise UnreadableEntry("the id inside differs from the row's id")
+            except UnreadableEntry as exc:
+                unreadable.append((str(row_id), str(exc)))
+                continue
+            if entry.expired(now):
+                continue
+            if version != SCHEMA_VERSION:
+                migrated.append(entry)
+            self._insert(entry)
+        evicted = self._evict()
+        migrated = [e for e in migrated if e.id in self._entries]
+        if migrated or evicted:
+            await self._run(self._rewrite, migrated, evicted)
+        self._unreadable = {row_id for row_id, _ in unreadable}
+        self.report_unreadable(len(unreadable))
+        log.info(
+            "embedded cache %s: %d entries loaded, %d migrated to schema version %d, "
+            "%d evicted by the size bounds, %d unreadable rows skipped%s",
+            self._path,
+            len(self._entries),
+            len(migrated),
+            SCHEMA_VERSION,
+            len(evicted),
+            len(unreadable),
+            _name_rows(unreadable),
+        )
 
-    def _open(self) -> list[bytes]:
+    def _open(self) -> list[tuple[Any, Any]]:
         assert self._path is not None
         self._path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(self._path), check_same_thread=False)
+        # secure_delete: a deleted answer's bytes are overwritten with zeros in the database
+        # pages, and the WAL is checkpointed and truncated after deletes (see _delete_rows), so
+        # an answer deleted through the admin API is not left readable on disk.
+        self._db.execute("PRAGMA secure_delete=ON")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(
@@ -70,8 +119,17 @@ class EmbeddedExactStore:
         )
         self._db.execute("DELETE FROM entries WHERE expires_at <= ?", (self._clock(),))
         self._db.commit()
-        cur = self._db.execute("SELECT data FROM entries ORDER BY used_at")
-        return [row[0] for row in cur.fetchall()]
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # expired answers leave the WAL too
+        cur = self._db.execute("SELECT id, data FROM entries ORDER BY used_at")
+        return [(row[0], row[1]) for row in cur.fetchall()]
+
+    def _rewrite(self, entries: list[CacheEntry], evicted: list[str]) -> None:
+        if self._db is None:
+            return
+        self._db.executemany(
+            "UPDATE entries SET data = ? WHERE id = ?", [(e.to_bytes(), e.id) for e in entries]
+        )
+        self._delete_rows(evicted)
 
     async def close(self) -> None:
         def _close() -> None:
@@ -149,9 +207,20 @@ class EmbeddedExactStore:
             " VALUES (?, ?, ?, ?, ?)",
             (entry.id, entry.partition, entry.expires_at, self._clock(), entry.to_bytes()),
         )
-        if evicted:
-            self._db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in evicted])
+        # Evictions make room on the hot write path: no checkpoint here (SQLite's automatic
+        # one, every 1000 pages, copies the zeroed pages back and recycles the WAL).
+        self._delete_rows(evicted, checkpoint=False)
+
+    def _delete_rows(self, ids: list[str], checkpoint: bool = True) -> None:
+        """Delete rows and commit. With ``checkpoint``, then copy the WAL into the database
+        and truncate it: secure_delete zeroes the deleted bytes in the new page versions, and
+        the checkpoint drops the old versions the WAL still holds."""
+        assert self._db is not None
+        if ids:
+            self._db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in ids])
         self._db.commit()
+        if ids and checkpoint:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     async def _persist_delete(self, ids: list[str]) -> None:
         if self._path is None or not ids:
@@ -159,14 +228,16 @@ class EmbeddedExactStore:
 
         def _delete() -> None:
             if self._db is not None:
-                self._db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in ids])
-                self._db.commit()
+                self._delete_rows(ids)
 
         await self._run(_delete)
 
     async def delete(self, entry_id: str) -> bool:
         with self._lock:
             found = self._remove(entry_id) is not None
+            if entry_id in self._unreadable:  # a row named in the start-up line as unreadable
+                self._unreadable.discard(entry_id)
+                found = True
         if found:
             await self._persist_delete([entry_id])
         return found

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
@@ -80,9 +81,13 @@ def parse_redis_url(url: str, setting: str) -> RedisTarget:
     for name, value in parse_qsl(parts.query):
         if name in _NUMERIC_OPTIONS:
             try:
-                float(value)
+                number = float(value)
             except ValueError:
-                raise RedisUrlError(f"{setting}: option {name}={value!r} is not a number") from None
+                number = math.nan
+            if not math.isfinite(number) or number < 0:
+                raise RedisUrlError(
+                    f"{setting}: option {name}={value!r} is not a finite non-negative number"
+                )
     safe = f"{scheme}://{parts.hostname}:{port or 6379}" + (f"/{path}" if path else "")
     return RedisTarget(url=url, cluster=cluster, safe=safe)
 

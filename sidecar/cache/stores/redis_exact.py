@@ -28,8 +28,9 @@ from typing import Any
 
 from redis.commands.core import AsyncScript
 
-from sidecar.cache.model import CacheEntry
+from sidecar.cache.model import CacheEntry, UnreadableEntry
 from sidecar.cache.single_flight import new_token
+from sidecar.cache.stores.base import UnreadableCounter
 from sidecar.cache.stores.redis_conn import (
     REDIS_ERRORS,
     RedisClient,
@@ -88,6 +89,7 @@ def _text(value: bytes | str) -> str:
 
 class RedisExactStore:
     name = "redis"
+    report_unreadable: UnreadableCounter = staticmethod(lambda n: None)  # set by the cache
 
     def __init__(
         self,
@@ -171,7 +173,14 @@ class RedisExactStore:
         raw = await self.call("get", lambda c: c.get(self._entry_key(tag, entry_id)))
         if raw is None:
             return None
-        entry = CacheEntry.from_bytes(raw)
+        try:
+            entry = CacheEntry.from_bytes(raw)
+        except UnreadableEntry as exc:
+            # A miss, never an error: the answer is fetched again and overwrites this key. Not
+            # deleted here: during a rolling upgrade a newer replica may have written it.
+            log.warning("redis cache entry %r cannot be read, treated as a miss: %s", entry_id, exc)
+            self.report_unreadable(1)
+            return None
         if entry.id != entry_id or entry.expired(self._clock()):
             return None
         return entry
