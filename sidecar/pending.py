@@ -55,16 +55,16 @@ def secrets_match(expected: str, given: str) -> bool:
 
 
 def context_bytes(ctx: RequestContext) -> int:
-    """An estimate of the memory a held context keeps: its request body (as JSON), the text
-    pieces the guardrails scan, headers, path and a fixed overhead. Python objects cost more
-    than their JSON for bodies made of many tiny values; for the bodies that matter (long
-    messages, large ``metadata``) the body's bytes dominate."""
+    """An estimate of the memory a held context keeps: its request body (as JSON), headers,
+    path and a fixed overhead. The text pieces the guardrails scan are not added: they are the
+    body's own strings (messages, metadata, user, tools), shared, not copied. Python objects
+    cost more than their JSON for bodies made of many tiny values; for the bodies that matter
+    (long messages, large ``metadata``) the body's bytes dominate."""
     size = _CONTEXT_OVERHEAD + len(ctx.request_id) + len(ctx.path) + len(ctx.method)
     size += sum(len(k) + len(v) for k, v in ctx.headers.items())
     parsed = ctx.parsed
     if parsed is not None:
         size += len(orjson.dumps(parsed.body))
-        size += sum(len(p.text) for p in parsed.pieces)
     return size
 
 

@@ -343,7 +343,7 @@ async def test_malformed_answers_pass_through_uncached(
     config = make_config(guardrails={"rules": [str(rules)], "reload_interval": 0, "audit_log": ""})
     async with running_sidecar(config, embedder) as (sidecar, client):
         first = (await request_hook(client, body, path=path)).json()
-        res = await response_hook(client, first["request_id"], answer, content_type=content_type)
+        res = await response_hook(client, first, answer, content_type=content_type)
         assert res.status_code == 200, res.text
         reply = res.json()
         assert reply["action"] == "continue" and "stored_entry_id" not in reply
@@ -362,13 +362,13 @@ async def test_request_id_after_a_bad_response_hook(sidecar_factory: Any) -> Non
             json={"request_id": first["request_id"], "status": "ok", "body": {}},
         )
         assert bad.status_code == 400
-        good = await response_hook(client, first["request_id"], openai_answer("Paris."))
+        good = await response_hook(client, first, openai_answer("Paris."))
         assert good.status_code == 200 and "stored_entry_id" in good.json()
 
         second = (await request_hook(client, chat_body("And of Spain?"))).json()
-        odd = await response_hook(client, second["request_id"], {"choices": 5})
+        odd = await response_hook(client, second, {"choices": 5})
         assert odd.status_code == 200 and "stored_entry_id" not in odd.json()
-        again = await response_hook(client, second["request_id"], openai_answer("Madrid."))
+        again = await response_hook(client, second, openai_answer("Madrid."))
         assert again.status_code == 404
         assert again.json()["error"]["kind"] == "unknown_request_id"
 
@@ -435,7 +435,7 @@ def test_random_answers_never_fail_the_response_hook(tmp_path: Path, embedder: A
             payload = "".join(f"data: {json.dumps(a)}\n\n" for a in answer) + "data: [DONE]\n\n"
         return await response_hook(
             client,
-            first.json()["request_id"],
+            first.json(),
             payload,
             content_type=SSE if as_sse else "application/json",
         )

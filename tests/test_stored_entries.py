@@ -75,7 +75,7 @@ async def test_ttl_header_over_the_maximum_is_a_400(sidecar_factory: Any, tmp_pa
             message = res.json()["error"]["message"]
             assert "x-bf-cache-ttl" in message, message
             assert "1d" in message or "finite" in message, message
-        assert len(sidecar.pending) == 0
+        assert (await sidecar.pending.stats()).items == 0
         _, resp = await round_trip(
             client, body, openai_answer("Paris."), headers={"x-bf-cache-ttl": "1d"}
         )
