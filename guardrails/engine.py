@@ -15,6 +15,14 @@ A check that raises or overruns the timeout triggers the rule's ``on_error``: ``
 closed, finding type ``error:<kind>``) or ``allow``. A condition that fails to evaluate (a
 missing map key, say) is treated the same way, with kind ``condition``.
 
+Local checks (``LocalCheck``: regex, secrets, presidio) are CPU work, and a thread cannot be
+stopped at a deadline. With a worker pool (``guardrails.workers``), a rule's local checks on
+more than ``inline_max_chars`` characters run in one worker process, which is killed when the
+rule's timeout or the request's CPU budget runs out: the CPU stops with the answer. Smaller
+inputs run inline, where their cost is bounded by their size (docs/guardrails.md has the
+figures). The CPU budget (``cpu_budget_ms``) counts the CPU of a request's local checks across
+both stages; once spent, further local checks fail with ``error:cpu_budget``.
+
 Streamed answers go through :class:`guardrails.stream.StreamGuard` (see ``open_stream``).
 """
 
@@ -37,8 +45,10 @@ import cel
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from guardrails.audit import AuditLog
-from guardrails.base import CheckContext, CheckResult, Finding, Stage, TextPiece
-from guardrails.rules import Action, OnError, Profile, Redaction, Rule, RuleSet
+from guardrails.base import CheckContext, CheckResult, Finding, LocalCheck, Stage, TextPiece
+from guardrails.registry import PROVIDERS
+from guardrails.rules import Action, OnError, Profile, Redaction, Rule, RuleSet, check_key
+from guardrails.workers import CheckSpec, CpuBudgetExceeded, WorkerError, WorkerPool
 
 if TYPE_CHECKING:
     from guardrails.reload import RuleSetHolder
@@ -64,6 +74,8 @@ class ErrorKind(enum.StrEnum):
     CHECK = "check_error"
     CONDITION = "condition"
     REWRITE_CONFLICT = "rewrite_conflict"
+    CPU_BUDGET = "cpu_budget"  # the request's CPU budget for local checks is spent
+    WORKERS_BUSY = "workers_busy"  # every check worker busy and the wait queue full
 
 
 @dataclass(slots=True)
@@ -271,6 +283,24 @@ def outcome_rank(outcome: Outcome) -> int:
     return _OUTCOME_RANK[outcome]
 
 
+#: Inputs up to this many characters run local checks inline (no IPC): their cost is bounded by
+#: their size (worst case measured by benchmarks/guardrails_cpu.py, in docs/guardrails.md).
+DEFAULT_INLINE_MAX_CHARS = 4096
+#: CPU a request's local checks may use across both stages.
+DEFAULT_CPU_BUDGET_MS = 1000
+#: Where the CPU a request's local checks used is kept (its ``request_state``).
+CPU_USED_KEY = "guardrails.cpu_used_s"
+
+
+def worker_preload(ruleset: RuleSet) -> list[str]:
+    """Modules the check workers' fork server imports once: the rule set's local providers."""
+    modules = set()
+    for profile in ruleset.profiles.values():
+        if isinstance(profile.check, LocalCheck):
+            modules.add(PROVIDERS[profile.provider].partition(":")[0])
+    return sorted(modules)
+
+
 class GuardrailEngine:
     def __init__(
         self,
@@ -282,10 +312,22 @@ class GuardrailEngine:
         hash_salt: bytes | None = None,
         stream_min_release: int = 16,
         default_block_status: int = 403,
+        workers: WorkerPool | None = None,
+        inline_max_chars: int = DEFAULT_INLINE_MAX_CHARS,
+        cpu_budget_ms: int = DEFAULT_CPU_BUDGET_MS,
     ) -> None:
         """``registry`` None keeps metrics private (not exported); ``hash_salt`` None draws a
-        random per-process salt, so ``hash`` redactions differ across restarts."""
+        random per-process salt, so ``hash`` redactions differ across restarts.
+
+        ``workers`` None runs every check in this process, as callers of ``scan`` always did:
+        a timeout then answers without stopping CPU work, and ``cpu_budget_ms`` (0: none) is
+        not enforced."""
         self.holder = holder
+        self.workers = workers
+        self.inline_max_chars = max(0, inline_max_chars)
+        self.cpu_budget_s = cpu_budget_ms / 1000 if cpu_budget_ms > 0 else None
+        if workers is not None:
+            workers.add_specs(self._spec(p) for p in holder.current.profiles.values())
         self.audit = audit
         self._rng = rng or random.Random()
         self._salt = hash_salt if hash_salt is not None else os.urandom(16)
@@ -397,11 +439,72 @@ class GuardrailEngine:
         """Run a rule's profiles concurrently under its timeout (TimeoutError when overrun)."""
         profiles = [ruleset.profiles[name] for name in rule.profiles]
         async with asyncio.timeout(rule.timeout_ms / 1000):
-            if len(profiles) == 1:
-                return [(profiles[0], await profiles[0].check.scan(pieces, ctx))]
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(p.check.scan(pieces, ctx)) for p in profiles]
-        return [(p, t.result()) for p, t in zip(profiles, tasks, strict=True)]
+            if self.workers is None:
+                local: list[Profile] = []
+                others = profiles
+            else:
+                local = [p for p in profiles if isinstance(p.check, LocalCheck)]
+                others = [p for p in profiles if not isinstance(p.check, LocalCheck)]
+            if not others:
+                results = await self._scan_local(local, pieces, ctx)
+            elif not local and len(others) == 1:
+                results = [(others[0], await others[0].check.scan(pieces, ctx))]
+            else:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(p.check.scan(pieces, ctx)) for p in others]
+                    local_task = group.create_task(self._scan_local(local, pieces, ctx))
+                results = [*local_task.result()]
+                results += [(p, t.result()) for p, t in zip(others, tasks, strict=True)]
+        order = {name: i for i, name in enumerate(rule.profiles)}
+        return sorted(results, key=lambda pair: order[pair[0].name])
+
+    async def _scan_local(
+        self, profiles: Sequence[Profile], pieces: Sequence[TextPiece], ctx: CheckContext
+    ) -> list[tuple[Profile, CheckResult]]:
+        """Local checks: inline for small inputs, else in one worker process (stoppable)."""
+        if not profiles:
+            return []
+        assert self.workers is not None
+        left = self.cpu_budget_left(ctx)
+        if left is not None and left <= 0:
+            raise CpuBudgetExceeded(self.cpu_used(ctx), self.cpu_budget_s or 0.0)
+        checks = [p.check for p in profiles if isinstance(p.check, LocalCheck)]
+        if sum(len(p.text) for p in pieces) <= self.inline_max_chars:
+            started = time.thread_time()
+            try:
+                analyses = [check.analyze(pieces, ctx.stage) for check in checks]
+            finally:
+                self._charge(ctx, time.thread_time() - started)
+        else:
+            jobs = [(self._spec(p), pieces) for p in profiles]
+            job = await self.workers.run(
+                jobs, ctx.stage, cpu_limit_s=left, charge=lambda s: self._charge(ctx, s)
+            )
+            analyses = job.analyses
+        return [
+            (p, check.complete(pieces, ctx, analysis))
+            for p, check, analysis in zip(profiles, checks, analyses, strict=True)
+        ]
+
+    @staticmethod
+    def _spec(profile: Profile) -> CheckSpec:
+        base_dir = os.path.dirname(os.path.abspath(profile.file))
+        key = check_key(profile.provider, profile.config, base_dir)
+        return CheckSpec(key, profile.provider, dict(profile.config), base_dir)
+
+    @staticmethod
+    def cpu_used(ctx: CheckContext) -> float:
+        """CPU seconds the request's local checks used so far (both stages)."""
+        used = ctx.request_state.get(CPU_USED_KEY, 0.0)
+        return float(used) if isinstance(used, int | float) else 0.0
+
+    def cpu_budget_left(self, ctx: CheckContext) -> float | None:
+        if self.cpu_budget_s is None:
+            return None
+        return self.cpu_budget_s - self.cpu_used(ctx)
+
+    def _charge(self, ctx: CheckContext, cpu_s: float) -> None:
+        ctx.request_state[CPU_USED_KEY] = self.cpu_used(ctx) + max(0.0, cpu_s)
 
     def error_run(self, rule: Rule, stage: Stage, kind: ErrorKind, latency_ms: float) -> RuleRun:
         if rule.on_error is OnError.BLOCK:
@@ -438,6 +541,10 @@ class GuardrailEngine:
             return self.error_run(rule, stage, ErrorKind.TIMEOUT, latency)
         except Exception as exc:  # noqa: BLE001 - a failing check is the rule's on_error case
             latency = (time.perf_counter() - start) * 1000
+            kind = _worker_error_kind(exc)
+            if kind is not None:
+                log.warning("guardrail rule %s: %s", rule.id, kind.value)
+                return self.error_run(rule, stage, kind, latency)
             # Class names only: exception messages from remote services may quote the text.
             log.warning("guardrail rule %s: check failed (%s)", rule.id, _exception_names(exc))
             return self.error_run(rule, stage, ErrorKind.CHECK, latency)
@@ -516,6 +623,18 @@ class GuardrailEngine:
             except (OSError, ValueError) as exc:
                 self._audit_errors.inc()
                 log.error("guardrail audit write failed: %s", type(exc).__name__)
+
+
+def _worker_error_kind(exc: BaseException) -> ErrorKind | None:
+    """CPU budget and busy-pool errors keep their own kind, even inside an exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        kinds = [_worker_error_kind(e) for e in exc.exceptions]
+        return next((k for k in kinds if k is not None), None)
+    if isinstance(exc, WorkerError):
+        for kind in (ErrorKind.CPU_BUDGET, ErrorKind.WORKERS_BUSY):
+            if exc.kind == kind.value:
+                return kind
+    return None
 
 
 def _exception_names(exc: BaseException) -> str:
