@@ -39,7 +39,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import cel
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -292,11 +292,24 @@ DEFAULT_CPU_BUDGET_MS = 1000
 CPU_USED_KEY = "guardrails.cpu_used_s"
 
 
+_LOCAL_CLASSES: dict[type, bool] = {}
+
+
+def is_local(check: object) -> bool:
+    """Whether a check is a ``LocalCheck`` (decided once per class: a protocol isinstance test
+    costs about 20 us, which the per-request path should not pay for every profile)."""
+    cls = type(check)
+    local = _LOCAL_CLASSES.get(cls)
+    if local is None:
+        local = _LOCAL_CLASSES[cls] = issubclass(cls, LocalCheck)
+    return local
+
+
 def worker_preload(ruleset: RuleSet) -> list[str]:
     """Modules the check workers' fork server imports once: the rule set's local providers."""
     modules = set()
     for profile in ruleset.profiles.values():
-        if isinstance(profile.check, LocalCheck):
+        if is_local(profile.check):
             modules.add(PROVIDERS[profile.provider].partition(":")[0])
     return sorted(modules)
 
@@ -327,7 +340,8 @@ class GuardrailEngine:
         self.inline_max_chars = max(0, inline_max_chars)
         self.cpu_budget_s = cpu_budget_ms / 1000 if cpu_budget_ms > 0 else None
         if workers is not None:
-            workers.add_specs(self._spec(p) for p in holder.current.profiles.values())
+            profiles = holder.current.profiles.values()
+            workers.add_specs(self._spec(p) for p in profiles if is_local(p.check))
         self.audit = audit
         self._rng = rng or random.Random()
         self._salt = hash_salt if hash_salt is not None else os.urandom(16)
@@ -443,8 +457,8 @@ class GuardrailEngine:
                 local: list[Profile] = []
                 others = profiles
             else:
-                local = [p for p in profiles if isinstance(p.check, LocalCheck)]
-                others = [p for p in profiles if not isinstance(p.check, LocalCheck)]
+                local = [p for p in profiles if is_local(p.check)]
+                others = [p for p in profiles if not is_local(p.check)]
             if not others:
                 results = await self._scan_local(local, pieces, ctx)
             elif not local and len(others) == 1:
@@ -468,7 +482,7 @@ class GuardrailEngine:
         left = self.cpu_budget_left(ctx)
         if left is not None and left <= 0:
             raise CpuBudgetExceeded(self.cpu_used(ctx), self.cpu_budget_s or 0.0)
-        checks = [p.check for p in profiles if isinstance(p.check, LocalCheck)]
+        checks = [cast(LocalCheck, p.check) for p in profiles]
         if sum(len(p.text) for p in pieces) <= self.inline_max_chars:
             started = time.thread_time()
             try:
