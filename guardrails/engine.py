@@ -339,9 +339,9 @@ class GuardrailEngine:
         self.workers = workers
         self.inline_max_chars = max(0, inline_max_chars)
         self.cpu_budget_s = cpu_budget_ms / 1000 if cpu_budget_ms > 0 else None
+        self._specs_for: RuleSet | None = None  # the rule set whose checks workers prebuild
         if workers is not None:
-            profiles = holder.current.profiles.values()
-            workers.add_specs(self._spec(p) for p in profiles if is_local(p.check))
+            self._prebuild(holder.current)
         self.audit = audit
         self._rng = rng or random.Random()
         self._salt = hash_salt if hash_salt is not None else os.urandom(16)
@@ -490,6 +490,8 @@ class GuardrailEngine:
             finally:
                 self._charge(ctx, time.thread_time() - started)
         else:
+            if self._specs_for is not self.holder.current:
+                self._prebuild(self.holder.current)
             jobs = [(self._spec(p), pieces) for p in profiles]
             job = await self.workers.run(
                 jobs, ctx.stage, cpu_limit_s=left, charge=lambda s: self._charge(ctx, s)
@@ -499,6 +501,13 @@ class GuardrailEngine:
             (p, check.complete(pieces, ctx, analysis))
             for p, check, analysis in zip(profiles, checks, analyses, strict=True)
         ]
+
+    def _prebuild(self, ruleset: RuleSet) -> None:
+        """Tell the pool which checks a new worker builds before its first job."""
+        assert self.workers is not None
+        self._specs_for = ruleset
+        profiles = ruleset.profiles.values()
+        self.workers.set_specs(self._spec(p) for p in profiles if is_local(p.check))
 
     @staticmethod
     def _spec(profile: Profile) -> CheckSpec:

@@ -201,6 +201,10 @@ class WorkerPool:
         for spec in specs:
             self._specs.setdefault(spec.key, spec)
 
+    def set_specs(self, specs: Iterable[CheckSpec]) -> None:
+        """Replace the checks new workers build (after a rule reload; old ones are dropped)."""
+        self._specs = {spec.key: spec for spec in specs}
+
     def prestart(self) -> None:
         """Start the workers in a background thread now (no event loop needed); ``start``
         or the first job picks them up. Starting the fork server imports the check modules,

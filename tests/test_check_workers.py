@@ -10,15 +10,19 @@ that the killed worker's pid is gone and that ``on_error`` decided the outcome.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import signal
 import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+from conftest import make_config
+from hookclient import chat_body, request_hook
 
 from guardrails.base import CheckContext, Stage, TextPiece
 from guardrails.engine import CPU_USED_KEY, ErrorKind, GuardrailEngine, Outcome, RuleEnv
@@ -245,3 +249,45 @@ def test_config_keys_and_the_pool_the_sidecar_builds(tmp_path: Path) -> None:
     assert auto.guardrails.workers == "auto" and auto.guardrails.cpu_budget_ms == 1000
     with pytest.raises(ConfigError, match="workers"):
         load_config(environ={"SIDECAR_GUARDRAILS__WORKERS": "-1"})
+
+
+async def test_request_hook_answers_at_the_deadline_and_the_worker_is_gone(
+    tmp_path: Path, sidecar_factory: Any
+) -> None:
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        PROFILES
+        + "rules:\n  - {id: pii, apply_to: input, profiles: [pii], action: redact,"
+        + " timeout_ms: 500, on_error: block}\n"
+    )
+    audit = tmp_path / "audit.jsonl"
+    config = make_config(
+        guardrails={
+            "rules": [str(rules)],
+            "audit_log": str(audit),
+            "reload_interval": 0,
+            "workers": 1,
+        },
+        server={"max_body_bytes": 4 * len(ADVERSARIAL)},
+    )
+    async with sidecar_factory(config) as (sidecar, client):
+        pool = sidecar.engine.workers
+        assert pool is not None
+        await pool.start()
+        [worker_pid] = pool.pids
+        before = process_tree_cpu_s()
+        res = (await request_hook(client, chat_body(ADVERSARIAL))).json()
+        assert res["action"] == "respond" and res["response"]["status"] == 403
+        assert "error:timeout" in res["response"]["body"]["error"]["message"]
+        assert await gone(worker_pid)
+        assert process_tree_cpu_s(exclude=pool.pids) - before < 3.0
+        # A 1 KB prompt runs inline, beside the replacement worker.
+        ok = (await request_hook(client, chat_body("write to jane@example.com"))).json()
+        assert ok["action"] == "continue"
+        assert "[EMAIL_ADDRESS]" in ok["body"]["messages"][0]["content"]
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert [(r["outcome"], r["error"]) for r in records] == [
+        ("error_blocked", "timeout"),
+        ("redacted", None),
+    ]
+    assert "a1@b1.com" not in audit.read_text()
