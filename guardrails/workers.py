@@ -442,6 +442,9 @@ def _watch_readable(conn: Connection) -> Iterator[asyncio.Future[None]]:
         yield ready
     finally:
         loop.remove_reader(fd)
+        # uvloop switches a watched descriptor to non-blocking mode; Connection.send and recv
+        # need it blocking (a 1 MB send would fail part-way with BlockingIOError).
+        os.set_blocking(fd, True)
 
 
 async def _readable(conn: Connection) -> None:

@@ -291,3 +291,24 @@ async def test_request_hook_answers_at_the_deadline_and_the_worker_is_gone(
         ("redacted", None),
     ]
     assert "a1@b1.com" not in audit.read_text()
+
+
+def test_large_jobs_under_uvloop() -> None:
+    """``sidecar serve`` runs on uvloop, which makes watched descriptors non-blocking."""
+    uvloop = pytest.importorskip("uvloop", reason="uvloop is not installed")
+    token = "ghp_" + "a1B2c3D4e5F6g7H8i9J0k1L2m3N4o5P6q7R8"
+    text = "nothing to see here " * 50_000 + f"token {token} "
+
+    async def scan() -> list[Any]:
+        workers = WorkerPool(1, preload=PRELOAD)
+        try:
+            await workers.start()
+            spec = CheckSpec("secrets", "secrets", {}, None)
+            job = await workers.run([(spec, [TextPiece(0, text)])], Stage.INPUT)
+            return list(job.analyses[0])
+        finally:
+            await workers.aclose()
+
+    findings = uvloop.run(scan())
+    assert [f.type for f in findings] == ["secret:github-pat"]
+    assert text[findings[0].start : findings[0].end] == token
