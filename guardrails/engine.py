@@ -20,7 +20,7 @@ stopped at a deadline. With a worker pool (``guardrails.workers``), a rule's loc
 more than ``inline_max_chars`` characters run in one worker process, which is killed when the
 rule's timeout or the request's CPU budget runs out: the CPU stops with the answer. Smaller
 inputs run inline, where their cost is bounded by their size (docs/guardrails.md has the
-figures). The CPU budget (``cpu_budget_ms``) counts the CPU of a request's local checks across
+figures). The CPU budget (``cpu_budget_ms``) counts the CPU of a request's worker jobs across
 both stages; once spent, further local checks fail with ``error:cpu_budget``.
 
 Streamed answers go through :class:`guardrails.stream.StreamGuard` (see ``open_stream``).
@@ -286,7 +286,7 @@ def outcome_rank(outcome: Outcome) -> int:
 #: Inputs up to this many characters run local checks inline (no IPC): their cost is bounded by
 #: their size (worst case measured by benchmarks/guardrails_cpu.py, in docs/guardrails.md).
 DEFAULT_INLINE_MAX_CHARS = 4096
-#: CPU a request's local checks may use across both stages.
+#: CPU a request's local checks may use in workers, across both stages.
 DEFAULT_CPU_BUDGET_MS = 1000
 #: Where the CPU a request's local checks used is kept (its ``request_state``).
 CPU_USED_KEY = "guardrails.cpu_used_s"
@@ -484,11 +484,9 @@ class GuardrailEngine:
             raise CpuBudgetExceeded(self.cpu_used(ctx), self.cpu_budget_s or 0.0)
         checks = [cast(LocalCheck, p.check) for p in profiles]
         if sum(len(p.text) for p in pieces) <= self.inline_max_chars:
-            started = time.thread_time()
-            try:
-                analyses = [check.analyze(pieces, ctx.stage) for check in checks]
-            finally:
-                self._charge(ctx, time.thread_time() - started)
+            # Not charged: each inline run is bounded by its size, and a streamed answer makes
+            # one per step, so charging them would cut long (legitimate) streams off.
+            analyses = [check.analyze(pieces, ctx.stage) for check in checks]
         else:
             if self._specs_for is not self.holder.current:
                 self._prebuild(self.holder.current)
@@ -517,7 +515,7 @@ class GuardrailEngine:
 
     @staticmethod
     def cpu_used(ctx: CheckContext) -> float:
-        """CPU seconds the request's local checks used so far (both stages)."""
+        """CPU seconds the request's worker jobs used so far (both stages)."""
         used = ctx.request_state.get(CPU_USED_KEY, 0.0)
         return float(used) if isinstance(used, int | float) else 0.0
 

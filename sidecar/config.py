@@ -170,7 +170,7 @@ class GuardrailsConfig(_Section):
     worker_queue: int = Field(64, ge=1, le=100_000)
     #: inputs up to this many characters run local checks inline (bounded cost, no IPC)
     inline_max_chars: int = Field(4096, ge=0, le=1_000_000)
-    #: CPU one request's local checks may use, both stages together; 0: no budget
+    #: CPU one request's local checks may use in workers, both stages together; 0: no budget
     cpu_budget_ms: int = Field(1000, ge=0, le=600_000)
 
     @field_validator("workers")

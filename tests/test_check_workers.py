@@ -187,7 +187,7 @@ async def test_small_inputs_run_inline_large_ones_in_a_worker_with_the_same_resu
     expected = "key [SECRET:github-pat] mail [EMAIL_ADDRESS], [IGNORE-PREVIOUS]. "
     assert inline.rewritten == {0: expected * 2, 1: "and " + expected}
     assert offloaded.rewritten == {0: expected * 60, 1: "and " + expected * 10}
-    assert inline_ctx.request_state[CPU_USED_KEY] > 0
+    assert CPU_USED_KEY not in inline_ctx.request_state  # bounded by size, not charged
     assert worker_ctx.request_state[CPU_USED_KEY] > 0
 
 
@@ -312,3 +312,30 @@ def test_large_jobs_under_uvloop() -> None:
     findings = uvloop.run(scan())
     assert [f.type for f in findings] == ["secret:github-pat"]
     assert text[findings[0].start : findings[0].end] == token
+
+
+async def test_a_long_streamed_answer_is_not_cut_off_by_the_budget(
+    tmp_path: Path, pool: WorkerPool
+) -> None:
+    """Stream steps run inline (bounded each); only worker jobs are charged to the budget."""
+    holder = ruleset(
+        tmp_path,
+        """
+        - {id: secrets, apply_to: output, profiles: [secrets], action: redact}
+        - {id: injection, apply_to: output, profiles: [injection], action: block}
+        """,
+    )
+    engine = GuardrailEngine(holder, workers=pool, cpu_budget_ms=1)
+    ctx = CheckContext(stage=Stage.OUTPUT, request_id="r1", request_type="chat")
+    guard = engine.open_stream(RuleEnv(), ctx)
+    assert guard is not None
+    answer = "Several steps follow, each described below in some detail. " * 600
+    released = []
+    for i in range(0, len(answer), 20):
+        step = await guard.feed(answer[i : i + 20])
+        assert step.blocked is None
+        released.append(step.released)
+    last = await guard.finish()
+    assert last.blocked is None
+    assert "".join(released) + last.released == answer
+    assert pool.stats.jobs == 0
