@@ -40,6 +40,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import psutil
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from guardrails.base import Stage, TextPiece
 
@@ -174,7 +175,9 @@ class WorkerPool:
         max_queue: int = DEFAULT_MAX_QUEUE,
         preload: Iterable[str] = (),
         specs: Iterable[CheckSpec] = (),
+        registry: CollectorRegistry | None = None,
     ) -> None:
+        """``registry`` None keeps the pool's metrics private (not exported)."""
         if size < 1:
             raise ValueError("a worker pool needs at least one worker")
         self.size = size
@@ -193,6 +196,28 @@ class WorkerPool:
         self._started = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self.stats = PoolStats()
+        registry = registry if registry is not None else CollectorRegistry()
+        self._m_jobs = Counter(
+            "guardrail_worker_jobs_total",
+            "Local-check jobs that guardrail check workers finished",
+            registry=registry,
+        )
+        self._m_kills = Counter(
+            "guardrail_worker_kills_total",
+            "Guardrail check workers killed, by reason (deadline, cpu_budget, crash)",
+            ["reason"],
+            registry=registry,
+        )
+        self._m_busy = Counter(
+            "guardrail_worker_busy_total",
+            "Jobs refused because every worker was busy and the wait queue was full",
+            registry=registry,
+        )
+        Gauge(
+            "guardrail_worker_waiting",
+            "Requests waiting for a guardrail check worker",
+            registry=registry,
+        ).set_function(lambda: self._waiting)
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -345,6 +370,7 @@ class WorkerPool:
             if charge is not None:
                 charge(used)
         self.stats.jobs += 1
+        self._m_jobs.inc()
         if status != "ok":
             raise RemoteCheckFailed(f"check raised {payload}")
         return JobResult(list(payload), float(used))
@@ -354,6 +380,7 @@ class WorkerPool:
             await self.start(wait_ready=False)
         assert self._idle is not None
         if self._idle.empty() and self._waiting >= self.max_queue:
+            self._m_busy.inc()
             raise WorkersBusyError(
                 f"all {self.size} guardrail workers busy and {self._waiting} requests waiting"
             )
@@ -395,6 +422,7 @@ class WorkerPool:
         self._kill(worker)
         self._workers.discard(worker)
         self.stats.kills[reason] = self.stats.kills.get(reason, 0) + 1
+        self._m_kills.labels(reason).inc()
         self.stats.killed_pids = [*self.stats.killed_pids[-63:], worker.pid]
         log.warning("guardrail check worker %d killed (%s); starting another", worker.pid, reason)
         threading.Thread(target=worker.process.join, args=(10,), daemon=True).start()

@@ -138,7 +138,12 @@ def build_guardrails(
     size = DEFAULT_WORKERS if g.workers == "auto" else int(g.workers)
     if size > 0:
         preload = worker_preload(holder.current)
-        workers = WorkerPool(size, max_queue=g.worker_queue, preload=preload)
+        workers = WorkerPool(
+            size,
+            max_queue=g.worker_queue,
+            preload=preload,
+            registry=registry,  # type: ignore[arg-type]
+        )
         holder.on_close(workers.aclose)
     engine = GuardrailEngine(
         holder,

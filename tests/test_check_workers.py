@@ -281,6 +281,9 @@ async def test_request_hook_answers_at_the_deadline_and_the_worker_is_gone(
         assert "error:timeout" in res["response"]["body"]["error"]["message"]
         assert await gone(worker_pid)
         assert process_tree_cpu_s(exclude=pool.pids) - before < 3.0
+        registry = sidecar.metrics.registry
+        kills = registry.get_sample_value("guardrail_worker_kills_total", {"reason": "deadline"})
+        assert kills == 1
         # A 1 KB prompt runs inline, beside the replacement worker.
         ok = (await request_hook(client, chat_body("write to jane@example.com"))).json()
         assert ok["action"] == "continue"
