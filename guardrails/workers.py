@@ -281,13 +281,17 @@ class WorkerPool:
                 log.error("guardrail check workers could not start: %s", type(error).__name__)
                 raise WorkerCrashedError("guardrail check workers could not start") from error
             assert self._idle is not None
-            for worker in self._prestarted:
+            fresh, self._prestarted = self._prestarted, []
+            self._started = True
+            for worker in fresh:
                 self._workers.add(worker)
                 if wait_ready:
-                    await self._wait_ready(worker)
+                    try:
+                        await self._wait_ready(worker)
+                    except (WorkerCrashedError, EOFError, OSError):
+                        self._retire(worker, "crash")  # and start another
+                        continue
                 self._idle.put_nowait(worker)
-            self._prestarted = []
-            self._started = True
 
     async def aclose(self) -> None:
         """Stop every worker (SIGKILL; they hold no state worth a graceful stop)."""
