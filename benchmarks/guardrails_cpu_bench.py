@@ -176,7 +176,7 @@ async def load_run(workers: str | int, concurrency: int, idle_limit_s: float) ->
 async def run_all(quick: bool, concurrency: int) -> dict[str, Any]:
     idle_limit = 120.0 if quick else 600.0
     rounds = 3 if quick else 10
-    from guardrails.engine import DEFAULT_INLINE_MAX_CHARS
+    from guardrails.local_checks import DEFAULT_INLINE_MAX_CHARS
 
     return {
         "benchmark": "guardrails_cpu",

@@ -16,12 +16,9 @@ closed, finding type ``error:<kind>``) or ``allow``. A condition that fails to e
 missing map key, say) is treated the same way, with kind ``condition``.
 
 Local checks (``LocalCheck``: regex, secrets, presidio) are CPU work, and a thread cannot be
-stopped at a deadline. With a worker pool (``guardrails.workers``), a rule's local checks on
-more than ``inline_max_chars`` characters run in one worker process, which is killed when the
-rule's timeout or the request's CPU budget runs out: the CPU stops with the answer. Smaller
-inputs run inline, where their cost is bounded by their size (docs/guardrails.md has the
-figures). The CPU budget (``cpu_budget_ms``) counts the CPU of a request's worker jobs across
-both stages; once spent, further local checks fail with ``error:cpu_budget``.
+stopped at a deadline. With a worker pool, ``guardrails.local_checks`` runs them on large
+inputs in a worker process that is killed when the rule's timeout or the request's CPU budget
+runs out (``error:cpu_budget``), so the CPU stops with the answer.
 
 Streamed answers go through :class:`guardrails.stream.StreamGuard` (see ``open_stream``).
 """
@@ -39,16 +36,21 @@ import time
 from collections import Counter as Tally
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import cel
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from guardrails.audit import AuditLog
-from guardrails.base import CheckContext, CheckResult, Finding, LocalCheck, Stage, TextPiece
-from guardrails.registry import PROVIDERS
-from guardrails.rules import Action, OnError, Profile, Redaction, Rule, RuleSet, check_key
-from guardrails.workers import CheckSpec, CpuBudgetExceeded, WorkerError, WorkerPool
+from guardrails.base import CheckContext, CheckResult, Finding, Stage, TextPiece
+from guardrails.local_checks import (
+    DEFAULT_CPU_BUDGET_MS,
+    DEFAULT_INLINE_MAX_CHARS,
+    LocalCheckRunner,
+    is_local,
+)
+from guardrails.rules import Action, OnError, Profile, Redaction, Rule, RuleSet
+from guardrails.workers import WorkerError, WorkerPool
 
 if TYPE_CHECKING:
     from guardrails.reload import RuleSetHolder
@@ -283,37 +285,6 @@ def outcome_rank(outcome: Outcome) -> int:
     return _OUTCOME_RANK[outcome]
 
 
-#: Inputs up to this many characters run local checks inline (no IPC): their cost is bounded by
-#: their size (worst case measured by benchmarks/guardrails_cpu.py, in docs/guardrails.md).
-DEFAULT_INLINE_MAX_CHARS = 4096
-#: CPU a request's local checks may use in workers, across both stages.
-DEFAULT_CPU_BUDGET_MS = 1000
-#: Where the CPU a request's local checks used is kept (its ``request_state``).
-CPU_USED_KEY = "guardrails.cpu_used_s"
-
-
-_LOCAL_CLASSES: dict[type, bool] = {}
-
-
-def is_local(check: object) -> bool:
-    """Whether a check is a ``LocalCheck`` (decided once per class: a protocol isinstance test
-    costs about 20 us, which the per-request path should not pay for every profile)."""
-    cls = type(check)
-    local = _LOCAL_CLASSES.get(cls)
-    if local is None:
-        local = _LOCAL_CLASSES[cls] = issubclass(cls, LocalCheck)
-    return local
-
-
-def worker_preload(ruleset: RuleSet) -> list[str]:
-    """Modules the check workers' fork server imports once: the rule set's local providers."""
-    modules = set()
-    for profile in ruleset.profiles.values():
-        if is_local(profile.check):
-            modules.add(PROVIDERS[profile.provider].partition(":")[0])
-    return sorted(modules)
-
-
 class GuardrailEngine:
     def __init__(
         self,
@@ -337,11 +308,11 @@ class GuardrailEngine:
         not enforced."""
         self.holder = holder
         self.workers = workers
-        self.inline_max_chars = max(0, inline_max_chars)
-        self.cpu_budget_s = cpu_budget_ms / 1000 if cpu_budget_ms > 0 else None
-        self._specs_for: RuleSet | None = None  # the rule set whose checks workers prebuild
-        if workers is not None:
-            self._prebuild(holder.current)
+        self.local = (
+            LocalCheckRunner(holder, workers, inline_max_chars, cpu_budget_ms)
+            if workers is not None
+            else None
+        )
         self.audit = audit
         self._rng = rng or random.Random()
         self._salt = hash_salt if hash_salt is not None else os.urandom(16)
@@ -453,79 +424,26 @@ class GuardrailEngine:
         """Run a rule's profiles concurrently under its timeout (TimeoutError when overrun)."""
         profiles = [ruleset.profiles[name] for name in rule.profiles]
         async with asyncio.timeout(rule.timeout_ms / 1000):
-            if self.workers is None:
+            runner = self.local
+            if runner is None:
                 local: list[Profile] = []
                 others = profiles
             else:
                 local = [p for p in profiles if is_local(p.check)]
                 others = [p for p in profiles if not is_local(p.check)]
-            if not others:
-                results = await self._scan_local(local, pieces, ctx)
+            if runner is not None and not others:
+                results = await runner.scan(local, pieces, ctx)
             elif not local and len(others) == 1:
                 results = [(others[0], await others[0].check.scan(pieces, ctx))]
             else:
                 async with asyncio.TaskGroup() as group:
                     tasks = [group.create_task(p.check.scan(pieces, ctx)) for p in others]
-                    local_task = group.create_task(self._scan_local(local, pieces, ctx))
-                results = [*local_task.result()]
+                    if runner is not None:
+                        local_task = group.create_task(runner.scan(local, pieces, ctx))
+                results = [*local_task.result()] if runner is not None else []
                 results += [(p, t.result()) for p, t in zip(others, tasks, strict=True)]
         order = {name: i for i, name in enumerate(rule.profiles)}
         return sorted(results, key=lambda pair: order[pair[0].name])
-
-    async def _scan_local(
-        self, profiles: Sequence[Profile], pieces: Sequence[TextPiece], ctx: CheckContext
-    ) -> list[tuple[Profile, CheckResult]]:
-        """Local checks: inline for small inputs, else in one worker process (stoppable)."""
-        if not profiles:
-            return []
-        assert self.workers is not None
-        left = self.cpu_budget_left(ctx)
-        if left is not None and left <= 0:
-            raise CpuBudgetExceeded(self.cpu_used(ctx), self.cpu_budget_s or 0.0)
-        checks = [cast(LocalCheck, p.check) for p in profiles]
-        if sum(len(p.text) for p in pieces) <= self.inline_max_chars:
-            # Not charged: each inline run is bounded by its size, and a streamed answer makes
-            # one per step, so charging them would cut long (legitimate) streams off.
-            analyses = [check.analyze(pieces, ctx.stage) for check in checks]
-        else:
-            if self._specs_for is not self.holder.current:
-                self._prebuild(self.holder.current)
-            jobs = [(self._spec(p), pieces) for p in profiles]
-            job = await self.workers.run(
-                jobs, ctx.stage, cpu_limit_s=left, charge=lambda s: self._charge(ctx, s)
-            )
-            analyses = job.analyses
-        return [
-            (p, check.complete(pieces, ctx, analysis))
-            for p, check, analysis in zip(profiles, checks, analyses, strict=True)
-        ]
-
-    def _prebuild(self, ruleset: RuleSet) -> None:
-        """Tell the pool which checks a new worker builds before its first job."""
-        assert self.workers is not None
-        self._specs_for = ruleset
-        profiles = ruleset.profiles.values()
-        self.workers.set_specs(self._spec(p) for p in profiles if is_local(p.check))
-
-    @staticmethod
-    def _spec(profile: Profile) -> CheckSpec:
-        base_dir = os.path.dirname(os.path.abspath(profile.file))
-        key = check_key(profile.provider, profile.config, base_dir)
-        return CheckSpec(key, profile.provider, dict(profile.config), base_dir)
-
-    @staticmethod
-    def cpu_used(ctx: CheckContext) -> float:
-        """CPU seconds the request's worker jobs used so far (both stages)."""
-        used = ctx.request_state.get(CPU_USED_KEY, 0.0)
-        return float(used) if isinstance(used, int | float) else 0.0
-
-    def cpu_budget_left(self, ctx: CheckContext) -> float | None:
-        if self.cpu_budget_s is None:
-            return None
-        return self.cpu_budget_s - self.cpu_used(ctx)
-
-    def _charge(self, ctx: CheckContext, cpu_s: float) -> None:
-        ctx.request_state[CPU_USED_KEY] = self.cpu_used(ctx) + max(0.0, cpu_s)
 
     def error_run(self, rule: Rule, stage: Stage, kind: ErrorKind, latency_ms: float) -> RuleRun:
         if rule.on_error is OnError.BLOCK:

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from guardrails.audit import AuditLog
 from guardrails.base import CheckContext, Stage, TextPiece
-from guardrails.engine import GuardrailEngine, Outcome, RuleEnv, worker_preload
+from guardrails.engine import GuardrailEngine, Outcome, RuleEnv
+from guardrails.local_checks import worker_preload
 from guardrails.reload import RuleSetHolder
 from guardrails.stream import StreamGuard
 from guardrails.workers import DEFAULT_WORKERS, WorkerPool

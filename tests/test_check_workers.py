@@ -25,7 +25,8 @@ from conftest import make_config
 from hookclient import chat_body, request_hook
 
 from guardrails.base import CheckContext, Stage, TextPiece
-from guardrails.engine import CPU_USED_KEY, ErrorKind, GuardrailEngine, Outcome, RuleEnv
+from guardrails.engine import ErrorKind, GuardrailEngine, Outcome, RuleEnv
+from guardrails.local_checks import CPU_USED_KEY
 from guardrails.reload import RuleSetHolder
 from guardrails.workers import (
     CheckSpec,
@@ -237,7 +238,8 @@ def test_config_keys_and_the_pool_the_sidecar_builds(tmp_path: Path) -> None:
     assert built is not None
     engine = built[0].engine
     assert engine.workers is not None and engine.workers.size == 3
-    assert engine.cpu_budget_s == 0.25 and engine.inline_max_chars == 4096
+    assert engine.local is not None
+    assert engine.local.cpu_budget_s == 0.25 and engine.local.inline_max_chars == 4096
     asyncio.run(built[1].aclose())
     off = load_config(
         environ={"SIDECAR_GUARDRAILS__RULES": f"[{rules}]", "SIDECAR_GUARDRAILS__WORKERS": "0"}
