@@ -118,6 +118,25 @@ class Check(Protocol):
         ...
 
 
+@runtime_checkable
+class LocalCheck(Protocol):
+    """A check whose work is CPU in this process (regex, secrets, presidio).
+
+    The engine splits its scan in two so that the costly part can run in a worker process,
+    where it can be stopped at the deadline (``guardrails.workers``): ``analyze`` is a pure
+    function of the pieces and the stage, run inline or in a worker that rebuilt the check from
+    its profile's provider and config, and returns picklable data; ``complete`` turns that into
+    the result in the request's process (it may use ``ctx.request_state``). ``scan`` must equal
+    ``complete(pieces, ctx, analyze(pieces, ctx.stage))``.
+    """
+
+    def analyze(self, pieces: Sequence[TextPiece], stage: Stage) -> Any: ...
+
+    def complete(
+        self, pieces: Sequence[TextPiece], ctx: CheckContext, analysis: Any
+    ) -> CheckResult: ...
+
+
 class CheckConfigError(ValueError):
     """A profile's ``config`` is invalid. The message names the offending field."""
 

@@ -15,6 +15,11 @@ A check that raises or overruns the timeout triggers the rule's ``on_error``: ``
 closed, finding type ``error:<kind>``) or ``allow``. A condition that fails to evaluate (a
 missing map key, say) is treated the same way, with kind ``condition``.
 
+Local checks (``LocalCheck``: regex, secrets, presidio) are CPU work, and a thread cannot be
+stopped at a deadline. With a worker pool, ``guardrails.local_checks`` runs them on large
+inputs in a worker process that is killed when the rule's timeout or the request's CPU budget
+runs out (``error:cpu_budget``), so the CPU stops with the answer.
+
 Streamed answers go through :class:`guardrails.stream.StreamGuard` (see ``open_stream``).
 """
 
@@ -38,8 +43,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from guardrails.audit import AuditLog
 from guardrails.base import CheckContext, CheckResult, Finding, Stage, TextPiece
+from guardrails.local_checks import (
+    DEFAULT_CPU_BUDGET_MS,
+    DEFAULT_INLINE_MAX_CHARS,
+    LocalCheckRunner,
+    is_local,
+)
 from guardrails.rules import Action, OnError, Profile, Redaction, Rule, RuleSet
 from guardrails.ruleset import DEFAULT_SCAN, scanned_kinds
+from guardrails.workers import WorkerError, WorkerPool
 
 if TYPE_CHECKING:
     from guardrails.reload import RuleSetHolder
@@ -65,6 +77,8 @@ class ErrorKind(enum.StrEnum):
     CHECK = "check_error"
     CONDITION = "condition"
     REWRITE_CONFLICT = "rewrite_conflict"
+    CPU_BUDGET = "cpu_budget"  # the request's CPU budget for local checks is spent
+    WORKERS_BUSY = "workers_busy"  # every check worker busy and the wait queue full
 
 
 @dataclass(slots=True)
@@ -288,10 +302,23 @@ class GuardrailEngine:
         hash_salt: bytes | None = None,
         stream_min_release: int = 16,
         default_block_status: int = 403,
+        workers: WorkerPool | None = None,
+        inline_max_chars: int = DEFAULT_INLINE_MAX_CHARS,
+        cpu_budget_ms: int = DEFAULT_CPU_BUDGET_MS,
     ) -> None:
         """``registry`` None keeps metrics private (not exported); ``hash_salt`` None draws a
-        random per-process salt, so ``hash`` redactions differ across restarts."""
+        random per-process salt, so ``hash`` redactions differ across restarts.
+
+        ``workers`` None runs every check in this process, as callers of ``scan`` always did:
+        a timeout then answers without stopping CPU work, and ``cpu_budget_ms`` (0: none) is
+        not enforced."""
         self.holder = holder
+        self.workers = workers
+        self.local = (
+            LocalCheckRunner(holder, workers, inline_max_chars, cpu_budget_ms)
+            if workers is not None
+            else None
+        )
         self.audit = audit
         self._rng = rng or random.Random()
         self._salt = hash_salt if hash_salt is not None else os.urandom(16)
@@ -406,11 +433,26 @@ class GuardrailEngine:
         """Run a rule's profiles concurrently under its timeout (TimeoutError when overrun)."""
         profiles = [ruleset.profiles[name] for name in rule.profiles]
         async with asyncio.timeout(rule.timeout_ms / 1000):
-            if len(profiles) == 1:
-                return [(profiles[0], await profiles[0].check.scan(pieces, ctx))]
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(p.check.scan(pieces, ctx)) for p in profiles]
-        return [(p, t.result()) for p, t in zip(profiles, tasks, strict=True)]
+            runner = self.local
+            if runner is None:
+                local: list[Profile] = []
+                others = profiles
+            else:
+                local = [p for p in profiles if is_local(p.check)]
+                others = [p for p in profiles if not is_local(p.check)]
+            if runner is not None and not others:
+                results = await runner.scan(local, pieces, ctx)
+            elif not local and len(others) == 1:
+                results = [(others[0], await others[0].check.scan(pieces, ctx))]
+            else:
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(p.check.scan(pieces, ctx)) for p in others]
+                    if runner is not None:
+                        local_task = group.create_task(runner.scan(local, pieces, ctx))
+                results = [*local_task.result()] if runner is not None else []
+                results += [(p, t.result()) for p, t in zip(others, tasks, strict=True)]
+        order = {name: i for i, name in enumerate(rule.profiles)}
+        return sorted(results, key=lambda pair: order[pair[0].name])
 
     def error_run(self, rule: Rule, stage: Stage, kind: ErrorKind, latency_ms: float) -> RuleRun:
         if rule.on_error is OnError.BLOCK:
@@ -450,6 +492,10 @@ class GuardrailEngine:
             return self.error_run(rule, stage, ErrorKind.TIMEOUT, latency)
         except Exception as exc:  # noqa: BLE001 - a failing check is the rule's on_error case
             latency = (time.perf_counter() - start) * 1000
+            kind = _worker_error_kind(exc)
+            if kind is not None:
+                log.warning("guardrail rule %s: %s", rule.id, kind.value)
+                return self.error_run(rule, stage, kind, latency)
             # Class names only: exception messages from remote services may quote the text.
             log.warning("guardrail rule %s: check failed (%s)", rule.id, _exception_names(exc))
             return self.error_run(rule, stage, ErrorKind.CHECK, latency)
@@ -528,6 +574,18 @@ class GuardrailEngine:
             except (OSError, ValueError) as exc:
                 self._audit_errors.inc()
                 log.error("guardrail audit write failed: %s", type(exc).__name__)
+
+
+def _worker_error_kind(exc: BaseException) -> ErrorKind | None:
+    """CPU budget and busy-pool errors keep their own kind, even inside an exception group."""
+    if isinstance(exc, BaseExceptionGroup):
+        kinds = [_worker_error_kind(e) for e in exc.exceptions]
+        return next((k for k in kinds if k is not None), None)
+    if isinstance(exc, WorkerError):
+        for kind in (ErrorKind.CPU_BUDGET, ErrorKind.WORKERS_BUSY):
+            if exc.kind == kind.value:
+                return kind
+    return None
 
 
 def _exception_names(exc: BaseException) -> str:

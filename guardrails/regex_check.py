@@ -28,7 +28,14 @@ from typing import Any
 
 import re2
 
-from guardrails.base import CheckConfigError, CheckContext, CheckResult, Finding, TextPiece
+from guardrails.base import (
+    CheckConfigError,
+    CheckContext,
+    CheckResult,
+    Finding,
+    Stage,
+    TextPiece,
+)
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _FLAGS = frozenset("ims")
@@ -126,6 +133,14 @@ class RegexCheck:
         return tuple(p.name for p in self._patterns)
 
     async def scan(self, pieces: Sequence[TextPiece], ctx: CheckContext) -> CheckResult:
+        return self.complete(pieces, ctx, self.analyze(pieces, ctx.stage))
+
+    def complete(
+        self, pieces: Sequence[TextPiece], ctx: CheckContext, analysis: list[Finding]
+    ) -> CheckResult:
+        return CheckResult(findings=list(analysis))
+
+    def analyze(self, pieces: Sequence[TextPiece], stage: Stage) -> list[Finding]:
         findings: list[Finding] = []
         for piece in pieces:
             if not piece.text:
@@ -142,7 +157,7 @@ class RegexCheck:
                 for start, end in spans:
                     if end > start:  # an empty match covers nothing worth reporting
                         findings.append(Finding(f"regex:{pat.name}", piece.index, start, end))
-        return CheckResult(findings=findings)
+        return findings
 
     def max_span(self) -> int | None:
         widths: list[int] = []

@@ -17,7 +17,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from guardrails.base import Check
@@ -66,6 +66,12 @@ class RuleSetHolder:
         self._condition: asyncio.Condition | None = None
         self._sighup_loop: asyncio.AbstractEventLoop | None = None
         self._background: set[asyncio.Task[Any]] = set()
+        # Resources that live as long as the rules (the check worker pool), closed by aclose().
+        self._closers: list[Callable[[], Awaitable[None]]] = []
+
+    def on_close(self, closer: Callable[[], Awaitable[None]]) -> None:
+        """Run ``closer`` when the holder is closed (after the checks)."""
+        self._closers.append(closer)
 
     @property
     def current(self) -> RuleSet:
@@ -205,3 +211,8 @@ class RuleSetHolder:
         """Stop, then close the current rule set's checks."""
         await self.stop()
         await self._current.aclose()
+        for closer in self._closers:
+            try:
+                await closer()
+            except Exception as exc:  # noqa: BLE001 - closing must go on
+                log.warning("closing guardrail resources failed: %s", type(exc).__name__)

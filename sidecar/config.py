@@ -230,6 +230,22 @@ class GuardrailsConfig(_Section):
     block_status: int = Field(403, ge=400, le=599)
     #: salt for ``hash`` redaction; empty means a random salt per process
     hash_salt_env: str = "SIDECAR_HASH_SALT"
+    #: worker processes for local checks on large inputs (killed at the deadline);
+    #: ``auto``: min(2, cores); 0: none (checks run in the sidecar's process, unstoppable)
+    workers: int | Literal["auto"] = "auto"
+    #: requests that may wait for a busy worker; beyond that, ``error:workers_busy``
+    worker_queue: int = Field(64, ge=1, le=100_000)
+    #: inputs up to this many characters run local checks inline (bounded cost, no IPC)
+    inline_max_chars: int = Field(4096, ge=0, le=1_000_000)
+    #: CPU one request's local checks may use in workers, both stages together; 0: no budget
+    cpu_budget_ms: int = Field(1000, ge=0, le=600_000)
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 0 <= v <= 64:
+            raise ValueError("workers must be 'auto' or 0-64")
+        return v
 
 
 class SidecarConfig(_Section):

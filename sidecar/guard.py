@@ -10,8 +10,10 @@ from pathlib import Path
 from guardrails.audit import AuditLog
 from guardrails.base import CheckContext, Stage, TextPiece
 from guardrails.engine import GuardrailEngine, Outcome, RuleEnv
+from guardrails.local_checks import worker_preload
 from guardrails.reload import RuleSetHolder
 from guardrails.stream import StreamGuard
+from guardrails.workers import DEFAULT_WORKERS, WorkerPool
 from sidecar.config import SidecarConfig
 from sidecar.pipeline import RequestContext, StageVerdict
 from sidecar.streaming import GuardStep, TextGuard
@@ -136,11 +138,25 @@ def build_guardrails(
         Path(audit_path).parent.mkdir(parents=True, exist_ok=True)
         audit = AuditLog(audit_path)
     salt = os.environ.get(g.hash_salt_env, "")
+    workers = None
+    size = DEFAULT_WORKERS if g.workers == "auto" else int(g.workers)
+    if size > 0:
+        preload = worker_preload(holder.current)
+        workers = WorkerPool(
+            size,
+            max_queue=g.worker_queue,
+            preload=preload,
+            registry=registry,  # type: ignore[arg-type]
+        )
+        holder.on_close(workers.aclose)
     engine = GuardrailEngine(
         holder,
         audit,
         registry,  # type: ignore[arg-type]
         hash_salt=salt.encode() if salt else None,
         default_block_status=g.block_status,
+        workers=workers,
+        inline_max_chars=g.inline_max_chars,
+        cpu_budget_ms=g.cpu_budget_ms,
     )
     return EngineGuardrails(engine), holder

@@ -35,6 +35,10 @@ async def run_server(config: SidecarConfig) -> int:
         log.error("start-up failed: %s", exc)
         await sidecar.close()
         return 2
+    if sidecar.engine is not None and sidecar.engine.workers is not None:
+        # Check workers start in the background (the fork server imports the check modules:
+        # seconds for Presidio), so the first large prompt does not wait for them.
+        sidecar.engine.workers.prestart()
     # uvloop's loop class lives in module "uvloop", asyncio's in "asyncio.unix_events"
     loop_module = type(asyncio.get_running_loop()).__module__
     sidecar.extra_status["event_loop"] = loop_module.split(".")[0]

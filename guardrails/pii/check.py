@@ -42,8 +42,9 @@ from guardrails.pii.redaction import (
     restore_text,
 )
 
-# Below this many characters analysis runs on the event loop (about 1-2 ms per KB); above it,
-# in a worker thread so a long prompt does not stall other requests.
+# When the check is called directly (the engine runs ``analyze`` itself, inline or in a worker
+# process): below this many characters analysis runs on the event loop (about 1-2 ms per KB);
+# above it, in a thread so a long prompt does not stall other requests.
 _INLINE_CHARS = 4096
 # Longest text one finding covers: an e-mail address (64 + 1 + 255) is the longest built-in.
 _MAX_SPAN = 320
@@ -64,13 +65,28 @@ class PresidioCheck:
     async def scan(self, pieces: Sequence[TextPiece], ctx: CheckContext) -> CheckResult:
         if ctx.stage is Stage.OUTPUT and self.reversible:
             return self._restore(pieces, ctx)
-        detections = await self._detect_all(pieces)
+        return self.complete(pieces, ctx, await self._detect_all(pieces))
+
+    def analyze(self, pieces: Sequence[TextPiece], stage: Stage) -> list[list[Detection]] | None:
+        """Detections per piece; None where the stage only restores (reversible output)."""
+        if stage is Stage.OUTPUT and self.reversible:
+            return None
+        return [self.analyzer.detect(p.text) for p in pieces]
+
+    def complete(
+        self,
+        pieces: Sequence[TextPiece],
+        ctx: CheckContext,
+        analysis: list[list[Detection]] | None,
+    ) -> CheckResult:
+        if analysis is None:
+            return self._restore(pieces, ctx)
         vault = self._vault(ctx) if self.reversible else None
         if vault is not None:
             for piece in pieces:
                 vault.note_existing(piece.text)
         findings: list[Finding] = []
-        for piece, found in zip(pieces, detections, strict=True):
+        for piece, found in zip(pieces, analysis, strict=True):
             for d in found:
                 value = piece.text[d.start : d.end]
                 findings.append(

@@ -28,6 +28,7 @@ from guardrails.base import (
     CheckContext,
     CheckResult,
     Finding,
+    Stage,
     TextPiece,
 )
 from guardrails.secrets.config import builtin_ruleset, combine, load_gitleaks_config
@@ -56,7 +57,7 @@ def replacement(rule_id: str) -> str:
 
 
 class SecretsCheck:
-    """Runs a ``SecretScanner`` over each piece. Scanning is synchronous and CPU-light."""
+    """Runs a ``SecretScanner`` over each piece (synchronous CPU work: a ``LocalCheck``)."""
 
     provider = PROVIDER
 
@@ -72,10 +73,15 @@ class SecretsCheck:
         return findings
 
     async def scan(self, pieces: Sequence[TextPiece], ctx: CheckContext) -> CheckResult:
-        result = CheckResult()
-        for piece in pieces:
-            result.findings.extend(self.findings_for(piece))
-        return result
+        return self.complete(pieces, ctx, self.analyze(pieces, ctx.stage))
+
+    def analyze(self, pieces: Sequence[TextPiece], stage: Stage) -> list[Finding]:
+        return [f for piece in pieces for f in self.findings_for(piece)]
+
+    def complete(
+        self, pieces: Sequence[TextPiece], ctx: CheckContext, analysis: list[Finding]
+    ) -> CheckResult:
+        return CheckResult(findings=list(analysis))
 
     def max_span(self) -> int | None:
         return self._max_span
