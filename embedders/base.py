@@ -12,6 +12,10 @@ class EmbedderError(RuntimeError):
     """The embedder cannot load or answer. The message says what to fix."""
 
 
+class EmbedderOverloaded(EmbedderError):
+    """The embedder's queue is longer than the caller's budget: the text was not embedded."""
+
+
 @runtime_checkable
 class Embedder(Protocol):
     #: identifies model and version; part of the vector namespace so models never mix

@@ -148,6 +148,10 @@ class Sidecar:
                 cfg.cache.candidates,
                 clock=self.clock,
                 single_flight=build_single_flight(cfg.cache, exact),
+                max_queue_ms=cfg.embedder.max_queue_ms,
+                backlog_items=cfg.cache.vector_backlog,
+                backlog_bytes=cfg.cache.vector_backlog_bytes,
+                drain_s=cfg.cache.vector_drain_s,
             )
             await self.cache.start()
             self._sweeper = asyncio.create_task(self._sweep_loop())

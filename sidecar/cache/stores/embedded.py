@@ -9,6 +9,7 @@ grows (a scope of 100,000 entries is searched in well under a millisecond).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import threading
 import time
@@ -153,6 +154,32 @@ class EmbeddedExactStore:
             self._db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in evicted])
         self._db.commit()
 
+    async def set_vector(self, entry_id: str, vector: list[float]) -> list[str]:
+        """Attach a vector computed after the entry was stored (persisted with it, so the
+        index rebuild at start sees it). Returns ids evicted by the byte bound; nothing
+        when the entry is gone."""
+        with self._lock:
+            entry = self._entries.get(entry_id)
+            if entry is None:
+                return []
+            updated = dataclasses.replace(entry, vector=vector)
+            self._bytes += updated.size_bytes() - entry.size_bytes()
+            self._entries[entry_id] = updated  # keeps its LRU position
+            evicted = self._evict()
+        if self._path is not None and entry_id not in evicted:
+            await self._run(self._update, updated, evicted)
+        elif evicted:
+            await self._persist_delete(evicted)
+        return evicted
+
+    def _update(self, entry: CacheEntry, evicted: list[str]) -> None:
+        if self._db is None:
+            return
+        self._db.execute("UPDATE entries SET data = ? WHERE id = ?", (entry.to_bytes(), entry.id))
+        if evicted:
+            self._db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in evicted])
+        self._db.commit()
+
     async def _persist_delete(self, ids: list[str]) -> None:
         if self._path is None or not ids:
             return
@@ -195,6 +222,12 @@ class EmbeddedExactStore:
     def entries_with_vectors(self) -> list[CacheEntry]:
         with self._lock:
             return [e for e in self._entries.values() if e.vector is not None]
+
+    def entries_missing_vectors(self) -> list[CacheEntry]:
+        """Entries meant for the semantic layer (they have a question) stored without a vector:
+        the process stopped before their late vector was attached."""
+        with self._lock:
+            return [e for e in self._entries.values() if e.vector is None and e.question]
 
     @property
     def bytes_used(self) -> int:
@@ -323,6 +356,12 @@ class EmbeddedVectorIndex:
             index.add(entry_id, v)
             self._scope_of[entry_id] = scope
             self._partition_of[entry_id] = partition
+
+    def scope_size(self, scope: str) -> int:
+        """Vectors indexed in ``scope`` (in memory: cheap enough for every lookup)."""
+        with self._lock:
+            index = self._scopes.get(scope)
+            return 0 if index is None else len(index)
 
     async def search(self, scope: str, vector: Sequence[float], k: int) -> list[Neighbour]:
         with self._lock:
