@@ -66,7 +66,7 @@ class BatchStats:
     largest_batch: int = 0  # texts in the largest model call
     background_calls: int = 0  # embed_background() calls
     overloaded: int = 0  # embed_within() refusals (predicted or at the deadline)
-    max_wait_s: float = 0.0  # longest an urgent call queued before its batch began
+    max_wait_s: float = 0.0  # longest an urgent call queued (until its batch began or refused)
 
 
 class MicroBatcher:
@@ -173,6 +173,8 @@ class MicroBatcher:
         if not job.future.done() and not job.started:
             job.future.cancel()  # withdrawn from the queue: _take_batch skips it
             self.stats.overloaded += 1
+            waited = time.perf_counter() - job.enqueued
+            self.stats.max_wait_s = max(self.stats.max_wait_s, waited)
             raise EmbedderOverloaded(
                 f"still queued for the embedder after the {budget * 1000:g} ms budget"
             )

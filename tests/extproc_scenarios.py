@@ -99,6 +99,9 @@ def build_stack(workdir: Path, upstream: FakeLLMUpstream) -> EnvoyStack:
         "main",
         {
             "cache": {"data_dir": ":memory:", "default_cache_key": "e2e"},
+            # A paraphrase sent right after a store waits (within this budget) for the late
+            # vector of the first question; the test machine's cores are shared.
+            "embedder": {"max_queue_ms": 10_000},
             "server": {"log_level": "warning"},
         },
     )
