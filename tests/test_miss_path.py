@@ -317,3 +317,17 @@ async def test_the_hook_reports_the_skip_and_stores_at_once(sidecar_factory: Any
         await sidecar.cache.backlog.settled()
         text = sidecar.metrics.render().decode()
         assert "sidecar_cache_vectors_added_late_total 1.0" in text
+
+
+def test_the_model_runs_below_the_event_loop_priority(embedder: Any) -> None:
+    """Exact hits are answered by the event loop; the model's threads yield the cores to it."""
+    import os
+    import threading
+
+    def own_nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    if not hasattr(os, "setpriority"):
+        pytest.skip("no per-thread priority on this platform")
+    model_thread = embedder._pool.submit(own_nice).result()
+    assert model_thread >= min(19, own_nice() + 5)
