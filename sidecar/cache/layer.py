@@ -208,7 +208,7 @@ class DualCache:
         """The semantic layer, unless its embedding cannot help (nothing to compare with) or
         would wait past the queue budget. A skipped embedding starts in the background, for
         the store (the request goes upstream at once)."""
-        if self._scope_is_empty(plan):
+        if await self._scope_is_empty(plan):
             self.metrics.semantic_lookups.labels("skipped_empty_scope").inc()
             return Lookup(CacheStatus.MISS, EMPTY_SCOPE, pending=self._begin_vector(plan))
         try:
@@ -218,16 +218,16 @@ class DualCache:
             log.debug("semantic lookup skipped: %s", exc)
             return Lookup(CacheStatus.MISS, OVERLOADED, pending=self._begin_vector(plan))
 
-    def _scope_is_empty(self, plan: CachePlan) -> bool:
-        """True only when known: an index without ``scope_size`` (a shared backend) or one
-        that does not know answers "maybe not", and the lookup embeds as before."""
+    async def _scope_is_empty(self, plan: CachePlan) -> bool:
+        """True only when known: an index without ``scope_is_empty`` (Qdrant, Weaviate)
+        answers "maybe not", and the lookup embeds as before."""
         if self.backlog is not None and self.backlog.pending_in(plan.scope):
             return False  # entries stored moments ago: their vectors are on the way
-        scope_size = getattr(self.vectors, "scope_size", None)
-        if scope_size is None:
+        check = getattr(self.vectors, "scope_is_empty", None)
+        if check is None:
             return False
-        size: int | None = scope_size(plan.scope)
-        return size == 0
+        empty: bool = await check(plan.scope)
+        return empty
 
     def _begin_vector(self, plan: CachePlan) -> PendingVector | None:
         if self.backlog is None or plan.no_store or not plan.exact_key:

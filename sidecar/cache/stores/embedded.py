@@ -357,11 +357,11 @@ class EmbeddedVectorIndex:
             self._scope_of[entry_id] = scope
             self._partition_of[entry_id] = partition
 
-    def scope_size(self, scope: str) -> int:
-        """Vectors indexed in ``scope`` (in memory: cheap enough for every lookup)."""
+    async def scope_is_empty(self, scope: str) -> bool:
+        """No vector indexed in ``scope`` (in memory: cheap enough for every lookup)."""
         with self._lock:
             index = self._scopes.get(scope)
-            return 0 if index is None else len(index)
+            return index is None or len(index) == 0
 
     async def search(self, scope: str, vector: Sequence[float], k: int) -> list[Neighbour]:
         with self._lock:
