@@ -54,6 +54,7 @@ class _Job:
     units: int = 0
     enqueued: float = 0.0
     started: bool = False  # taken into a batch: no longer queueing
+    deadline: float = 0.0  # embed_within: never started after this (perf_counter seconds)
 
 
 @dataclass(slots=True)
@@ -165,6 +166,7 @@ class MicroBatcher:
         if not texts:
             return await self.inner.embed(texts)
         job = self._enqueue(texts, urgent=True)
+        job.deadline = job.enqueued + budget
         try:
             await asyncio.wait((job.future,), timeout=budget)
         except asyncio.CancelledError:
@@ -222,6 +224,15 @@ class MicroBatcher:
             self._queued_texts -= len(job.texts)
             self._queued_units -= job.units
             if job.future.done():  # the caller was cancelled (or gave up) while queued
+                continue
+            if job.deadline and now > job.deadline:
+                # Its caller's timer has not fired yet (a busy loop): refuse it here rather
+                # than spend the model on an answer that comes too late.
+                self.stats.overloaded += 1
+                self.stats.max_wait_s = max(self.stats.max_wait_s, now - job.enqueued)
+                job.future.set_exception(
+                    EmbedderOverloaded("still queued for the embedder at its deadline")
+                )
                 continue
             job.started = True
             self.stats.max_wait_s = max(self.stats.max_wait_s, now - job.enqueued)
