@@ -331,3 +331,83 @@ def test_the_model_runs_below_the_event_loop_priority(embedder: Any) -> None:
         pytest.skip("no per-thread priority on this platform")
     model_thread = embedder._pool.submit(own_nice).result()
     assert model_thread >= min(19, own_nice() + 5)
+
+
+def test_acknowledged_entries_survive_kill_9(tmp_path: Path) -> None:
+    """Every ``stored_entry_id`` the hook returned is there after ``kill -9`` and a restart,
+    vectors included (computed again for entries whose late vector had not landed)."""
+    import os
+    import signal
+
+    import httpx
+    import yaml
+
+    from sidecar.demo.processes import ManagedProcess, free_port, sidecar_command
+
+    http_port = free_port()
+    config = {
+        "server": {"http_port": http_port, "grpc_port": free_port(), "grpc_enabled": False},
+        "cache": {"data_dir": str(tmp_path / "data"), "default_cache_key": "k9"},
+        # a paraphrase after the restart waits (within this) for the re-queued vectors
+        "embedder": {"max_queue_ms": 30_000},
+    }
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{http_port}"
+    questions = {
+        f"p{i}": q
+        for i, q in enumerate(
+            ["What is the capital of France?", "How do I bake sourdough bread?", "Who is Ada?"]
+        )
+    }
+    acknowledged: dict[str, str] = {}
+    first = ManagedProcess("sidecar", sidecar_command(path), tmp_path / "first.log").start()
+    try:
+        first.wait_ready(f"{url}/readyz", 240)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for partition, question in questions.items():
+                envelope = {
+                    "method": "POST",
+                    "path": "/v1/chat/completions",
+                    "headers": {"x-bf-cache-key": partition},
+                    "body": chat_body(question),
+                }
+                req = client.post("/v1/hooks/request", json=envelope).json()
+                assert req["cache"]["reason"] == EMPTY_SCOPE
+                reply = client.post(
+                    "/v1/hooks/response",
+                    json={
+                        "request_id": req["request_id"],
+                        "status": 200,
+                        "headers": {"content-type": "application/json"},
+                        "body": openai_answer(f"answer to {question}"),
+                    },
+                ).json()
+                acknowledged[partition] = reply["stored_entry_id"]
+        os.kill(first.pid, signal.SIGKILL)  # right after the last acknowledgement
+    finally:
+        first.stop()
+    second = ManagedProcess("sidecar", sidecar_command(path), tmp_path / "second.log").start()
+    try:
+        second.wait_ready(f"{url}/readyz", 240)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for partition, question in questions.items():
+                envelope = {
+                    "method": "POST",
+                    "path": "/v1/chat/completions",
+                    "headers": {"x-bf-cache-key": partition},
+                    "body": chat_body(question),
+                }
+                hit = client.post("/v1/hooks/request", json=envelope).json()
+                assert hit["cache"]["status"] == "hit-exact"
+                assert hit["cache"]["entry_id"] == acknowledged[partition]
+            envelope = {
+                "method": "POST",
+                "path": "/v1/chat/completions",
+                "headers": {"x-bf-cache-key": "p0"},
+                "body": chat_body("What's the capital city of France?"),
+            }
+            para = client.post("/v1/hooks/request", json=envelope).json()
+            assert para["cache"]["status"] == "hit-semantic", para["cache"]["reason"]
+    finally:
+        second.stop()
