@@ -30,6 +30,7 @@ import argparse
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -213,6 +214,19 @@ def _sidecar_counters(base: str) -> dict[str, float]:
     return out
 
 
+def _settled_counters(base: str, limit_s: float = 15.0) -> dict[str, float]:
+    """The counters once requests still in flight in the sidecar have finished."""
+    deadline = time.monotonic() + limit_s
+    last = _sidecar_counters(base)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)  # polling another process's counters, not synchronisation
+        now = _sidecar_counters(base)
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     gauges = ("cache_vector_backlog", "embedding_queue_wait_max_seconds")
     return {k: round(v if k in gauges else v - before.get(k, 0.0), 6) for k, v in after.items()}
@@ -325,7 +339,7 @@ def run(quick: bool, before: str | None, overload_s: float) -> dict[str, Any]:
             hit_future = pool.submit(run_loadgen, workdir / "h", hit_spec)
             miss_run, hit_run = miss_future.result(), hit_future.result()
         timeouts = stack.envoy_counter("timeout") - timeouts_before
-        over = _delta(_sidecar_counters(onnx_url), before_counts)
+        over = _delta(_settled_counters(onnx_url), before_counts)
         results["overload: misses"] = {"loaded": _result(miss_run)}
         results["overload: exact hits"] = {"loaded": _result(hit_run)}
         counters["overload"] = {
@@ -492,12 +506,15 @@ def _summary(results: dict[str, Any], counters: dict[str, Any]) -> list[SummaryR
                 "overload: semantic lookups skipped (counted)",
                 oc.get("lookups_skipped_overloaded", 0.0),
                 "lookups",
-                target="every lookup embedded or counted as skipped",
-                met=abs(lookups - expected) < 0.5,
+                # A request Envoy gave up on can be cancelled after its lookup was counted and
+                # before its miss was: lookups may exceed misses, never the other way.
+                target="every miss's lookup embedded or counted as skipped",
+                met=lookups >= expected,
                 note=f"embedded {oc.get('lookups_embedded', 0):g} + skipped "
                 f"{oc.get('lookups_skipped_overloaded', 0):g} + empty scope "
                 f"{oc.get('lookups_skipped_empty_scope', 0):g} = {lookups:g} lookups; misses + "
-                f"semantic hits {expected:g}; vectors added late "
+                f"semantic hits {expected:g} (the difference: requests cancelled by Envoy "
+                f"between lookup and answer); vectors added late "
                 f"{oc.get('cache_vectors_added_late_total', 0):g}, dropped "
                 f"{oc.get('cache_vector_drops_total', 0):g}, backlog at the end "
                 f"{oc.get('cache_vector_backlog', 0):g}",
