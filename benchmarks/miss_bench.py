@@ -439,7 +439,8 @@ def _summary(results: dict[str, Any], counters: dict[str, Any]) -> list[SummaryR
                 "req/s",
                 base["loaded"]["rps"],
                 "Envoy direct",
-                note="the sustainable miss rate the overload multiplies",
+                note="closed loop, skipped lookups included; the overload multiplies its "
+                "embedded share",
             )
         )
     hits = results.get("overload: exact hits")
