@@ -21,7 +21,13 @@ from prometheus_client import CollectorRegistry
 from embedders.base import EmbedderOverloaded
 from embedders.batching import MicroBatcher
 from sidecar.cache.keys import CachePlan, plan_request
-from sidecar.cache.layer import EMPTY_SCOPE, OVERLOADED, CacheStatus, DualCache
+from sidecar.cache.layer import (
+    EMPTY_SCOPE,
+    OVERLOADED,
+    VECTOR_PENDING,
+    CacheStatus,
+    DualCache,
+)
 from sidecar.cache.model import CachedAnswer, CacheEntry
 from sidecar.cache.stores.embedded import EmbeddedExactStore, EmbeddedVectorIndex
 from sidecar.config import CacheConfig
@@ -201,8 +207,17 @@ async def test_a_restart_requeues_entries_stored_without_their_vector(
     plan = plan_for("What is the capital of France?")
     exact = EmbeddedExactStore(data_dir, 1000, 1 << 30)
     await exact.start()
+    # As the cache layer leaves it until the late vector lands (then the process died).
+    pending = CacheEntry(
+        plan.exact_key, plan.partition, plan.scope, plan.question, ANSWER, 1.0, 9e12
+    )
+    pending.meta[VECTOR_PENDING] = True
+    direct = plan_for("What is the capital of Italy?")  # stored for exact hits only
+    await exact.put(pending)
     await exact.put(
-        CacheEntry(plan.exact_key, plan.partition, plan.scope, plan.question, ANSWER, 1.0, 9e12)
+        CacheEntry(
+            direct.exact_key, direct.partition, direct.scope, direct.question, ANSWER, 1.0, 9e12
+        )
     )
     await exact.close()
     cache = dual(embedder, data_dir)
@@ -210,6 +225,7 @@ async def test_a_restart_requeues_entries_stored_without_their_vector(
     try:
         assert cache.backlog is not None
         await cache.backlog.settled()
+        # one: the entry stored for exact hits only is not given a vector
         assert sample(cache.metrics, "sidecar_cache_vectors_added_late_total") == 1
         hit = await cache.lookup(plan_for("What's the capital city of France?"))
         assert hit.status is CacheStatus.HIT_SEMANTIC, hit.reason
@@ -220,6 +236,8 @@ async def test_a_restart_requeues_entries_stored_without_their_vector(
     await again.start()
     try:
         assert again.backlog is not None and again.backlog.items == 0
+        stored = await again.exact.get(plan.exact_key)
+        assert stored is not None and VECTOR_PENDING not in stored.meta
         hit = await again.lookup(plan_for("What's the capital city of France?"))
         assert hit.status is CacheStatus.HIT_SEMANTIC, hit.reason
     finally:

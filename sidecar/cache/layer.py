@@ -26,6 +26,8 @@ from sidecar.metrics import Metrics
 log = logging.getLogger("sidecar.cache")
 
 EMPTY_SCOPE = "no cached question in this scope (embedding skipped)"
+#: entry.meta flag: stored before its vector, which is still to be attached
+VECTOR_PENDING = "vector_pending"
 OVERLOADED = "overloaded: semantic lookup skipped"
 #: how long a lookup waits for its scope's late vectors when no queue budget applies
 _SETTLE_S = 5.0
@@ -412,6 +414,10 @@ class DualCache:
             expires_at=now + plan.ttl,
             vector=vector.tolist() if vector is not None and plan.question else None,
         )
+        if entry.vector is None and wants_vector:
+            # Persisted with the entry: a restart before the vector lands queues it again
+            # (entries stored for the exact layer only, x-bf-cache-type: direct, stay so).
+            entry.meta[VECTOR_PENDING] = True
         try:
             evicted = await self.exact.put(entry)
         except StoreUnavailable as exc:

@@ -162,7 +162,8 @@ class EmbeddedExactStore:
             entry = self._entries.get(entry_id)
             if entry is None:
                 return []
-            updated = dataclasses.replace(entry, vector=vector)
+            meta = {k: v for k, v in entry.meta.items() if k != "vector_pending"}
+            updated = dataclasses.replace(entry, vector=vector, meta=meta)
             self._bytes += updated.size_bytes() - entry.size_bytes()
             self._entries[entry_id] = updated  # keeps its LRU position
             evicted = self._evict()
@@ -224,10 +225,14 @@ class EmbeddedExactStore:
             return [e for e in self._entries.values() if e.vector is not None]
 
     def entries_missing_vectors(self) -> list[CacheEntry]:
-        """Entries meant for the semantic layer (they have a question) stored without a vector:
-        the process stopped before their late vector was attached."""
+        """Entries stored before their vector (``meta["vector_pending"]``, set by the cache
+        layer) whose vector never landed: the process stopped first."""
         with self._lock:
-            return [e for e in self._entries.values() if e.vector is None and e.question]
+            return [
+                e
+                for e in self._entries.values()
+                if e.vector is None and e.question and e.meta.get("vector_pending")
+            ]
 
     @property
     def bytes_used(self) -> int:
