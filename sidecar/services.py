@@ -191,6 +191,10 @@ class Sidecar:
             detail["error"] = self.start_error
         ok = self.ready
         if self.cache is not None:
+            if self.cache.backlog is not None:
+                # entries stored whose vectors are still to come (other replicas see them as
+                # semantic candidates once they land)
+                detail["vector_backlog"] = self.cache.backlog.items
             problems = await self.cache.health()
             if problems:
                 detail["unhealthy"] = problems

@@ -138,6 +138,8 @@ def build_stack(workdir: Path, upstream: FakeLLMUpstream) -> EnvoyStack:
                 "base_url": f"{upstream.url}/v1",
                 "model": "fake-embed",
                 "timeout": 30,
+                # Held in the model, not skipped in the queue: what the timeout tests need.
+                "max_queue_ms": 30_000,
             },
             "server": {"log_level": "warning"},
         },
