@@ -30,6 +30,7 @@ DOCS = ROOT / "docs" / "benchmarks.md"
 #: the order of the table; modules not listed run afterwards, alphabetically
 ORDER = (
     "proxy",
+    "miss",
     "hook",
     "embedding",
     "guardrails",

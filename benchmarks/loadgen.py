@@ -9,6 +9,10 @@ The spec::
      "sequences": [["POST /a HTTP/1.1\\r\\n...", "POST /b ..."], ...],
      "count": {"hit": "hit-exact"}}
 
+With ``"rate": R`` (sequences per second) the load is open-loop: sequence k starts at
+``k / R`` seconds (or as soon as a connection is free, when all are busy: give enough
+connections), so a slow server sees the offered rate, not a rate it sets itself.
+
 Each connection (``concurrency`` of them, keep-alive) repeatedly takes the next sequence
 (round robin) and sends its requests in order, one answer before the next request. A
 sequence is one logical request: the request hook then the response hook, for example.
@@ -87,6 +91,8 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     statuses: dict[int, int] = {}
     errors: list[str] = []
     next_index = counter()
+    rate = float(spec.get("rate", 0.0))
+    next_slot = counter()
     loop = asyncio.get_running_loop()
     start = loop.time()
     measure_from = start + warmup
@@ -101,6 +107,13 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
                 now = loop.time()
                 if now >= stop_at or (max_sequences and done >= max_sequences):
                     return
+                if rate > 0:
+                    slot_at = start + next(next_slot) / rate
+                    if slot_at > now:
+                        await asyncio.sleep(slot_at - now)  # pacing the offered load
+                        now = loop.time()
+                    if now >= stop_at:
+                        return
                 seq = sequences[next(next_index) % len(sequences)]
                 measured = now >= measure_from
                 seq_started = time.perf_counter()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -10,6 +13,10 @@ import numpy as np
 
 class EmbedderError(RuntimeError):
     """The embedder cannot load or answer. The message says what to fix."""
+
+
+class EmbedderOverloaded(EmbedderError):
+    """The embedder's queue is longer than the caller's budget: the text was not embedded."""
 
 
 @runtime_checkable
@@ -34,3 +41,22 @@ def unit_rows(matrix: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
     norms[norms == 0] = 1.0
     return matrix / norms
+
+
+#: how much lower than the event loop the model's threads run (Linux nice steps)
+EMBED_THREAD_NICE = 5
+
+
+def lower_thread_priority(nice: int = EMBED_THREAD_NICE) -> None:
+    """Run the calling thread ``nice`` steps below its process (a ``ThreadPoolExecutor``
+    initializer). The runtime's own compute threads (torch's OpenMP pool, ONNX Runtime's
+    intra-op pool) are created from this thread and inherit the value on Linux, so when the
+    cores are busy the event loop answering exact hits runs first and queued embedding work
+    takes what is left. Elsewhere (no per-thread nice) this does nothing."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
+    except OSError as exc:  # a sandbox may refuse it: the embedder still works
+        logging.getLogger("sidecar.embedder").info("embedder thread priority unchanged: %s", exc)

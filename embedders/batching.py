@@ -11,24 +11,50 @@ Policy (no added latency when idle):
   more (callers just served tend to come straight back under load), waking early once full.
 - A batch holds at most ``max_batch`` texts, except a single call larger than that, which
   runs on its own. A failed model call fails every caller in that batch with the same error.
+
+Two lanes. ``embed`` and ``embed_within`` are urgent (a request waits for them);
+``embed_background`` (vectors of entries already stored) runs only while no urgent text
+waits, in batches the recent cost model expects to finish within ``background_slice``
+seconds, so an urgent text queues behind at most one short background batch.
+
+Overload: ``embed_within(texts, budget)`` predicts the queue wait from the work ahead (the
+running batch's remaining time plus the queued urgent texts, in estimated tokens, times the
+recent cost per token) and refuses at once with ``EmbedderOverloaded`` when it is over the
+budget; a text still queued when the budget runs out is withdrawn and refused the same way
+(a batch already running is not interrupted: that is compute, not queueing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from embedders.base import Embedder, EmbedderError
+from embedders.base import Embedder, EmbedderError, EmbedderOverloaded
+
+#: the cost model's memory: each batch moves the estimate this share of the way
+_COST_WEIGHT = 0.3
+#: a token estimate per text: the model truncates long texts (sentence-transformers: 256)
+_MAX_UNITS = 258
+
+
+def text_units(text: str) -> int:
+    """Characters / 4 approximates word pieces; the 2 stands for [CLS] and [SEP]."""
+    return min(len(text) // 4 + 2, _MAX_UNITS)
 
 
 @dataclass(slots=True)
 class _Job:
     texts: Sequence[str]
     future: asyncio.Future[np.ndarray]
+    units: int = 0
+    enqueued: float = 0.0
+    started: bool = False  # taken into a batch: no longer queueing
+    deadline: float = 0.0  # embed_within: never started after this (perf_counter seconds)
 
 
 @dataclass(slots=True)
@@ -39,6 +65,9 @@ class BatchStats:
     batches: int = 0  # model calls
     texts: int = 0
     largest_batch: int = 0  # texts in the largest model call
+    background_calls: int = 0  # embed_background() calls
+    overloaded: int = 0  # embed_within() refusals (predicted or at the deadline)
+    max_wait_s: float = 0.0  # longest an urgent call queued (until its batch began or refused)
 
 
 class MicroBatcher:
@@ -50,6 +79,7 @@ class MicroBatcher:
         window: float = 0.002,
         max_batch: int = 32,
         split_by_length: bool = True,
+        background_slice: float = 0.025,
     ) -> None:
         if max_batch < 1:
             raise EmbedderError(f"embedder.max_batch must be at least 1, got {max_batch}")
@@ -60,9 +90,15 @@ class MicroBatcher:
         self.max_batch = max_batch
         #: run a batch as groups of similar length (local models: padding costs real work)
         self.split_by_length = split_by_length
+        self.background_slice = background_slice
         self.stats = BatchStats()
-        self._queue: deque[_Job] = deque()
-        self._queued_texts = 0
+        self._queue: deque[_Job] = deque()  # urgent
+        self._background: deque[_Job] = deque()
+        self._queued_texts = 0  # urgent texts queued
+        self._queued_units = 0  # urgent estimated tokens queued
+        self._unit_cost: float | None = None  # seconds per estimated token, recent batches
+        self._running_units = 0
+        self._running_since = 0.0
         self._drainer: asyncio.Task[None] | None = None
         self._full: asyncio.Future[None] | None = None  # set when the queue reaches max_batch
 
@@ -92,39 +128,135 @@ class MicroBatcher:
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
             return await self.inner.embed(texts)
+        return await self._enqueue(texts, urgent=True).future
+
+    async def embed_background(self, texts: Sequence[str]) -> np.ndarray:
+        """Low priority: runs only while no urgent text is queued."""
+        if not texts:
+            return await self.inner.embed(texts)
+        self.stats.background_calls += 1
+        job = self._enqueue(texts, urgent=False)
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.future.cancel()  # withdrawn: _take_batch skips it
+            raise
+
+    def predicted_wait(self) -> float:
+        """Seconds a new urgent text would queue: the running batch's remaining time plus the
+        queued urgent work, at the recent cost per token (0 until a batch has been timed)."""
+        cost = self._unit_cost
+        if cost is None:
+            return 0.0
+        remaining = 0.0
+        if self._running_units:
+            elapsed = time.perf_counter() - self._running_since
+            remaining = max(0.0, self._running_units * cost - elapsed)
+        return remaining + self._queued_units * cost
+
+    async def embed_within(self, texts: Sequence[str], budget: float) -> np.ndarray:
+        """``embed``, unless the text would queue longer than ``budget`` seconds: then
+        ``EmbedderOverloaded`` (predicted before queueing, enforced at the deadline)."""
+        predicted = self.predicted_wait()
+        if predicted > budget:
+            self.stats.overloaded += 1
+            raise EmbedderOverloaded(
+                f"embedder queue ~{predicted * 1000:.0f} ms, over the {budget * 1000:g} ms budget"
+            )
+        if not texts:
+            return await self.inner.embed(texts)
+        job = self._enqueue(texts, urgent=True)
+        job.deadline = job.enqueued + budget
+        try:
+            await asyncio.wait((job.future,), timeout=budget)
+        except asyncio.CancelledError:
+            job.future.cancel()
+            raise
+        if not job.future.done() and not job.started:
+            job.future.cancel()  # withdrawn from the queue: _take_batch skips it
+            self.stats.overloaded += 1
+            waited = time.perf_counter() - job.enqueued
+            self.stats.max_wait_s = max(self.stats.max_wait_s, waited)
+            raise EmbedderOverloaded(
+                f"still queued for the embedder after the {budget * 1000:g} ms budget"
+            )
+        return await job.future
+
+    def _enqueue(self, texts: Sequence[str], urgent: bool) -> _Job:
         loop = asyncio.get_running_loop()
         drainer = self._drainer
         if drainer is not None and drainer.get_loop() is not loop:
             # A previous event loop ended (tests, tools calling asyncio.run twice): its queued
             # callers are gone with it, and its futures cannot be resolved any more.
             self._queue.clear()
-            self._queued_texts = 0
+            self._background.clear()
+            self._queued_texts = self._queued_units = self._running_units = 0
             self._drainer = drainer = None
-        future: asyncio.Future[np.ndarray] = loop.create_future()
-        self._queue.append(_Job(texts, future))
-        self._queued_texts += len(texts)
-        self.stats.calls += 1
+        job = _Job(
+            texts, loop.create_future(), sum(text_units(t) for t in texts), time.perf_counter()
+        )
+        if urgent:
+            self._queue.append(job)
+            self._queued_texts += len(texts)
+            self._queued_units += job.units
+            self.stats.calls += 1
+        else:
+            self._background.append(job)
         if drainer is None or drainer.done():
             # The reference also keeps the task alive (the loop holds tasks weakly).
             self._drainer = loop.create_task(self._drain())
         elif self._queued_texts >= self.max_batch and self._full is not None:
             if not self._full.done():
                 self._full.set_result(None)
-        return await future
+        return job
 
     def _take_batch(self) -> list[_Job]:
+        if not self._queue:
+            return self._take_background()
         batch: list[_Job] = []
         size = 0
+        now = time.perf_counter()
         while self._queue:
             job = self._queue[0]
             if batch and size + len(job.texts) > self.max_batch:
                 break
             self._queue.popleft()
             self._queued_texts -= len(job.texts)
-            if job.future.done():  # the caller was cancelled while queued
+            self._queued_units -= job.units
+            if job.future.done():  # the caller was cancelled (or gave up) while queued
                 continue
+            if job.deadline and now > job.deadline:
+                # Its caller's timer has not fired yet (a busy loop): refuse it here rather
+                # than spend the model on an answer that comes too late.
+                self.stats.overloaded += 1
+                self.stats.max_wait_s = max(self.stats.max_wait_s, now - job.enqueued)
+                job.future.set_exception(
+                    EmbedderOverloaded("still queued for the embedder at its deadline")
+                )
+                continue
+            job.started = True
+            self.stats.max_wait_s = max(self.stats.max_wait_s, now - job.enqueued)
             batch.append(job)
             size += len(job.texts)
+        return batch
+
+    def _take_background(self) -> list[_Job]:
+        """Background work sized so an urgent text arriving meanwhile waits one short batch."""
+        batch: list[_Job] = []
+        size = units = 0
+        cost = self._unit_cost
+        while self._background:
+            job = self._background[0]
+            over_time = cost is not None and (units + job.units) * cost > self.background_slice
+            if batch and (size + len(job.texts) > self.max_batch or over_time):
+                break
+            self._background.popleft()
+            if job.future.done():
+                continue
+            job.started = True
+            batch.append(job)
+            size += len(job.texts)
+            units += job.units
         return batch
 
     async def _collect(self) -> None:
@@ -141,8 +273,8 @@ class MicroBatcher:
         try:
             await asyncio.sleep(0)  # let requests of the same event-loop turn join
             under_load = False
-            while self._queue:
-                if under_load:
+            while self._queue or self._background:
+                if under_load and self._queue:
                     await self._collect()
                 batch = self._take_batch()
                 if batch:
@@ -157,6 +289,8 @@ class MicroBatcher:
         self.stats.batches += 1
         self.stats.texts += len(texts)
         self.stats.largest_batch = max(self.stats.largest_batch, len(texts))
+        units = sum(job.units for job in batch)
+        self._running_units, self._running_since = units, time.perf_counter()
         owner = [j for j, job in enumerate(batch) for _ in job.texts]
         first_row = [0] * len(batch)
         for j in range(1, len(batch)):
@@ -187,20 +321,27 @@ class MicroBatcher:
                     job.future.set_exception(error)
             if not isinstance(exc, Exception):
                 raise
+        else:
+            if units:
+                per_unit = (time.perf_counter() - self._running_since) / units
+                old = self._unit_cost
+                self._unit_cost = per_unit if old is None else old + _COST_WEIGHT * (per_unit - old)
+        finally:
+            self._running_units = 0
 
     def _groups(self, texts: list[str]) -> list[list[int]]:
         if not self.split_by_length or len(texts) < 2:
             return [list(range(len(texts)))]
-        # Characters / 4 approximates word pieces; the 2 stands for [CLS] and [SEP].
-        return group_by_length([len(t) // 4 + 2 for t in texts])
+        return group_by_length([text_units(t) for t in texts])
 
     def _fail_all(self, exc: BaseException) -> None:
         error = exc if isinstance(exc, Exception) else EmbedderError("embedding was cancelled")
-        while self._queue:
-            job = self._queue.popleft()
-            if not job.future.done():
-                job.future.set_exception(error)
-        self._queued_texts = 0
+        for queue in (self._queue, self._background):
+            while queue:
+                job = queue.popleft()
+                if not job.future.done():
+                    job.future.set_exception(error)
+        self._queued_texts = self._queued_units = 0
 
 
 def group_by_length(lengths: Sequence[int], max_padding: float = 0.3) -> list[list[int]]:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from embedders.base import EmbedderError
+from embedders.base import EmbedderError, lower_thread_priority
 from embedders.batching import group_by_length
 from embedders.sentence_tf import DEFAULT_MODEL, resolve_model_path
 
@@ -228,7 +228,10 @@ class OnnxEmbedder:
         # int8 vectors differ slightly from fp32 ones: keep their index namespaces apart.
         self.model_id = f"onnx{'-int8' if quantize else ''}:{model}"
         # One inference at a time: ONNX Runtime already spreads one batch over the cores.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-onnx")
+        # Below the event loop's priority (its compute threads inherit it): exact hits first.
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sidecar-onnx", initializer=lower_thread_priority
+        )
 
     async def start(self) -> None:
         path = resolve_model_path(self._model_name, self._model_path)

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from embedders.base import EmbedderError, unit_rows
+from embedders.base import EmbedderError, lower_thread_priority, unit_rows
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -51,7 +51,10 @@ class SentenceTransformerEmbedder:
         self.dimension = 0
         self.model_id = f"st:{model}"
         # torch already uses both cores for one batch; more threads only contend.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-embed")
+        # Below the event loop's priority (its compute threads inherit it): exact hits first.
+        self._pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sidecar-embed", initializer=lower_thread_priority
+        )
 
     async def start(self) -> None:
         path = resolve_model_path(self._model_name, self._model_path)

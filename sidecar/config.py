@@ -177,6 +177,13 @@ class CacheConfig(_Section):
     lock_wait_ms: int = Field(3000, ge=0, le=600_000)
     #: lifetime of a miss lock whose owner never answers (crashed, response hook never called)
     lock_ttl_ms: int = Field(30_000, ge=100, le=3_600_000)
+    #: stored entries whose vectors wait to be computed (off the request path), at most
+    vector_backlog: int = Field(10_000, ge=1, le=10_000_000)
+    #: ... and at most this many question bytes; beyond either bound a vector is dropped
+    #: (counted in sidecar_cache_vector_drops): the entry still serves exact hits
+    vector_backlog_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    #: at shutdown, how long to wait for the backlog's vectors before reporting the rest lost
+    vector_drain_s: float = Field(10.0, ge=0, le=3600)
 
     @field_validator("ttl", "max_ttl", mode="before")
     @classmethod
@@ -219,6 +226,10 @@ class EmbedderConfig(_Section):
     batch_window_ms: float = Field(2.0, ge=0, le=1000)
     #: most texts per model call; 1 disables micro-batching
     max_batch: int = Field(32, ge=1, le=1024)
+    #: longest a lookup may queue for the embedder; a lookup that would wait longer skips
+    #: the semantic layer (miss, reason "overloaded: semantic lookup skipped"). Well below
+    #: Envoy's ext_proc message timeout (200 ms by default). Needs micro-batching (max_batch > 1)
+    max_queue_ms: float = Field(50.0, gt=0, le=600_000)
 
 
 class GuardrailsConfig(_Section):

@@ -74,6 +74,39 @@ class Metrics:
         self.embed_seconds = Histogram(
             "sidecar_embedding_seconds", "Embedding latency", buckets=_LATENCY_BUCKETS, registry=r
         )
+        self.semantic_lookups = Counter(
+            "sidecar_cache_semantic_lookups",
+            "Semantic lookups by path: embedded, or skipped (empty_scope, overloaded) or"
+            " failed (embedding_failed)",
+            ["path"],
+            registry=r,
+        )
+        self.embed_queue_wait_max = Gauge(
+            "sidecar_embedding_queue_wait_max_seconds",
+            "Longest a lookup's text queued for the embedder before its batch began",
+            registry=r,
+        )
+        self.vector_backlog = Gauge(
+            "sidecar_cache_vector_backlog",
+            "Stored entries (and lookups' early embeddings) whose vectors are not computed yet",
+            registry=r,
+        )
+        self.vector_backlog_bytes = Gauge(
+            "sidecar_cache_vector_backlog_bytes",
+            "Question bytes held by the vector backlog",
+            registry=r,
+        )
+        self.vectors_added_late = Counter(
+            "sidecar_cache_vectors_added_late",
+            "Vectors computed after their entry was stored, then indexed",
+            registry=r,
+        )
+        self.vector_drops = Counter(
+            "sidecar_cache_vector_drops",
+            "Stored entries whose vector was not added (they serve exact hits only), by reason",
+            ["reason"],
+            registry=r,
+        )
         self.hook_errors = Counter(
             "sidecar_hook_errors",
             "Requests refused as bad input",

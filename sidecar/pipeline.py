@@ -471,8 +471,10 @@ class Pipeline:
         kept = {k.lower(): v for k, v in headers.items() if k.lower() in _REPLAYED_HEADERS}
         kept.setdefault("content-type", "text/event-stream" if streamed else "application/json")
         answer = CachedAnswer(status, kept, bytes(body), streamed)
-        vector = ctx.lookup.vector if ctx.lookup is not None else None
-        entry = await self.cache.store(ctx.plan, answer, vector)
+        lookup = ctx.lookup
+        vector, pending = (None, None) if lookup is None else (lookup.vector, lookup.pending)
+        # Only the exact entry is written here; a missing vector is computed off this path.
+        entry = await self.cache.store(ctx.plan, answer, vector, pending)
         if entry is None:
             return None
         ctx.note(f"stored as {entry.id}")

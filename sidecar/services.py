@@ -105,6 +105,10 @@ class Sidecar:
                 cfg.cache.candidates,
                 clock=self.clock,
                 single_flight=build_single_flight(cfg.cache, exact),
+                max_queue_ms=cfg.embedder.max_queue_ms,
+                backlog_items=cfg.cache.vector_backlog,
+                backlog_bytes=cfg.cache.vector_backlog_bytes,
+                drain_s=cfg.cache.vector_drain_s,
             )
             await self.cache.start()
             self._sweeper = asyncio.create_task(self._sweep_loop())
@@ -149,6 +153,10 @@ class Sidecar:
             detail["error"] = self.start_error
         ok = self.ready
         if self.cache is not None:
+            if self.cache.backlog is not None:
+                # entries stored whose vectors are still to come (other replicas see them as
+                # semantic candidates once they land)
+                detail["vector_backlog"] = self.cache.backlog.items
             problems = await self.cache.health()
             if problems:
                 detail["unhealthy"] = problems

@@ -35,7 +35,7 @@ async def test_repeat_is_exact_hit_and_paraphrase_is_semantic_hit(sidecar_factor
         assert response["headers"]["x-bf-cache-entry-id"] == entry_id
 
         para = (await request_hook(client, chat_body("What's the capital city of France?"))).json()
-        assert para["cache"]["status"] == "hit-semantic"
+        assert para["cache"]["status"] == "hit-semantic", para["cache"]["reason"]
         assert 0.8 <= para["cache"]["similarity"] < 1.0
         assert float(para["response"]["headers"]["x-bf-cache-similarity"]) >= 0.8
         assert para["response"]["body"]["choices"][0]["message"]["content"] == "Paris."

@@ -274,7 +274,11 @@ def test_embedder_config_keys_and_their_errors() -> None:
 async def test_sidecar_with_the_onnx_backend_serves_semantic_hits(
     onnx_cache: Path, onnx_fp32: OnnxEmbedder
 ) -> None:
-    config = make_config(embedder={"backend": "onnx", "onnx_cache_dir": str(onnx_cache)})
+    # A generous queue budget: a paraphrase right after the store waits (within the budget)
+    # for the first question's late vector, and this machine's cores are shared.
+    config = make_config(
+        embedder={"backend": "onnx", "onnx_cache_dir": str(onnx_cache), "max_queue_ms": 10_000}
+    )
     sidecar = Sidecar(config)
     await sidecar.start()
     try:

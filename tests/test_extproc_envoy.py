@@ -395,6 +395,11 @@ def test_sidecar_down_follows_failure_mode_allow(
 def test_sidecar_too_slow_follows_message_timeout(
     stack: EnvoyStack, upstream: FakeLLMUpstream, listener: str, status: int, reaches_upstream: bool
 ) -> None:
+    # A cached question in the scope first: a lookup in an empty scope embeds nothing.
+    seeded = httpx.post(
+        f"{stack.url(listener)}/v1/chat/completions", json=chat(f"seed {listener}"), timeout=30
+    )
+    assert seeded.status_code == 200
     calls, held = upstream.count(), upstream.held_embeddings
     prompt = f"{HOLD_MARKER} {listener}: a question whose embedding never returns in time"
     upstream.hold_embeddings()

@@ -68,6 +68,14 @@ def replicas() -> Iterator[tuple[Replica, Replica]]:
         delete_prefix(SHARED_REDIS, namespace)
 
 
+async def _vectors_landed(client: httpx.AsyncClient, deadline_s: float = 60.0) -> None:
+    """Poll a replica (another process) until its vector backlog is empty."""
+    deadline = time.monotonic() + deadline_s
+    while (await client.get("/readyz")).json().get("vector_backlog") != 0:
+        assert time.monotonic() < deadline, "the replica's vector backlog never emptied"
+        await asyncio.sleep(0.05)  # polling interval for another process, not synchronisation
+
+
 async def test_answer_stored_through_one_replica_hits_through_the_other(
     replicas: tuple[Replica, Replica],
 ) -> None:
@@ -82,6 +90,9 @@ async def test_answer_stored_through_one_replica_hits_through_the_other(
         assert exact["response"]["body"]["choices"][0]["message"]["content"] == (
             "100 degrees Celsius."
         )
+        # The vector is computed after the store answered: the other replica sees the entry
+        # as a semantic candidate once replica a reports its backlog empty.
+        await _vectors_landed(ca)
         paraphrase = chat_body("at sea level, what's the boiling point of water?")
         semantic = (await request_hook(cb, paraphrase)).json()
         assert semantic["cache"]["status"] == "hit-semantic", semantic["cache"]["reason"]

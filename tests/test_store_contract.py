@@ -548,3 +548,18 @@ def test_backend_selection_by_url() -> None:
     )
     with pytest.raises(BackendConfigError, match="cache.namespace"):
         build_exact_store(CacheConfig(exact_store="redis://h:6379", namespace="a{b}"))
+
+
+async def test_an_empty_scope_is_never_reported_while_it_has_a_vector(
+    vectors: VectorIndex, clock: FakeClock
+) -> None:
+    """What lets a lookup skip its embedding (an index that cannot tell has no method, and
+    the lookup embeds: docs)."""
+    check = getattr(vectors, "scope_is_empty", None)
+    if check is None:
+        assert vectors.name in ("qdrant", "weaviate")
+        return
+    assert await check("fresh")
+    await vectors.add("x", "fresh", "p", unit(0), clock() + 60)
+    assert not await check("fresh")
+    assert await check("another")

@@ -15,6 +15,7 @@ import pytest
 from conftest import make_config
 from hookclient import chat_body, openai_answer, request_hook, round_trip
 
+from sidecar.cache.layer import EMPTY_SCOPE
 from sidecar.cache.match.verify import ALL_CHECKS, AnswerChangeVerifier, build_verifier
 from sidecar.config import CacheConfig, ConfigError, load_config
 
@@ -279,7 +280,7 @@ async def test_follow_up_never_hits_another_conversation(
         )
         other = (await request_hook(client, seats)).json()
         assert other["cache"]["status"] == "miss"
-        assert other["cache"]["reason"] == "no cached question in this scope"
+        assert other["cache"]["reason"] == EMPTY_SCOPE
         again = (await request_hook(client, basic)).json()
         assert again["cache"]["status"] == "hit-exact"
         same_history = _conversation(

@@ -132,6 +132,9 @@ def eval_config(config: SidecarConfig) -> SidecarConfig:
     cfg.cache.data_dir = ":memory:"
     cfg.cache.exact_store = "embedded"
     cfg.cache.vector_store = "embedded"
+    # Quality, not latency: ``b`` must find ``a`` even when the vector of ``a`` was computed
+    # after its store and 32 pairs queue for the model (the budget would skip lookups).
+    cfg.embedder.max_queue_ms = 600_000
     return cfg
 
 

@@ -15,14 +15,22 @@ from typing import Protocol
 
 import numpy as np
 
-from embedders.base import Embedder, EmbedderError
+from embedders.base import Embedder, EmbedderError, EmbedderOverloaded
 from sidecar.cache.keys import CachePlan
 from sidecar.cache.model import CachedAnswer, CacheEntry
 from sidecar.cache.single_flight import HeldLock, SingleFlight
 from sidecar.cache.stores.base import ExactStore, StoreUnavailable, VectorIndex
+from sidecar.cache.vector_backlog import PendingVector, VectorBacklog
 from sidecar.metrics import Metrics
 
 log = logging.getLogger("sidecar.cache")
+
+EMPTY_SCOPE = "no cached question in this scope (embedding skipped)"
+#: entry.meta flag: stored before its vector, which is still to be attached
+VECTOR_PENDING = "vector_pending"
+OVERLOADED = "overloaded: semantic lookup skipped"
+#: how long a lookup waits for its scope's late vectors when no queue budget applies
+_SETTLE_S = 5.0
 
 
 class CacheStatus(enum.StrEnum):
@@ -77,6 +85,8 @@ class Lookup:
     refused: list[str] = field(default_factory=list)  # verifier reasons for refused candidates
     # single-flight: the miss lock this request holds until its answer is stored or refused
     lock: HeldLock | None = None
+    # a skipped embedding already started in the background, for the store to pick up
+    pending: PendingVector | None = None
 
     @property
     def hit(self) -> bool:
@@ -94,6 +104,10 @@ class DualCache:
         candidates: int = 3,
         clock: Callable[[], float] = time.time,
         single_flight: SingleFlight | None = None,
+        max_queue_ms: float | None = None,
+        backlog_items: int = 10_000,
+        backlog_bytes: int = 16 * 1024 * 1024,
+        drain_s: float = 10.0,
     ) -> None:
         self.clock = clock
         self.single_flight = single_flight
@@ -105,6 +119,21 @@ class DualCache:
         self.candidates = candidates
         counter = metrics.unreadable_entries.labels(exact.name)
         exact.report_unreadable = lambda n: counter.inc(n)
+        #: the embedder queue budget of a lookup, seconds (None: no budget)
+        self.max_queue = None if max_queue_ms is None else max_queue_ms / 1000.0
+        self.drain_s = drain_s
+        self.backlog: VectorBacklog | None = None
+        if vectors is not None and embedder is not None:
+            self.backlog = VectorBacklog(
+                self._embed_background,
+                self._attach_vector,
+                metrics,
+                backlog_items,
+                backlog_bytes,
+            )
+            stats = getattr(embedder, "stats", None)
+            if stats is not None and hasattr(stats, "max_wait_s"):
+                metrics.embed_queue_wait_max.set_function(lambda: stats.max_wait_s)
 
     async def start(self) -> None:
         await self.exact.start()
@@ -136,8 +165,15 @@ class DualCache:
                 await self.vectors.add(
                     entry.id, entry.scope, entry.partition, entry.vector, entry.expires_at
                 )
+        # Acknowledged entries whose vectors were still in the backlog when the process
+        # stopped (killed, or the shutdown drain ran out of time): computed again now.
+        assert self.backlog is not None
+        for entry in self.exact.entries_missing_vectors():
+            self.backlog.defer(entry, None)
 
     async def close(self) -> None:
+        if self.backlog is not None:
+            await self.backlog.drain(self.drain_s)
         if self.vectors is not None:
             await self.vectors.close()
         await self.exact.close()
@@ -162,14 +198,89 @@ class DualCache:
                 if plan.use_semantic and not plan.question:
                     why += "; no semantic layer for this request (not a plain user text turn)"
                 return await self._single_flight(plan, Lookup(CacheStatus.MISS, why))
-            return await self._single_flight(plan, await self._semantic(plan))
+            return await self._single_flight(plan, await self._semantic_unless_skipped(plan))
         except StoreUnavailable as exc:
             self.metrics.backend_errors.labels("lookup").inc()
             log.error("cache backend unavailable, request goes uncached: %s", exc)
             return Lookup(CacheStatus.BYPASS, f"cache backend unavailable: {exc}")
         except EmbedderError as exc:
+            self.metrics.semantic_lookups.labels("embedding_failed").inc()
             log.error("embedding failed, semantic lookup skipped: %s", exc)
             return Lookup(CacheStatus.MISS, f"embedding failed: {exc}")
+
+    async def _semantic_unless_skipped(self, plan: CachePlan) -> Lookup:
+        """The semantic layer, unless its embedding cannot help (nothing to compare with) or
+        would wait past the queue budget. A skipped embedding starts in the background, for
+        the store (the request goes upstream at once)."""
+        if await self._scope_is_empty(plan):
+            self.metrics.semantic_lookups.labels("skipped_empty_scope").inc()
+            return Lookup(CacheStatus.MISS, EMPTY_SCOPE, pending=self._begin_vector(plan))
+        try:
+            return await self._semantic(plan)
+        except EmbedderOverloaded as exc:
+            self.metrics.semantic_lookups.labels("skipped_overloaded").inc()
+            log.debug("semantic lookup skipped: %s", exc)
+            return Lookup(CacheStatus.MISS, OVERLOADED, pending=self._begin_vector(plan))
+
+    async def _scope_is_empty(self, plan: CachePlan) -> bool:
+        """True only when known: an index without ``scope_is_empty`` (Qdrant, Weaviate)
+        answers "maybe not", and the lookup embeds as before."""
+        if self.backlog is not None and self.backlog.pending_in(plan.scope):
+            return False  # entries stored moments ago: their vectors are on the way
+        check = getattr(self.vectors, "scope_is_empty", None)
+        if check is None:
+            return False
+        empty: bool = await check(plan.scope)
+        return empty
+
+    def _begin_vector(self, plan: CachePlan) -> PendingVector | None:
+        if self.backlog is None or plan.no_store or not plan.exact_key:
+            return None
+        return self.backlog.begin(plan.question)
+
+    async def _lookup_vector(self, plan: CachePlan) -> np.ndarray:
+        """The question's vector within the queue budget (``EmbedderOverloaded`` past it),
+        once the scope's late vectors are indexed (read-your-writes; bounded the same)."""
+        assert self.embedder is not None
+        started = time.perf_counter()
+        within = getattr(self.embedder, "embed_within", None)
+        budget = None if within is None else self.max_queue
+        if within is None or budget is None:
+            vector = await self.embed_question(plan.question)
+        else:
+            vector = (await within([plan.question], budget))[0]
+            self.metrics.embed_seconds.observe(time.perf_counter() - started)
+        self.metrics.semantic_lookups.labels("embedded").inc()
+        if self.backlog is not None and self.backlog.pending_in(plan.scope):
+            limit = _SETTLE_S if budget is None else budget
+            await self.backlog.settle_scope(plan.scope, limit - (time.perf_counter() - started))
+        return vector
+
+    async def _embed_background(self, question: str) -> np.ndarray:
+        assert self.embedder is not None
+        background = getattr(self.embedder, "embed_background", None)
+        if background is None:
+            return (await self.embedder.embed([question]))[0]
+        matrix: np.ndarray = await background([question])
+        return matrix[0]
+
+    async def _attach_vector(self, entry: CacheEntry, vector: np.ndarray) -> bool:
+        """A late vector: onto the stored entry (persisted with it) and into the index."""
+        current = await self.exact.get(entry.id, entry.partition)
+        if current is None or current.created_at != entry.created_at:
+            return False  # deleted, expired or replaced since it was stored
+        values = vector.tolist()
+        set_vector = getattr(self.exact, "set_vector", None)
+        if set_vector is not None:
+            evicted: list[str] = await set_vector(entry.id, values)
+            if evicted and self.vectors is not None:
+                await self.vectors.remove(evicted)
+                self.metrics.evictions.inc(len(evicted))
+                if entry.id in evicted:
+                    return False
+        assert self.vectors is not None
+        await self.vectors.add(entry.id, entry.scope, entry.partition, values, entry.expires_at)
+        return True
 
     async def embed_question(self, question: str) -> np.ndarray:
         assert self.embedder is not None
@@ -180,7 +291,7 @@ class DualCache:
 
     async def _semantic(self, plan: CachePlan) -> Lookup:
         assert self.vectors is not None
-        vector = await self.embed_question(plan.question)
+        vector = await self._lookup_vector(plan)
         started = time.perf_counter()
         neighbours = await self.vectors.search(plan.scope, vector.tolist(), self.candidates)
         best: float | None = None
@@ -267,6 +378,9 @@ class DualCache:
     async def release(self, lookup: Lookup | None) -> None:
         """Free the miss lock a lookup took (the pipeline calls this once the answer is stored
         or found not storable). Idempotent; a failure only means the lock expires on its own."""
+        if lookup is not None and self.backlog is not None:
+            self.backlog.discard(lookup.pending)  # not stored: its early embedding is moot
+            lookup.pending = None
         if lookup is None or lookup.lock is None or self.single_flight is None:
             return
         held, lookup.lock = lookup.lock, None
@@ -277,16 +391,21 @@ class DualCache:
 
     # ------------------------------------------------------------------ store
     async def store(
-        self, plan: CachePlan, answer: CachedAnswer, vector: np.ndarray | None
+        self,
+        plan: CachePlan,
+        answer: CachedAnswer,
+        vector: np.ndarray | None,
+        pending: PendingVector | None = None,
     ) -> CacheEntry | None:
+        """Write the entry at once (what the returned entry acknowledges). Without a vector
+        (the lookup skipped its embedding) the vector is computed off the request path and
+        attached later (``VectorBacklog``); one already computed in the background is used."""
         if plan.bypass_reason is not None or plan.no_store or not plan.exact_key:
             return None
         now = self.clock()
-        if vector is None and plan.question and plan.use_semantic and self.semantic_enabled:
-            try:
-                vector = await self.embed_question(plan.question)
-            except EmbedderError as exc:
-                log.error("embedding failed, answer stored for exact hits only: %s", exc)
+        wants_vector = bool(plan.question and plan.use_semantic and self.semantic_enabled)
+        if vector is None and wants_vector and pending is not None:
+            vector = pending.ready()
         entry = CacheEntry(
             id=plan.exact_key,
             partition=plan.partition,
@@ -297,6 +416,10 @@ class DualCache:
             expires_at=now + plan.ttl,
             vector=vector.tolist() if vector is not None and plan.question else None,
         )
+        if entry.vector is None and wants_vector:
+            # Persisted with the entry: a restart before the vector lands queues it again
+            # (entries stored for the exact layer only, x-bf-cache-type: direct, stay so).
+            entry.meta[VECTOR_PENDING] = True
         try:
             evicted = await self.exact.put(entry)
         except StoreUnavailable as exc:
@@ -315,6 +438,8 @@ class DualCache:
             # The exact store has it (a separate backend): it still serves exact hits.
             self.metrics.backend_errors.labels("store").inc()
             log.error("vector backend unavailable, answer stored for exact hits only: %s", exc)
+        if entry.vector is None and wants_vector and self.backlog is not None:
+            self.backlog.defer(entry, pending)
         self.metrics.stores.inc()
         if evicted:
             self.metrics.evictions.inc(len(evicted))

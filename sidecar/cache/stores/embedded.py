@@ -9,6 +9,7 @@ grows (a scope of 100,000 entries is searched in well under a millisecond).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import sqlite3
 import threading
@@ -222,6 +223,31 @@ class EmbeddedExactStore:
         if ids and checkpoint:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    async def set_vector(self, entry_id: str, vector: list[float]) -> list[str]:
+        """Attach a vector computed after the entry was stored (persisted with it, so the
+        index rebuild at start sees it). Returns ids evicted by the byte bound; nothing
+        when the entry is gone."""
+        with self._lock:
+            entry = self._entries.get(entry_id)
+            if entry is None:
+                return []
+            meta = {k: v for k, v in entry.meta.items() if k != "vector_pending"}
+            updated = dataclasses.replace(entry, vector=vector, meta=meta)
+            self._bytes += updated.size_bytes() - entry.size_bytes()
+            self._entries[entry_id] = updated  # keeps its LRU position
+            evicted = self._evict()
+        if self._path is not None and entry_id not in evicted:
+            await self._run(self._update, updated, evicted)
+        elif evicted:
+            await self._persist_delete(evicted)
+        return evicted
+
+    def _update(self, entry: CacheEntry, evicted: list[str]) -> None:
+        if self._db is None:
+            return
+        self._db.execute("UPDATE entries SET data = ? WHERE id = ?", (entry.to_bytes(), entry.id))
+        self._delete_rows(evicted, checkpoint=False)  # evictions: on the write path
+
     async def _persist_delete(self, ids: list[str]) -> None:
         if self._path is None or not ids:
             return
@@ -266,6 +292,16 @@ class EmbeddedExactStore:
     def entries_with_vectors(self) -> list[CacheEntry]:
         with self._lock:
             return [e for e in self._entries.values() if e.vector is not None]
+
+    def entries_missing_vectors(self) -> list[CacheEntry]:
+        """Entries stored before their vector (``meta["vector_pending"]``, set by the cache
+        layer) whose vector never landed: the process stopped first."""
+        with self._lock:
+            return [
+                e
+                for e in self._entries.values()
+                if e.vector is None and e.question and e.meta.get("vector_pending")
+            ]
 
     @property
     def bytes_used(self) -> int:
@@ -394,6 +430,12 @@ class EmbeddedVectorIndex:
             index.add(entry_id, v)
             self._scope_of[entry_id] = scope
             self._partition_of[entry_id] = partition
+
+    async def scope_is_empty(self, scope: str) -> bool:
+        """No vector indexed in ``scope`` (in memory: cheap enough for every lookup)."""
+        with self._lock:
+            index = self._scopes.get(scope)
+            return index is None or len(index) == 0
 
     async def search(self, scope: str, vector: Sequence[float], k: int) -> list[Neighbour]:
         with self._lock:

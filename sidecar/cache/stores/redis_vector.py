@@ -13,6 +13,11 @@ rejects sorting on the KNN score (Bifrost's semantic search never hits on Valkey
 reason); results are sorted here instead (RediSearch does not order them in every hybrid mode).
 Similarity = 1 - cosine distance. TTL is native: each hash gets a ``PEXPIRE`` (its
 ``expires_at`` field is indexed for operators' queries, not filtered on per search).
+
+Empty scopes: each scope that received a vector has a marker ``P:vs:<slug>:<scope hash>``
+whose expiry is pushed out to its longest-lived vector's. ``scope_is_empty`` is one ``EXISTS``;
+it is shared by every replica and errs one way only: deletions do not clear the marker (the
+lookup then embeds as before), but no live vector exists without it.
 """
 
 from __future__ import annotations
@@ -43,6 +48,12 @@ log = logging.getLogger("sidecar.cache.redis")
 # recall; 128 with EF_RUNTIME 64 kept top-1 recall at ~0.98 on 100k random 384-d vectors.
 _HNSW = ("M", 16, "EF_CONSTRUCTION", 128, "EF_RUNTIME", 64)
 _DELETE_BATCH = 1000
+#: extend a key's expiry to ARGV[1] ms unless it already lives longer (any Redis version)
+_EXTEND_TTL = """
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], '1', 'PX', ARGV[1]) end
+return 1
+"""
 
 
 def _text(value: bytes | str) -> str:
@@ -95,6 +106,7 @@ class RedisVectorIndex:
         self._dimension = 0
         self.index = ""
         self._key_prefix = ""
+        self._scope_prefix = ""
         self._ready = False  # index known to exist; re-checked after errors
 
     async def _call(self, op: str, fn: Callable[[RedisClient], Awaitable[Any]]) -> Any:
@@ -126,6 +138,7 @@ class RedisVectorIndex:
         self._dimension = dimension
         self.index = f"{self.prefix}:vidx:{slug}"
         self._key_prefix = f"{self.prefix}:v:{slug}:"
+        self._scope_prefix = f"{self.prefix}:vs:{slug}:"
         try:
             await self._ensure()
         except StoreUnavailable as exc:
@@ -192,13 +205,22 @@ class RedisVectorIndex:
             "vec": blob,
         }
 
+        marker = self._scope_prefix + short_hash(scope)
+
         async def write(c: RedisClient) -> Any:
             pipe = c.pipeline(transaction=False)
             pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
             pipe.pexpire(key, ttl_ms)
+            pipe.eval(_EXTEND_TTL, 1, marker, ttl_ms)
             return await pipe.execute()
 
         await self._call("add", write)
+
+    async def scope_is_empty(self, scope: str) -> bool:
+        """True when no vector of ``scope`` can be live (see the module's notes)."""
+        marker = self._scope_prefix + short_hash(scope)
+        found = await self._call("scope_is_empty", lambda c: c.exists(marker))
+        return not found
 
     async def search(self, scope: str, vector: Sequence[float], k: int) -> list[Neighbour]:
         blob = self._blob(vector)

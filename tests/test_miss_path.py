@@ -1,0 +1,431 @@
+"""A miss's critical path: no embedding when the scope is empty, vectors of new entries added
+off the request path (bounded, counted, persisted), and the embedder's queue budget.
+
+The real model throughout. Where a test needs the model to be busy, it wraps it in
+``GatedEmbedder``, whose calls wait for an ``asyncio.Event`` the test sets: no sleeps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import make_config
+from hookclient import chat_body, openai_answer, request_hook, round_trip
+from prometheus_client import CollectorRegistry
+
+from embedders.base import EmbedderOverloaded
+from embedders.batching import MicroBatcher
+from sidecar.cache.keys import CachePlan, plan_request
+from sidecar.cache.layer import (
+    EMPTY_SCOPE,
+    OVERLOADED,
+    VECTOR_PENDING,
+    CacheStatus,
+    DualCache,
+)
+from sidecar.cache.model import CachedAnswer, CacheEntry
+from sidecar.cache.stores.embedded import EmbeddedExactStore, EmbeddedVectorIndex
+from sidecar.config import CacheConfig
+from sidecar.formats import parse_request
+from sidecar.metrics import Metrics
+
+ANSWER = CachedAnswer(200, {"content-type": "application/json"}, b'{"answer": "Paris"}')
+
+
+class GatedEmbedder:
+    """The real model, but every call first waits for ``gate`` (the test holds the model)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.model_id = inner.model_id
+        self.dimension = inner.dimension
+        self.gate = asyncio.Event()
+        self.entered = asyncio.Event()  # set when a call reaches the model
+        self.calls: list[list[str]] = []
+
+    async def start(self) -> None:
+        return None
+
+    async def embed(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls.append(list(texts))
+        self.entered.set()
+        await self.gate.wait()
+        matrix: np.ndarray = await self.inner.embed(texts)
+        return matrix
+
+    async def close(self) -> None:
+        return None
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+def plan_for(question: str, partition: str = "team-a", model: str = "gpt-4o-mini") -> CachePlan:
+    head = {"x-bf-cache-key": partition}
+    parsed = parse_request("/v1/chat/completions", chat_body(question, model=model), head)
+    assert parsed is not None
+    return plan_request(parsed, head, CacheConfig(threshold=0.8))
+
+
+def dual(embedder: Any, data_dir: str = ":memory:", **kwargs: Any) -> DualCache:
+    exact = EmbeddedExactStore(data_dir, 1000, 1 << 30)
+    return DualCache(exact, EmbeddedVectorIndex(), embedder, Metrics(CollectorRegistry()), **kwargs)
+
+
+# ---------------------------------------------------------------- empty scope
+async def test_a_miss_in_an_empty_scope_skips_the_embedding(embedder: Any) -> None:
+    gated = GatedEmbedder(embedder)
+    cache = dual(gated)
+    await cache.start()
+    try:
+        plan = plan_for("What is the capital of France?")
+        # The model is held: a lookup that embedded would never return.
+        miss = await cache.lookup(plan)
+        assert (miss.status, miss.reason, miss.vector) == (CacheStatus.MISS, EMPTY_SCOPE, None)
+        metrics = cache.metrics
+        assert sample(metrics, "sidecar_cache_semantic_lookups_total", path="skipped_empty_scope")
+        assert sample(metrics, "sidecar_embedding_seconds_count") == 0
+        # The store answers while the model is still held: the entry serves exact hits now.
+        entry = await cache.store(plan, ANSWER, miss.vector, miss.pending)
+        assert entry is not None and entry.vector is None
+        assert sample(metrics, "sidecar_cache_vector_backlog") == 1
+        assert (await cache.lookup(plan)).status is CacheStatus.HIT_EXACT
+        gated.gate.set()
+        assert cache.backlog is not None
+        await cache.backlog.settled()
+        assert sample(metrics, "sidecar_cache_vectors_added_late_total") == 1
+        assert sample(metrics, "sidecar_cache_vector_backlog") == 0
+        stored = await cache.exact.get(entry.id)
+        assert stored is not None and stored.vector is not None  # kept with the entry
+        semantic = await cache.lookup(plan_for("What's the capital city of France?"))
+        assert semantic.status is CacheStatus.HIT_SEMANTIC, semantic.reason
+        # Another partition, model or history is another scope: empty again.
+        for other in (
+            plan_for("What's the capital city of France?", partition="team-b"),
+            plan_for("What's the capital city of France?", model="gpt-4o"),
+        ):
+            assert (await cache.lookup(other)).reason == EMPTY_SCOPE
+    finally:
+        gated.gate.set()
+        await cache.close()
+
+
+async def test_a_lookup_right_after_a_store_sees_the_late_vector(embedder: Any) -> None:
+    """Read-your-writes: a scope whose vectors are on the way is not empty, and its lookup
+    waits (within the budget) for them."""
+    cache = dual(embedder)
+    await cache.start()
+    try:
+        plan = plan_for("How do I reset my password?")
+        miss = await cache.lookup(plan)
+        assert miss.reason == EMPTY_SCOPE
+        await cache.store(plan, ANSWER, miss.vector, miss.pending)
+        hit = await cache.lookup(plan_for("How can I reset my password?"))
+        assert hit.status is CacheStatus.HIT_SEMANTIC, hit.reason
+    finally:
+        await cache.close()
+
+
+async def test_an_early_embedding_is_used_inline_or_discarded(embedder: Any) -> None:
+    cache = dual(embedder)
+    await cache.start()
+    try:
+        plan = plan_for("Who wrote Hamlet?")
+        miss = await cache.lookup(plan)
+        assert miss.pending is not None and miss.pending.task is not None
+        await asyncio.wait({miss.pending.task})  # the provider was slow: the vector is ready
+        entry = await cache.store(plan, ANSWER, miss.vector, miss.pending)
+        assert entry is not None and entry.vector is not None
+        assert sample(cache.metrics, "sidecar_cache_vectors_added_late_total") == 0
+        # A request that ends unstored frees its early embedding.
+        other = await cache.lookup(plan_for("How tall is K2?", partition="team-b"))
+        assert other.pending is not None
+        await cache.release(other)
+        assert other.pending is None
+        assert sample(cache.metrics, "sidecar_cache_vector_backlog") == 0
+    finally:
+        await cache.close()
+
+
+# ---------------------------------------------------------------- backlog bounds, drops
+@pytest.mark.parametrize(
+    "bounds", [{"backlog_items": 1}, {"backlog_bytes": 40}], ids=["count", "bytes"]
+)
+async def test_a_full_backlog_drops_vectors_with_a_count(
+    embedder: Any, bounds: dict[str, Any]
+) -> None:
+    gated = GatedEmbedder(embedder)
+    cache = dual(gated, **bounds)
+    await cache.start()
+    try:
+        first = plan_for("What is the capital of France?")
+        second = plan_for("How do I bake sourdough bread at home?", partition="team-b")
+        entries = []
+        for plan in (first, second):
+            miss = await cache.lookup(plan)
+            entries.append(await cache.store(plan, ANSWER, miss.vector, miss.pending))
+        assert all(e is not None for e in entries)
+        metrics = cache.metrics
+        assert sample(metrics, "sidecar_cache_vector_drops_total", reason="backlog_full") == 1
+        assert (await cache.lookup(second)).status is CacheStatus.HIT_EXACT  # still stored
+        gated.gate.set()
+        assert cache.backlog is not None
+        await cache.backlog.settled()
+        assert sample(metrics, "sidecar_cache_vectors_added_late_total") == 1
+    finally:
+        gated.gate.set()
+        await cache.close()
+
+
+async def test_shutdown_reports_the_vectors_it_could_not_add(embedder: Any) -> None:
+    gated = GatedEmbedder(embedder)
+    cache = dual(gated, drain_s=0.0)
+    await cache.start()
+    plan = plan_for("What is the capital of France?")
+    miss = await cache.lookup(plan)
+    await cache.store(plan, ANSWER, miss.vector, miss.pending)
+    assert cache.backlog is not None
+    metrics = cache.metrics
+    await cache.close()  # the model never answers: the vector is reported lost
+    assert sample(metrics, "sidecar_cache_vector_drops_total", reason="shutdown") == 1
+    assert cache.backlog.items == 0
+
+
+async def test_a_restart_requeues_entries_stored_without_their_vector(
+    embedder: Any, tmp_path: Path
+) -> None:
+    """An acknowledged entry survives a stop before its vector was attached (the process was
+    killed): the next start computes the vector again."""
+    data_dir = str(tmp_path)
+    plan = plan_for("What is the capital of France?")
+    exact = EmbeddedExactStore(data_dir, 1000, 1 << 30)
+    await exact.start()
+    # As the cache layer leaves it until the late vector lands (then the process died).
+    pending = CacheEntry(
+        plan.exact_key, plan.partition, plan.scope, plan.question, ANSWER, 1.0, 9e12
+    )
+    pending.meta[VECTOR_PENDING] = True
+    direct = plan_for("What is the capital of Italy?")  # stored for exact hits only
+    await exact.put(pending)
+    await exact.put(
+        CacheEntry(
+            direct.exact_key, direct.partition, direct.scope, direct.question, ANSWER, 1.0, 9e12
+        )
+    )
+    await exact.close()
+    cache = dual(embedder, data_dir)
+    await cache.start()
+    try:
+        assert cache.backlog is not None
+        await cache.backlog.settled()
+        # one: the entry stored for exact hits only is not given a vector
+        assert sample(cache.metrics, "sidecar_cache_vectors_added_late_total") == 1
+        hit = await cache.lookup(plan_for("What's the capital city of France?"))
+        assert hit.status is CacheStatus.HIT_SEMANTIC, hit.reason
+    finally:
+        await cache.close()
+    # The late vector was persisted with the entry: the next start indexes it directly.
+    again = dual(embedder, data_dir)
+    await again.start()
+    try:
+        assert again.backlog is not None and again.backlog.items == 0
+        stored = await again.exact.get(plan.exact_key)
+        assert stored is not None and VECTOR_PENDING not in stored.meta
+        hit = await again.lookup(plan_for("What's the capital city of France?"))
+        assert hit.status is CacheStatus.HIT_SEMANTIC, hit.reason
+    finally:
+        await again.close()
+
+
+# ---------------------------------------------------------------- overload
+async def test_the_batcher_refuses_work_predicted_past_the_budget(embedder: Any) -> None:
+    gated = GatedEmbedder(embedder)
+    batcher = MicroBatcher(gated, window=0.0, max_batch=4)
+    gated.gate.set()
+    await batcher.embed(["a first batch times the model"])
+    assert batcher.predicted_wait() == 0.0
+    gated.gate.clear()
+    gated.entered.clear()
+    queued = [asyncio.ensure_future(batcher.embed([f"question {i}"])) for i in range(40)]
+    await gated.entered.wait()  # the first batch holds the model, the rest queue
+    assert batcher.predicted_wait() > 0.0
+    with pytest.raises(EmbedderOverloaded, match="over the"):
+        await batcher.embed_within(["one more"], batcher.predicted_wait() / 2)
+    assert batcher.stats.overloaded == 1
+    gated.gate.set()
+    await asyncio.gather(*queued)
+
+
+async def test_a_text_still_queued_at_the_deadline_is_withdrawn(embedder: Any) -> None:
+    gated = GatedEmbedder(embedder)
+    batcher = MicroBatcher(gated, window=0.0, max_batch=1)
+    running = asyncio.ensure_future(batcher.embed(["the model is busy with this one"]))
+    await gated.entered.wait()
+    # No timing yet: nothing is predicted, the deadline refuses it.
+    with pytest.raises(EmbedderOverloaded, match="still queued"):
+        await batcher.embed_within(["waits behind it"], 0.001)
+    gated.gate.set()
+    await running
+    assert gated.calls == [["the model is busy with this one"]]  # the withdrawn text never ran
+
+
+async def test_urgent_texts_run_before_background_ones(embedder: Any) -> None:
+    gated = GatedEmbedder(embedder)
+    batcher = MicroBatcher(gated, window=0.0, max_batch=8)
+    busy = asyncio.ensure_future(batcher.embed(["holding the model"]))
+    await gated.entered.wait()
+    # Queued while the model is held: the background text first, the lookup after it.
+    background = asyncio.ensure_future(batcher.embed_background(["stored entry"]))
+    urgent = asyncio.ensure_future(batcher.embed(["a lookup"]))
+    gated.gate.set()
+    await asyncio.gather(busy, background, urgent)
+    assert gated.calls == [["holding the model"], ["a lookup"], ["stored entry"]]
+
+
+async def test_an_overloaded_lookup_skips_the_semantic_layer(embedder: Any) -> None:
+    gated = GatedEmbedder(embedder)
+    batcher = MicroBatcher(gated, window=0.0, max_batch=1)
+    cache = dual(batcher, max_queue_ms=1.0)
+    await cache.start()
+    try:
+        gated.gate.set()
+        seed = plan_for("What is the capital of France?")
+        miss = await cache.lookup(seed)
+        await cache.store(seed, ANSWER, miss.vector, miss.pending)
+        assert cache.backlog is not None
+        await cache.backlog.settled()
+        gated.gate.clear()
+        gated.entered.clear()
+        busy = asyncio.ensure_future(batcher.embed(["the model is busy"]))
+        await gated.entered.wait()
+        plan = plan_for("What's the capital city of France?")
+        lookup = await cache.lookup(plan)
+        assert (lookup.status, lookup.reason) == (CacheStatus.MISS, OVERLOADED)
+        metrics = cache.metrics
+        assert sample(metrics, "sidecar_cache_semantic_lookups_total", path="skipped_overloaded")
+        # Stored for exact hits at once; its vector follows when the model has room.
+        entry = await cache.store(plan, ANSWER, lookup.vector, lookup.pending)
+        assert entry is not None and entry.vector is None
+        gated.gate.set()
+        await busy
+        await cache.backlog.settled()
+        assert sample(metrics, "sidecar_cache_vectors_added_late_total") == 2
+    finally:
+        gated.gate.set()
+        await cache.close()
+
+
+# ---------------------------------------------------------------- through the hook
+async def test_the_hook_reports_the_skip_and_stores_at_once(sidecar_factory: Any) -> None:
+    async with sidecar_factory(make_config()) as (sidecar, client):
+        body = chat_body("What is the capital of France?")
+        first, stored = await round_trip(client, body, openai_answer("Paris."))
+        assert first["cache"]["reason"] == EMPTY_SCOPE
+        assert stored is not None and stored["stored_entry_id"]
+        again = (await request_hook(client, body)).json()
+        assert again["cache"]["status"] == "hit-exact"
+        assert sidecar.cache is not None and sidecar.cache.backlog is not None
+        await sidecar.cache.backlog.settled()
+        text = sidecar.metrics.render().decode()
+        assert "sidecar_cache_vectors_added_late_total 1.0" in text
+
+
+def test_the_model_runs_below_the_event_loop_priority(embedder: Any) -> None:
+    """Exact hits are answered by the event loop; the model's threads yield the cores to it."""
+    import os
+    import threading
+
+    def own_nice() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    if not hasattr(os, "setpriority"):
+        pytest.skip("no per-thread priority on this platform")
+    model_thread = embedder._pool.submit(own_nice).result()
+    assert model_thread >= min(19, own_nice() + 5)
+
+
+def test_acknowledged_entries_survive_kill_9(tmp_path: Path) -> None:
+    """Every ``stored_entry_id`` the hook returned is there after ``kill -9`` and a restart,
+    vectors included (computed again for entries whose late vector had not landed)."""
+    import os
+    import signal
+
+    import httpx
+    import yaml
+
+    from sidecar.demo.processes import ManagedProcess, free_port, sidecar_command
+
+    http_port = free_port()
+    config = {
+        "server": {"http_port": http_port, "grpc_port": free_port(), "grpc_enabled": False},
+        "cache": {"data_dir": str(tmp_path / "data"), "default_cache_key": "k9"},
+        # a paraphrase after the restart waits (within this) for the re-queued vectors
+        "embedder": {"max_queue_ms": 30_000},
+    }
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config))
+    url = f"http://127.0.0.1:{http_port}"
+    questions = {
+        f"p{i}": q
+        for i, q in enumerate(
+            ["What is the capital of France?", "How do I bake sourdough bread?", "Who is Ada?"]
+        )
+    }
+    acknowledged: dict[str, str] = {}
+    first = ManagedProcess("sidecar", sidecar_command(path), tmp_path / "first.log").start()
+    try:
+        first.wait_ready(f"{url}/readyz", 240)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for partition, question in questions.items():
+                envelope = {
+                    "method": "POST",
+                    "path": "/v1/chat/completions",
+                    "headers": {"x-bf-cache-key": partition},
+                    "body": chat_body(question),
+                }
+                req = client.post("/v1/hooks/request", json=envelope).json()
+                assert req["cache"]["reason"] == EMPTY_SCOPE
+                reply = client.post(
+                    "/v1/hooks/response",
+                    json={
+                        "request_id": req["request_id"],
+                        "status": 200,
+                        "headers": {"content-type": "application/json"},
+                        "body": openai_answer(f"answer to {question}"),
+                    },
+                ).json()
+                acknowledged[partition] = reply["stored_entry_id"]
+        os.kill(first.pid, signal.SIGKILL)  # right after the last acknowledgement
+    finally:
+        first.stop()
+    second = ManagedProcess("sidecar", sidecar_command(path), tmp_path / "second.log").start()
+    try:
+        second.wait_ready(f"{url}/readyz", 240)
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for partition, question in questions.items():
+                envelope = {
+                    "method": "POST",
+                    "path": "/v1/chat/completions",
+                    "headers": {"x-bf-cache-key": partition},
+                    "body": chat_body(question),
+                }
+                hit = client.post("/v1/hooks/request", json=envelope).json()
+                assert hit["cache"]["status"] == "hit-exact"
+                assert hit["cache"]["entry_id"] == acknowledged[partition]
+            envelope = {
+                "method": "POST",
+                "path": "/v1/chat/completions",
+                "headers": {"x-bf-cache-key": "p0"},
+                "body": chat_body("What's the capital city of France?"),
+            }
+            para = client.post("/v1/hooks/request", json=envelope).json()
+            assert para["cache"]["status"] == "hit-semantic", para["cache"]["reason"]
+    finally:
+        second.stop()
