@@ -396,6 +396,7 @@ def test_acknowledged_entries_survive_kill_9(tmp_path: Path) -> None:
                     "/v1/hooks/response",
                     json={
                         "request_id": req["request_id"],
+                        "request_secret": req["request_secret"],
                         "status": 200,
                         "headers": {"content-type": "application/json"},
                         "body": openai_answer(f"answer to {question}"),

@@ -208,7 +208,10 @@ async def test_redis_entries_that_cannot_be_read_are_misses(
 ) -> None:
     import redis
 
-    config = make_config(cache={"exact_store": SHARED_REDIS, "namespace": redis_prefix})
+    config = make_config(
+        cache={"exact_store": SHARED_REDIS, "namespace": redis_prefix},
+        server={"pending_store": "memory"},  # this test is about entries, not pending contexts
+    )
     body = chat_body("Where does Kestrel live?")
     old_body = chat_body("What is the capital of France?")
     caplog.set_level(logging.WARNING, logger="sidecar")
