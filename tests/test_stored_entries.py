@@ -246,6 +246,7 @@ async def test_redis_entries_that_cannot_be_read_are_misses(
             "/v1/hooks/response",
             json={
                 "request_id": res.json()["request_id"],
+                "request_secret": res.json()["request_secret"],
                 "status": 200,
                 "headers": {},
                 "body": openai_answer("Somewhere."),
