@@ -12,7 +12,14 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -67,14 +74,38 @@ class ServerConfig(_Section):
     #: bound on request contexts waiting for their response hook (oldest dropped first)
     max_pending: int = Field(10000, ge=1)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: NAME of the environment variable holding the bearer token(s) that hooks, admin calls and
+    #: the ext_proc stream must present; several tokens separated by commas are all accepted
+    #: (rotation). Empty: no authentication (then only loopback binds, see ``allow_insecure``)
+    auth_token_env: str = ""
+    #: listen beyond loopback without a token (``sidecar serve --insecure-no-auth``)
+    allow_insecure: bool = False
+    #: PEM certificate chain and private key: both listeners speak TLS (HTTPS, gRPC over TLS)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: a separate HTTP listener for the admin API (/readyz, /metrics, deletes, /openapi.json) on
+    #: ``http_host``; 0: the admin API shares the hook port
+    admin_port: int = Field(0, ge=0, le=65535)
+    #: a connection must send its complete request headers within this time or is closed
+    header_timeout: float = 10.0
+    #: an idle keep-alive connection is closed after this time
+    keepalive_timeout: float = 5.0
+    #: open HTTP connections per listener; beyond it new connections are closed at once
+    max_connections: int = Field(1024, ge=1)
     #: the event loop of ``sidecar serve``: ``uvloop`` (faster gRPC and HTTP handling),
     #: ``asyncio`` (the standard loop), ``auto``: uvloop when it is installed
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
-    @field_validator("pending_ttl", mode="before")
+    @field_validator("pending_ttl", "header_timeout", "keepalive_timeout", mode="before")
     @classmethod
     def _ttl(cls, v: Any) -> float:
         return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        return self
 
 
 class CacheConfig(_Section):

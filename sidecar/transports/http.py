@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
+from sidecar.auth import load_tokens
 from sidecar.cache.stores.base import StoreUnavailable
 from sidecar.pipeline import HookError, HookRequest, HttpAnswer
 from sidecar.services import Sidecar
+from sidecar.transports.http_auth import BearerAuth
 
 log = logging.getLogger("sidecar.http")
 
@@ -48,11 +51,21 @@ async def _read_envelope(request: Request, sidecar: Sidecar) -> dict[str, Any]:
             f"hook payload is {declared} bytes, over the limit of {limit} "
             "(server.max_body_bytes plus envelope)",
         )
-    raw = await request.body()
-    if len(raw) > limit:
-        raise HookError(
-            413, "body_too_large", f"hook payload is {len(raw)} bytes, over the limit of {limit}"
-        )
+    # Read chunk by chunk and stop at the limit: a chunked upload (no content-length) must not
+    # be buffered whole before it is refused.
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HookError(
+                413,
+                "body_too_large",
+                f"hook payload is over the limit of {limit} bytes "
+                "(server.max_body_bytes plus envelope); reading stopped there",
+            )
+        chunks.append(chunk)
+    raw = chunks[0] if len(chunks) == 1 else b"".join(chunks)
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -109,6 +122,24 @@ def _answer_json(answer: HttpAnswer) -> dict[str, Any]:
     return {"status": answer.status, "headers": answer.headers, "body": body}
 
 
+#: Exceptions the core raises and the HTTP answer each one gets: (status, error kind, message
+#: prefix). The one place that maps errors to statuses; ``HookError`` carries its own status.
+ERROR_ANSWERS: dict[type[Exception], tuple[int, str, str]] = {
+    StoreUnavailable: (503, "backend_unavailable", "cache backend unavailable: "),
+}
+
+
+def error_answer(exc: Exception) -> tuple[int, str, str] | None:
+    """(status, kind, message) for an error the hook answers with, None for a bug."""
+    if isinstance(exc, HookError):
+        return exc.status, exc.kind, exc.message
+    for cls in type(exc).__mro__:
+        if cls in ERROR_ANSWERS:
+            status, kind, prefix = ERROR_ANSWERS[cls]
+            return status, kind, f"{prefix}{exc}"
+    return None
+
+
 def _guarded(
     handler: Callable[[Request, Sidecar], Awaitable[Response]], sidecar: Sidecar
 ) -> Callable[[Request], Awaitable[Response]]:
@@ -117,9 +148,17 @@ def _guarded(
             return _error(503, "not_ready", "the sidecar is starting or stopping")
         try:
             return await handler(request, sidecar)
-        except HookError as exc:
-            sidecar.metrics.hook_errors.labels(TRANSPORT, exc.kind).inc()
-            return _error(exc.status, exc.kind, exc.message)
+        except Exception as exc:
+            answer = error_answer(exc)
+            if answer is None:
+                raise
+            status, kind, message = answer
+            sidecar.metrics.hook_errors.labels(TRANSPORT, kind).inc()
+            response = _error(status, kind, message)
+            if status == 413:
+                # The rest of the upload is unread: close instead of draining it.
+                response.headers["connection"] = "close"
+            return response
 
     return endpoint
 
@@ -193,10 +232,7 @@ async def delete_entry(request: Request, sidecar: Sidecar) -> Response:
     entry_id = request.path_params["entry_id"]
     if sidecar.cache is None:
         raise HookError(409, "cache_disabled", "the cache is disabled")
-    try:
-        found = await sidecar.cache.delete(entry_id)
-    except StoreUnavailable as exc:
-        raise HookError(503, "backend_unavailable", f"cache backend unavailable: {exc}") from None
+    found = await sidecar.cache.delete(entry_id)
     if not found:
         raise HookError(404, "not_found", f"no cache entry {entry_id!r}")
     return JSONResponse({"deleted": entry_id})
@@ -206,14 +242,15 @@ async def delete_partition(request: Request, sidecar: Sidecar) -> Response:
     key = request.path_params["cache_key"]
     if sidecar.cache is None:
         raise HookError(409, "cache_disabled", "the cache is disabled")
-    try:
-        count = await sidecar.cache.delete_partition(key)
-    except StoreUnavailable as exc:
-        raise HookError(503, "backend_unavailable", f"cache backend unavailable: {exc}") from None
+    count = await sidecar.cache.delete_partition(key)
     return JSONResponse({"partition": key, "deleted": count})
 
 
-def build_routes(sidecar: Sidecar) -> list[BaseRoute]:
+#: which routes a listener serves: both on one port, or hooks and admin API on their own ports
+Listener = Literal["all", "hooks", "admin"]
+
+
+def build_routes(sidecar: Sidecar, listener: Listener = "all") -> list[BaseRoute]:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
@@ -226,27 +263,43 @@ def build_routes(sidecar: Sidecar) -> list[BaseRoute]:
             sidecar.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8"
         )
 
-    return [
-        Route("/healthz", healthz, methods=["GET"]),
-        Route("/readyz", readyz, methods=["GET"]),
-        Route("/metrics", metrics, methods=["GET"]),
-        Route("/v1/hooks/request", _guarded(request_hook, sidecar), methods=["POST"]),
-        Route("/v1/hooks/response", _guarded(response_hook, sidecar), methods=["POST"]),
-        Route(
-            "/v1/cache/entries/{entry_id:str}", _guarded(delete_entry, sidecar), methods=["DELETE"]
-        ),
-        Route(
-            "/v1/cache/partitions/{cache_key:path}",
-            _guarded(delete_partition, sidecar),
-            methods=["DELETE"],
-        ),
-    ]
+    routes: list[BaseRoute] = [Route("/healthz", healthz, methods=["GET"])]
+    if listener in ("all", "admin"):
+        routes += [
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route(
+                "/v1/cache/entries/{entry_id:str}",
+                _guarded(delete_entry, sidecar),
+                methods=["DELETE"],
+            ),
+            Route(
+                "/v1/cache/partitions/{cache_key:path}",
+                _guarded(delete_partition, sidecar),
+                methods=["DELETE"],
+            ),
+        ]
+    if listener in ("all", "hooks"):
+        routes += [
+            Route("/v1/hooks/request", _guarded(request_hook, sidecar), methods=["POST"]),
+            Route("/v1/hooks/response", _guarded(response_hook, sidecar), methods=["POST"]),
+        ]
+        if sidecar.engine is not None:
+            from sidecar.transports.litellm import litellm_guardrail_routes
+
+            routes += litellm_guardrail_routes(sidecar.engine)
+    return routes
 
 
 def create_app(
-    sidecar: Sidecar, extra_routes: list[BaseRoute] | None = None, manage_lifecycle: bool = True
+    sidecar: Sidecar,
+    extra_routes: list[BaseRoute] | None = None,
+    manage_lifecycle: bool = True,
+    listener: Listener = "all",
 ) -> Starlette:
-    """The Starlette app. With ``manage_lifecycle`` the app starts and closes the sidecar."""
+    """The Starlette app. With ``manage_lifecycle`` the app starts and closes the sidecar.
+    With ``server.auth_token_env`` set, every route but ``/healthz`` needs the bearer token
+    (raises AuthConfigError when the variable is missing)."""
     import contextlib
     from collections.abc import AsyncIterator
 
@@ -260,9 +313,10 @@ def create_app(
             if manage_lifecycle:
                 await sidecar.close()
 
-    routes = build_routes(sidecar) + list(extra_routes or [])
-    if sidecar.engine is not None:
-        from sidecar.transports.litellm import litellm_guardrail_routes
-
-        routes += litellm_guardrail_routes(sidecar.engine)
-    return Starlette(routes=routes, lifespan=lifespan)
+    routes = build_routes(sidecar, listener) + list(extra_routes or [])
+    middleware: list[Middleware] = []
+    tokens = load_tokens(sidecar.config.server)
+    if tokens is not None:
+        rejected = sidecar.metrics.hook_errors.labels(TRANSPORT, "unauthorized")
+        middleware.append(Middleware(BearerAuth, tokens=tokens, on_reject=rejected.inc))
+    return Starlette(routes=routes, lifespan=lifespan, middleware=middleware)
