@@ -338,13 +338,20 @@ def _add_routes(app: FastAPI, sidecar: Sidecar, listener: Listener) -> None:
             "/readyz",
             readyz,
             methods=["GET"],
-            responses={200: {"model": ReadinessReply}, 503: {"model": ReadinessReply}},
+            responses={
+                200: {"model": ReadinessReply},
+                401: {**_ERRORS, "description": "missing or wrong bearer token"},
+                503: {"model": ReadinessReply},
+            },
         )
         app.add_api_route(
             "/metrics",
             metrics,
             methods=["GET"],
-            responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+            responses={
+                200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
+                401: {**_ERRORS, "description": "missing or wrong bearer token"},
+            },
         )
         app.add_api_route(
             "/v1/cache/entries/{entry_id}",

@@ -4,9 +4,9 @@ validation error into the one-line 400 message that names the field."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from sidecar.pipeline import HookError
 
@@ -22,7 +22,10 @@ class RequestHookEnvelope(_Envelope):
     method: str = Field(description="HTTP method of the client's request")
     path: str = Field(description="path of the client's request, e.g. /v1/chat/completions")
     request_id: str | None = Field(
-        None, description="the proxy's id for the request; generated when absent"
+        None,
+        min_length=1,
+        pattern=r"\S",
+        description="the proxy's id for the request; generated when absent",
     )
     headers: dict[str, str] | None = Field(
         None, description="request headers (x-bf-cache-* steer the cache)"
@@ -30,11 +33,20 @@ class RequestHookEnvelope(_Envelope):
     body: Any = Field(None, description="the request's JSON body; required for POST")
 
 
+def _integral(value: Any) -> Any:
+    """JSON has one number type: 200.0 is the integer 200 (JSON Schema agrees)."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
 class ResponseHookEnvelope(_Envelope):
     """``POST /v1/hooks/response``: the provider's answer to a request the hook saw."""
 
     request_id: str = Field(description="the request_id the request hook returned")
-    status: int = Field(ge=100, le=599, description="the provider's HTTP status")
+    status: Annotated[int, BeforeValidator(_integral)] = Field(
+        ge=100, le=599, description="the provider's HTTP status"
+    )
     headers: dict[str, str] | None = Field(None, description="the provider's response headers")
     body: Any = Field(
         description="the JSON answer, or the whole text of a streamed (SSE) answer as a string"
@@ -120,6 +132,8 @@ def validation_error(exc: ValidationError) -> HookError:
         return HookError(400, "missing_field", f"missing field {name!r}")
     if name == "headers" and len(loc) > 1:
         return HookError(400, "wrong_type", f"header {str(loc[1])!r} must have a string value")
+    if name == "request_id" and error["type"] in ("string_too_short", "string_pattern_mismatch"):
+        return HookError(400, "wrong_type", "field 'request_id' must not be empty")
     if name == "status" and error["type"] in ("greater_than_equal", "less_than_equal"):
         return HookError(
             400, "wrong_type", f"field 'status' must be 100..599, got {error['input']}"
