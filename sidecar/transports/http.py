@@ -11,17 +11,20 @@ parses it, and the strict envelope models of ``http_models`` validate it, so err
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal, TypeVar
 
 import orjson
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
+from starlette.routing import request_response as starlette_request_response
 
 from sidecar.auth import load_tokens
 from sidecar.cache.stores.base import StoreUnavailable
@@ -257,6 +260,23 @@ _ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
+class RequestOnlyRoute(APIRoute):
+    """An API route whose endpoint takes the ``Request`` alone and returns a ``Response``.
+
+    FastAPI's handler solves dependencies, parses query parameters and checks the return
+    value on every call; for such an endpoint there is nothing to solve, and that work (with
+    its per-call exit stacks) cost about 40 us of CPU per hook call here, a third of an exact
+    hit's time in the app. The route is still an ``APIRoute`` (same routing, same OpenAPI
+    entry); only the call goes straight to the endpoint.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        # Starlette's request/response adapter: FastAPI's adds two exit stacks per call for
+        # dependencies with ``yield``, which these endpoints do not have.
+        self.app = starlette_request_response(endpoint)
+
+
 def _json_body(model: type[BaseModel]) -> dict[str, Any]:
     """The OpenAPI request body of a hook. The hooks read and validate the body themselves
     (bounded read, orjson, the same strict model), so FastAPI only documents it."""
@@ -269,14 +289,15 @@ def _json_body(model: type[BaseModel]) -> dict[str, Any]:
 
 
 def _add_routes(app: FastAPI, sidecar: Sidecar, listener: Listener) -> None:
-    async def healthz() -> Response:
+    async def healthz(request: Request) -> Response:
         """Liveness: answers while the process serves HTTP; open without a token."""
         return JSONResponse({"status": "ok"})
 
-    app.add_api_route(
+    app.router.add_api_route(
         "/healthz",
         healthz,
         methods=["GET"],
+        route_class_override=RequestOnlyRoute,
         responses={200: {"model": HealthReply}},
         openapi_extra={"security": []},
     )
@@ -290,17 +311,19 @@ def _add_routes(app: FastAPI, sidecar: Sidecar, listener: Listener) -> None:
             """The provider's answer: output guardrails and cache store."""
             return await _answer(sidecar, response_hook, request)
 
-        app.add_api_route(
+        app.router.add_api_route(
             "/v1/hooks/request",
             request_hook_route,
             methods=["POST"],
+            route_class_override=RequestOnlyRoute,
             responses={200: {"model": RequestHookReply}, **_HOOK_ERRORS},
             openapi_extra=_json_body(RequestHookEnvelope),
         )
-        app.add_api_route(
+        app.router.add_api_route(
             "/v1/hooks/response",
             response_hook_route,
             methods=["POST"],
+            route_class_override=RequestOnlyRoute,
             responses={
                 200: {"model": ResponseHookReply},
                 404: {**_ERRORS, "description": "unknown or expired request_id"},
@@ -420,6 +443,7 @@ def create_app(
         lifespan=lifespan,
         middleware=middleware,
         docs_url=None,  # the interactive pages load scripts from a CDN; the schema is enough
+        **_no_telemetry(),
         redoc_url=None,
         exception_handlers={StarletteHTTPException: _http_error},
     )
@@ -427,6 +451,14 @@ def create_app(
     if tokens is not None:
         _declare_bearer_auth(app)
     return app
+
+
+def _no_telemetry() -> dict[str, Any]:
+    """FastAPI's OpenTelemetry hook (newer FastAPI) looks for a configured provider on every
+    request; the sidecar exports Prometheus metrics instead, so it is switched off."""
+    if "telemetry" not in inspect.signature(FastAPI.__init__).parameters:
+        return {}
+    return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
 def _declare_bearer_auth(app: FastAPI) -> None:
