@@ -6,9 +6,9 @@ for a client to send its request headers: a connection that sends nothing, or a 
 every few seconds, stays open forever, and enough of them exhaust file handles. This
 subclass of uvicorn's httptools protocol adds:
 
-- a header deadline: from the connection's first byte slot (and again when a keep-alive
-  connection starts its next request) until the headers are complete; past it the server
-  answers 408 and closes the connection;
+- a header deadline: from the connection's opening (and again from the first byte of each
+  next request on a keep-alive connection) until the headers are complete; past it the
+  server answers 408 and closes the connection;
 - a connection cap per listener: a connection beyond ``max_connections`` is closed at once,
   before anything is read, so slow clients cannot take every file handle.
 
@@ -36,7 +36,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     header_timeout: float = 10.0
     max_connections: int = 1024
 
-    _header_timer: asyncio.TimerHandle | None = None
+    #: when the current request's headers started (None: not reading headers)
+    _headers_since: float | None = None
+    _watch: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -48,36 +50,41 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             )
             transport.abort()
             return
-        self._arm_header_timer()
+        self._headers_since = self.loop.time()
+        self._watch = self.loop.call_later(self.header_timeout, self._check_headers)
 
+    # One watch timer per connection instead of a timer per request: arming and cancelling a
+    # timer on every request cost more CPU than the rest of this class (uvloop allocates a
+    # libuv handle per timer); a timestamp per request is nearly free.
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._arm_header_timer()
+        self._headers_since = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        self._cancel_header_timer()
+        self._headers_since = None
         super().on_headers_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_header_timer()
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         super().connection_lost(exc)
 
-    def _arm_header_timer(self) -> None:
-        if self._header_timer is None:
-            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
-
-    def _cancel_header_timer(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _headers_late(self) -> None:
-        self._header_timer = None
+    def _check_headers(self) -> None:
+        self._watch = None
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(_TIMEOUT_RESPONSE)
-        self.transport.close()
+        since = self._headers_since
+        wait = self.header_timeout
+        if since is not None:
+            waited = self.loop.time() - since
+            if waited >= self.header_timeout:
+                if self.cycle is None or self.cycle.response_complete:
+                    self.transport.write(_TIMEOUT_RESPONSE)
+                self.transport.close()
+                return
+            wait = self.header_timeout - waited
+        self._watch = self.loop.call_later(wait, self._check_headers)
 
 
 def guarded_protocol(header_timeout: float, max_connections: int) -> type[HttpToolsProtocol]:
