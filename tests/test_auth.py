@@ -114,3 +114,29 @@ async def test_a_set_but_missing_token_variable_stops_the_app(
     with pytest.raises(AuthConfigError, match=TOKEN_ENV):
         async with sidecar_factory(config):
             pass
+
+
+async def test_litellm_guardrail_endpoint_needs_the_token(
+    sidecar_factory: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    monkeypatch.setenv(TOKEN_ENV, NEW)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(
+        "profiles:\n  words:\n    provider: regex\n"
+        "    config: {patterns: [{name: forbidden, pattern: 'FORBIDDEN'}]}\n"
+        "rules:\n  - {id: block-forbidden, apply_to: input, profiles: [words], action: block}\n"
+    )
+    config = make_config(
+        server={"auth_token_env": TOKEN_ENV},
+        guardrails={
+            "rules": [str(rules)],
+            "reload_interval": 0,
+            "audit_log": str(tmp_path / "audit.jsonl"),
+        },
+    )
+    call = {"texts": ["say FORBIDDEN"], "input_type": "request"}
+    async with sidecar_factory(config) as (sidecar, client):
+        path = "/beta/litellm_basic_guardrail_api"
+        _assert_unauthorized(await client.post(path, json=call))
+        res = await client.post(path, json=call, headers={"authorization": f"Bearer {NEW}"})
+        assert res.status_code == 200 and res.json()["action"] == "BLOCKED"

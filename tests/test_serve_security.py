@@ -323,7 +323,9 @@ def test_slow_connections_are_capped_timed_out_and_liveness_stays_up(
         # Beyond max_connections the server closes new connections at once (well before the
         # header deadline): 250 + 20 - 260 = 10 of the extra ones.
         refused = _closed_by_server(extra, HEADER_TIMEOUT_S / 2)
-        assert len(refused) == 250 + 20 - MAX_CONNECTIONS
+        over = 250 + 20 - MAX_CONNECTIONS
+        # (+1: the probes' own connection may not be closed on the server side yet)
+        assert over <= len(refused) <= over + 1
         assert all(_read_until_closed(s, 5) == b"" for s in refused)
         # Every other one is answered 408 and closed at the header deadline.
         waiting = [s for s in slow if s not in refused]
