@@ -88,6 +88,8 @@ class ServerConfig(_Section):
     admin_port: int = Field(0, ge=0, le=65535)
     #: a connection must send its complete request headers within this time or is closed
     header_timeout: float = 10.0
+    #: a request body that stops arriving for this long closes the connection
+    body_timeout: float = 30.0
     #: an idle keep-alive connection is closed after this time
     keepalive_timeout: float = 5.0
     #: open HTTP connections per listener; beyond it new connections are closed at once
@@ -96,7 +98,9 @@ class ServerConfig(_Section):
     #: ``asyncio`` (the standard loop), ``auto``: uvloop when it is installed
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
-    @field_validator("pending_ttl", "header_timeout", "keepalive_timeout", mode="before")
+    @field_validator(
+        "pending_ttl", "header_timeout", "body_timeout", "keepalive_timeout", mode="before"
+    )
     @classmethod
     def _ttl(cls, v: Any) -> float:
         return parse_duration(v)

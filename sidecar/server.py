@@ -81,7 +81,7 @@ def _http_server(app: Any, server: ServerConfig, port: int, secondary: bool) -> 
         log_level=server.log_level,
         lifespan="off",
         access_log=False,
-        http=guarded_protocol(server.header_timeout, server.max_connections),
+        http=guarded_protocol(server.header_timeout, server.body_timeout, server.max_connections),
         timeout_keep_alive=server.keepalive_timeout,  # type: ignore[arg-type]  # float works
         ssl_certfile=server.tls_cert_file or None,
         ssl_keyfile=server.tls_key_file or None,

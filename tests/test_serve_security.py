@@ -231,6 +231,8 @@ def test_grpc_over_tls_needs_the_token_but_health_does_not(tls_sidecar: Served) 
 
 # ------------------------------------------------------------------ body size, connections
 HEADER_TIMEOUT_S = 4.0
+BODY_TIMEOUT_S = 2.0
+LIMITED_LOG: list[ManagedProcess] = []
 MAX_CONNECTIONS = 260
 
 
@@ -246,11 +248,13 @@ def limited_sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
             "grpc_enabled": False,
             "max_body_bytes": 64 * 1024,
             "header_timeout": HEADER_TIMEOUT_S,
+            "body_timeout": BODY_TIMEOUT_S,
             "keepalive_timeout": 1,
             "max_connections": MAX_CONNECTIONS,
         },
     )
     proc = ManagedProcess("sidecar", sidecar_command(path), tmp_path / "limited.log").start()
+    LIMITED_LOG.append(proc)
     try:
         proc.wait_ready(f"http://127.0.0.1:{http_port}/readyz", START_DEADLINE_S)
         yield http_port
@@ -342,3 +346,20 @@ def test_idle_keep_alive_connection_is_closed(limited_sidecar: int) -> None:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: sidecar\r\n\r\n")
         reply = _read_until_closed(sock, 15)  # returns when the server closes the connection
     assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b'{"status":"ok"}')
+
+
+def test_stalled_body_closes_the_connection(limited_sidecar: int) -> None:
+    """Headers complete, the body stops after 10 of 1,000 bytes: the connection is closed
+    after server.body_timeout and the sidecar counts it instead of logging a crash."""
+    with socket.create_connection(("127.0.0.1", limited_sidecar)) as sock:
+        sock.sendall(
+            b"POST /v1/hooks/request HTTP/1.1\r\nhost: sidecar\r\n"
+            b"content-type: application/json\r\ncontent-length: 1000\r\n\r\n"
+            b'{"method":'
+        )
+        started = time.monotonic()
+        assert _read_until_closed(sock, BODY_TIMEOUT_S + 15) == b""
+    assert time.monotonic() - started >= BODY_TIMEOUT_S * 0.9
+    metrics = httpx.get(f"http://127.0.0.1:{limited_sidecar}/metrics", timeout=10).text
+    assert 'kind="client_disconnected"' in metrics
+    assert "Traceback" not in LIMITED_LOG[-1].log_tail(200)

@@ -9,11 +9,13 @@ subclass of uvicorn's httptools protocol adds:
 - a header deadline: from the connection's opening (and again from the first byte of each
   next request on a keep-alive connection) until the headers are complete; past it the
   server answers 408 and closes the connection;
+- a body deadline: a request body that stops arriving for ``body_timeout`` closes the
+  connection (the handler sees the client disconnect);
 - a connection cap per listener: a connection beyond ``max_connections`` is closed at once,
   before anything is read, so slow clients cannot take every file handle.
 
 It hooks only uvicorn's protocol callbacks (``connection_made``, ``on_message_begin``,
-``on_headers_complete``, ``connection_lost``), the same ones uvicorn's keep-alive timer uses.
+``on_headers_complete``, ``on_body``, ``on_message_complete``, ``connection_lost``).
 """
 
 from __future__ import annotations
@@ -34,10 +36,13 @@ _TIMEOUT_RESPONSE = (
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     #: set on the subclass ``guarded_protocol`` builds
     header_timeout: float = 10.0
+    body_timeout: float = 30.0
     max_connections: int = 1024
 
     #: when the current request's headers started (None: not reading headers)
     _headers_since: float | None = None
+    #: when the current request's body last made progress (None: not reading a body)
+    _body_since: float | None = None
     _watch: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -51,18 +56,27 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             transport.abort()
             return
         self._headers_since = self.loop.time()
-        self._watch = self.loop.call_later(self.header_timeout, self._check_headers)
+        self._watch = self.loop.call_later(self.header_timeout, self._check_deadlines)
 
-    # One watch timer per connection instead of a timer per request: arming and cancelling a
-    # timer on every request cost more CPU than the rest of this class (uvloop allocates a
-    # libuv handle per timer); a timestamp per request is nearly free.
+    # One watch timer per connection, re-armed when it fires, rather than a timer armed and
+    # cancelled on every request: a request then costs a timestamp or two, not a timer
+    # allocation (uvloop creates a libuv handle per timer).
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._headers_since = self.loop.time()
 
     def on_headers_complete(self) -> None:
         self._headers_since = None
+        self._body_since = self.loop.time()
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_since = self.loop.time()
+        super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._body_since = None
+        super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._watch is not None:
@@ -70,27 +84,41 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._watch = None
         super().connection_lost(exc)
 
-    def _check_headers(self) -> None:
+    def _check_deadlines(self) -> None:
         self._watch = None
         if self.transport.is_closing():
             return
-        since = self._headers_since
-        wait = self.header_timeout
-        if since is not None:
-            waited = self.loop.time() - since
-            if waited >= self.header_timeout:
+        now = self.loop.time()
+        wait = min(self.header_timeout, self.body_timeout)
+        if self._headers_since is not None:
+            left = self.header_timeout - (now - self._headers_since)
+            if left <= 0:
                 if self.cycle is None or self.cycle.response_complete:
                     self.transport.write(_TIMEOUT_RESPONSE)
                 self.transport.close()
                 return
-            wait = self.header_timeout - waited
-        self._watch = self.loop.call_later(wait, self._check_headers)
+            wait = min(wait, left)
+        if self._body_since is not None:
+            left = self.body_timeout - (now - self._body_since)
+            if left <= 0:
+                # The handler waiting for the body sees a disconnect; no answer can be sent
+                # in the middle of a request the client is still supposed to be sending.
+                self.transport.close()
+                return
+            wait = min(wait, left)
+        self._watch = self.loop.call_later(wait, self._check_deadlines)
 
 
-def guarded_protocol(header_timeout: float, max_connections: int) -> type[HttpToolsProtocol]:
+def guarded_protocol(
+    header_timeout: float, body_timeout: float, max_connections: int
+) -> type[HttpToolsProtocol]:
     """The protocol class for ``uvicorn.Config(http=...)`` with these limits."""
     return type(
         "GuardedHttpToolsProtocol",
         (GuardedHttpToolsProtocol,),
-        {"header_timeout": header_timeout, "max_connections": max_connections},
+        {
+            "header_timeout": header_timeout,
+            "body_timeout": body_timeout,
+            "max_connections": max_connections,
+        },
     )

@@ -22,7 +22,7 @@ from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import request_response as starlette_request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -126,6 +126,9 @@ def _answer_json(answer: HttpAnswer) -> dict[str, Any]:
 #: prefix). The one place that maps errors to statuses; ``HookError`` carries its own status.
 ERROR_ANSWERS: dict[type[Exception], tuple[int, str, str]] = {
     StoreUnavailable: (503, "backend_unavailable", "cache backend unavailable: "),
+    # the client went away mid-body (or its body stalled past server.body_timeout); nobody
+    # reads this answer, but the error is counted instead of logged as a crash
+    ClientDisconnect: (400, "client_disconnected", "the client stopped sending the request"),
 }
 
 
