@@ -147,6 +147,7 @@ def run(quick: bool) -> dict[str, Any]:
                 },
             )
             after = _embed_totals(base)
+            cpu_before = _process_cpu_s(proc.pid)
             loaded = run_loadgen(
                 workdir,
                 {
@@ -157,6 +158,12 @@ def run(quick: bool) -> dict[str, Any]:
                 },
             )
             results[name] = {"serial": _scenario_result(serial), "loaded": _scenario_result(loaded)}
+            # Server CPU per request under load: unlike req/s, it does not move with what else
+            # runs on a shared machine, so two builds compare fairly in noisy runs.
+            total = loaded.get("sequences_total") or 0
+            if total:
+                cpu_ms = (_process_cpu_s(proc.pid) - cpu_before) / total * 1000
+                results[name]["loaded"]["server_cpu_ms_per_sequence"] = round(cpu_ms, 4)
             if name == "semantic hit" and after[1] > before[1]:
                 embed_ms = (after[0] - before[0]) / (after[1] - before[1]) * 1000
         # Misses need a new question each time: split the pool between the two runs.
@@ -203,6 +210,14 @@ def run(quick: bool) -> dict[str, Any]:
         "scenarios": results,
         "summary": [row.to_json() for row in _summary(results, embed_ms)],
     }
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc; 10 ms ticks)."""
+    import os
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _embed_totals(base: str) -> tuple[float, float]:
@@ -272,10 +287,12 @@ def print_table(result: dict[str, Any]) -> None:
             print(f"{name:16} skipped: {r.get('skipped')}")
             continue
         s, lo = r["serial"]["latency"], r["loaded"]
+        cpu = lo.get("server_cpu_ms_per_sequence")
         print(
             f"{name:16} {s['p50_ms']:>8.2f} {s['p99_ms']:>8.2f} | {lo['rps']:>8.1f} "
             f"{lo['latency']['p50_ms']:>8.2f} {lo['latency']['p99_ms']:>8.2f}  "
             f"{r['serial']['counts']} {lo['counts']}"
+            + ("" if cpu is None else f"  server CPU {cpu} ms/seq")
         )
     print(
         f"server embedding time (mean over the semantic run): "

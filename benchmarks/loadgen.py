@@ -98,9 +98,10 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
     measure_from = start + warmup
     stop_at = measure_from + duration
     done = 0
+    issued = 0  # every completed sequence, warm-up included (the server did the work)
 
     async def worker() -> None:
-        nonlocal done
+        nonlocal done, issued
         reader, writer = await asyncio.open_connection(spec.get("host", "127.0.0.1"), spec["port"])
         try:
             while True:
@@ -130,6 +131,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
                         for name, pattern in patterns.items():
                             if pattern in body or pattern in head:
                                 counts[name] += 1
+                issued += 1
                 if measured:
                     seq_lat.append(time.perf_counter() - seq_started)
                     done += 1
@@ -144,6 +146,7 @@ async def run(spec: dict[str, Any]) -> dict[str, Any]:
         "concurrency": concurrency,
         "seconds": round(elapsed, 3),
         "sequences": len(seq_lat),
+        "sequences_total": issued,
         "rps": round(len(seq_lat) / elapsed, 1) if elapsed > 0 else 0.0,
         "sequence_latency_s": seq_lat,
         "step_latency_s": step_lat,

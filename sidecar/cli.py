@@ -41,6 +41,8 @@ def _serve(args: argparse.Namespace) -> int:
     if args.host is not None:
         config.server.http_host = args.host
         config.server.grpc_host = args.host
+    if args.insecure_no_auth:
+        config.server.allow_insecure = True
     if args.rules:
         config.guardrails.rules = [*config.guardrails.rules, *args.rules]
     logging.basicConfig(
@@ -119,6 +121,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--grpc-port", type=int)
     serve.add_argument("--host", help="bind address for both servers (default 127.0.0.1)")
     serve.add_argument("--rules", action="append", help="guardrail rule file (repeatable)")
+    serve.add_argument(
+        "--insecure-no-auth",
+        action="store_true",
+        help="listen beyond loopback without a token (server.allow_insecure); logged as a warning",
+    )
     serve.set_defaults(func=_serve)
 
     check = sub.add_parser("check-config", help="validate configuration and rule files")

@@ -106,14 +106,42 @@ class ServerConfig(_Section):
     #: kept in Redis; required when the pending store is Redis
     pending_key_env: str = "SIDECAR_PENDING_KEY"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    #: NAME of the environment variable holding the bearer token(s) that hooks, admin calls and
+    #: the ext_proc stream must present; several tokens separated by commas are all accepted
+    #: (rotation). Empty: no authentication (then only loopback binds, see ``allow_insecure``)
+    auth_token_env: str = ""
+    #: listen beyond loopback without a token (``sidecar serve --insecure-no-auth``)
+    allow_insecure: bool = False
+    #: PEM certificate chain and private key: both listeners speak TLS (HTTPS, gRPC over TLS)
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    #: a separate HTTP listener for the admin API (/readyz, /metrics, deletes, /openapi.json) on
+    #: ``http_host``; 0: the admin API shares the hook port
+    admin_port: int = Field(0, ge=0, le=65535)
+    #: a connection must send its complete request headers within this time or is closed
+    header_timeout: float = 10.0
+    #: a request body that stops arriving for this long closes the connection
+    body_timeout: float = 30.0
+    #: an idle keep-alive connection is closed after this time
+    keepalive_timeout: float = 5.0
+    #: open HTTP connections per listener; beyond it new connections are closed at once
+    max_connections: int = Field(1024, ge=1)
     #: the event loop of ``sidecar serve``: ``uvloop`` (faster gRPC and HTTP handling),
     #: ``asyncio`` (the standard loop), ``auto``: uvloop when it is installed
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
 
-    @field_validator("pending_ttl", mode="before")
+    @field_validator(
+        "pending_ttl", "header_timeout", "body_timeout", "keepalive_timeout", mode="before"
+    )
     @classmethod
     def _ttl(cls, v: Any) -> float:
         return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ServerConfig:
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("tls_cert_file and tls_key_file must be set together")
+        return self
 
 
 class CacheConfig(_Section):

@@ -4,23 +4,96 @@ Envoy ext_proc gRPC server, over one ``Sidecar`` (same pipeline, cache and metri
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import uvicorn
 
 from embedders import EmbedderError
 from guardrails.rules import RuleFileError
+from sidecar.auth import AuthConfigError, exposed_hosts, load_tokens
 from sidecar.cache.match.head import MatchHeadError
 from sidecar.cache.stores.backends import BackendConfigError
-from sidecar.config import SidecarConfig
+from sidecar.config import ServerConfig, SidecarConfig
 from sidecar.services import Sidecar
+from sidecar.transports.connections import guarded_protocol
 from sidecar.transports.http import create_app
 
 log = logging.getLogger("sidecar")
 
 
+def check_exposure(server: ServerConfig) -> str | None:
+    """Why ``sidecar serve`` must not start with this config (None: it may). Beyond loopback
+    nothing answers without a token, unless ``allow_insecure`` says so explicitly; token
+    problems (a named variable that is missing or empty) are reported here too."""
+    try:
+        tokens = load_tokens(server)
+    except AuthConfigError as exc:
+        return str(exc)
+    for name in ("tls_cert_file", "tls_key_file"):
+        path = getattr(server, name)
+        if path and not os.access(path, os.R_OK):
+            return f"server.{name}: cannot read {path!r}"
+    exposed = exposed_hosts(server)
+    if not exposed:
+        return None
+    where = ", ".join(exposed)
+    if tokens is None and not server.allow_insecure:
+        return (
+            f"refusing to listen on {where} (beyond loopback) without authentication: set "
+            "server.auth_token_env to the name of an environment variable holding a token, "
+            "or pass --insecure-no-auth (server.allow_insecure: true) to accept that anyone "
+            "who can connect may read metrics, delete entries and write answers"
+        )
+    if tokens is None:
+        log.warning(
+            "INSECURE: listening on %s without authentication (--insecure-no-auth / "
+            "server.allow_insecure): anyone who can connect may read metrics, delete entries "
+            "and write answers",
+            where,
+        )
+    elif not server.tls_cert_file:
+        log.warning(
+            "listening on %s without TLS: bearer tokens and prompts cross the network in "
+            "clear text (set server.tls_cert_file and server.tls_key_file)",
+            where,
+        )
+    return None
+
+
+class _SecondaryServer(uvicorn.Server):
+    """The admin listener's server: the hook listener owns the process signals, and stops
+    this one when it stops."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def _http_server(app: Any, server: ServerConfig, port: int, secondary: bool) -> uvicorn.Server:
+    uv_config = uvicorn.Config(
+        app,
+        host=server.http_host,
+        port=port,
+        log_level=server.log_level,
+        lifespan="off",
+        access_log=False,
+        http=guarded_protocol(server.header_timeout, server.body_timeout, server.max_connections),
+        timeout_keep_alive=server.keepalive_timeout,  # type: ignore[arg-type]  # float works
+        ssl_certfile=server.tls_cert_file or None,
+        ssl_keyfile=server.tls_key_file or None,
+    )
+    return _SecondaryServer(uv_config) if secondary else uvicorn.Server(uv_config)
+
+
 async def run_server(config: SidecarConfig) -> int:
+    refusal = check_exposure(config.server)
+    if refusal is not None:
+        log.error("start-up failed: %s", refusal)
+        return 2
     try:
         sidecar = Sidecar(config)
     except RuleFileError as exc:
@@ -47,8 +120,8 @@ async def run_server(config: SidecarConfig) -> int:
         # Imported here so the HTTP hook runs even where the gRPC stubs are not installed.
         from sidecar.transports.extproc import build_server
 
-        grpc_server = build_server(sidecar)
         try:
+            grpc_server = build_server(sidecar)
             port = await grpc_server.start()
         except (OSError, RuntimeError) as exc:
             log.error("start-up failed: gRPC ext_proc server: %s", exc)
@@ -67,21 +140,30 @@ async def run_server(config: SidecarConfig) -> int:
     if sidecar.rules is not None:
         # kill -HUP reloads rule files; a bad file keeps the previous rules (see /readyz).
         sidecar.rules.install_sighup(asyncio.get_running_loop())
-    app = create_app(sidecar, manage_lifecycle=False)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.server.http_host,
-            port=config.server.http_port,
-            log_level=config.server.log_level,
-            lifespan="off",
-            access_log=False,
+    server_config = config.server
+    scheme = "https" if server_config.tls_cert_file else "http"
+    admin_server = None
+    if server_config.admin_port:
+        hooks_app = create_app(sidecar, manage_lifecycle=False, listener="hooks")
+        admin_app = create_app(sidecar, manage_lifecycle=False, listener="admin")
+        admin_server = _http_server(admin_app, server_config, server_config.admin_port, True)
+        log.info(
+            "admin API on %s://%s:%d", scheme, server_config.http_host, server_config.admin_port
         )
-    )
-    log.info("HTTP hook on http://%s:%d", config.server.http_host, config.server.http_port)
+    else:
+        hooks_app = create_app(sidecar, manage_lifecycle=False)
+    server = _http_server(hooks_app, server_config, server_config.http_port, False)
+    log.info("HTTP hook on %s://%s:%d", scheme, server_config.http_host, server_config.http_port)
+    admin_task = None
     try:
+        if admin_server is not None:
+            admin_task = asyncio.create_task(admin_server.serve())
         await server.serve()
     finally:
+        if admin_server is not None and admin_task is not None:
+            admin_server.should_exit = True
+            with contextlib.suppress(Exception, SystemExit):
+                await admin_task
         if grpc_server is not None:
             await grpc_server.stop()
         await sidecar.close()

@@ -64,10 +64,21 @@ class SidecarProcess:
     http_port: int
     grpc_port: int
     process: ManagedProcess
+    #: the bearer token its HTTP and gRPC listeners need (server.auth_token_env), or None
+    token: str | None = None
 
     @property
     def http_url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {} if self.token is None else {"authorization": f"Bearer {self.token}"}
+
+    @property
+    def grpc_metadata(self) -> tuple[tuple[str, str], ...]:
+        """What Envoy sends to this sidecar (grpc_service.initial_metadata)."""
+        return tuple(self.headers.items())
 
 
 class EnvoyStack:
@@ -82,15 +93,24 @@ class EnvoyStack:
         self._grpc_servers: list[ExtProcServer] = []
 
     # ------------------------------------------------------------------ building
-    def add_sidecar(self, name: str, config: dict[str, Any]) -> SidecarProcess:
+    def add_sidecar(
+        self, name: str, config: dict[str, Any], token: str | None = None
+    ) -> SidecarProcess:
+        """A ``sidecar serve`` process; with ``token`` it requires that bearer token (given to
+        it in an environment variable named by server.auth_token_env)."""
         http_port, grpc_port = free_port(), free_port()
         server = {**config.get("server", {}), "http_port": http_port, "grpc_port": grpc_port}
+        env = None
+        if token is not None:
+            token_env = f"SIDECAR_E2E_TOKEN_{name.upper()}"
+            server["auth_token_env"] = token_env
+            env = {token_env: token}
         path = self.workdir / f"sidecar-{name}.yaml"
         path.write_text(yaml.safe_dump({**config, "server": server}), encoding="utf-8")
         process = ManagedProcess(
-            f"sidecar {name}", sidecar_command(path), self.workdir / f"sidecar-{name}.log"
+            f"sidecar {name}", sidecar_command(path), self.workdir / f"sidecar-{name}.log", env
         )
-        self.sidecars[name] = SidecarProcess(name, http_port, grpc_port, process)
+        self.sidecars[name] = SidecarProcess(name, http_port, grpc_port, process, token)
         return self.sidecars[name]
 
     def add_inprocess_extproc(
@@ -113,6 +133,7 @@ class EnvoyStack:
         allow_mode_override: bool = True,
         response_body_mode: str = "BUFFERED",
         single_message: bool = False,
+        initial_metadata: tuple[tuple[str, str], ...] = (),
     ) -> str:
         spec = ExtProcListener(
             name,
@@ -123,6 +144,7 @@ class EnvoyStack:
             allow_mode_override,
             response_body_mode,
             single_message,
+            initial_metadata,
         )
         self.listeners[name] = spec
         return self.url(name)
@@ -148,7 +170,9 @@ class EnvoyStack:
         for sidecar in self.sidecars.values():  # started together: model loads overlap
             sidecar.process.start()
         for sidecar in self.sidecars.values():
-            sidecar.process.wait_ready(f"{sidecar.http_url}/readyz", SIDECAR_START_DEADLINE_S)
+            sidecar.process.wait_ready(
+                f"{sidecar.http_url}/readyz", SIDECAR_START_DEADLINE_S, headers=sidecar.headers
+            )
         config = bootstrap(self.admin_port, self.upstream_port, list(self.listeners.values()))
         path = write_bootstrap(self.workdir / "envoy.yaml", config)
         self.envoy = ManagedProcess("envoy", envoy_command(path), self.workdir / "envoy.log")

@@ -30,6 +30,7 @@ from sidecar.transports.extproc.messages import (
 )
 
 GUARD_WIRED = importlib.util.find_spec("sidecar.guard") is not None
+MAIN_TOKEN = "e2e-main-token-4b8c"
 SECRET = "SECRET-123456"
 GUARD_RULES = """\
 profiles:
@@ -94,7 +95,8 @@ class RewritingProcessor(PassThroughProcessor):
 def build_stack(workdir: Path, upstream: FakeLLMUpstream) -> EnvoyStack:
     """Every scenario's processes and listeners (not started)."""
     env = EnvoyStack(workdir, upstream.port)
-    # Cache only: grpc_failure_mode "auto" means fail open.
+    # Cache only: grpc_failure_mode "auto" means fail open. It requires a bearer token, which
+    # its listeners send as grpc_service.initial_metadata (as in compose/envoy.yaml).
     main = env.add_sidecar(
         "main",
         {
@@ -104,15 +106,30 @@ def build_stack(workdir: Path, upstream: FakeLLMUpstream) -> EnvoyStack:
             "embedder": {"max_queue_ms": 10_000},
             "server": {"log_level": "warning"},
         },
+        token=MAIN_TOKEN,
     )
-    env.add_listener("main", main.grpc_port)
+    token = main.grpc_metadata
+    env.add_listener("main", main.grpc_port, initial_metadata=token)
     # One gRPC message per request: headers skipped, sent as attributes with the body.
-    env.add_listener("one_message", main.grpc_port, single_message=True)
+    env.add_listener("one_message", main.grpc_port, single_message=True, initial_metadata=token)
     # Envoy ignoring the sidecar's mode_override: bodies arrive as configured.
-    env.add_listener("fixed_buffered", main.grpc_port, allow_mode_override=False)
     env.add_listener(
-        "fixed_streamed", main.grpc_port, allow_mode_override=False, response_body_mode="STREAMED"
+        "fixed_buffered", main.grpc_port, allow_mode_override=False, initial_metadata=token
     )
+    env.add_listener(
+        "fixed_streamed",
+        main.grpc_port,
+        allow_mode_override=False,
+        response_body_mode="STREAMED",
+        initial_metadata=token,
+    )
+    # The main sidecar with a wrong token, and with none: its streams are refused.
+    wrong = (("authorization", "Bearer not-the-token"),)
+    env.add_listener("wrong_token_closed", main.grpc_port, initial_metadata=wrong)
+    env.add_listener(
+        "wrong_token_open", main.grpc_port, failure_mode_allow=True, initial_metadata=wrong
+    )
+    env.add_listener("no_token_closed", main.grpc_port)
     if GUARD_WIRED:
         # Guardrails (exact cache only, no model to load): "auto" means fail closed.
         rules = workdir / "guard.yaml"

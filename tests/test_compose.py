@@ -174,3 +174,63 @@ def test_docker_compose_config_parses_with_the_docker_client() -> None:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
+
+
+def _envoy_start_script(name: str) -> str:
+    """The shell command that starts Envoy in docker-compose.yaml or the k8s manifest."""
+    if name == "compose":
+        compose = yaml.safe_load((COMPOSE / "docker-compose.yaml").read_text(encoding="utf-8"))
+        script: str = compose["services"]["envoy"]["command"][0]
+        return script.replace("$$", "$")  # compose's escape for a literal $
+    (deployment,) = [d for d in k8s_docs() if d["kind"] == "Deployment"]
+    containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
+    script = containers["envoy"]["args"][0]
+    return script
+
+
+@needs_envoy
+@pytest.mark.parametrize("name", ["compose", "k8s"])
+def test_envoy_start_script_sends_the_first_token_to_the_sidecar(tmp_path: Path, name: str) -> None:
+    """Run the start script with Envoy in validate mode: the placeholder in initial_metadata
+    becomes the first token of SIDECAR_AUTH_TOKEN and the result is a valid config."""
+    source = tmp_path / "in.yaml"
+    if name == "compose":
+        source.write_text((COMPOSE / "envoy.yaml").read_text(encoding="utf-8"))
+    else:
+        source.write_text(k8s_config_map()["envoy.yaml"], encoding="utf-8")
+    out = tmp_path / "out.yaml"
+    script = (
+        _envoy_start_script(name)
+        .replace("/etc/envoy/envoy.yaml", str(source))
+        .replace("/tmp/envoy.yaml", str(out))
+        .replace("exec envoy ", f"exec {envoy_binary()} --mode validate --disable-hot-restart ")
+    )
+    env = {"PATH": "/usr/bin:/bin", "SIDECAR_AUTH_TOKEN": "tok-new,tok-old"}
+    done = subprocess.run(["/bin/sh", "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    metadata = ext_proc_filter(yaml.safe_load(out.read_text()))["grpc_service"]["initial_metadata"]
+    assert metadata == [{"key": "authorization", "value": "Bearer tok-new"}]
+
+
+def test_deployments_give_the_sidecar_a_token() -> None:
+    for config in (
+        load_config(COMPOSE / "sidecar.yaml", environ={}),
+        load_config_text(k8s_config_map()["sidecar.yaml"]),
+    ):
+        assert config.server.auth_token_env == "SIDECAR_AUTH_TOKEN"
+    compose = yaml.safe_load((COMPOSE / "docker-compose.yaml").read_text(encoding="utf-8"))
+    for service in ("envoy", "sidecar"):
+        assert "SIDECAR_AUTH_TOKEN" in compose["services"][service]["environment"]
+    (deployment,) = [d for d in k8s_docs() if d["kind"] == "Deployment"]
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        (env,) = [e for e in container["env"] if e["name"] == "SIDECAR_AUTH_TOKEN"]
+        assert env["valueFrom"]["secretKeyRef"]["name"] == "llm-gateway-token"
+
+
+def load_config_text(text: str) -> Any:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sidecar.yaml"
+        path.write_text(text, encoding="utf-8")
+        return load_config(path, environ={})

@@ -231,6 +231,62 @@ def test_grpc_health_service_reports_serving(stack: EnvoyStack) -> None:
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
+# ---------------------------------------------------------------------- authentication
+@pytest.mark.parametrize("listener", ["wrong_token_closed", "no_token_closed"])
+def test_envoy_without_the_right_token_is_refused(
+    stack: EnvoyStack, upstream: FakeLLMUpstream, listener: str
+) -> None:
+    """The main sidecar needs a token (its own listeners send it as initial_metadata): a
+    wrong or missing one ends the stream UNAUTHENTICATED, and Envoy failing closed answers
+    500 without calling the provider or the cache."""
+    main = stack.sidecars["main"]
+    before = _metric(main.http_url, main.headers, "sidecar_extproc_unauthenticated_total")
+    calls = upstream.count()
+    body = chat(f"Refused through {listener}?")
+    response = httpx.post(f"{stack.url(listener)}/v1/chat/completions", json=body, timeout=30)
+    assert response.status_code == 500
+    assert "x-bf-cache-status" not in response.headers
+    assert upstream.count() == calls
+    after = _metric(main.http_url, main.headers, "sidecar_extproc_unauthenticated_total")
+    assert after > before
+    # the same question through the listener with the token is a miss: nothing was cached
+    ok = httpx.post(
+        f"{stack.url('main')}/v1/chat/completions",
+        json=body,
+        headers={"x-bf-cache-key": f"auth-{listener}"},
+        timeout=30,
+    )
+    assert ok.status_code == 200 and ok.headers["x-bf-cache-status"] == "miss"
+
+
+def test_wrong_token_with_fail_open_passes_through_unprocessed(
+    stack: EnvoyStack, upstream: FakeLLMUpstream
+) -> None:
+    calls = upstream.count()
+    response = httpx.post(
+        f"{stack.url('wrong_token_open')}/v1/chat/completions",
+        json=chat("Passed through without the sidecar?"),
+        timeout=30,
+    )
+    assert response.status_code == 200 and "x-bf-cache-status" not in response.headers
+    assert upstream.count() == calls + 1
+
+
+def test_sidecar_http_api_needs_the_token_but_healthz_does_not(stack: EnvoyStack) -> None:
+    main = stack.sidecars["main"]
+    assert httpx.get(f"{main.http_url}/readyz", timeout=10).status_code == 401
+    assert httpx.get(f"{main.http_url}/healthz", timeout=10).status_code == 200
+    assert httpx.get(f"{main.http_url}/readyz", headers=main.headers, timeout=10).is_success
+
+
+def _metric(url: str, headers: dict[str, str], name: str) -> float:
+    text = httpx.get(f"{url}/metrics", headers=headers, timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
 # ---------------------------------------------------------------------- request rewrite
 def test_rewritten_request_reaches_upstream_with_correct_length(
     stack: EnvoyStack, upstream: FakeLLMUpstream
@@ -361,9 +417,10 @@ def test_guardrail_output_block_ends_stream_with_error_event(stack: EnvoyStack) 
 
 @needs_guard
 def test_failure_mode_auto_is_closed_with_guardrails_open_without(stack: EnvoyStack) -> None:
+    sidecars = [stack.sidecars[name] for name in ("main", "guarded")]
     modes = {
-        name: httpx.get(f"{stack.sidecars[name].http_url}/readyz", timeout=10).json()["grpc"]
-        for name in ("main", "guarded")
+        s.name: httpx.get(f"{s.http_url}/readyz", headers=s.headers, timeout=10).json()["grpc"]
+        for s in sidecars
     }
     assert modes["main"]["failure_mode"] == "open"
     assert modes["guarded"]["failure_mode"] == "closed"

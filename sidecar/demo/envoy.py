@@ -51,6 +51,9 @@ class ExtProcListener:
     response_body_mode: str = "BUFFERED"
     #: one gRPC message per request: headers skipped, sent as attributes with the body
     single_message: bool = False
+    #: gRPC metadata Envoy sends on every ext_proc stream, e.g. the sidecar's bearer token:
+    #: (("authorization", "Bearer <token>"),)
+    initial_metadata: tuple[tuple[str, str], ...] = ()
 
 
 def _cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
@@ -108,12 +111,16 @@ def ext_proc_filter(
     allow_mode_override: bool,
     response_body_mode: str = "BUFFERED",
     single_message: bool = False,
+    initial_metadata: tuple[tuple[str, str], ...] = (),
 ) -> dict[str, Any]:
+    grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": cluster}}
+    if initial_metadata:
+        grpc_service["initial_metadata"] = [{"key": k, "value": v} for k, v in initial_metadata]
     config: dict[str, Any] = {
         "name": "envoy.filters.http.ext_proc",
         "typed_config": {
             "@type": _TYPES + "filters.http.ext_proc.v3.ExternalProcessor",
-            "grpc_service": {"envoy_grpc": {"cluster_name": cluster}},
+            "grpc_service": grpc_service,
             "failure_mode_allow": failure_mode_allow,
             "message_timeout": _seconds(message_timeout),
             "allow_mode_override": allow_mode_override,
@@ -187,6 +194,7 @@ def _listener(spec: ExtProcListener) -> dict[str, Any]:
                                     spec.allow_mode_override,
                                     spec.response_body_mode,
                                     spec.single_message,
+                                    spec.initial_metadata,
                                 ),
                                 *([buffer_filter()] if spec.single_message else []),
                                 {

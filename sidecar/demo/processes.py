@@ -66,10 +66,17 @@ class ManagedProcess:
             return ""
         return "\n".join(text.splitlines()[-lines:])
 
-    def wait_ready(self, url: str, deadline_s: float, expect: int = 200) -> None:
-        """Poll ``url`` until it answers ``expect``; fail early if the process exits."""
+    def wait_ready(
+        self,
+        url: str,
+        deadline_s: float,
+        expect: int = 200,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Poll ``url`` until it answers ``expect``; fail early if the process exits.
+        ``headers``: e.g. the bearer token a sidecar's /readyz needs."""
         deadline = time.monotonic() + deadline_s
-        with httpx.Client(timeout=2.0) as client:
+        with httpx.Client(timeout=2.0, headers=headers) as client:
             while time.monotonic() < deadline:
                 if not self.running():
                     raise ProcessFailed(f"{self.name} exited early:\n{self.log_tail()}")

@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from sidecar.auth import load_tokens
 from sidecar.services import Sidecar
 from sidecar.transports.extproc.messages import HttpBody, HttpHeaders, ProcessingResponse
 from sidecar.transports.extproc.pipeline_processor import ExtProcError, PipelineProcessor
@@ -60,7 +63,9 @@ class UnavailableProcessor:
 
 
 def build_server(sidecar: Sidecar) -> ExtProcServer:
-    """The ext_proc server for a started ``Sidecar``: same pipeline, cache and metrics."""
+    """The ext_proc server for a started ``Sidecar``: same pipeline, cache and metrics, the
+    same bearer tokens and TLS certificate as the HTTP listener. Raises OSError when the
+    certificate files cannot be read, AuthConfigError for a missing token variable."""
 
     failure_mode = failure_mode_for(sidecar)
 
@@ -71,10 +76,18 @@ def build_server(sidecar: Sidecar) -> ExtProcServer:
         return PipelineProcessor(sidecar.pipeline)
 
     server_config = sidecar.config.server
+    tls = None
+    if server_config.tls_cert_file:
+        tls = (
+            Path(server_config.tls_cert_file).read_bytes(),
+            Path(server_config.tls_key_file).read_bytes(),
+        )
     return ExtProcServer(
         new_processor,
         host=server_config.grpc_host,
         port=server_config.grpc_port,
         failure_mode=failure_mode,
         registry=sidecar.metrics.registry,
+        tokens=load_tokens(server_config),
+        tls=tls,
     )

@@ -13,7 +13,7 @@ processor and applies the failure policy when the processor raises:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Literal
 
 import grpc
@@ -22,6 +22,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from sidecar.auth import TokenSet
 from sidecar.transports.extproc.messages import (
     REQUEST_BODY,
     REQUEST_HEADERS,
@@ -49,6 +50,11 @@ class ExtProcMetrics:
             "sidecar_extproc_errors",
             "Sidecar failures while answering an ext_proc message, by message and fail mode",
             ["message", "failure_mode"],
+            registry=registry,
+        )
+        self.unauthenticated = Counter(
+            "sidecar_extproc_unauthenticated",
+            "ext_proc streams refused for a missing or wrong bearer token",
             registry=registry,
         )
 
@@ -120,6 +126,49 @@ class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                 self._metrics.streams.dec()
 
 
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+async def _unauthenticated(
+    request_iterator: AsyncIterator[ProcessingRequest],
+    context: grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse],
+) -> None:
+    await context.abort(
+        grpc.StatusCode.UNAUTHENTICATED,
+        "missing or wrong bearer token: send metadata 'authorization: Bearer <token>' "
+        "(Envoy: grpc_service.initial_metadata)",
+    )
+
+
+class TokenInterceptor(grpc.aio.ServerInterceptor):
+    """Every call but the health service needs ``authorization: Bearer <token>`` metadata.
+    Checked once per stream, when Envoy opens it, before any message is read."""
+
+    def __init__(self, tokens: TokenSet, metrics: ExtProcMetrics | None) -> None:
+        self._tokens = tokens
+        self._metrics = metrics
+        self._deny = grpc.stream_stream_rpc_method_handler(_unauthenticated)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method: str = handler_call_details.method
+        if method.startswith(HEALTH_PREFIX):
+            return await continuation(handler_call_details)
+        authorization = None
+        for key, value in handler_call_details.invocation_metadata or ():
+            if key == "authorization":
+                authorization = value if isinstance(value, str) else None
+                break
+        if self._tokens.accepts(authorization):
+            return await continuation(handler_call_details)
+        if self._metrics is not None:
+            self._metrics.unauthenticated.inc()
+        return self._deny
+
+
 class ExtProcServer:
     """Owns the grpc.aio server. ``start()`` binds and returns the port actually bound."""
 
@@ -130,8 +179,14 @@ class ExtProcServer:
         port: int = 50051,
         failure_mode: FailureMode = "open",
         registry: CollectorRegistry | None = None,
+        tokens: TokenSet | None = None,
+        tls: tuple[bytes, bytes] | None = None,
     ) -> None:
+        """``tokens``: the bearer tokens streams must carry (None: no check); ``tls``: (PEM
+        certificate chain, PEM private key) to serve gRPC over TLS."""
         self._new_processor = new_processor
+        self._tokens = tokens
+        self._tls = tls
         self._address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
         self.failure_mode: FailureMode = failure_mode
         self._metrics = ExtProcMetrics(registry) if registry is not None else None
@@ -140,7 +195,11 @@ class ExtProcServer:
         self.port = 0
 
     async def start(self) -> int:
+        interceptors = (
+            [TokenInterceptor(self._tokens, self._metrics)] if self._tokens is not None else []
+        )
         server = grpc.aio.server(
+            interceptors=interceptors,
             options=[
                 # Envoy multiplexes every request's stream over few HTTP/2 connections.
                 ("grpc.max_concurrent_streams", 10_000),
@@ -148,13 +207,18 @@ class ExtProcServer:
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ]
+            ],
         )
         pb_grpc.add_ExternalProcessorServicer_to_server(
             _ExternalProcessor(self._new_processor, self.failure_mode, self._metrics), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
-        self.port = server.add_insecure_port(self._address)
+        if self._tls is None:
+            self.port = server.add_insecure_port(self._address)
+        else:
+            chain, key = self._tls
+            credentials = grpc.ssl_server_credentials([(key, chain)])
+            self.port = server.add_secure_port(self._address, credentials)
         if self.port == 0:
             raise OSError(f"cannot bind the gRPC server to {self._address}")
         await server.start()

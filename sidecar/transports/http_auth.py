@@ -1,0 +1,58 @@
+"""Bearer-token check in front of the HTTP app (hooks, LiteLLM endpoint, admin API).
+
+A plain ASGI middleware rather than a per-route dependency: it runs before routing, so an
+unknown path, a wrong method or the OpenAPI document answer 401 exactly like a hook does and
+an unauthenticated caller learns nothing about the API. ``/healthz`` stays open for probes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sidecar.auth import TokenSet
+
+OPEN_PATHS = frozenset({"/healthz"})
+_BODY = orjson.dumps(
+    {
+        "error": {
+            "kind": "unauthorized",
+            "message": "missing or wrong bearer token: send 'Authorization: Bearer <token>' "
+            "with a token from the variable named by server.auth_token_env",
+        }
+    }
+)
+_HEADERS = [
+    (b"content-type", b"application/json"),
+    (b"content-length", str(len(_BODY)).encode()),
+    (b"www-authenticate", b'Bearer realm="sidecar"'),
+]
+
+
+class BearerAuth:
+    def __init__(
+        self, app: ASGIApp, tokens: TokenSet, on_reject: Callable[[], None] | None = None
+    ) -> None:
+        self.app = app
+        self.tokens = tokens
+        self.on_reject = on_reject
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        authorization = None
+        for name, value in scope["headers"]:
+            if name == b"authorization":
+                authorization = value.decode("latin-1")
+                break
+        if self.tokens.accepts(authorization):
+            await self.app(scope, receive, send)
+            return
+        if self.on_reject is not None:
+            self.on_reject()
+        # The request body is never read: uvicorn discards it with the connection's next turn.
+        await send({"type": "http.response.start", "status": 401, "headers": _HEADERS})
+        await send({"type": "http.response.body", "body": _BODY})
