@@ -4,7 +4,8 @@ of ``sidecar serve``.
 ``server.auth_token_env`` names an environment variable; its value is one token or several
 separated by commas, all accepted at once so a token can be rotated without downtime. The
 transports call ``TokenSet.accepts`` with the ``Authorization`` header (HTTP) or the
-``authorization`` metadata (gRPC). Tokens are never logged.
+``authorization`` metadata (gRPC); over HTTP ``x-api-key: <token>`` is accepted too, because
+LiteLLM's Generic Guardrail API sends its ``api_key`` that way. Tokens are never logged.
 """
 
 from __future__ import annotations
@@ -12,11 +13,31 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from sidecar.config import ServerConfig
 
 _BEARER = "bearer "
+
+
+def tokens_from_request(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> list[str]:
+    """The bearer tokens a caller presented: ``Authorization: Bearer <token>`` and, because
+    LiteLLM's generic guardrail sends its ``api_key`` that way, ``x-api-key: <token>``.
+
+    Empty values are ignored; the caller compares each token in constant time. ``headers`` may
+    be any mapping (Starlette's ``Headers`` included) or (name, value) pairs.
+    """
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    tokens: list[str] = []
+    for name, value in pairs:
+        lower = name.lower()
+        if lower == "authorization":
+            scheme, _, credential = value.strip().partition(" ")
+            if scheme.lower() == "bearer" and credential.strip():
+                tokens.append(credential.strip())
+        elif lower == "x-api-key" and value.strip():
+            tokens.append(value.strip())
+    return tokens
 
 
 class AuthConfigError(ValueError):
@@ -34,6 +55,16 @@ class TokenSet:
 
     def __len__(self) -> int:
         return len(self._tokens)
+
+    def accepts_any(self, offered: Iterable[str]) -> bool:
+        """True when one of ``offered`` (from ``tokens_from_request``) is a configured token;
+        every pair is compared."""
+        found = False
+        for candidate in offered:
+            raw = candidate.encode("utf-8", "replace")
+            for token in self._tokens:
+                found |= hmac.compare_digest(raw, token)
+        return found
 
     def accepts(self, authorization: str | None) -> bool:
         """True for ``Bearer <token>`` with one of the configured tokens."""

@@ -91,6 +91,7 @@ async def test_both_rotated_tokens_work_and_an_entry_id_alone_cannot_delete(
             "/v1/hooks/response",
             json={
                 "request_id": first["request_id"],
+                "request_secret": first["request_secret"],
                 "status": 200,
                 "headers": {"content-type": "application/json"},
                 "body": openai_answer("Mount Everest."),

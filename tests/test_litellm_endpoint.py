@@ -16,11 +16,11 @@ from guardrails.base import CheckContext, CheckResult, Finding, Stage, TextPiece
 from guardrails.engine import GuardrailEngine
 from guardrails.registry import PROVIDERS
 from guardrails.reload import RuleSetHolder
+from sidecar.auth import tokens_from_request
 from sidecar.transports.litellm import (
     GUARDRAIL_PATH,
     PAYLOAD_SLACK,
     litellm_guardrail_routes,
-    tokens_from_request,
 )
 
 

@@ -129,7 +129,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     rules = workdir / "rules.yaml"
     rules.write_text(RULES, encoding="utf-8")
     sidecar_config = {
-        "server": {"http_port": sidecar_port, "grpc_enabled": False, "log_level": "warning"},
+        "server": {
+            "http_port": sidecar_port,
+            "grpc_enabled": False,
+            "log_level": "warning",
+            # LiteLLM sends the guardrail's api_key (docs config: os.environ/SIDECAR_TOKEN)
+            "auth_token_env": "SIDECAR_TOKEN",
+        },
         "cache": {"enabled": False},
         "guardrails": {
             "rules": [str(rules)],
@@ -174,7 +180,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     try:
         sidecar.start()
         litellm.start()
-        sidecar.wait_ready(f"http://127.0.0.1:{sidecar_port}/readyz", START_TIMEOUT_S)
+        sidecar.wait_ready(
+            f"http://127.0.0.1:{sidecar_port}/readyz",
+            START_TIMEOUT_S,
+            headers={"authorization": f"Bearer {token}"},
+        )
         litellm.wait_ready(f"http://127.0.0.1:{litellm_port}/health/liveliness", START_TIMEOUT_S)
     except ProcessFailed as exc:
         litellm.stop()

@@ -183,7 +183,7 @@ def test_https_with_token_and_separate_admin_listener(tls_sidecar: Served) -> No
         # the hook listener serves hooks (and /healthz) only, the admin listener no hooks
         assert client.get(f"{tls_sidecar.http}/metrics", headers=AUTH).status_code == 404
         assert client.get(f"{tls_sidecar.http}/healthz").status_code == 200
-        envelope = {"request_id": "nope", "status": 200, "body": {}}
+        envelope = {"request_id": "nope", "request_secret": "s", "status": 200, "body": {}}
         res = client.post(f"{tls_sidecar.admin}/v1/hooks/response", json=envelope, headers=AUTH)
         assert res.status_code == 404
         res = client.post(f"{tls_sidecar.http}/v1/hooks/response", json=envelope)
@@ -345,7 +345,7 @@ def test_idle_keep_alive_connection_is_closed(limited_sidecar: int) -> None:
     with socket.create_connection(("127.0.0.1", limited_sidecar)) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nhost: sidecar\r\n\r\n")
         reply = _read_until_closed(sock, 15)  # returns when the server closes the connection
-    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b'{"status":"ok"}')
+    assert reply.startswith(b"HTTP/1.1 200") and reply.endswith(b'{"status":"ok"}\n')
 
 
 def test_stalled_body_closes_the_connection(limited_sidecar: int) -> None:

@@ -12,9 +12,11 @@ from collections.abc import Callable
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sidecar.auth import TokenSet
+from sidecar.auth import TokenSet, tokens_from_request
 
 OPEN_PATHS = frozenset({"/healthz"})
+# Authorization: Bearer <token>; x-api-key: <token> (how LiteLLM's guardrail sends its api_key)
+_TOKEN_HEADERS = (b"authorization", b"x-api-key")
 _BODY = orjson.dumps(
     {
         "error": {
@@ -43,12 +45,12 @@ class BearerAuth:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        authorization = None
-        for name, value in scope["headers"]:
-            if name == b"authorization":
-                authorization = value.decode("latin-1")
-                break
-        if self.tokens.accepts(authorization):
+        offered = tokens_from_request(
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in scope["headers"]
+            if name in _TOKEN_HEADERS
+        )
+        if self.tokens.accepts_any(offered):
             await self.app(scope, receive, send)
             return
         if self.on_reject is not None:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import uuid
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -65,26 +65,6 @@ _TRANSPORT_HEADERS = frozenset(
         "x-api-key",
     }
 )
-
-
-def tokens_from_request(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> list[str]:
-    """The bearer tokens a caller presented: ``Authorization: Bearer <token>`` and, because
-    LiteLLM's generic guardrail sends its ``api_key`` that way, ``x-api-key: <token>``.
-
-    Empty values are ignored; the caller compares each token in constant time. ``headers`` may
-    be any mapping (Starlette's ``Headers`` included) or (name, value) pairs.
-    """
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    tokens: list[str] = []
-    for name, value in pairs:
-        lower = name.lower()
-        if lower == "authorization":
-            scheme, _, credential = value.strip().partition(" ")
-            if scheme.lower() == "bearer" and credential.strip():
-                tokens.append(credential.strip())
-        elif lower == "x-api-key" and value.strip():
-            tokens.append(value.strip())
-    return tokens
 
 
 class _BadRequest(ValueError):
