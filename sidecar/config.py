@@ -19,7 +19,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, No
 
 #: what the semantic-hit verifier compares (see sidecar/cache/match/verify.py)
 VerifierCheck = Literal[
-    "negation", "antonym", "number", "unit", "datetime", "entity", "scope", "order", "focus"
+    "negation", "antonym", "number", "unit", "datetime", "entity", "scope", "order", "focus", "edit"
 ]
 VerifierStrictness = Literal["lenient", "balanced", "strict"]
 

@@ -15,7 +15,13 @@ something that changes an answer:
 - scope: other quantifiers ("all" vs "some") or a downward comparative ("less", "fewest");
 - order: the same words in swapped roles ("from Friday to Sunday" vs the reverse,
   "X better than Y" vs "Y better than X");
-- focus: the questions ask for different things ("why" vs "how many").
+- focus: the questions ask for different things ("why" vs "how many");
+- edit: the questions are the same but for one or two words, and a replaced word is not a
+  synonym, an inflection or a typo of its counterpart ("create" vs "delete a volume").
+
+Every check first reads the two questions with their typos repaired (``words.repair_typos``):
+a misspelt word counts as the word of the other question it misspells ("chagne" / "change"),
+unless both are real, different words ("form" / "from").
 
 Everything is cheap token structure: a question is analysed once (cached by text) and a
 comparison costs tens of microseconds. Refusal reasons name the check and the kind of
@@ -35,9 +41,12 @@ from sidecar.cache.layer import MatchVerifier, VectorPair, Verdict
 from sidecar.cache.match import lexicon as lex
 from sidecar.cache.match.features import QuestionFeatures, analyse
 from sidecar.cache.match.head import DuplicateHead, head_for
+from sidecar.cache.match.words import close_spelling, english_words, repair_typos
 from sidecar.config import CacheConfig, EmbedderConfig, VerifierCheck, VerifierStrictness
 
 ALL_CHECKS: tuple[VerifierCheck, ...] = get_args(VerifierCheck)
+#: the checks whose strict verdicts the match head was trained on (its 14 text features)
+HEAD_CHECKS: tuple[VerifierCheck, ...] = ALL_CHECKS[:9]
 
 
 # -------------------------------------------------------------------- comparing
@@ -219,6 +228,31 @@ class _Comparison:
             return "the two sides of a comparison swapped"
         return None
 
+    def edit(self) -> str | None:
+        """A minimal edit (at most two words changed, the rest shared) may only swap a word
+        for a synonym, an inflection or a typo; and never for a near-spelling that is another
+        real word ("form" / "from")."""
+        if not self.balanced:
+            return None
+        a, b = self.a.tokens, self.b.tokens
+        matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+        opcodes = [op for op in matcher.get_opcodes() if op[0] != "equal"]
+        changed = sum(max(i2 - i1, j2 - j1) for _, i1, i2, j1, j2 in opcodes)
+        if not opcodes or changed > 2 or len(a) - changed < 3:
+            return None
+        for op, i1, i2, j1, j2 in opcodes:
+            if op != "replace":
+                continue
+            side_a, side_b = a[i1:i2], b[j1:j2]
+            content_a = [t for t in side_a if _content_word(t)]
+            content_b = [t for t in side_b if _content_word(t)]
+            if content_a and content_b:
+                if not _same_phrase(side_a, side_b, self.a, self.b):
+                    return "a word replaced by a different word"
+            elif len(side_a) == len(side_b) == 1 and close_spelling(side_a[0], side_b[0]):
+                return "a word replaced by a similar-looking word"
+        return None
+
     def focus(self) -> str | None:
         fa, fb = self.a.focus, self.b.focus
         if fa == fb:
@@ -226,6 +260,65 @@ class _Comparison:
         if (fa and fb) or (self.strict and (fa or fb)):
             return "the questions ask for different things"
         return None
+
+
+_SUFFIXES = (
+    "ations",
+    "ation",
+    "ings",
+    "ing",
+    "ies",
+    "ied",
+    "ers",
+    "er",
+    "est",
+    "ed",
+    "es",
+    "ly",
+    "s",
+    "e",
+    "y",
+)
+
+
+def _root(word: str) -> str:
+    """A crude stem for inflections ("deleting"/"delete", "copies"/"copy", "running"/"run")."""
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)]
+            break
+    if len(word) >= 4 and word[-1] == word[-2] and word[-1] not in "aeiou":
+        word = word[:-1]  # "runn" -> "run"
+    return word
+
+
+def _content_word(token: str) -> bool:
+    return token.isalpha() and token not in lex.STOPWORDS and token not in lex.UNITS
+
+
+def _same_phrase(
+    side_a: Sequence[str], side_b: Sequence[str], a: QuestionFeatures, b: QuestionFeatures
+) -> bool:
+    """Is one replaced stretch a synonym ("set up" / "configure"), an inflection or another
+    spelling of the other?"""
+    groups_a = lex.SYNONYM_GROUPS.get(" ".join(side_a), frozenset())
+    if groups_a & lex.SYNONYM_GROUPS.get(" ".join(side_b), frozenset()):
+        return True
+    return all(
+        any(_interchangeable(x, y, a, b) for y in side_b) for x in side_a if _content_word(x)
+    ) and all(any(_interchangeable(y, x, b, a) for x in side_a) for y in side_b if _content_word(y))
+
+
+def _interchangeable(x: str, y: str, a: QuestionFeatures, b: QuestionFeatures) -> bool:
+    """May ``x`` (of ``a``) stand for ``y`` (of ``b``) without changing the answer?"""
+    if x == y or _root(x) == _root(y):
+        return True  # an inflection
+    if lex.SYNONYM_GROUPS.get(x, frozenset()) & lex.SYNONYM_GROUPS.get(y, frozenset()):
+        return True
+    if not (x.isalpha() and y.isalpha()):
+        return True  # numbers, versions and identifiers: their own checks compare them
+    # a name spelt another way ("postgresql"/"postgres"): the entity check compares names
+    return _has_form(b.forms, x) or _has_form(a.forms, y)
 
 
 def _years(values: frozenset[str] | set[str]) -> bool:
@@ -261,6 +354,7 @@ class AnswerChangeVerifier:
         """Every check that refuses (``check: kind of difference``), or only the first."""
         if question == candidate:
             return []
+        question, candidate = repair_typos(question, candidate)
         comparison = _Comparison(analyse(question), analyse(candidate), self.strictness)
         out: list[str] = []
         for check in self.checks:
@@ -320,7 +414,7 @@ def pair_text_features(question: str, candidate: str) -> np.ndarray:
     ]
     strict = _Comparison(a, b, "strict")
     flags = [
-        0.0 if question == candidate or getattr(strict, c)() is None else 1.0 for c in ALL_CHECKS
+        0.0 if question == candidate or getattr(strict, c)() is None else 1.0 for c in HEAD_CHECKS
     ]
     return np.array(overlap + flags, dtype=np.float32)
 
@@ -335,6 +429,7 @@ def build_verifier(
     """
     if config.verifier == "off":
         return None
+    english_words()  # read the word list at start-up, not on the first lookup
     head = None
     if embedder is not None and dimension:
         head = head_for(config.match_head, embedder_identity(embedder), dimension)
