@@ -29,6 +29,7 @@ import orjson
 from embedders.base import Embedder
 from sidecar.cache.layer import CacheStatus
 from sidecar.cache.match.head import head_for
+from sidecar.cache.match.pair_model import pair_model_for
 from sidecar.cache.match.verify import (
     AnswerChangeVerifier,
     embedder_identity,
@@ -194,7 +195,11 @@ def summarise(pairs: Sequence[Pair], hits: Sequence[bool]) -> dict[str, Any]:
     return out
 
 
-def _categories(pairs: Sequence[Pair], hits: Sequence[bool]) -> dict[str, Any]:
+def _categories(
+    pairs: Sequence[Pair], hits: Sequence[bool], outcomes: Sequence[Outcome] = ()
+) -> dict[str, Any]:
+    """Per category: its hit rates and, when ``outcomes`` are given, which check refused how
+    many of its pairs (the first refusal of each pair)."""
     groups: dict[str, list[int]] = {}
     for i, pair in enumerate(pairs):
         if pair.category is not None:
@@ -208,6 +213,9 @@ def _categories(pairs: Sequence[Pair], hits: Sequence[bool]) -> dict[str, Any]:
             "good_hit_rate": sub["good_hit_rate"],
             "wrong_hit_rate": sub["wrong_hit_rate"],
         }
+        if outcomes:
+            checks = [outcomes[i].refused[0].split(":")[0] for i in members if outcomes[i].refused]
+            out[name]["refused_by"] = {c: checks.count(c) for c in sorted(set(checks))}
     return out
 
 
@@ -220,6 +228,8 @@ def describe(config: SidecarConfig) -> dict[str, Any]:
         "verifier_checks": list(cache.verifier_checks),
         "match_head": cache.match_head,
         "match_head_min": cache.match_head_min,
+        "pair_model": cache.pair_model,
+        "pair_model_min": cache.pair_model_min,
     }
 
 
@@ -236,7 +246,7 @@ async def evaluate(
     hits = [o.hit for o in outcomes]
     result = {**summarise(pairs, hits), **describe(config)}
     result["refused_by_verifier"] = sum(bool(o.refused) for o in outcomes)
-    categories = _categories(pairs, hits)
+    categories = _categories(pairs, hits, outcomes)
     if categories:
         result["categories"] = categories
     return result
@@ -375,6 +385,15 @@ async def _calibrate(
     mins: list[float | None] = [None]
     if head is not None:
         mins = [*sorted({config.cache.match_head_min, *HEAD_MIN_GRID})]
+    # The pair model as configured, at its configured minimum: scored once per pair (it
+    # reads text only), it gates every verifier setting as it does in production.
+    passed_pair = np.ones(len(pairs), dtype=bool)
+    pair_model = pair_model_for(config.cache.pair_model) if config.cache.verifier != "off" else None
+    if pair_model is not None:
+        scores_pair = np.concatenate(
+            [pair_model.score_pairs(questions[i : i + 64]) for i in range(0, len(questions), 64)]
+        )
+        passed_pair = exact | (scores_pair >= config.cache.pair_model_min)
     everything = np.ones(len(pairs), dtype=bool)
     points = [sweep(same, sims, exact, everything, target, Setting("off", "balanced"))]
     levels: tuple[VerifierStrictness, ...] = ("lenient", "balanced", "strict")
@@ -384,7 +403,8 @@ async def _calibrate(
             [rules.verify(b, a, float(s)).accept for (b, a), s in zip(questions, sims, strict=True)]
         )
         for minimum in mins:
-            accepted = passed if minimum is None else passed & (scores >= minimum)
+            accepted = passed & passed_pair
+            accepted = accepted if minimum is None else accepted & (scores >= minimum)
             setting = Setting("traps", strictness, minimum)
             points.append(sweep(same, sims, exact, accepted, target, setting))
     candidates = [p for p in points if p is not None]

@@ -37,10 +37,11 @@ from typing import get_args
 
 import numpy as np
 
-from sidecar.cache.layer import MatchVerifier, VectorPair, Verdict
+from sidecar.cache.layer import Candidate, MatchVerifier, VectorPair, Verdict
 from sidecar.cache.match import lexicon as lex
 from sidecar.cache.match.features import QuestionFeatures, analyse
 from sidecar.cache.match.head import DuplicateHead, head_for
+from sidecar.cache.match.pair_model import PairModel, pair_model_for
 from sidecar.cache.match.words import close_spelling, english_words, repair_typos
 from sidecar.config import CacheConfig, EmbedderConfig, VerifierCheck, VerifierStrictness
 
@@ -339,6 +340,9 @@ class AnswerChangeVerifier:
         checks: Sequence[VerifierCheck] = ALL_CHECKS,
         head: DuplicateHead | None = None,
         head_min: float = 0.5,
+        pair_model: PairModel | None = None,
+        pair_min: float = 0.5,
+        pair_rescue: float = 1.01,
     ) -> None:
         unknown = [c for c in checks if c not in ALL_CHECKS]
         if unknown:
@@ -349,6 +353,9 @@ class AnswerChangeVerifier:
         self.checks: tuple[VerifierCheck, ...] = tuple(c for c in ALL_CHECKS if c in checks)
         self.head = head
         self.head_min = head_min
+        self.pair_model = pair_model
+        self.pair_min = pair_min
+        self.pair_rescue = pair_rescue  # above 1: never overrides the head
 
     def refusals(self, question: str, candidate: str, first_only: bool = False) -> list[str]:
         """Every check that refuses (``check: kind of difference``), or only the first."""
@@ -372,17 +379,56 @@ class AnswerChangeVerifier:
         similarity: float,
         vectors: VectorPair | None = None,
     ) -> Verdict:
-        refused = self.refusals(question, candidate, first_only=True)
-        if refused:
-            return Verdict(False, refused[0])
-        if self.head is not None and vectors is not None and question != candidate:
-            text = pair_text_features(question, candidate)
-            score = self.head.score(vectors[0], vectors[1], similarity, text)
-            if score < self.head_min:
-                return Verdict(
-                    False, f"match_head: duplicate score {score:.2f} < {self.head_min:.2f}"
+        return self.verify_batch(question, [Candidate(candidate, similarity, vectors)])[0]
+
+    def verify_batch(self, question: str, candidates: Sequence[Candidate]) -> list[Verdict]:
+        """The rule checks and the match head per candidate; then the pair model on the
+        candidates still standing, all in one batch. A rule refusal is final. The pair model
+        refuses a candidate below ``pair_min``, and overrides a refusal of the match head at
+        ``pair_rescue`` or above (a typo or a reworded paraphrase the vectors drift on)."""
+        first = [self._first_stage(question, c) for c in candidates]
+        verdicts = [verdict for verdict, _ in first]
+        if self.pair_model is None:
+            return verdicts
+        standing: list[int] = []
+        texts: list[tuple[str, str]] = []
+        for i, (verdict, head_only) in enumerate(first):
+            if not (verdict.accept or head_only):
+                continue
+            # The model reads the texts with their typos repaired, as the rules do; texts
+            # that are then the same words (case, punctuation, a typo) need no model.
+            repaired = repair_typos(question, candidates[i].question)
+            if analyse(repaired[0]).tokens == analyse(repaired[1]).tokens:
+                verdicts[i] = Verdict(True)
+                continue
+            standing.append(i)
+            texts.append(repaired)
+        if not standing:
+            return verdicts
+        scores = self.pair_model.score_pairs(texts)
+        for i, score in zip(standing, scores, strict=True):
+            if score < self.pair_min:
+                verdicts[i] = Verdict(
+                    False, f"pair_model: same-answer score {score:.2f} < {self.pair_min:.2f}"
                 )
-        return Verdict(True)
+            elif first[i][1] and score >= self.pair_rescue:
+                verdicts[i] = Verdict(True)  # the pair model overrides the head
+        return verdicts
+
+    def _first_stage(self, question: str, candidate: Candidate) -> tuple[Verdict, bool]:
+        """(the rules' and the head's verdict, whether only the head refused)."""
+        refused = self.refusals(question, candidate.question, first_only=True)
+        if refused:
+            return Verdict(False, refused[0]), False
+        text = candidate.question
+        if self.head is not None and candidate.vectors is not None and question != text:
+            u, v = candidate.vectors
+            features = pair_text_features(question, text)
+            score = self.head.score(u, v, candidate.similarity, features)
+            if score < self.head_min:
+                reason = f"match_head: duplicate score {score:.2f} < {self.head_min:.2f}"
+                return Verdict(False, reason), True
+        return Verdict(True), False
 
 
 def _stem(token: str) -> str:
@@ -425,7 +471,9 @@ def build_verifier(
     """The verifier the cache configuration asks for (None: the threshold alone decides).
 
     The learned match head joins when ``cache.match_head`` allows it and ``embedder`` is
-    the model it was trained for (see ``match_head.head_for``).
+    the model it was trained for (see ``match_head.head_for``). The pair model reads text, so
+    it does not depend on the embedder: ``cache.pair_model`` alone decides
+    (``pair_model.pair_model_for``).
     """
     if config.verifier == "off":
         return None
@@ -434,7 +482,13 @@ def build_verifier(
     if embedder is not None and dimension:
         head = head_for(config.match_head, embedder_identity(embedder), dimension)
     return AnswerChangeVerifier(
-        config.verifier_strictness, config.verifier_checks, head, config.match_head_min
+        config.verifier_strictness,
+        config.verifier_checks,
+        head,
+        config.match_head_min,
+        pair_model_for(config.pair_model),
+        config.pair_model_min,
+        config.pair_model_rescue,
     )
 
 
