@@ -27,11 +27,13 @@ import orjson
 from benchmarks.train_pair_model import RESULTS
 from embedders.sentence_tf import SentenceTransformerEmbedder
 from sidecar.cache.eval_cli import Pair, load_pairs, pair_vectors
-from sidecar.cache.match.features import analyse
 from sidecar.cache.match.head import head_for
 from sidecar.cache.match.pair_model import pair_model_for
-from sidecar.cache.match.verify import AnswerChangeVerifier, pair_text_features
-from sidecar.cache.match.words import repair_typos
+from sidecar.cache.match.verify import (
+    AnswerChangeVerifier,
+    pair_model_scores,
+    pair_text_features,
+)
 from sidecar.config import CacheConfig
 from sidecar.formats import normalise_text
 
@@ -58,17 +60,12 @@ def embed(pairs: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def score_like_the_verifier(questions: Sequence[tuple[str, str]]) -> np.ndarray:
-    """The pair model's score as ``AnswerChangeVerifier.verify_batch`` uses it: on the texts
-    with typos repaired, and 1 where they are then the same words (no model call)."""
+    """The pair model's score as ``AnswerChangeVerifier.verify_batch`` uses it."""
     model = pair_model_for("auto")
     assert model is not None
-    repaired = [repair_typos(q, c) for q, c in questions]
-    scores = np.ones(len(questions), dtype=np.float32)
-    todo = [i for i, (q, c) in enumerate(repaired) if analyse(q).tokens != analyse(c).tokens]
-    for start in range(0, len(todo), 64):
-        part = todo[start : start + 64]
-        scores[part] = model.score_pairs([repaired[i] for i in part])
-    return scores
+    return np.concatenate(
+        [pair_model_scores(model, questions[i : i + 64]) for i in range(0, len(questions), 64)]
+    )
 
 
 def rates(hits: np.ndarray, same: np.ndarray) -> dict[str, float]:

@@ -33,6 +33,7 @@ from sidecar.cache.match.pair_model import pair_model_for
 from sidecar.cache.match.verify import (
     AnswerChangeVerifier,
     embedder_identity,
+    pair_model_scores,
     pair_text_features,
 )
 from sidecar.config import ConfigError, SidecarConfig, VerifierStrictness, load_config
@@ -388,12 +389,14 @@ async def _calibrate(
     # The pair model as configured, at its configured minimum: scored once per pair (it
     # reads text only), it gates every verifier setting as it does in production.
     passed_pair = np.ones(len(pairs), dtype=bool)
+    rescued = np.zeros(len(pairs), dtype=bool)
     pair_model = pair_model_for(config.cache.pair_model) if config.cache.verifier != "off" else None
     if pair_model is not None:
         scores_pair = np.concatenate(
-            [pair_model.score_pairs(questions[i : i + 64]) for i in range(0, len(questions), 64)]
+            [pair_model_scores(pair_model, questions[i : i + 64]) for i in range(0, len(pairs), 64)]
         )
         passed_pair = exact | (scores_pair >= config.cache.pair_model_min)
+        rescued = scores_pair >= config.cache.pair_model_rescue  # overrides the head
     everything = np.ones(len(pairs), dtype=bool)
     points = [sweep(same, sims, exact, everything, target, Setting("off", "balanced"))]
     levels: tuple[VerifierStrictness, ...] = ("lenient", "balanced", "strict")
@@ -404,7 +407,8 @@ async def _calibrate(
         )
         for minimum in mins:
             accepted = passed & passed_pair
-            accepted = accepted if minimum is None else accepted & (scores >= minimum)
+            if minimum is not None:
+                accepted &= (scores >= minimum) | rescued
             setting = Setting("traps", strictness, minimum)
             points.append(sweep(same, sims, exact, accepted, target, setting))
     candidates = [p for p in points if p is not None]

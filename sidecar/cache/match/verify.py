@@ -390,22 +390,14 @@ class AnswerChangeVerifier:
         verdicts = [verdict for verdict, _ in first]
         if self.pair_model is None:
             return verdicts
-        standing: list[int] = []
-        texts: list[tuple[str, str]] = []
-        for i, (verdict, head_only) in enumerate(first):
-            if not (verdict.accept or head_only):
-                continue
-            # The model reads the texts with their typos repaired, as the rules do; texts
-            # that are then the same words (case, punctuation, a typo) need no model.
-            repaired = repair_typos(question, candidates[i].question)
-            if analyse(repaired[0]).tokens == analyse(repaired[1]).tokens:
-                verdicts[i] = Verdict(True)
-                continue
-            standing.append(i)
-            texts.append(repaired)
+        standing = [
+            i for i, (verdict, head_only) in enumerate(first) if verdict.accept or head_only
+        ]
         if not standing:
             return verdicts
-        scores = self.pair_model.score_pairs(texts)
+        scores = pair_model_scores(
+            self.pair_model, [(question, candidates[i].question) for i in standing]
+        )
         for i, score in zip(standing, scores, strict=True):
             if score < self.pair_min:
                 verdicts[i] = Verdict(
@@ -429,6 +421,18 @@ class AnswerChangeVerifier:
                 reason = f"match_head: duplicate score {score:.2f} < {self.head_min:.2f}"
                 return Verdict(False, reason), True
         return Verdict(True), False
+
+
+def pair_model_scores(model: PairModel, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """The pair model's score of each (new question, cached question), in one batch, as the
+    verifier uses it: it reads the texts with their typos repaired, as the rules do; texts
+    that are then the same words (case, punctuation, a typo apart) score 1 without a call."""
+    scores = np.ones(len(pairs), dtype=np.float32)
+    repaired = [repair_typos(q, c) for q, c in pairs]
+    todo = [i for i, (q, c) in enumerate(repaired) if analyse(q).tokens != analyse(c).tokens]
+    if todo:
+        scores[todo] = model.score_pairs([repaired[i] for i in todo])
+    return scores
 
 
 def _stem(token: str) -> str:
