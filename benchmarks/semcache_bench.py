@@ -4,10 +4,9 @@ Run: ``python -m benchmarks.semcache_bench [--quick]``. Writes ``benchmarks/resu
 and prints a table.
 
 * Data: the project's trap set (``benchmarks/data/trap_pairs.jsonl``), the frozen development
-  set (``benchmarks/data/dev_pairs.jsonl``: through the production path with the pair model on
-  and off, per category), and a fixed-seed sample of
-  10,000 Quora question pairs (``../shared/data/semcache/qqp_pairs.json.gz``, skipped with a
-  message when absent). The QQP sample is disjoint from the pairs used while the verifier's
+  set (``benchmarks/data/dev_pairs.jsonl``: also through the production path with the pair
+  model on and off, per category), and a fixed-seed sample of 10,000 Quora question pairs
+  (``../shared/data/semcache/qqp_pairs.json.gz``, skipped with a message when absent). The QQP sample is disjoint from the pairs used while the verifier's
   word lists were written (those came from a different slice of the same shuffle).
 * Both sides of the comparison see the same similarities: every question is embedded once, in
   batches, by the default embedder (all-MiniLM-L6-v2), after the same normalisation the cache
@@ -17,8 +16,9 @@ and prints a table.
 * The trap-set figures are re-measured through the production path (``sidecar cache eval``'s
   code: a real Sidecar, Pipeline.on_request/on_response) to show the batched figures are the
   ones the sidecar serves with.
-* Verifier latency per candidate: the analysis of both questions (cold: nothing cached) and the
-  comparison, median over all pairs; and the comparison alone once questions are analysed.
+* Verifier latency per candidate (rules and match head): the analysis of both questions (cold:
+  nothing cached) and the comparison, median over all pairs; and the comparison alone once
+  questions are analysed. The pair model's batch cost: ``benchmarks/pair_model_bench.py``.
 """
 
 from __future__ import annotations
