@@ -6,8 +6,9 @@ and prints a table.
 * Data: the project's trap set (``benchmarks/data/trap_pairs.jsonl``), the frozen development
   set (``benchmarks/data/dev_pairs.jsonl``: also through the production path with the pair
   model on and off, per category), and a fixed-seed sample of 10,000 Quora question pairs
-  (``../shared/data/semcache/qqp_pairs.json.gz``, skipped with a message when absent). The QQP sample is disjoint from the pairs used while the verifier's
-  word lists were written (those came from a different slice of the same shuffle).
+  (``../shared/data/semcache/qqp_pairs.json.gz``, skipped with a message when absent). The
+  QQP sample is disjoint from the pairs used while the verifier's word lists were written
+  (those came from a different slice of the same shuffle).
 * Both sides of the comparison see the same similarities: every question is embedded once, in
   batches, by the default embedder (all-MiniLM-L6-v2), after the same normalisation the cache
   applies. "Plain cosine" serves a pair when its similarity is at least 0.8 (or the texts are
