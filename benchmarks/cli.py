@@ -38,10 +38,11 @@ ORDER = (
     "pii",
     "peers",
     "semcache",
+    "pair_model",
     "backends",
 )
 #: quick arguments for modules without ``--quick``
-QUICK_FALLBACK = {"pii": ["--rounds", "1"]}
+QUICK_FALLBACK = {"pii": ["--rounds", "1"], "pair_model": ["--repeats", "50"]}
 TIMEOUT_S = 1800.0
 
 

@@ -3,10 +3,12 @@
 Run: ``python -m benchmarks.semcache_bench [--quick]``. Writes ``benchmarks/results/semcache.json``
 and prints a table.
 
-* Data: the project's trap set (``benchmarks/data/trap_pairs.jsonl``) and a fixed-seed sample of
-  10,000 Quora question pairs (``../shared/data/semcache/qqp_pairs.json.gz``, skipped with a
-  message when absent). The QQP sample is disjoint from the pairs used while the verifier's
-  word lists were written (those came from a different slice of the same shuffle).
+* Data: the project's trap set (``benchmarks/data/trap_pairs.jsonl``), the frozen development
+  set (``benchmarks/data/dev_pairs.jsonl``: also through the production path with the pair
+  model on and off, per category), and a fixed-seed sample of 10,000 Quora question pairs
+  (``../shared/data/semcache/qqp_pairs.json.gz``, skipped with a message when absent). The
+  QQP sample is disjoint from the pairs used while the verifier's word lists were written
+  (those came from a different slice of the same shuffle).
 * Both sides of the comparison see the same similarities: every question is embedded once, in
   batches, by the default embedder (all-MiniLM-L6-v2), after the same normalisation the cache
   applies. "Plain cosine" serves a pair when its similarity is at least 0.8 (or the texts are
@@ -15,8 +17,9 @@ and prints a table.
 * The trap-set figures are re-measured through the production path (``sidecar cache eval``'s
   code: a real Sidecar, Pipeline.on_request/on_response) to show the batched figures are the
   ones the sidecar serves with.
-* Verifier latency per candidate: the analysis of both questions (cold: nothing cached) and the
-  comparison, median over all pairs; and the comparison alone once questions are analysed.
+* Verifier latency per candidate (rules and match head): the analysis of both questions (cold:
+  nothing cached) and the comparison, median over all pairs; and the comparison alone once
+  questions are analysed. The pair model's batch cost: ``benchmarks/pair_model_bench.py``.
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from sidecar.config import CacheConfig, SidecarConfig
 from sidecar.formats import normalise_text
 
 TRAP_PAIRS = Path(__file__).resolve().parent / "data" / "trap_pairs.jsonl"
+#: the frozen development set (issue 14): never used for training or tuning
+DEV_PAIRS = Path(__file__).resolve().parent / "data" / "dev_pairs.jsonl"
 QQP_PAIRS = SHARED_DATA / "semcache" / "qqp_pairs.json.gz"
 QQP_SEED = 9
 QQP_SAMPLE = 10_000
@@ -144,7 +149,10 @@ def verifier_latency(
     score when every check passes); and the same once the questions are analysed."""
     a = np.vstack([e.a for e in embedded])
     b = np.vstack([e.b for e in embedded])
-    verifier = build_verifier(config, a.shape[1])
+    # the rules and the head; the pair model's batch cost is measured in pair_model_bench
+    rules_and_head = config.model_copy(deep=True)
+    rules_and_head.cache.pair_model = "off"
+    verifier = build_verifier(rules_and_head, a.shape[1])
     questions = [(normalise_text(p.b), normalise_text(p.a)) for p in pairs]
     analyse.cache_clear()
     cold: list[float] = []
@@ -262,7 +270,7 @@ def print_table(result: dict[str, Any]) -> None:
             f"wrong {p['wrong_hit_rate']:.3f}  precision {prec}"
         )
 
-    for key, title in (("trap_set", "trap set"), ("qqp", "QQP sample")):
+    for key, title in (("trap_set", "trap set"), ("dev_set", "dev set"), ("qqp", "QQP sample")):
         block = result.get(key)
         if not block:
             continue
@@ -271,6 +279,8 @@ def print_table(result: dict[str, Any]) -> None:
         print(line("verifier (default settings)", block["verifier"]))
         if "production_path" in block:
             print(line("verifier via production path", block["production_path"]))
+        if "production_path_pair_model_off" in block:
+            print(line("  the same, pair model off", block["production_path_pair_model_off"]))
         if key == "qqp":
             for name in ("plain_cosine", "verifier"):
                 best = block["best_precision_at_min_good"][name]
@@ -310,6 +320,15 @@ async def run(quick: bool, qqp_size: int) -> dict[str, Any]:
         block["production_path"].pop("categories", None)
         result["trap_set"] = block
         latency_pairs, latency_vectors = list(trap_pairs), [trap_vectors]
+        dev_pairs = load_pairs(DEV_PAIRS)
+        dev_vectors = await Embedded.of(embedder, dev_pairs)
+        dev = Scored(dev_pairs, dev_vectors, config)
+        block = {"pairs": len(dev_pairs), **compare(dev, cache)}
+        block["production_path"] = await evaluate(config, dev_pairs, embedder)
+        no_pair_model = config.model_copy(deep=True)
+        no_pair_model.cache.pair_model = "off"
+        block["production_path_pair_model_off"] = await evaluate(no_pair_model, dev_pairs, embedder)
+        result["dev_set"] = block
         if QQP_PAIRS.is_file():
             qqp_pairs = load_qqp(QQP_PAIRS, 2000 if quick else qqp_size)
             qqp_vectors = await Embedded.of(embedder, qqp_pairs)

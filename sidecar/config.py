@@ -28,7 +28,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, No
 
 #: what the semantic-hit verifier compares (see sidecar/cache/match/verify.py)
 VerifierCheck = Literal[
-    "negation", "antonym", "number", "unit", "datetime", "entity", "scope", "order", "focus"
+    "negation", "antonym", "number", "unit", "datetime", "entity", "scope", "order", "focus", "edit"
 ]
 VerifierStrictness = Literal["lenient", "balanced", "strict"]
 
@@ -169,7 +169,7 @@ class CacheConfig(_Section):
     store_flagged_answers: bool = True
     #: cosine similarity a semantic candidate needs (x-bf-cache-threshold overrides it per
     #: request); the verifier and its match head then decide: docs/semantic-correctness.md
-    threshold: float = Field(0.78, ge=0.0, le=1.0)
+    threshold: float = Field(0.7, ge=0.0, le=1.0)
     conversation_history_threshold: int = Field(3, ge=1)
     exclude_system_prompt: bool = False
     cache_by_model: bool = True
@@ -196,6 +196,15 @@ class CacheConfig(_Section):
     match_head: str = "auto"
     #: the score a candidate needs from the match head
     match_head_min: float = Field(0.74, ge=0.0, le=1.0)
+    #: second-stage cross-encoder over both questions (sidecar/cache/match/pair_model.py):
+    #: "auto" the bundled one, "off" none, or a path to a pair-model directory; it scores the
+    #: candidates that passed the threshold, the rules and the head, in one batch
+    pair_model: str = "auto"
+    #: the same-answer probability a candidate needs from the pair model
+    pair_model_min: float = Field(0.1, ge=0.0, le=1.0)
+    #: a pair-model probability this high overrides a refusal of the match head (never one
+    #: of the rule checks); above 1 turns the override off
+    pair_model_rescue: float = Field(0.95, ge=0.0, le=1.01)
     #: namespace prefix for shared backends (Redis key prefix, collection name)
     namespace: str = "sidecar"
     #: single-flight: identical concurrent misses wait for the first one's answer (see

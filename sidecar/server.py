@@ -16,6 +16,8 @@ from embedders import EmbedderError
 from guardrails.rules import RuleFileError
 from sidecar.auth import AuthConfigError, exposed_hosts, load_tokens
 from sidecar.cache.match.head import MatchHeadError
+from sidecar.cache.match.pair_model import PairModelError
+from sidecar.cache.match.words import WordListError
 from sidecar.cache.stores.backends import BackendConfigError
 from sidecar.config import ServerConfig, SidecarConfig
 from sidecar.services import Sidecar
@@ -104,7 +106,14 @@ async def run_server(config: SidecarConfig) -> int:
         return 2
     try:
         await sidecar.start()
-    except (EmbedderError, BackendConfigError, MatchHeadError, OSError) as exc:
+    except (
+        EmbedderError,
+        BackendConfigError,
+        MatchHeadError,
+        PairModelError,
+        WordListError,
+        OSError,
+    ) as exc:
         log.error("start-up failed: %s", exc)
         await sidecar.close()
         return 2

@@ -96,6 +96,13 @@ class Sidecar:
             self.extra_status["match_head"] = (
                 "off" if head is None else f"{head.model} (min {cfg.cache.match_head_min})"
             )
+            pair_model = getattr(verifier, "pair_model", None)
+            self.extra_status["pair_model"] = (
+                "off"
+                if pair_model is None
+                else f"{pair_model.name} (min {cfg.cache.pair_model_min}, "
+                f"rescue {cfg.cache.pair_model_rescue})"
+            )
             self.cache = DualCache(
                 exact,
                 build_vector_index(cfg.cache, self.clock),

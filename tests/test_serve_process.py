@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -94,6 +95,7 @@ def test_sighup_reloads_and_bad_file_keeps_previous(serve: Any) -> None:
     # `sidecar serve` runs on the configured event loop (auto: uvloop, a dependency)
     assert ready["event_loop"] == "uvloop"
     assert ready["match_head"] == "all-MiniLM-L6-v2 (min 0.74)"
+    assert ready["pair_model"] == "pair-model-minilm-l2 (min 0.1, rescue 0.95)"
     rules.write_text(RULES_TWO)
     proc._proc.send_signal(signal.SIGHUP)
     detail = _wait_generation(url, 2)
@@ -158,3 +160,23 @@ def test_check_config_reports_rule_errors(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "missing" in done.stderr and "rules.yaml:" in done.stderr
+
+
+def test_a_corrupt_pair_model_fails_start_up_naming_the_file(tmp_path: Path) -> None:
+    from sidecar.cache.match.pair_model import DEFAULT_PAIR_MODEL
+
+    broken = tmp_path / "pair_model"
+    shutil.copytree(DEFAULT_PAIR_MODEL, broken)
+    (broken / "model.int8.onnx").write_bytes(b"not an onnx graph")
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES_ONE)
+    path, _ = _config(tmp_path, rules, 0)
+    config = yaml.safe_load(path.read_text())
+    config["cache"]["pair_model"] = str(broken)
+    path.write_text(yaml.safe_dump(config))
+    done = subprocess.run(
+        sidecar_command(path), capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL
+    )
+    assert done.returncode == 2
+    assert "start-up failed" in done.stderr
+    assert f"{broken / 'model.int8.onnx'}: sha256" in done.stderr

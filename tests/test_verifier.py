@@ -83,7 +83,9 @@ def test_the_issue_examples_are_refused(cached: str, question: str, check: str) 
             "How do I download files from the shared drive?",
             "antonym",
         ),
-        ("Is Python 3.8 still supported?", "Is Python 3.12 still supported?", "number"),
+        # a version written after a name is part of the name ("Python 3.8" is "Python3.8")
+        ("Is Python 3.8 still supported?", "Is Python 3.12 still supported?", "entity"),
+        ("Can I bring 3 bags on board?", "Can I bring 2 bags on board?", "number"),
         ("How many calories are in two eggs?", "How many calories are in three eggs?", "number"),
         ("Is the gym busy at 6am?", "Is the gym busy at 6pm?", "datetime"),
         ("Deliver the order on March 3", "Deliver the order on April 3", "datetime"),
@@ -197,7 +199,9 @@ def test_verifier_config_errors_name_the_field() -> None:
 
 # ---------------------------------------------------------------- through the HTTP hook
 async def test_hook_refuses_a_trap_and_serves_a_paraphrase(sidecar_factory: Any) -> None:
-    async with sidecar_factory() as (_, client):
+    # The rule checks and the head; the pair model refuses this short rewording ("Does" for
+    # "Is": a miss, not a wrong answer). tests/test_pair_model.py covers the pair model.
+    async with sidecar_factory(make_config(cache={"pair_model": "off"})) as (_, client):
         await round_trip(
             client, chat_body("Is the clinic open on Sundays?"), openai_answer("Yes, 9 to 1.")
         )
@@ -233,7 +237,7 @@ async def test_lookup_considers_more_than_the_nearest_candidate(
     sims = [float(vectors[0] @ v) for v in vectors[1:]]
     assert sims[0] > sims[2] and sims[1] > sims[2] > 0.85  # both traps are nearer
     # The rule checks alone (this paraphrase scores just under the match head's minimum).
-    config = make_config(cache={"threshold": 0.85, "match_head": "off"})
+    config = make_config(cache={"threshold": 0.85, "match_head": "off", "pair_model": "off"})
     async with sidecar_factory(config) as (_, client):
         for text, answer in ((negated, "No."), (closed, "It is closed."), (paraphrase, "Yes.")):
             # seeded with an exact-only lookup, so each one is stored rather than served
@@ -260,9 +264,12 @@ def _conversation(first: str, answer: str, follow_up: str) -> dict[str, Any]:
     }
 
 
-# The match head is off in both: it refuses the short reworded follow-up below (a missed hit,
-# not a wrong one), which is not what this test is about.
-@pytest.mark.parametrize("cache", [{"match_head": "off"}, {"threshold": 0.0, "verifier": "off"}])
+# The match head and the pair model are off in both: they refuse the short reworded follow-up
+# below (a missed hit, not a wrong one), which is not what this test is about.
+@pytest.mark.parametrize(
+    "cache",
+    [{"match_head": "off", "pair_model": "off"}, {"threshold": 0.0, "verifier": "off"}],
+)
 async def test_follow_up_never_hits_another_conversation(
     sidecar_factory: Any, cache: dict[str, Any]
 ) -> None:

@@ -30,9 +30,11 @@ from embedders.base import Embedder
 from sidecar.cache.calibrate_report import render_table, sample_support
 from sidecar.cache.layer import CacheStatus
 from sidecar.cache.match.head import head_for
+from sidecar.cache.match.pair_model import pair_model_for
 from sidecar.cache.match.verify import (
     AnswerChangeVerifier,
     embedder_identity,
+    pair_model_scores,
     pair_text_features,
 )
 from sidecar.config import ConfigError, SidecarConfig, VerifierStrictness, load_config
@@ -198,7 +200,11 @@ def summarise(pairs: Sequence[Pair], hits: Sequence[bool]) -> dict[str, Any]:
     return out
 
 
-def _categories(pairs: Sequence[Pair], hits: Sequence[bool]) -> dict[str, Any]:
+def _categories(
+    pairs: Sequence[Pair], hits: Sequence[bool], outcomes: Sequence[Outcome] = ()
+) -> dict[str, Any]:
+    """Per category: its hit rates and, when ``outcomes`` are given, which check refused how
+    many of its pairs (the first refusal of each pair)."""
     groups: dict[str, list[int]] = {}
     for i, pair in enumerate(pairs):
         if pair.category is not None:
@@ -212,6 +218,9 @@ def _categories(pairs: Sequence[Pair], hits: Sequence[bool]) -> dict[str, Any]:
             "good_hit_rate": sub["good_hit_rate"],
             "wrong_hit_rate": sub["wrong_hit_rate"],
         }
+        if outcomes:
+            checks = [outcomes[i].refused[0].split(":")[0] for i in members if outcomes[i].refused]
+            out[name]["refused_by"] = {c: checks.count(c) for c in sorted(set(checks))}
     return out
 
 
@@ -224,6 +233,8 @@ def describe(config: SidecarConfig) -> dict[str, Any]:
         "verifier_checks": list(cache.verifier_checks),
         "match_head": cache.match_head,
         "match_head_min": cache.match_head_min,
+        "pair_model": cache.pair_model,
+        "pair_model_min": cache.pair_model_min,
     }
 
 
@@ -240,7 +251,7 @@ async def evaluate(
     hits = [o.hit for o in outcomes]
     result = {**summarise(pairs, hits), **describe(config)}
     result["refused_by_verifier"] = sum(bool(o.refused) for o in outcomes)
-    categories = _categories(pairs, hits)
+    categories = _categories(pairs, hits, outcomes)
     if categories:
         result["categories"] = categories
     return result
@@ -379,6 +390,17 @@ async def _calibrate(
     mins: list[float | None] = [None]
     if head is not None:
         mins = [*sorted({config.cache.match_head_min, *HEAD_MIN_GRID})]
+    # The pair model as configured, at its configured minimum: scored once per pair (it
+    # reads text only), it gates every verifier setting as it does in production.
+    passed_pair = np.ones(len(pairs), dtype=bool)
+    rescued = np.zeros(len(pairs), dtype=bool)
+    pair_model = pair_model_for(config.cache.pair_model) if config.cache.verifier != "off" else None
+    if pair_model is not None:
+        scores_pair = np.concatenate(
+            [pair_model_scores(pair_model, questions[i : i + 64]) for i in range(0, len(pairs), 64)]
+        )
+        passed_pair = exact | (scores_pair >= config.cache.pair_model_min)
+        rescued = scores_pair >= config.cache.pair_model_rescue  # overrides the head
     everything = np.ones(len(pairs), dtype=bool)
     points = [sweep(same, sims, exact, everything, target, Setting("off", "balanced"))]
     levels: tuple[VerifierStrictness, ...] = ("lenient", "balanced", "strict")
@@ -388,7 +410,9 @@ async def _calibrate(
             [rules.verify(b, a, float(s)).accept for (b, a), s in zip(questions, sims, strict=True)]
         )
         for minimum in mins:
-            accepted = passed if minimum is None else passed & (scores >= minimum)
+            accepted = passed & passed_pair
+            if minimum is not None:
+                accepted &= (scores >= minimum) | rescued
             setting = Setting("traps", strictness, minimum)
             points.append(sweep(same, sims, exact, accepted, target, setting))
     candidates = [p for p in points if p is not None]

@@ -50,8 +50,17 @@ class Verdict:
 VectorPair = tuple[np.ndarray, np.ndarray]
 
 
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A cached question offered to the verifier: its text, cosine and the two vectors."""
+
+    question: str
+    similarity: float
+    vectors: VectorPair | None = None
+
+
 class MatchVerifier(Protocol):
-    """Second opinion on a semantic candidate: may the cached answer serve the new question?"""
+    """Second opinion on semantic candidates: may the cached answer serve the new question?"""
 
     def verify(
         self,
@@ -60,6 +69,11 @@ class MatchVerifier(Protocol):
         similarity: float,
         vectors: VectorPair | None = None,
     ) -> Verdict: ...
+
+    def verify_batch(self, question: str, candidates: Sequence[Candidate]) -> list[Verdict]:
+        """One verdict per candidate (best first). All candidates are judged together, so a
+        model stage can score them in one batch."""
+        ...
 
 
 class AcceptAll:
@@ -73,6 +87,9 @@ class AcceptAll:
         vectors: VectorPair | None = None,
     ) -> Verdict:
         return Verdict(True)
+
+    def verify_batch(self, question: str, candidates: Sequence[Candidate]) -> list[Verdict]:
+        return [Verdict(True) for _ in candidates]
 
 
 @dataclass(slots=True)
@@ -296,6 +313,7 @@ class DualCache:
         neighbours = await self.vectors.search(plan.scope, vector.tolist(), self.candidates)
         best: float | None = None
         refused: list[str] = []
+        offered: list[tuple[CacheEntry, float]] = []
         for n in neighbours:
             best = n.similarity if best is None else max(best, n.similarity)
             if n.similarity < plan.threshold:
@@ -303,17 +321,23 @@ class DualCache:
             entry = await self.exact.get(n.id, plan.partition)
             if entry is None or entry.scope != plan.scope:
                 continue  # expired or evicted since it was indexed
-            stored = None if entry.vector is None else np.asarray(entry.vector, dtype=np.float32)
-            try:
-                verdict = self.verifier.verify(
-                    plan.question,
-                    entry.question,
-                    n.similarity,
-                    None if stored is None else (vector, stored),
-                )
-            except Exception:  # a verifier bug must never serve (or fail) the request
-                log.exception("match verifier failed; candidate refused")
-                verdict = Verdict(False, "verifier_error: the verifier failed")
+            offered.append((entry, n.similarity))
+        candidates = [
+            Candidate(
+                entry.question,
+                similarity,
+                None
+                if entry.vector is None
+                else (vector, np.asarray(entry.vector, dtype=np.float32)),
+            )
+            for entry, similarity in offered
+        ]
+        try:
+            verdicts = self.verifier.verify_batch(plan.question, candidates) if offered else []
+        except Exception:  # a verifier bug must never serve (or fail) the request
+            log.exception("match verifier failed; candidates refused")
+            verdicts = [Verdict(False, "verifier_error: the verifier failed") for _ in offered]
+        for (entry, similarity), verdict in zip(offered, verdicts, strict=True):
             if not verdict.accept:
                 refused.append(verdict.reason)
                 self.metrics.verifier_refusals.labels(verdict.reason.split(":")[0]).inc()
@@ -321,9 +345,9 @@ class DualCache:
             self.metrics.lookup_seconds.labels("semantic").observe(time.perf_counter() - started)
             return Lookup(
                 CacheStatus.HIT_SEMANTIC,
-                f"similarity {n.similarity:.4f} >= threshold {plan.threshold:.4f}",
+                f"similarity {similarity:.4f} >= threshold {plan.threshold:.4f}",
                 entry,
-                n.similarity,
+                similarity,
                 vector,
                 refused,
             )

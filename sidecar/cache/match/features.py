@@ -56,9 +56,36 @@ def _clock(hour: int, minute: int, half: str = "") -> str:
     return f"@t{hour * 60 + minute}"
 
 
+_VERSIONED = re.compile(
+    r"(^|[.?!]\s+|\b)([A-Za-z][A-Za-z+#]*)(?: |/|-)v?(\d+(?:\.\d+)*)\b(?![.,]\d)"
+)
+
+
+def _versioned_name(match: re.Match[str]) -> str:
+    """ "OAuth 2.0" -> "OAuth2", "HTTP/2" -> "HTTP2", "Python 3.12" -> "Python3.12": a name
+    and its version written apart are one token, as when written together ("OAuth2")."""
+    lead, name, version = match.groups()
+    lower = name.lower()
+    sentence_start = not match.start() or bool(lead.strip())
+    is_name = (
+        lower in lex.KNOWN_NAMES
+        or lower in lex.ALIASES
+        or (len(name) >= 2 and name.isupper())
+        or bool(_CAMEL.search(name))
+        or (name[0].isupper() and not sentence_start)
+    )
+    if not is_name or lower in lex.UNITS or lower in lex.MONTHS or lower in lex.WEEKDAYS:
+        return match.group(0)
+    while version.endswith(".0"):
+        version = version[:-2]  # "OAuth 2.0" is "OAuth2"
+    return f"{lead}{name}{version}"
+
+
 def _prepare(text: str) -> str:
-    """Rewrite clock times and ISO dates to placeholder tokens, drop thousands separators."""
+    """Rewrite clock times and ISO dates to placeholder tokens, drop thousands separators,
+    join names to their versions."""
     text = _THOUSANDS.sub("", text)
+    text = _VERSIONED.sub(_versioned_name, text)
     text = _ISO_DATE.sub(lambda m: f" @d{m.group(1)}-{m.group(2)}-{m.group(3)} ", text)
     text = _CLOCK_12H.sub(
         lambda m: " " + _clock(int(m.group(1)), int(m.group(2) or 0), m.group(3)) + " ", text

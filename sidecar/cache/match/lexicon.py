@@ -369,3 +369,71 @@ FOCUS_OPENERS: dict[tuple[str, ...], str] = {
     ("whom",): "person",
     ("whose",): "person",
 }
+
+# Words that may replace each other in an otherwise identical question (the `edit` check):
+# one group per line, "_" joins the words of a phrase. Kept to everyday requests and support
+# and software vocabulary; a replacement outside these groups (and not an inflection or a
+# typo) refuses a hit when it is the only difference between two questions.
+_SYNONYMS_TEXT = """
+delete remove erase wipe
+change modify alter update edit amend
+fix repair solve resolve correct troubleshoot
+fast quick quickly speedy rapid rapidly
+enable activate turn_on switch_on
+disable deactivate turn_off switch_off
+set_up configure setup
+arrive get_to reach
+symptom symptoms sign signs
+package parcel
+with using via
+dictionary dict
+dictionaries dicts
+link connect
+fastest quickest speediest
+faster quicker
+big large huge
+biggest largest
+small little tiny
+smallest tiniest
+easy simple straightforward
+easiest simplest
+hard difficult tough
+buy purchase
+get obtain acquire receive
+start begin launch
+stop halt end terminate kill
+show display view see list
+make create build generate produce
+choose pick select
+combine merge join
+improve enhance better boost
+reduce lower decrease cut shrink
+increase raise boost grow
+check verify confirm validate test
+find locate search
+error failure issue problem bug
+benefit benefits advantage advantages pro pros
+drawback drawbacks disadvantage disadvantages con cons downside downsides
+use utilize utilise employ
+help assist support
+need require want
+way method approach technique
+ways methods approaches techniques
+give grant provide
+send email mail
+swap exchange switch
+idea concept
+job role position
+purpose point goal aim
+explain describe
+docs documentation
+app application
+repo repository
+config configuration settings
+info information details
+pic picture photo image
+"""
+SYNONYM_GROUPS: dict[str, frozenset[int]] = {}
+for _index, _line in enumerate(_SYNONYMS_TEXT.strip().splitlines()):
+    for _word in (w.replace("_", " ") for w in _line.split()):
+        SYNONYM_GROUPS[_word] = SYNONYM_GROUPS.get(_word, frozenset()) | {_index}

@@ -15,7 +15,13 @@ something that changes an answer:
 - scope: other quantifiers ("all" vs "some") or a downward comparative ("less", "fewest");
 - order: the same words in swapped roles ("from Friday to Sunday" vs the reverse,
   "X better than Y" vs "Y better than X");
-- focus: the questions ask for different things ("why" vs "how many").
+- focus: the questions ask for different things ("why" vs "how many");
+- edit: the questions are the same but for one or two words, and a replaced word is not a
+  synonym, an inflection or a typo of its counterpart ("create" vs "delete a volume").
+
+Every check first reads the two questions with their typos repaired (``words.repair_typos``):
+a misspelt word counts as the word of the other question it misspells ("chagne" / "change"),
+unless both are real, different words ("form" / "from").
 
 Everything is cheap token structure: a question is analysed once (cached by text) and a
 comparison costs tens of microseconds. Refusal reasons name the check and the kind of
@@ -31,13 +37,17 @@ from typing import get_args
 
 import numpy as np
 
-from sidecar.cache.layer import MatchVerifier, VectorPair, Verdict
+from sidecar.cache.layer import Candidate, MatchVerifier, VectorPair, Verdict
 from sidecar.cache.match import lexicon as lex
 from sidecar.cache.match.features import QuestionFeatures, analyse
 from sidecar.cache.match.head import DuplicateHead, head_for
+from sidecar.cache.match.pair_model import PairModel, pair_model_for
+from sidecar.cache.match.words import close_spelling, english_words, repair_typos
 from sidecar.config import CacheConfig, EmbedderConfig, VerifierCheck, VerifierStrictness
 
 ALL_CHECKS: tuple[VerifierCheck, ...] = get_args(VerifierCheck)
+#: the checks whose strict verdicts the match head was trained on (its 14 text features)
+HEAD_CHECKS: tuple[VerifierCheck, ...] = ALL_CHECKS[:9]
 
 
 # -------------------------------------------------------------------- comparing
@@ -219,6 +229,31 @@ class _Comparison:
             return "the two sides of a comparison swapped"
         return None
 
+    def edit(self) -> str | None:
+        """A minimal edit (at most two words changed, the rest shared) may only swap a word
+        for a synonym, an inflection or a typo; and never for a near-spelling that is another
+        real word ("form" / "from")."""
+        if not self.balanced:
+            return None
+        a, b = self.a.tokens, self.b.tokens
+        matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
+        opcodes = [op for op in matcher.get_opcodes() if op[0] != "equal"]
+        changed = sum(max(i2 - i1, j2 - j1) for _, i1, i2, j1, j2 in opcodes)
+        if not opcodes or changed > 2 or len(a) - changed < 3:
+            return None
+        for op, i1, i2, j1, j2 in opcodes:
+            if op != "replace":
+                continue
+            side_a, side_b = a[i1:i2], b[j1:j2]
+            content_a = [t for t in side_a if _content_word(t)]
+            content_b = [t for t in side_b if _content_word(t)]
+            if content_a and content_b:
+                if not _same_phrase(side_a, side_b, self.a, self.b):
+                    return "a word replaced by a different word"
+            elif len(side_a) == len(side_b) == 1 and close_spelling(side_a[0], side_b[0]):
+                return "a word replaced by a similar-looking word"
+        return None
+
     def focus(self) -> str | None:
         fa, fb = self.a.focus, self.b.focus
         if fa == fb:
@@ -226,6 +261,65 @@ class _Comparison:
         if (fa and fb) or (self.strict and (fa or fb)):
             return "the questions ask for different things"
         return None
+
+
+_SUFFIXES = (
+    "ations",
+    "ation",
+    "ings",
+    "ing",
+    "ies",
+    "ied",
+    "ers",
+    "er",
+    "est",
+    "ed",
+    "es",
+    "ly",
+    "s",
+    "e",
+    "y",
+)
+
+
+def _root(word: str) -> str:
+    """A crude stem for inflections ("deleting"/"delete", "copies"/"copy", "running"/"run")."""
+    for suffix in _SUFFIXES:
+        if word.endswith(suffix) and len(word) - len(suffix) >= 3:
+            word = word[: -len(suffix)]
+            break
+    if len(word) >= 4 and word[-1] == word[-2] and word[-1] not in "aeiou":
+        word = word[:-1]  # "runn" -> "run"
+    return word
+
+
+def _content_word(token: str) -> bool:
+    return token.isalpha() and token not in lex.STOPWORDS and token not in lex.UNITS
+
+
+def _same_phrase(
+    side_a: Sequence[str], side_b: Sequence[str], a: QuestionFeatures, b: QuestionFeatures
+) -> bool:
+    """Is one replaced stretch a synonym ("set up" / "configure"), an inflection or another
+    spelling of the other?"""
+    groups_a = lex.SYNONYM_GROUPS.get(" ".join(side_a), frozenset())
+    if groups_a & lex.SYNONYM_GROUPS.get(" ".join(side_b), frozenset()):
+        return True
+    return all(
+        any(_interchangeable(x, y, a, b) for y in side_b) for x in side_a if _content_word(x)
+    ) and all(any(_interchangeable(y, x, b, a) for x in side_a) for y in side_b if _content_word(y))
+
+
+def _interchangeable(x: str, y: str, a: QuestionFeatures, b: QuestionFeatures) -> bool:
+    """May ``x`` (of ``a``) stand for ``y`` (of ``b``) without changing the answer?"""
+    if x == y or _root(x) == _root(y):
+        return True  # an inflection
+    if lex.SYNONYM_GROUPS.get(x, frozenset()) & lex.SYNONYM_GROUPS.get(y, frozenset()):
+        return True
+    if not (x.isalpha() and y.isalpha()):
+        return True  # numbers, versions and identifiers: their own checks compare them
+    # a name spelt another way ("postgresql"/"postgres"): the entity check compares names
+    return _has_form(b.forms, x) or _has_form(a.forms, y)
 
 
 def _years(values: frozenset[str] | set[str]) -> bool:
@@ -246,6 +340,9 @@ class AnswerChangeVerifier:
         checks: Sequence[VerifierCheck] = ALL_CHECKS,
         head: DuplicateHead | None = None,
         head_min: float = 0.5,
+        pair_model: PairModel | None = None,
+        pair_min: float = 0.5,
+        pair_rescue: float = 1.01,
     ) -> None:
         unknown = [c for c in checks if c not in ALL_CHECKS]
         if unknown:
@@ -256,11 +353,15 @@ class AnswerChangeVerifier:
         self.checks: tuple[VerifierCheck, ...] = tuple(c for c in ALL_CHECKS if c in checks)
         self.head = head
         self.head_min = head_min
+        self.pair_model = pair_model
+        self.pair_min = pair_min
+        self.pair_rescue = pair_rescue  # above 1: never overrides the head
 
     def refusals(self, question: str, candidate: str, first_only: bool = False) -> list[str]:
         """Every check that refuses (``check: kind of difference``), or only the first."""
         if question == candidate:
             return []
+        question, candidate = repair_typos(question, candidate)
         comparison = _Comparison(analyse(question), analyse(candidate), self.strictness)
         out: list[str] = []
         for check in self.checks:
@@ -278,17 +379,60 @@ class AnswerChangeVerifier:
         similarity: float,
         vectors: VectorPair | None = None,
     ) -> Verdict:
-        refused = self.refusals(question, candidate, first_only=True)
-        if refused:
-            return Verdict(False, refused[0])
-        if self.head is not None and vectors is not None and question != candidate:
-            text = pair_text_features(question, candidate)
-            score = self.head.score(vectors[0], vectors[1], similarity, text)
-            if score < self.head_min:
-                return Verdict(
-                    False, f"match_head: duplicate score {score:.2f} < {self.head_min:.2f}"
+        return self.verify_batch(question, [Candidate(candidate, similarity, vectors)])[0]
+
+    def verify_batch(self, question: str, candidates: Sequence[Candidate]) -> list[Verdict]:
+        """The rule checks and the match head per candidate; then the pair model on the
+        candidates still standing, all in one batch. A rule refusal is final. The pair model
+        refuses a candidate below ``pair_min``, and overrides a refusal of the match head at
+        ``pair_rescue`` or above (a typo or a reworded paraphrase the vectors drift on)."""
+        first = [self._first_stage(question, c) for c in candidates]
+        verdicts = [verdict for verdict, _ in first]
+        if self.pair_model is None:
+            return verdicts
+        standing = [
+            i for i, (verdict, head_only) in enumerate(first) if verdict.accept or head_only
+        ]
+        if not standing:
+            return verdicts
+        scores = pair_model_scores(
+            self.pair_model, [(question, candidates[i].question) for i in standing]
+        )
+        for i, score in zip(standing, scores, strict=True):
+            if score < self.pair_min:
+                verdicts[i] = Verdict(
+                    False, f"pair_model: same-answer score {score:.2f} < {self.pair_min:.2f}"
                 )
-        return Verdict(True)
+            elif first[i][1] and score >= self.pair_rescue:
+                verdicts[i] = Verdict(True)  # the pair model overrides the head
+        return verdicts
+
+    def _first_stage(self, question: str, candidate: Candidate) -> tuple[Verdict, bool]:
+        """(the rules' and the head's verdict, whether only the head refused)."""
+        refused = self.refusals(question, candidate.question, first_only=True)
+        if refused:
+            return Verdict(False, refused[0]), False
+        text = candidate.question
+        if self.head is not None and candidate.vectors is not None and question != text:
+            u, v = candidate.vectors
+            features = pair_text_features(question, text)
+            score = self.head.score(u, v, candidate.similarity, features)
+            if score < self.head_min:
+                reason = f"match_head: duplicate score {score:.2f} < {self.head_min:.2f}"
+                return Verdict(False, reason), True
+        return Verdict(True), False
+
+
+def pair_model_scores(model: PairModel, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """The pair model's score of each (new question, cached question), in one batch, as the
+    verifier uses it: it reads the texts with their typos repaired, as the rules do; texts
+    that are then the same words (case, punctuation, a typo apart) score 1 without a call."""
+    scores = np.ones(len(pairs), dtype=np.float32)
+    repaired = [repair_typos(q, c) for q, c in pairs]
+    todo = [i for i, (q, c) in enumerate(repaired) if analyse(q).tokens != analyse(c).tokens]
+    if todo:
+        scores[todo] = model.score_pairs([repaired[i] for i in todo])
+    return scores
 
 
 def _stem(token: str) -> str:
@@ -320,7 +464,7 @@ def pair_text_features(question: str, candidate: str) -> np.ndarray:
     ]
     strict = _Comparison(a, b, "strict")
     flags = [
-        0.0 if question == candidate or getattr(strict, c)() is None else 1.0 for c in ALL_CHECKS
+        0.0 if question == candidate or getattr(strict, c)() is None else 1.0 for c in HEAD_CHECKS
     ]
     return np.array(overlap + flags, dtype=np.float32)
 
@@ -331,15 +475,24 @@ def build_verifier(
     """The verifier the cache configuration asks for (None: the threshold alone decides).
 
     The learned match head joins when ``cache.match_head`` allows it and ``embedder`` is
-    the model it was trained for (see ``match_head.head_for``).
+    the model it was trained for (see ``match_head.head_for``). The pair model reads text, so
+    it does not depend on the embedder: ``cache.pair_model`` alone decides
+    (``pair_model.pair_model_for``).
     """
     if config.verifier == "off":
         return None
+    english_words()  # read the word list at start-up, not on the first lookup
     head = None
     if embedder is not None and dimension:
         head = head_for(config.match_head, embedder_identity(embedder), dimension)
     return AnswerChangeVerifier(
-        config.verifier_strictness, config.verifier_checks, head, config.match_head_min
+        config.verifier_strictness,
+        config.verifier_checks,
+        head,
+        config.match_head_min,
+        pair_model_for(config.pair_model),
+        config.pair_model_min,
+        config.pair_model_rescue,
     )
 
 

@@ -1,0 +1,692 @@
+"""Synthetic question pairs for training the pair model (``benchmarks/train_pair_model.py``).
+
+Two kinds, both made by program with a seeded RNG:
+
+* hard negatives: a question and a copy with one change that changes the answer -- a
+  negation, another number, unit, day or month, another tool or language, source and target
+  swapped ("A to B" / "B to A"), another position or scope (first / last / every), another
+  comparative pole, another task, format or audience, another verb or object of the same kind;
+* positives that keep the meaning: one or two typos, politeness and filler wrappers,
+  contractions, a question turned into a request, an independent clause moved, a synonym.
+
+The base questions come from two places: templates filled from the word lists below, and the
+Quora questions of the training split (perturbed the same way where a rule applies).
+
+This generator and its word lists are written apart from the frozen development set
+(``benchmarks/data/dev_set/``, hand-written, read by ``build_dev_pairs.py``): no code or list
+is shared, so the dev set stays an independent check of what this data teaches.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    a: str
+    b: str
+    same: bool
+    kind: str
+
+
+# -------------------------------------------------------------------- word lists
+TOOLS = [
+    ["Python", "Ruby", "Perl", "PHP", "Scala", "Elixir", "Haskell", "Lua", "Dart", "Julia"],
+    ["Django", "Rails", "Laravel", "Spring Boot", "Express", "Phoenix", "ASP.NET", "Gin"],
+    ["Ansible", "Puppet", "Chef", "SaltStack", "Pulumi", "CloudFormation"],
+    ["Podman", "containerd", "LXC", "Vagrant", "VirtualBox", "VMware"],
+    ["Cassandra", "DynamoDB", "CouchDB", "Neo4j", "MariaDB", "Oracle", "Snowflake", "BigQuery"],
+    ["Jest", "Mocha", "Cypress", "Selenium", "Playwright", "JUnit", "RSpec"],
+    ["Zendesk", "Freshdesk", "Intercom", "HubSpot", "Salesforce", "Jira", "Trello", "Asana"],
+    ["Fedora", "Debian", "Arch Linux", "FreeBSD", "Alpine", "openSUSE", "Windows 11"],
+    ["Svelte", "Angular", "Ember", "SolidJS", "Preact", "Next.js", "Nuxt"],
+    ["Vim", "Emacs", "Sublime Text", "IntelliJ", "Eclipse", "Atom", "Xcode"],
+    ["Heroku", "Netlify", "Vercel", "DigitalOcean", "Linode", "Render", "Fly.io"],
+    ["CircleCI", "Travis CI", "Buildkite", "TeamCity", "Drone", "Bamboo"],
+]
+OBJECTS = [
+    "a config file",
+    "a log file",
+    "a cron schedule",
+    "a database backup",
+    "a user account",
+    "an API token",
+    "a TLS certificate",
+    "a webhook",
+    "a Git submodule",
+    "a build artifact",
+    "a staging environment",
+    "a firewall rule",
+    "a DNS record",
+    "a message queue",
+    "a shopping cart",
+    "a loyalty card",
+    "a gift voucher",
+    "a support ticket",
+    "a warranty claim",
+    "an invoice template",
+    "a mailing list",
+    "a calendar invite",
+    "a spreadsheet formula",
+    "a histogram",
+    "a matrix",
+    "a polynomial",
+    "a sorting function",
+    "a hash map",
+]
+VERB_PAIRS = [
+    ("enable", "disable"),
+    ("install", "uninstall"),
+    ("encrypt", "decrypt"),
+    ("lock", "unlock"),
+    ("archive", "unarchive"),
+    ("import", "export"),
+    ("upload", "download"),
+    ("start", "stop"),
+    ("open", "close"),
+    ("create", "delete"),
+    ("attach", "detach"),
+    ("add", "remove"),
+    ("show", "hide"),
+    ("allow", "block"),
+    ("grant", "revoke"),
+    ("compress", "extract"),
+    ("mount", "unmount"),
+    ("follow", "unfollow"),
+    ("pin", "unpin"),
+    ("publish", "unpublish"),
+]
+SIBLING_VERBS = [
+    ["rename", "duplicate", "move", "edit", "share", "back up", "restore", "validate"],
+    ["sort", "filter", "group", "paginate", "cache", "index", "profile"],
+    ["schedule", "reschedule", "postpone", "confirm"],
+]
+CONVERSIONS = [
+    ("a tuple", "a dictionary"),
+    ("YAML", "TOML"),
+    ("epoch seconds", "an ISO string"),
+    ("feet", "meters"),
+    ("ounces", "grams"),
+    ("liters", "gallons"),
+    ("Markdown", "HTML"),
+    ("XML", "JSON"),
+    ("a bitmap", "a vector image"),
+    ("a spreadsheet", "a database table"),
+    ("snake case", "camel case"),
+    ("binary", "octal"),
+    ("inches", "centimeters"),
+    ("hours", "minutes"),
+    ("a float", "a string"),
+    ("a char", "an int"),
+    ("mp3", "wav"),
+    ("a generator", "a list"),
+    ("a query string", "a dict"),
+    ("seconds", "milliseconds"),
+]
+PLACES = [
+    ("staging", "production"),
+    ("my laptop", "the server"),
+    ("the old repo", "the new repo"),
+    ("the main branch", "the release branch"),
+    ("Slack", "Teams"),
+    ("iCloud", "OneDrive"),
+    ("the primary", "the replica"),
+    ("my wallet", "my bank account"),
+    ("Trello", "Asana"),
+    ("the left pane", "the right pane"),
+    ("the cloud", "the local disk"),
+]
+POSITIONS = [
+    ("first", "last"),
+    ("first", "every"),
+    ("last", "every"),
+    ("top", "bottom"),
+    ("oldest", "newest"),
+    ("leading", "trailing"),
+    ("first", "second"),
+    ("each", "the first"),
+    ("all", "only one"),
+    ("the next", "the previous"),
+    ("the earliest", "the latest"),
+    ("odd", "even"),
+    ("the highest", "the lowest"),
+]
+POSITION_TARGETS = [
+    "{p} row of a dataframe",
+    "{p} character in a string",
+    "{p} word of each line",
+    "{p} entry in the log",
+    "{p} item of an array",
+    "{p} commit on the branch",
+    "{p} element of a queue",
+    "{p} column of the sheet",
+    "{p} invoice of the account",
+    "{p} page of the report",
+    "{p} match of the pattern",
+    "{p} line of the output",
+]
+POSITION_VERBS = ["remove", "get", "print", "highlight", "replace", "select", "read", "skip"]
+FORMS = [
+    ["sonnet", "ballad", "free verse poem", "acrostic", "couplet", "ode"],
+    ["press release", "newsletter", "memo", "text message", "Facebook post", "speech"],
+    ["numbered list", "table", "paragraph", "CSV", "code block", "outline", "flowchart"],
+    ["summary", "critique", "translation", "rebuttal", "headline", "abstract"],
+]
+TOPICS = [
+    "the ocean",
+    "winter mornings",
+    "our product launch",
+    "remote teams",
+    "coffee",
+    "the quarterly results",
+    "a lost dog",
+    "climate policy",
+    "machine learning",
+    "friendship",
+    "the new office",
+    "cloud costs",
+    "a job offer",
+    "customer onboarding",
+]
+AUDIENCES = [
+    "a beginner",
+    "a senior engineer",
+    "a ten year old",
+    "a lawyer",
+    "a grandparent",
+    "a CEO",
+    "a nurse",
+    "a first-year student",
+    "a product manager",
+    "a native speaker",
+]
+TONES = [("formal", "casual"), ("shorter", "longer"), ("polite", "blunt"), ("serious", "funny")]
+COMPARATIVES = [
+    ("faster", "slower"),
+    ("cheaper", "more expensive"),
+    ("safer", "riskier"),
+    ("bigger", "smaller"),
+    ("higher", "lower"),
+    ("easier", "harder"),
+    ("newer", "older"),
+    ("more", "fewer"),
+    ("better", "worse"),
+]
+UNITS = [
+    ("MB", "GB"),
+    ("seconds", "minutes"),
+    ("km", "miles"),
+    ("kg", "lbs"),
+    ("%", "points"),
+    ("dollars", "euros"),
+    ("cores", "threads"),
+    ("hours", "days"),
+    ("Celsius", "Kelvin"),
+]
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+MONTHS = ["January", "March", "April", "June", "August", "September", "October", "November"]
+SYNONYMS = {
+    "fix": "repair",
+    "quickest": "fastest",
+    "simplest": "easiest",
+    "begin": "start",
+    "purchase": "buy",
+    "obtain": "get",
+    "modify": "change",
+    "erase": "wipe",
+    "large": "big",
+    "error": "failure",
+    "help": "assist",
+    "show": "display",
+    "need": "require",
+    "ways": "methods",
+    "improve": "enhance",
+    "check": "verify",
+    "find": "locate",
+    "use": "utilize",
+    "build": "construct",
+    "problem": "issue",
+    "correct": "right",
+}
+WRAP_BEFORE = [
+    "Hi! ",
+    "Hello, ",
+    "Quick question: ",
+    "Hey team, ",
+    "Sorry if this is basic, but ",
+    "Could you help? ",
+    "I was wondering: ",
+    "Urgent: ",
+    "Hi there. ",
+    "Good morning, ",
+]
+WRAP_AFTER = [
+    " Thanks!",
+    " Thank you.",
+    " Any help appreciated.",
+    " Cheers",
+    " TIA",
+    " :)",
+    " Thanks in advance.",
+    " (asking for a friend)",
+]
+CONTRACTIONS = [
+    ("do not", "don't"),
+    ("does not", "doesn't"),
+    ("cannot", "can't"),
+    ("what is", "what's"),
+    ("I am", "I'm"),
+    ("it is", "it's"),
+    ("is not", "isn't"),
+    ("I have", "I've"),
+    ("there is", "there's"),
+    ("I would", "I'd"),
+    ("will not", "won't"),
+]
+AUX_NEGATE = [
+    (r"\bis\b", "is not"),
+    (r"\bdoes\b", "does not"),
+    (r"\bcan\b", "cannot"),
+    (r"\bshould\b", "should not"),
+    (r"\bwill\b", "will not"),
+    (r"\bare\b", "are not"),
+    (r"\bdo\b", "don't"),
+    (r"\bwas\b", "wasn't"),
+    (r"\bwith\b", "without"),
+]
+KEYBOARD = "qwertyuiopasdfghjklzxcvbnm"
+QUESTION_FRAMES = [
+    "How do I {x}?",
+    "How can I {x}?",
+    "What is the way to {x}?",
+    "Is there a way to {x}?",
+    "Best way to {x}?",
+    "Can someone explain how to {x}?",
+    "Steps to {x}",
+]
+REQUEST_FRAMES = ["Tell me how to {x}", "Show me how to {x}", "I need to {x}", "Help me {x}"]
+
+
+# -------------------------------------------------------------------- base questions
+def _tool(rng: random.Random) -> tuple[list[str], str]:
+    group = rng.choice(TOOLS)
+    return group, rng.choice(group)
+
+
+def _action(rng: random.Random) -> str:
+    verb = rng.choice([v for pair in VERB_PAIRS for v in pair] + SIBLING_VERBS[0])
+    return f"{verb} {rng.choice(OBJECTS)}"
+
+
+def _frame(rng: random.Random, action: str) -> str:
+    return rng.choice(QUESTION_FRAMES).format(x=action)
+
+
+# -------------------------------------------------------------------- negatives
+def neg_direction(rng: random.Random) -> Example:
+    if rng.random() < 0.6:
+        x, y = rng.choice(CONVERSIONS)
+        verb = rng.choice(["convert", "turn", "cast", "change", "map"])
+        word = "into" if rng.random() < 0.3 else "to"
+        a = f"{verb} {x} {word} {y}"
+        b = f"{verb} {y} {word} {x}"
+    else:
+        x, y = rng.choice(PLACES)
+        verb = rng.choice(["move", "copy", "sync", "migrate", "transfer", "forward", "push"])
+        thing = rng.choice(["the data", "my files", "the settings", "the users", "a folder"])
+        a = f"{verb} {thing} from {x} to {y}"
+        b = f"{verb} {thing} from {y} to {x}"
+    if rng.random() < 0.5:
+        a, b = _frame(rng, a), _frame(rng, b)
+    else:
+        a, b = a[0].upper() + a[1:], b[0].upper() + b[1:]
+    return Example(a, b, False, "direction")
+
+
+def neg_position(rng: random.Random) -> Example:
+    p, q = rng.choice(POSITIONS)
+    target = rng.choice(POSITION_TARGETS)
+    verb = rng.choice(POSITION_VERBS)
+    _, tool = _tool(rng)
+    tail = f" in {tool}" if rng.random() < 0.5 else ""
+    article = "" if p.startswith(("the", "only", "all", "each", "every")) else "the "
+    article_q = "" if q.startswith(("the", "only", "all", "each", "every")) else "the "
+    a = _frame(rng, f"{verb} " + target.format(p=article + p) + tail)
+    b = _frame(rng, f"{verb} " + target.format(p=article_q + q) + tail)
+    return Example(a, b, False, "position")
+
+
+def neg_task(rng: random.Random) -> Example:
+    kind = rng.random()
+    topic = rng.choice(TOPICS)
+    if kind < 0.4:
+        x, y = rng.sample(rng.choice(FORMS), 2)
+        lead = rng.choice(
+            [
+                "Write a {f} about {t}",
+                "Draft a {f} on {t}",
+                "Give me a {f} for {t}",
+                "Compose a {f} about {t}",
+                "Turn my notes on {t} into a {f}",
+            ]
+        )
+        a, b = lead.format(f=x, t=topic), lead.format(f=y, t=topic)
+    elif kind < 0.7:
+        x, y = rng.sample(AUDIENCES, 2)
+        lead = rng.choice(
+            [
+                "Explain {t} to {a}",
+                "Describe {t} for {a}",
+                "How would you explain {t} to {a}?",
+                "Teach {t} to {a}",
+            ]
+        )
+        a, b = lead.format(t=topic, a=x), lead.format(t=topic, a=y)
+    elif kind < 0.85:
+        x, y = rng.choice(TONES)
+        if rng.random() < 0.5:
+            x, y = y, x
+        lead = rng.choice(
+            [
+                "Make this message {w}",
+                "Rewrite my note about {t} to be {w}",
+                "Can you make the email {w}?",
+            ]
+        )
+        a, b = lead.format(w=x, t=topic), lead.format(w=y, t=topic)
+    else:
+        group = rng.choice(TOOLS[:1] + TOOLS[8:9])
+        x, y = rng.sample(group, 2)
+        job = rng.choice(
+            [
+                "a function that parses dates",
+                "a script that renames files",
+                "a retry helper",
+                "a small web server",
+                "a linked list",
+            ]
+        )
+        a, b = f"Write {job} in {x}", f"Write {job} in {y}"
+    return Example(a, b, False, "task")
+
+
+def neg_entity(rng: random.Random) -> Example:
+    group, x = _tool(rng)
+    y = rng.choice([t for t in group if t != x])
+    action = _action(rng)
+    lead = rng.choice(["{q} in {t}", "{q} with {t}", "{q} on {t}", "{t}: {q}"])
+    a = lead.format(q=_frame(rng, action).rstrip("?"), t=x)
+    b = a.replace(x, y)
+    return Example(a, b, False, "entity")
+
+
+def neg_antonym(rng: random.Random) -> Example:
+    x, y = rng.choice(VERB_PAIRS)
+    if rng.random() < 0.5:
+        x, y = y, x
+    obj = rng.choice(OBJECTS)
+    _, tool = _tool(rng)
+    frame = rng.choice(QUESTION_FRAMES)
+    a = frame.format(x=f"{x} {obj} in {tool}")
+    b = frame.format(x=f"{y} {obj} in {tool}")
+    return Example(a, b, False, "antonym")
+
+
+def neg_sibling(rng: random.Random) -> Example:
+    """One verb or object replaced by another of the same kind (a real word, no typo)."""
+    frame = rng.choice(QUESTION_FRAMES)
+    _, tool = _tool(rng)
+    if rng.random() < 0.5:
+        x, y = rng.sample(rng.choice(SIBLING_VERBS), 2)
+        obj = rng.choice(OBJECTS)
+        a, b = frame.format(x=f"{x} {obj} in {tool}"), frame.format(x=f"{y} {obj} in {tool}")
+    else:
+        verb = rng.choice(SIBLING_VERBS[0])
+        x, y = rng.sample(OBJECTS, 2)
+        a, b = frame.format(x=f"{verb} {x} in {tool}"), frame.format(x=f"{verb} {y} in {tool}")
+    return Example(a, b, False, "sibling")
+
+
+def neg_number(rng: random.Random) -> Example:
+    kind = rng.random()
+    _, tool = _tool(rng)
+    if kind < 0.35:
+        n = rng.choice([2, 3, 5, 8, 10, 16, 24, 30, 64, 100, 250, 512])
+        m = rng.choice([k for k in (1, 4, 6, 12, 15, 20, 32, 45, 90, 128, 200, 1000) if k != n])
+        unit = rng.choice(UNITS)[0]
+        lead = rng.choice(
+            [
+                "Set the limit to {n} {u} in {t}",
+                "Is {n} {u} enough for {t}?",
+                "How do I allocate {n} {u} to {t}?",
+                "Why does {t} take {n} {u}?",
+            ]
+        )
+        a, b = lead.format(n=n, u=unit, t=tool), lead.format(n=m, u=unit, t=tool)
+    elif kind < 0.55:
+        u, v = rng.choice(UNITS)
+        n = rng.choice([1, 2, 5, 10, 40, 60])
+        lead = rng.choice(
+            [
+                "Set the timeout to {n} {u}",
+                "Convert {n} {u} for the report",
+                "Is {n} {u} a lot for {t}?",
+            ]
+        )
+        a, b = lead.format(n=n, u=u, t=tool), lead.format(n=n, u=v, t=tool)
+    elif kind < 0.75:
+        x, y = rng.sample(DAYS if rng.random() < 0.5 else MONTHS, 2)
+        lead = rng.choice(
+            [
+                "Is support available on {d}?",
+                "Can the delivery arrive by {d}?",
+                "Schedule the deploy for {d}",
+                "Why did the job fail on {d}?",
+            ]
+        )
+        a, b = lead.format(d=x), lead.format(d=y)
+    else:
+        major = rng.choice([2, 3, 4, 5, 11, 14, 16, 18])
+        x, y = f"{major}.{rng.randint(0, 9)}", f"{major}.{rng.randint(10, 19)}"
+        lead = rng.choice(
+            [
+                "What changed in {t} {v}?",
+                "How do I upgrade to {t} {v}?",
+                "Is {t} {v} still supported?",
+            ]
+        )
+        a, b = lead.format(t=tool, v=x), lead.format(t=tool, v=y)
+    return Example(a, b, False, "number")
+
+
+def neg_comparative(rng: random.Random) -> Example:
+    x, y = rng.choice(COMPARATIVES)
+    group, t1 = _tool(rng)
+    t2 = rng.choice([t for t in group if t != t1])
+    if rng.random() < 0.5:
+        a, b = f"Is {t1} {x} than {t2}?", f"Is {t2} {x} than {t1}?"
+    else:
+        a, b = f"Is {t1} {x} than {t2}?", f"Is {t1} {y} than {t2}?"
+    return Example(a, b, False, "comparative")
+
+
+def neg_negation(rng: random.Random, base: str) -> Example | None:
+    for pattern, replacement in rng.sample(AUX_NEGATE, len(AUX_NEGATE)):
+        if re.search(pattern, base, flags=re.IGNORECASE):
+            b = re.sub(pattern, replacement, base, count=1, flags=re.IGNORECASE)
+            return Example(base, b, False, "negation")
+    return None
+
+
+def neg_number_in(rng: random.Random, base: str) -> Example | None:
+    numbers = re.findall(r"\b\d+\b", base)
+    if not numbers:
+        return None
+    n = rng.choice(numbers)
+    m = str(int(n) + rng.choice([1, 2, 5, 10, -1]) if int(n) > 1 else int(n) + 3)
+    return Example(base, re.sub(rf"\b{n}\b", m, base, count=1), False, "number")
+
+
+def neg_from_to_in(base: str) -> Example | None:
+    m = re.search(r"\bfrom (\w+) to (\w+)\b", base)
+    if not m or m.group(1).lower() == m.group(2).lower():
+        return None
+    swapped = base[: m.start()] + f"from {m.group(2)} to {m.group(1)}" + base[m.end() :]
+    return Example(base, swapped, False, "direction")
+
+
+# -------------------------------------------------------------------- positives
+def typo(rng: random.Random, word: str) -> str:
+    i = rng.randrange(1, len(word) - 1)
+    kind = rng.random()
+    if kind < 0.3:
+        return word[:i] + word[i + 1] + word[i] + word[i + 2 :]  # swap neighbours
+    if kind < 0.55:
+        return word[:i] + word[i + 1 :]  # drop
+    if kind < 0.75:
+        return word[:i] + word[i] + word[i:]  # double
+    return word[:i] + rng.choice(KEYBOARD) + word[i + 1 :]  # replace
+
+
+def pos_typos(rng: random.Random, base: str) -> Example | None:
+    words = base.split(" ")
+    long_ = [i for i, w in enumerate(words) if len(w.strip("?.,!")) >= 4]
+    if not long_:
+        return None
+    for i in rng.sample(long_, min(len(long_), rng.choice([1, 1, 2]))):
+        core = words[i].rstrip("?.,!")
+        words[i] = typo(rng, core) + words[i][len(core) :]
+    return Example(base, " ".join(words), True, "typo")
+
+
+def pos_wrap(rng: random.Random, base: str) -> Example:
+    b = base
+    if rng.random() < 0.7:
+        b = rng.choice(WRAP_BEFORE) + b[0].lower() + b[1:]
+    if rng.random() < 0.5 or b == base:
+        b = b + rng.choice(WRAP_AFTER)
+    return Example(base, b, True, "wrapper")
+
+
+def pos_contraction(rng: random.Random, base: str) -> Example | None:
+    for long_, short in rng.sample(CONTRACTIONS, len(CONTRACTIONS)):
+        if re.search(rf"\b{long_}\b", base, flags=re.IGNORECASE):
+            return Example(base, re.sub(rf"\b{long_}\b", short, base, flags=re.I), True, "contr")
+        if re.search(rf"\b{short}\b", base, flags=re.IGNORECASE):
+            return Example(base, re.sub(rf"\b{short}\b", long_, base, flags=re.I), True, "contr")
+    return None
+
+
+def pos_synonym(rng: random.Random, base: str) -> Example | None:
+    words = re.findall(r"\w+", base.lower())
+    options = [w for w in words if w in SYNONYMS] + [w for w in words if w in SYNONYMS.values()]
+    if not options:
+        return None
+    w = rng.choice(options)
+    other = SYNONYMS.get(w) or next(k for k, v in SYNONYMS.items() if v == w)
+    return Example(base, re.sub(rf"\b{w}\b", other, base, count=1, flags=re.I), True, "synonym")
+
+
+def pos_request(rng: random.Random) -> Example:
+    action = _action(rng)
+    _, tool = _tool(rng)
+    action = f"{action} in {tool}" if rng.random() < 0.6 else action
+    a = rng.choice(QUESTION_FRAMES).format(x=action)
+    if rng.random() < 0.5:
+        b = rng.choice(REQUEST_FRAMES).format(x=action)
+    else:
+        b = rng.choice(QUESTION_FRAMES).format(x=action)
+        if b == a:
+            b = rng.choice(REQUEST_FRAMES).format(x=action)
+    return Example(a, b, True, "request")
+
+
+def pos_reorder(rng: random.Random) -> Example:
+    _, tool = _tool(rng)
+    action = _action(rng)
+    a = f"How do I {action} in {tool}?"
+    b = rng.choice(
+        [
+            f"In {tool}, how do I {action}?",
+            f"{tool}: how do I {action}?",
+            f"How do I {action}, using {tool}?",
+        ]
+    )
+    return Example(a, b, True, "reorder")
+
+
+def pos_plain(rng: random.Random, base: str) -> Example:
+    b = base.lower().rstrip("?") if rng.random() < 0.5 else base.upper()
+    return Example(base, b, True, "case")
+
+
+# -------------------------------------------------------------------- the mix
+def _templated_base(rng: random.Random) -> str:
+    _, tool = _tool(rng)
+    return rng.choice(
+        [
+            _frame(rng, f"{_action(rng)} in {tool}"),
+            f"Why does {tool} fail when I {_action(rng)}?",
+            f"Is it possible to {_action(rng)} with {tool}?",
+            f"What should I do if {tool} cannot {rng.choice(SIBLING_VERBS[0])} my files?",
+        ]
+    )
+
+
+def generate(count: int, seed: int, quora_questions: Sequence[str]) -> list[Example]:
+    """``count`` examples, about half hard negatives and half meaning-preserving positives."""
+    rng = random.Random(seed)
+    templated: list[Callable[[random.Random], Example]] = [
+        neg_direction,
+        neg_direction,
+        neg_position,
+        neg_position,
+        neg_task,
+        neg_task,
+        neg_entity,
+        neg_antonym,
+        neg_sibling,
+        neg_sibling,
+        neg_number,
+        neg_comparative,
+    ]
+    out: list[Example] = []
+    while len(out) < count:
+        base = rng.choice(quora_questions) if rng.random() < 0.5 else _templated_base(rng)
+        if len(base) > 200:
+            continue
+        r = rng.random()
+        ex: Example | None
+        if r < 0.34:
+            ex = rng.choice(templated)(rng)
+        elif r < 0.42:
+            ex = neg_negation(rng, base) or neg_number_in(rng, base) or neg_from_to_in(base)
+        elif r < 0.47:
+            ex = neg_number_in(rng, base) or neg_from_to_in(base)
+        elif r < 0.70:
+            ex = pos_typos(rng, base)
+        elif r < 0.78:
+            ex = pos_wrap(rng, base)
+        elif r < 0.83:
+            ex = pos_contraction(rng, base) or pos_synonym(rng, base)
+        elif r < 0.88:
+            ex = pos_synonym(rng, base) or pos_plain(rng, base)
+        elif r < 0.95:
+            ex = pos_request(rng)
+        else:
+            ex = pos_reorder(rng)
+        if ex is None or ex.a == ex.b:
+            continue
+        # a typo on top of a hard negative is still a hard negative; teaches "typo != same"
+        if not ex.same and rng.random() < 0.15:
+            noisy = pos_typos(rng, ex.b)
+            if noisy is not None:
+                ex = Example(ex.a, noisy.b, False, ex.kind)
+        if rng.random() < 0.5:
+            ex = Example(ex.b, ex.a, ex.same, ex.kind)
+        out.append(ex)
+    return out
