@@ -31,7 +31,7 @@ from sidecar.formats import (
     parse_request,
     rewrite_body,
 )
-from sidecar.metrics import Metrics
+from sidecar.metrics import Metrics, partition_hash
 from sidecar.sse import parse_events, stream_is_complete
 from sidecar.storable import answer_refusal
 from sidecar.streaming import StreamProcessor, TextGuard
@@ -219,6 +219,11 @@ class Pipeline:
         outcome = await self._request(ctx, req)
         ctx.cache = outcome.cache
         self.metrics.requests.labels(transport, outcome.cache.status.value).inc()
+        if ctx.plan is not None and ctx.plan.partition:
+            self.metrics.partition_requests.labels(
+                self.metrics.partition_label(partition_hash(ctx.plan.partition)),
+                outcome.cache.status.value,
+            ).inc()
         if outcome.cache.status is CacheStatus.BYPASS:
             self.metrics.bypasses.inc()
         elif outcome.cache.status is CacheStatus.MISS:

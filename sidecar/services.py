@@ -40,7 +40,7 @@ class Sidecar:
         self.config = config
         # First: a Redis pending store without its key fails before any model or rule loads.
         self.pending = build_pending(config, self._release_miss_lock)
-        self.metrics = Metrics()
+        self.metrics = Metrics(max_label_values=config.metrics.max_label_values)
         self.embedder: Embedder | None = embedder
         # A shared embedder (tests, eval tools) outlives this sidecar; only close our own.
         self._owns_embedder = embedder is None
