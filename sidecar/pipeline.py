@@ -20,7 +20,7 @@ import orjson
 from guardrails.base import Stage, TextPiece
 from sidecar.cache.keys import CachePlan, plan_request
 from sidecar.cache.layer import CacheStatus, DualCache, Lookup
-from sidecar.cache.model import CachedAnswer
+from sidecar.cache.model import CachedAnswer, Usage
 from sidecar.config import SidecarConfig
 from sidecar.formats import (
     ApiFormat,
@@ -32,9 +32,11 @@ from sidecar.formats import (
     rewrite_body,
 )
 from sidecar.metrics import Metrics, partition_hash
+from sidecar.pricing import PriceTable, load_prices
 from sidecar.sse import parse_events, stream_is_complete
 from sidecar.storable import answer_refusal
 from sidecar.streaming import StreamProcessor, TextGuard
+from sidecar.usage import usage_of
 
 log = logging.getLogger("sidecar.pipeline")
 
@@ -199,11 +201,13 @@ class Pipeline:
         cache: DualCache | None,
         metrics: Metrics,
         guardrails: Guardrails | None = None,
+        prices: PriceTable | None = None,
     ) -> None:
         self.config = config
         self.cache = cache
         self.metrics = metrics
         self.guardrails = guardrails
+        self.prices = prices if prices is not None else load_prices(config.pricing.file)
 
     # ------------------------------------------------------------------ request
     async def on_request(
@@ -230,7 +234,23 @@ class Pipeline:
             self.metrics.misses.inc()
         elif outcome.cache.hit_type:
             self.metrics.hits.labels(outcome.cache.hit_type).inc()
+            if ctx.lookup is not None and ctx.lookup.entry is not None:
+                self._count_savings(ctx.lookup.entry.answer.usage, outcome.cache.hit_type)
         return ctx, outcome
+
+    def _count_savings(self, usage: Usage | None, layer: str) -> None:
+        """A hit saved the upstream call: its stored usage, priced from the table."""
+        m = self.metrics
+        if usage is None:
+            m.usage_unknown_hits.labels(layer).inc()
+            return
+        model = m.model_label(usage.model or "unknown")
+        m.tokens_saved.labels(model, layer).inc(usage.total)
+        cost = self.prices.cost(usage.model, usage.prompt_tokens, usage.completion_tokens)
+        if cost is None:
+            m.cost_unknown_hits.labels(model).inc()
+        else:
+            m.cost_saved.labels(model, layer).inc(cost)
 
     async def _request(self, ctx: RequestContext, req: HookRequest) -> RequestOutcome:
         if ctx.method != "POST":
@@ -438,7 +458,8 @@ class Pipeline:
         if refusal is not None:
             self._not_stored(ctx, refusal.code, refusal.reason)
             return None
-        return await self._put(ctx, status, headers, body, streamed)
+        usage = usage_of(ctx.parsed.api, body, streamed, events, ctx.parsed.model)
+        return await self._put(ctx, status, headers, body, streamed, usage)
 
     def _not_stored(self, ctx: RequestContext, code: str, reason: str) -> None:
         """Record why an answer was not stored: trace, metric, and the response's cache info.
@@ -471,11 +492,12 @@ class Pipeline:
         headers: Mapping[str, str],
         body: bytes,
         streamed: bool,
+        usage: Usage | None = None,
     ) -> str | None:
         assert self.cache is not None and ctx.plan is not None
         kept = {k.lower(): v for k, v in headers.items() if k.lower() in _REPLAYED_HEADERS}
         kept.setdefault("content-type", "text/event-stream" if streamed else "application/json")
-        answer = CachedAnswer(status, kept, bytes(body), streamed)
+        answer = CachedAnswer(status, kept, bytes(body), streamed, usage)
         vector = ctx.lookup.vector if ctx.lookup is not None else None
         entry = await self.cache.store(ctx.plan, answer, vector)
         if entry is None:
