@@ -34,6 +34,7 @@ from sidecar.formats import (
 from sidecar.metrics import Metrics, partition_hash
 from sidecar.pricing import PriceTable, load_prices
 from sidecar.sse import parse_events, stream_is_complete
+from sidecar.stages import CURRENT, StageLog, stage_end, stage_start
 from sidecar.storable import answer_refusal
 from sidecar.streaming import StreamProcessor, TextGuard
 from sidecar.usage import usage_of
@@ -155,6 +156,8 @@ class RequestContext:
     # AES-GCM when it waits in Redis for the response hook (sidecar/pending_redis.py).
     guard_state: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    # Stage timings and rules fired; only when an observer (access log, traces) reads them.
+    stages: StageLog | None = None
 
     def note(self, message: str) -> None:
         self.trace.append(message)
@@ -194,6 +197,13 @@ def _json_body(body: Any, max_bytes: int) -> Any:
     return body
 
 
+class RequestObserver(Protocol):
+    """Sees each request once it is over (its answer served from cache, blocked, or its
+    upstream answer handled): the access log and the trace exporter."""
+
+    def finish(self, ctx: RequestContext) -> None: ...
+
+
 class Pipeline:
     def __init__(
         self,
@@ -202,12 +212,25 @@ class Pipeline:
         metrics: Metrics,
         guardrails: Guardrails | None = None,
         prices: PriceTable | None = None,
+        observers: Sequence[RequestObserver] = (),
     ) -> None:
         self.config = config
         self.cache = cache
         self.metrics = metrics
         self.guardrails = guardrails
         self.prices = prices if prices is not None else load_prices(config.pricing.file)
+        self.observers = tuple(observers)
+
+    def _finish(self, ctx: RequestContext) -> None:
+        log_ = ctx.stages
+        if log_ is None:
+            return
+        log_.end_ns = time.perf_counter_ns()
+        for observer in self.observers:
+            try:
+                observer.finish(ctx)
+            except Exception:  # an observer's failure never fails the request
+                log.exception("request observer %s failed", type(observer).__name__)
 
     # ------------------------------------------------------------------ request
     async def on_request(
@@ -220,7 +243,15 @@ class Pipeline:
             path=req.path,
             headers=req.headers,
         )
-        outcome = await self._request(ctx, req)
+        token = None
+        if self.observers:
+            ctx.stages = StageLog()
+            token = CURRENT.set(ctx.stages)
+        try:
+            outcome = await self._request(ctx, req)
+        finally:
+            if token is not None:
+                CURRENT.reset(token)
         ctx.cache = outcome.cache
         self.metrics.requests.labels(transport, outcome.cache.status.value).inc()
         if ctx.plan is not None and ctx.plan.partition:
@@ -236,6 +267,8 @@ class Pipeline:
             self.metrics.hits.labels(outcome.cache.hit_type).inc()
             if ctx.lookup is not None and ctx.lookup.entry is not None:
                 self._count_savings(ctx.lookup.entry.answer.usage, outcome.cache.hit_type)
+        if ctx.stages is not None and outcome.action == "respond":
+            self._finish(ctx)
         return ctx, outcome
 
     def _count_savings(self, usage: Usage | None, layer: str) -> None:
@@ -256,6 +289,7 @@ class Pipeline:
         if ctx.method != "POST":
             ctx.note(f"bypass: method {ctx.method} is not cached")
             return RequestOutcome("continue", CacheInfo(CacheStatus.BYPASS, ctx.trace[-1]))
+        mark = stage_start()
         body = _json_body(req.body, self.config.server.max_body_bytes)
         try:
             parsed = parse_request(req.path, body, req.headers)
@@ -267,11 +301,14 @@ class Pipeline:
             plan = plan_request(parsed, req.headers, self.config.cache)
         except BadRequest as exc:
             raise HookError(400, "bad_request", str(exc)) from None
+        stage_end(mark, "parse")
         ctx.plan = plan  # rule conditions may read the partition (cache_key)
 
         rewritten: dict[str, Any] | None = None
         if self.guardrails is not None and self.guardrails.active(Stage.INPUT, ctx):
+            mark = stage_start()
             verdict = await self.guardrails.check(Stage.INPUT, parsed.pieces, ctx)
+            stage_end(mark, "input_rules", blocked=verdict.blocked, redacted=verdict.redacted)
             if verdict.blocked:
                 ctx.blocked = True
                 ctx.note(f"blocked on input: {verdict.message}")
@@ -299,7 +336,9 @@ class Pipeline:
             return RequestOutcome(
                 "continue", CacheInfo(CacheStatus.BYPASS, ctx.trace[-1]), body=rewritten
             )
+        mark = stage_start()
         lookup = await self.cache.lookup(plan)
+        stage_end(mark, "cache_lookup", status=lookup.status.value)
         ctx.lookup = lookup
         ctx.note(f"cache {lookup.status.value}: {lookup.reason}")
         if lookup.entry is None:
@@ -334,7 +373,9 @@ class Pipeline:
             "content-type", "text/event-stream" if answer.streamed else "application/json"
         )
         headers.update(info.headers())
+        mark = stage_start()
         result = await self._output(ctx, answer.status, answer.body, answer.streamed)
+        stage_end(mark, "output_rules", blocked=result.response is not None)
         if result.response is not None:
             result.response.headers.update(info.headers())
             return result.response
@@ -354,10 +395,14 @@ class Pipeline:
         self, ctx: RequestContext, status: int, headers: Mapping[str, str], body: bytes
     ) -> ResponseOutcome:
         """A whole answer (JSON, or the full SSE text of a stream)."""
+        token = CURRENT.set(ctx.stages) if ctx.stages is not None else None
         try:
             return await self._on_response(ctx, status, headers, body)
         finally:
+            if token is not None:
+                CURRENT.reset(token)
             await self.release_miss_lock(ctx)  # single-flight: after the store, never before
+            self._finish(ctx)
 
     async def _on_response(
         self, ctx: RequestContext, status: int, headers: Mapping[str, str], body: bytes
@@ -370,7 +415,9 @@ class Pipeline:
             and ctx.parsed.stream
             and body.lstrip().startswith((b"data:", b"event:"))
         )
+        mark = stage_start()
         result = await self._output(ctx, status, body, streamed)
+        stage_end(mark, "output_rules", blocked=result.response is not None)
         if result.response is None:
             result.stored_entry_id = await self._store(ctx, status, headers, body, streamed)
         return result
@@ -499,7 +546,9 @@ class Pipeline:
         kept.setdefault("content-type", "text/event-stream" if streamed else "application/json")
         answer = CachedAnswer(status, kept, bytes(body), streamed, usage)
         vector = ctx.lookup.vector if ctx.lookup is not None else None
+        mark = stage_start()
         entry = await self.cache.store(ctx.plan, answer, vector)
+        stage_end(mark, "store", stored=entry is not None)
         if entry is None:
             return None
         ctx.note(f"stored as {entry.id}")
@@ -521,10 +570,14 @@ class Pipeline:
         processor: StreamProcessor,
     ) -> str | None:
         """Store a stream fed through ``open_stream`` once it has ended."""
+        token = CURRENT.set(ctx.stages) if ctx.stages is not None else None
         try:
             return await self._finish_stream(ctx, status, headers, processor)
         finally:
+            if token is not None:
+                CURRENT.reset(token)
             await self.release_miss_lock(ctx)  # single-flight: after the store, never before
+            self._finish(ctx)
 
     async def _finish_stream(
         self,

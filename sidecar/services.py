@@ -23,6 +23,7 @@ from sidecar.guard import build_guardrails
 from sidecar.metrics import Metrics
 from sidecar.pending import build_pending
 from sidecar.pipeline import Guardrails, Pipeline, RequestContext
+from sidecar.pricing import load_prices
 
 log = logging.getLogger("sidecar")
 
@@ -62,6 +63,9 @@ class Sidecar:
         self.start_error: str | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.extra_status: dict[str, Any] = {"pending_store": self.pending.store.name}
+        # A broken pricing.file fails here, at start-up, naming the file and the problem.
+        self.prices = load_prices(config.pricing.file)
+        self.observers: list[Any] = []
 
     async def start(self) -> None:
         cfg = self.config
@@ -108,7 +112,18 @@ class Sidecar:
             )
             await self.cache.start()
             self._sweeper = asyncio.create_task(self._sweep_loop())
-        self.pipeline = Pipeline(cfg, self.cache, self.metrics, self._guardrails)
+        if cfg.server.access_log:
+            from sidecar.access_log import AccessLog
+
+            self.observers.append(AccessLog(cfg.server.access_log))
+        if cfg.telemetry.otlp_endpoint:
+            # Imported only when on: with telemetry off, no OpenTelemetry code is loaded.
+            from sidecar.telemetry import Tracing
+
+            self.observers.append(Tracing(cfg.telemetry))
+        self.pipeline = Pipeline(
+            cfg, self.cache, self.metrics, self._guardrails, self.prices, self.observers
+        )
         if self.rules is not None and cfg.guardrails.reload_interval > 0:
             self.rules.start_watching(cfg.guardrails.reload_interval)
         self.ready = True
@@ -142,6 +157,9 @@ class Sidecar:
         if self.engine is not None and self.engine.audit is not None:
             self.engine.audit.close()
         await self.pending.close()
+        for observer in self.observers:
+            observer.close()
+        self.observers.clear()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         detail: dict[str, Any] = {"ready": self.ready}

@@ -21,6 +21,7 @@ from sidecar.cache.model import CachedAnswer, CacheEntry
 from sidecar.cache.single_flight import HeldLock, SingleFlight
 from sidecar.cache.stores.base import ExactStore, StoreUnavailable, VectorIndex
 from sidecar.metrics import Metrics
+from sidecar.stages import stage_end, stage_start
 
 log = logging.getLogger("sidecar.cache")
 
@@ -153,7 +154,9 @@ class DualCache:
         try:
             if plan.use_exact:
                 started = time.perf_counter()
+                mark = stage_start()
                 entry = await self.exact.get(plan.exact_key, plan.partition)
+                stage_end(mark, "exact_lookup", hit=entry is not None)
                 self.metrics.lookup_seconds.labels("exact").observe(time.perf_counter() - started)
                 if entry is not None:
                     return Lookup(CacheStatus.HIT_EXACT, "exact key matched", entry, 1.0)
@@ -174,7 +177,9 @@ class DualCache:
     async def embed_question(self, question: str) -> np.ndarray:
         assert self.embedder is not None
         started = time.perf_counter()
+        mark = stage_start()
         vector = (await self.embedder.embed([question]))[0]
+        stage_end(mark, "embedding")
         self.metrics.embed_seconds.observe(time.perf_counter() - started)
         return vector
 
@@ -182,7 +187,9 @@ class DualCache:
         assert self.vectors is not None
         vector = await self.embed_question(plan.question)
         started = time.perf_counter()
+        mark = stage_start()
         neighbours = await self.vectors.search(plan.scope, vector.tolist(), self.candidates)
+        stage_end(mark, "semantic_search", candidates=len(neighbours))
         best: float | None = None
         refused: list[str] = []
         for n in neighbours:
@@ -193,6 +200,7 @@ class DualCache:
             if entry is None or entry.scope != plan.scope:
                 continue  # expired or evicted since it was indexed
             stored = None if entry.vector is None else np.asarray(entry.vector, dtype=np.float32)
+            mark = stage_start()
             try:
                 verdict = self.verifier.verify(
                     plan.question,
@@ -203,6 +211,7 @@ class DualCache:
             except Exception:  # a verifier bug must never serve (or fail) the request
                 log.exception("match verifier failed; candidate refused")
                 verdict = Verdict(False, "verifier_error: the verifier failed")
+            stage_end(mark, "verification", accept=verdict.accept, similarity=n.similarity)
             if not verdict.accept:
                 refused.append(verdict.reason)
                 self.metrics.verifier_refusals.labels(verdict.reason.split(":")[0]).inc()
