@@ -7,6 +7,7 @@ the first ``metrics.max_label_values`` distinct values keep their label, the res
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -31,6 +32,7 @@ _LATENCY_BUCKETS = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
 def partition_hash(partition: str) -> str:
     """What logs, traces and metric labels show of a partition: never the raw key (it may be a
     user or tenant id), but stable, so one partition's figures can be followed."""

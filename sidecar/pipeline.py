@@ -31,6 +31,7 @@ from sidecar.formats import (
     parse_request,
     rewrite_body,
 )
+from sidecar.labels import OTHER
 from sidecar.metrics import Metrics, partition_hash
 from sidecar.pricing import PriceTable, load_prices
 from sidecar.sse import parse_events, stream_is_complete
@@ -220,6 +221,8 @@ class Pipeline:
         self.guardrails = guardrails
         self.prices = prices if prices is not None else load_prices(config.pricing.file)
         self.observers = tuple(observers)
+        self._partition_children: dict[tuple[str, str], Any] = {}
+        self._savings_children: dict[tuple[str, str], Any] = {}
 
     def _finish(self, ctx: RequestContext) -> None:
         log_ = ctx.stages
@@ -255,10 +258,7 @@ class Pipeline:
         ctx.cache = outcome.cache
         self.metrics.requests.labels(transport, outcome.cache.status.value).inc()
         if ctx.plan is not None and ctx.plan.partition:
-            self.metrics.partition_requests.labels(
-                self.metrics.partition_label(partition_hash(ctx.plan.partition)),
-                outcome.cache.status.value,
-            ).inc()
+            self._partition_counter(ctx.plan.partition, outcome.cache.status.value).inc()
         if outcome.cache.status is CacheStatus.BYPASS:
             self.metrics.bypasses.inc()
         elif outcome.cache.status is CacheStatus.MISS:
@@ -271,19 +271,48 @@ class Pipeline:
             self._finish(ctx)
         return ctx, outcome
 
+    def _partition_counter(self, partition: str, status: str) -> Any:
+        # Labelled children are cached (prometheus_client's labels() takes a lock and builds a
+        # key each call); the cache holds at most max_label_values + 1 partitions per status,
+        # later partitions share the ``other`` child through the bounded label.
+        key = (partition, status)
+        child = self._partition_children.get(key)
+        if child is None:
+            m = self.metrics
+            label = m.partition_label(partition_hash(partition))
+            child = m.partition_requests.labels(label, status)
+            if label != OTHER:
+                self._partition_children[key] = child
+        return child
+
     def _count_savings(self, usage: Usage | None, layer: str) -> None:
         """A hit saved the upstream call: its stored usage, priced from the table."""
         m = self.metrics
         if usage is None:
             m.usage_unknown_hits.labels(layer).inc()
             return
-        model = m.model_label(usage.model or "unknown")
-        m.tokens_saved.labels(model, layer).inc(usage.total)
-        cost = self.prices.cost(usage.model, usage.prompt_tokens, usage.completion_tokens)
-        if cost is None:
-            m.cost_unknown_hits.labels(model).inc()
-        else:
-            m.cost_saved.labels(model, layer).inc(cost)
+        key = (usage.model, layer)
+        children = self._savings_children.get(key)
+        if children is None:
+            model = m.model_label(usage.model or "unknown")
+            price = self.prices.price(usage.model)
+            children = (
+                m.tokens_saved.labels(model, layer),
+                m.cost_saved.labels(model, layer) if price is not None else None,
+                m.cost_unknown_hits.labels(model) if price is None else None,
+                price,
+            )
+            if model != OTHER:  # bounded like the label: at most N + 1 models per layer
+                self._savings_children[key] = children
+        tokens, cost, unknown, price = children
+        tokens.inc(usage.total)
+        if cost is not None and price is not None:
+            cost.inc(
+                usage.prompt_tokens * price.input_per_token
+                + usage.completion_tokens * price.output_per_token
+            )
+        elif unknown is not None:
+            unknown.inc()  # an unpriced model: tokens counted, its cost never guessed
 
     async def _request(self, ctx: RequestContext, req: HookRequest) -> RequestOutcome:
         if ctx.method != "POST":
@@ -373,7 +402,7 @@ class Pipeline:
             "content-type", "text/event-stream" if answer.streamed else "application/json"
         )
         headers.update(info.headers())
-        mark = stage_start()
+        mark = stage_start() if self.guardrails is not None else 0  # no rules: no stage
         result = await self._output(ctx, answer.status, answer.body, answer.streamed)
         stage_end(mark, "output_rules", blocked=result.response is not None)
         if result.response is not None:
@@ -415,7 +444,7 @@ class Pipeline:
             and ctx.parsed.stream
             and body.lstrip().startswith((b"data:", b"event:"))
         )
-        mark = stage_start()
+        mark = stage_start() if self.guardrails is not None else 0  # no rules: no stage
         result = await self._output(ctx, status, body, streamed)
         stage_end(mark, "output_rules", blocked=result.response is not None)
         if result.response is None:

@@ -8,12 +8,18 @@ makes the request span a child of the caller's span.
 
 Spans are built from the request's recorded stage timings when the request is over, not while
 it runs: the request path only takes timestamps, and nothing here exists when telemetry is off.
+Building them is deferred to an event-loop callback (``call_soon``), which runs once the
+request's handler has returned its answer, so the span objects are made off the request path;
+``build_seconds`` / ``built`` count that deferred work (benchmarks/telemetry_bench.py).
 Attributes carry decisions, reasons (fixed phrases), hashes and timings, never prompt, answer
 or header text. Export is batched on the SDK's background thread.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
 from opentelemetry import trace
@@ -29,6 +35,7 @@ from sidecar.config import TelemetryConfig
 from sidecar.metrics import partition_hash
 from sidecar.pipeline import RequestContext
 
+log = logging.getLogger("sidecar.telemetry")
 _PREFIX = "sidecar."
 _ATTR_TYPES = (str, bool, int, float)
 
@@ -48,8 +55,27 @@ class Tracing:
         )
         self.tracer = self.provider.get_tracer("llm-cache-sidecar")
         self.propagator = TraceContextTextMapPropagator()
+        self.build_seconds = 0.0
+        self.built = 0
 
     def finish(self, ctx: RequestContext) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop (a thread of the gRPC server): build now
+            self._build(ctx)
+            return
+        loop.call_soon(self._build, ctx)
+
+    def _build(self, ctx: RequestContext) -> None:
+        started = time.perf_counter()
+        try:
+            self._spans(ctx)
+        except Exception:  # a tracing bug never reaches a request
+            log.exception("building the request's trace spans failed")
+        self.build_seconds += time.perf_counter() - started
+        self.built += 1
+
+    def _spans(self, ctx: RequestContext) -> None:
         log = ctx.stages
         assert log is not None
         parent = self.propagator.extract(ctx.headers)  # only traceparent/tracestate are read
