@@ -55,6 +55,14 @@ class Metrics:
             ["partition", "cache_status"],
             registry=r,
         )
+        self.request_seconds = Histogram(
+            "sidecar_request_seconds",
+            "The sidecar's own time in the request hook, by cache status (the latency it adds "
+            "before the answer or the upstream call)",
+            ["cache_status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.tokens_saved = Counter(
             "sidecar_tokens_saved",
             "Provider-reported tokens (prompt + completion) of answers served from the cache",

@@ -257,6 +257,9 @@ class Pipeline:
                 CURRENT.reset(token)
         ctx.cache = outcome.cache
         self.metrics.requests.labels(transport, outcome.cache.status.value).inc()
+        self.metrics.request_seconds.labels(outcome.cache.status.value).observe(
+            time.monotonic() - ctx.started
+        )
         if ctx.plan is not None and ctx.plan.partition:
             self._partition_counter(ctx.plan.partition, outcome.cache.status.value).inc()
         if outcome.cache.status is CacheStatus.BYPASS:
