@@ -234,3 +234,16 @@ def test_pricing_file_overrides_the_bundled_table(tmp_path: Path) -> None:
     with pytest.raises(PricingError, match="models.m.input_cost_per_token"):
         load_prices(str(path))
     assert make_config(pricing={"file": str(path)}).pricing.file == str(path)
+
+
+def test_check_config_names_a_broken_pricing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sidecar.cli import main
+
+    prices = tmp_path / "prices.json"
+    prices.write_text('{"models": {"m": {"input_cost_per_token": -1}}}')
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(f"pricing: {{file: {prices}}}\n")
+    assert main(["check-config", "--config", str(config)]) == 1
+    assert "models.m.input_cost_per_token must be a non-negative number" in capsys.readouterr().err
