@@ -223,6 +223,7 @@ class Pipeline:
         self.observers = tuple(observers)
         self._partition_children: dict[tuple[str, str], Any] = {}
         self._savings_children: dict[tuple[str, str], Any] = {}
+        self._request_timers: dict[CacheStatus, Any] = {}
 
     def _finish(self, ctx: RequestContext) -> None:
         log_ = ctx.stages
@@ -257,9 +258,11 @@ class Pipeline:
                 CURRENT.reset(token)
         ctx.cache = outcome.cache
         self.metrics.requests.labels(transport, outcome.cache.status.value).inc()
-        self.metrics.request_seconds.labels(outcome.cache.status.value).observe(
-            time.monotonic() - ctx.started
-        )
+        status = outcome.cache.status
+        timer = self._request_timers.get(status)
+        if timer is None:  # four statuses: cached children skip labels()' lock and key
+            timer = self._request_timers[status] = self.metrics.request_seconds.labels(status.value)
+        timer.observe(time.monotonic() - ctx.started)
         if ctx.plan is not None and ctx.plan.partition:
             self._partition_counter(ctx.plan.partition, outcome.cache.status.value).inc()
         if outcome.cache.status is CacheStatus.BYPASS:
