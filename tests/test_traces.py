@@ -178,3 +178,39 @@ async def test_telemetry_off_records_nothing() -> None:
         HookRequest("POST", "/v1/chat/completions", {}, chat_body(QUESTION)), "http"
     )
     assert pipeline.observers == () and ctx.stages is None
+
+
+async def test_ext_proc_request_continues_envoys_trace(
+    sidecar_factory: Any, receiver: OtlpReceiver
+) -> None:
+    """The traceparent Envoy sends (here as a request attribute, one-message mode) parents the
+    request span, through the ext_proc processor."""
+    import orjson
+
+    from sidecar.transports.extproc import PipelineProcessor
+    from sidecar.transports.extproc.messages import HttpBody
+    from sidecar.transports.extproc.pipeline_processor import TRANSPORT
+
+    config = make_config(telemetry={"otlp_endpoint": receiver.endpoint})
+    trace_id, caller = "0af7651916cd43dd8448eb211c80319c", "b7ad6b7169203331"
+    async with sidecar_factory(config) as (sidecar, client):
+        await round_trip(client, chat_body(QUESTION), openai_answer(ANSWER))
+        processor = PipelineProcessor(sidecar.pipeline)
+        processor.request_attributes(
+            {
+                ":method": "POST",
+                ":path": "/v1/chat/completions",
+                "content-type": "application/json",
+                "traceparent": f"00-{trace_id}-{caller}-01",
+            }
+        )
+        reply = await processor.request_body(
+            HttpBody(body=orjson.dumps(chat_body(QUESTION)), end_of_stream=True)
+        )
+        assert reply.WhichOneof("response") == "immediate_response"  # an exact hit
+    roots = [s for s in receiver.spans if s.name == "sidecar.request"]
+    envoy_root = [r for r in roots if r.trace_id.hex() == trace_id]
+    assert len(envoy_root) == 1 and envoy_root[0].parent_span_id.hex() == caller
+    attrs = {a.key: a.value.string_value for a in envoy_root[0].attributes}
+    assert attrs["sidecar.cache.status"] == "hit-exact"
+    assert attrs["sidecar.transport"] == TRANSPORT
