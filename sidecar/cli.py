@@ -67,6 +67,13 @@ def _check_config(args: argparse.Namespace) -> int:
         from sidecar.pending import pending_config_errors
 
         pending_errors = pending_config_errors(config)
+        if config.pricing.file:
+            from sidecar.pricing import PricingError, load_prices
+
+            try:
+                load_prices(config.pricing.file)
+            except PricingError as exc:
+                errors.append(str(exc))
         key_env = config.server.pending_key_env
         skipped_pending: list[str] = []
         if args.offline and pending_errors and not os.environ.get(key_env):

@@ -129,6 +129,9 @@ class ServerConfig(_Section):
     #: the event loop of ``sidecar serve``: ``uvloop`` (faster gRPC and HTTP handling),
     #: ``asyncio`` (the standard loop), ``auto``: uvloop when it is installed
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    #: a path: one JSON line per request (ids, partition hash, status, reason, timings, rules
+    #: fired; never user text). Empty: off
+    access_log: str = ""
 
     @field_validator(
         "pending_ttl", "header_timeout", "body_timeout", "keepalive_timeout", mode="before"
@@ -296,11 +299,34 @@ class GuardrailsConfig(_Section):
         return v
 
 
+class MetricsConfig(_Section):
+    #: labels fed from traffic (partition, rule, model) keep the first N distinct values seen
+    #: for the life of the process; later values are reported as ``other``
+    max_label_values: int = Field(100, ge=1, le=100_000)
+
+
+class PricingConfig(_Section):
+    #: a JSON price table overriding the bundled snapshot (sidecar/data/model_prices.json),
+    #: same shape: ``{"models": {"<name>": {"input_cost_per_token": .., ...}}}``
+    file: str = ""
+
+
+class TelemetryConfig(_Section):
+    #: OTLP/HTTP traces endpoint (e.g. ``http://collector:4318/v1/traces``); empty: off
+    otlp_endpoint: str = ""
+    #: share of requests traced (parent-based: a sampled caller's trace is always continued)
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)
+    service_name: str = "llm-cache-sidecar"
+
+
 class SidecarConfig(_Section):
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
     embedder: EmbedderConfig = EmbedderConfig()
     guardrails: GuardrailsConfig = GuardrailsConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    pricing: PricingConfig = PricingConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
 
     @property
     def persistent(self) -> bool:

@@ -96,6 +96,17 @@ class EngineGuardrails:
         result = await self.engine.run_stage(
             stage, pieces, rule_env(ctx), check_context(ctx, stage)
         )
+        if ctx.stages is not None:  # the access log and traces: which rules ran, how
+            for d in result.decisions:
+                if d.outcome is not Outcome.SAMPLED_OUT:
+                    ctx.stages.rules.append(
+                        {
+                            "stage": stage.value,
+                            "rule": d.rule_id,
+                            "outcome": d.outcome.value,
+                            "latency_ms": round(d.latency_ms, 3),
+                        }
+                    )
         if result.blocked is not None:
             b = result.blocked
             return StageVerdict(blocked=True, status=b.status, message=b.message, code=b.rule_id)

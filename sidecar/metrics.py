@@ -1,11 +1,18 @@
 """Prometheus metrics, on a registry owned by the running sidecar (no process globals).
 
-Labels never carry request content: only outcome names, rule ids and backend names.
+Labels never carry request content: only outcome names, rule ids, backend names, model names
+and partition hashes. Labels fed from traffic go through ``BoundedLabels`` (sidecar/labels.py):
+the first ``metrics.max_label_values`` distinct values keep their label, the rest are ``other``.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from sidecar.labels import BoundedLabels
 
 _LATENCY_BUCKETS = (
     0.0001,
@@ -25,10 +32,62 @@ _LATENCY_BUCKETS = (
 )
 
 
+@functools.lru_cache(maxsize=4096)
+def partition_hash(partition: str) -> str:
+    """What logs, traces and metric labels show of a partition: never the raw key (it may be a
+    user or tenant id), but stable, so one partition's figures can be followed."""
+    return hashlib.sha256(partition.encode("utf-8")).hexdigest()[:16]
+
+
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, max_label_values: int = 100
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # One bound per label kind, shared by every metric that carries that label.
+        self.partition_label = BoundedLabels(max_label_values)
+        self.model_label = BoundedLabels(max_label_values)
+        self.rule_label = BoundedLabels(max_label_values)
+        self.partition_requests = Counter(
+            "sidecar_partition_requests",
+            "Requests per partition (label: partition hash, bounded) and cache status",
+            ["partition", "cache_status"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "sidecar_request_seconds",
+            "The sidecar's own time in the request hook, by cache status (the latency it adds "
+            "before the answer or the upstream call)",
+            ["cache_status"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.tokens_saved = Counter(
+            "sidecar_tokens_saved",
+            "Provider-reported tokens (prompt + completion) of answers served from the cache",
+            ["model", "layer"],
+            registry=r,
+        )
+        self.cost_saved = Counter(
+            "sidecar_cost_saved_usd",
+            "Price of the answers served from the cache, from the price table (known models)",
+            ["model", "layer"],
+            registry=r,
+        )
+        self.cost_unknown_hits = Counter(
+            "sidecar_cost_unknown_hits",
+            "Hits whose model has no price in the table: tokens counted, cost not guessed",
+            ["model"],
+            registry=r,
+        )
+        self.usage_unknown_hits = Counter(
+            "sidecar_usage_unknown_hits",
+            "Hits on an entry that kept no provider usage (stored before usage was kept, or "
+            "the answer reported none)",
+            ["layer"],
+            registry=r,
+        )
         self.requests = Counter(
             "sidecar_requests",
             "Requests seen by the request hook",

@@ -20,7 +20,7 @@ import orjson
 from guardrails.base import Stage, TextPiece
 from sidecar.cache.keys import CachePlan, plan_request
 from sidecar.cache.layer import CacheStatus, DualCache, Lookup
-from sidecar.cache.model import CachedAnswer
+from sidecar.cache.model import CachedAnswer, Usage
 from sidecar.config import SidecarConfig
 from sidecar.formats import (
     ApiFormat,
@@ -31,10 +31,14 @@ from sidecar.formats import (
     parse_request,
     rewrite_body,
 )
-from sidecar.metrics import Metrics
+from sidecar.labels import OTHER
+from sidecar.metrics import Metrics, partition_hash
+from sidecar.pricing import PriceTable, load_prices
 from sidecar.sse import parse_events, stream_is_complete
+from sidecar.stages import CURRENT, StageLog, stage_end, stage_start
 from sidecar.storable import answer_refusal
 from sidecar.streaming import StreamProcessor, TextGuard
+from sidecar.usage import usage_of
 
 log = logging.getLogger("sidecar.pipeline")
 
@@ -153,6 +157,8 @@ class RequestContext:
     # AES-GCM when it waits in Redis for the response hook (sidecar/pending_redis.py).
     guard_state: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    # Stage timings and rules fired; only when an observer (access log, traces) reads them.
+    stages: StageLog | None = None
 
     def note(self, message: str) -> None:
         self.trace.append(message)
@@ -192,6 +198,13 @@ def _json_body(body: Any, max_bytes: int) -> Any:
     return body
 
 
+class RequestObserver(Protocol):
+    """Sees each request once it is over (its answer served from cache, blocked, or its
+    upstream answer handled): the access log and the trace exporter."""
+
+    def finish(self, ctx: RequestContext) -> None: ...
+
+
 class Pipeline:
     def __init__(
         self,
@@ -199,11 +212,29 @@ class Pipeline:
         cache: DualCache | None,
         metrics: Metrics,
         guardrails: Guardrails | None = None,
+        prices: PriceTable | None = None,
+        observers: Sequence[RequestObserver] = (),
     ) -> None:
         self.config = config
         self.cache = cache
         self.metrics = metrics
         self.guardrails = guardrails
+        self.prices = prices if prices is not None else load_prices(config.pricing.file)
+        self.observers = tuple(observers)
+        self._partition_children: dict[tuple[str, str], Any] = {}
+        self._savings_children: dict[tuple[str, str], Any] = {}
+        self._request_timers: dict[CacheStatus, Any] = {}
+
+    def _finish(self, ctx: RequestContext) -> None:
+        log_ = ctx.stages
+        if log_ is None:
+            return
+        log_.end_ns = time.perf_counter_ns()
+        for observer in self.observers:
+            try:
+                observer.finish(ctx)
+            except Exception:  # an observer's failure never fails the request
+                log.exception("request observer %s failed", type(observer).__name__)
 
     # ------------------------------------------------------------------ request
     async def on_request(
@@ -216,21 +247,84 @@ class Pipeline:
             path=req.path,
             headers=req.headers,
         )
-        outcome = await self._request(ctx, req)
+        token = None
+        if self.observers:
+            ctx.stages = StageLog()
+            token = CURRENT.set(ctx.stages)
+        try:
+            outcome = await self._request(ctx, req)
+        finally:
+            if token is not None:
+                CURRENT.reset(token)
         ctx.cache = outcome.cache
         self.metrics.requests.labels(transport, outcome.cache.status.value).inc()
+        status = outcome.cache.status
+        timer = self._request_timers.get(status)
+        if timer is None:  # four statuses: cached children skip labels()' lock and key
+            timer = self._request_timers[status] = self.metrics.request_seconds.labels(status.value)
+        timer.observe(time.monotonic() - ctx.started)
+        if ctx.plan is not None and ctx.plan.partition:
+            self._partition_counter(ctx.plan.partition, outcome.cache.status.value).inc()
         if outcome.cache.status is CacheStatus.BYPASS:
             self.metrics.bypasses.inc()
         elif outcome.cache.status is CacheStatus.MISS:
             self.metrics.misses.inc()
         elif outcome.cache.hit_type:
             self.metrics.hits.labels(outcome.cache.hit_type).inc()
+            if ctx.lookup is not None and ctx.lookup.entry is not None:
+                self._count_savings(ctx.lookup.entry.answer.usage, outcome.cache.hit_type)
+        if ctx.stages is not None and outcome.action == "respond":
+            self._finish(ctx)
         return ctx, outcome
+
+    def _partition_counter(self, partition: str, status: str) -> Any:
+        # Labelled children are cached (prometheus_client's labels() takes a lock and builds a
+        # key each call); the cache holds at most max_label_values + 1 partitions per status,
+        # later partitions share the ``other`` child through the bounded label.
+        key = (partition, status)
+        child = self._partition_children.get(key)
+        if child is None:
+            m = self.metrics
+            label = m.partition_label(partition_hash(partition))
+            child = m.partition_requests.labels(label, status)
+            if label != OTHER:
+                self._partition_children[key] = child
+        return child
+
+    def _count_savings(self, usage: Usage | None, layer: str) -> None:
+        """A hit saved the upstream call: its stored usage, priced from the table."""
+        m = self.metrics
+        if usage is None:
+            m.usage_unknown_hits.labels(layer).inc()
+            return
+        key = (usage.model, layer)
+        children = self._savings_children.get(key)
+        if children is None:
+            model = m.model_label(usage.model or "unknown")
+            price = self.prices.price(usage.model)
+            children = (
+                m.tokens_saved.labels(model, layer),
+                m.cost_saved.labels(model, layer) if price is not None else None,
+                m.cost_unknown_hits.labels(model) if price is None else None,
+                price,
+            )
+            if model != OTHER:  # bounded like the label: at most N + 1 models per layer
+                self._savings_children[key] = children
+        tokens, cost, unknown, price = children
+        tokens.inc(usage.total)
+        if cost is not None and price is not None:
+            cost.inc(
+                usage.prompt_tokens * price.input_per_token
+                + usage.completion_tokens * price.output_per_token
+            )
+        elif unknown is not None:
+            unknown.inc()  # an unpriced model: tokens counted, its cost never guessed
 
     async def _request(self, ctx: RequestContext, req: HookRequest) -> RequestOutcome:
         if ctx.method != "POST":
             ctx.note(f"bypass: method {ctx.method} is not cached")
             return RequestOutcome("continue", CacheInfo(CacheStatus.BYPASS, ctx.trace[-1]))
+        mark = stage_start()
         body = _json_body(req.body, self.config.server.max_body_bytes)
         try:
             parsed = parse_request(req.path, body, req.headers)
@@ -242,11 +336,14 @@ class Pipeline:
             plan = plan_request(parsed, req.headers, self.config.cache)
         except BadRequest as exc:
             raise HookError(400, "bad_request", str(exc)) from None
+        stage_end(mark, "parse")
         ctx.plan = plan  # rule conditions may read the partition (cache_key)
 
         rewritten: dict[str, Any] | None = None
         if self.guardrails is not None and self.guardrails.active(Stage.INPUT, ctx):
+            mark = stage_start()
             verdict = await self.guardrails.check(Stage.INPUT, parsed.pieces, ctx)
+            stage_end(mark, "input_rules", blocked=verdict.blocked, redacted=verdict.redacted)
             if verdict.blocked:
                 ctx.blocked = True
                 ctx.note(f"blocked on input: {verdict.message}")
@@ -274,7 +371,9 @@ class Pipeline:
             return RequestOutcome(
                 "continue", CacheInfo(CacheStatus.BYPASS, ctx.trace[-1]), body=rewritten
             )
+        mark = stage_start()
         lookup = await self.cache.lookup(plan)
+        stage_end(mark, "cache_lookup", status=lookup.status.value)
         ctx.lookup = lookup
         ctx.note(f"cache {lookup.status.value}: {lookup.reason}")
         if lookup.entry is None:
@@ -309,7 +408,9 @@ class Pipeline:
             "content-type", "text/event-stream" if answer.streamed else "application/json"
         )
         headers.update(info.headers())
+        mark = stage_start() if self.guardrails is not None else 0  # no rules: no stage
         result = await self._output(ctx, answer.status, answer.body, answer.streamed)
+        stage_end(mark, "output_rules", blocked=result.response is not None)
         if result.response is not None:
             result.response.headers.update(info.headers())
             return result.response
@@ -329,10 +430,14 @@ class Pipeline:
         self, ctx: RequestContext, status: int, headers: Mapping[str, str], body: bytes
     ) -> ResponseOutcome:
         """A whole answer (JSON, or the full SSE text of a stream)."""
+        token = CURRENT.set(ctx.stages) if ctx.stages is not None else None
         try:
             return await self._on_response(ctx, status, headers, body)
         finally:
+            if token is not None:
+                CURRENT.reset(token)
             await self.release_miss_lock(ctx)  # single-flight: after the store, never before
+            self._finish(ctx)
 
     async def _on_response(
         self, ctx: RequestContext, status: int, headers: Mapping[str, str], body: bytes
@@ -345,7 +450,9 @@ class Pipeline:
             and ctx.parsed.stream
             and body.lstrip().startswith((b"data:", b"event:"))
         )
+        mark = stage_start() if self.guardrails is not None else 0  # no rules: no stage
         result = await self._output(ctx, status, body, streamed)
+        stage_end(mark, "output_rules", blocked=result.response is not None)
         if result.response is None:
             result.stored_entry_id = await self._store(ctx, status, headers, body, streamed)
         return result
@@ -433,7 +540,8 @@ class Pipeline:
         if refusal is not None:
             self._not_stored(ctx, refusal.code, refusal.reason)
             return None
-        return await self._put(ctx, status, headers, body, streamed)
+        usage = usage_of(ctx.parsed.api, body, streamed, events, ctx.parsed.model)
+        return await self._put(ctx, status, headers, body, streamed, usage)
 
     def _not_stored(self, ctx: RequestContext, code: str, reason: str) -> None:
         """Record why an answer was not stored: trace, metric, and the response's cache info.
@@ -466,15 +574,18 @@ class Pipeline:
         headers: Mapping[str, str],
         body: bytes,
         streamed: bool,
+        usage: Usage | None = None,
     ) -> str | None:
         assert self.cache is not None and ctx.plan is not None
         kept = {k.lower(): v for k, v in headers.items() if k.lower() in _REPLAYED_HEADERS}
         kept.setdefault("content-type", "text/event-stream" if streamed else "application/json")
-        answer = CachedAnswer(status, kept, bytes(body), streamed)
+        answer = CachedAnswer(status, kept, bytes(body), streamed, usage)
         lookup = ctx.lookup
         vector, pending = (None, None) if lookup is None else (lookup.vector, lookup.pending)
         # Only the exact entry is written here; a missing vector is computed off this path.
+        mark = stage_start()
         entry = await self.cache.store(ctx.plan, answer, vector, pending)
+        stage_end(mark, "store", stored=entry is not None)
         if entry is None:
             return None
         ctx.note(f"stored as {entry.id}")
@@ -496,10 +607,14 @@ class Pipeline:
         processor: StreamProcessor,
     ) -> str | None:
         """Store a stream fed through ``open_stream`` once it has ended."""
+        token = CURRENT.set(ctx.stages) if ctx.stages is not None else None
         try:
             return await self._finish_stream(ctx, status, headers, processor)
         finally:
+            if token is not None:
+                CURRENT.reset(token)
             await self.release_miss_lock(ctx)  # single-flight: after the store, never before
+            self._finish(ctx)
 
     async def _finish_stream(
         self,

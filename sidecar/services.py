@@ -23,6 +23,7 @@ from sidecar.guard import build_guardrails
 from sidecar.metrics import Metrics
 from sidecar.pending import build_pending
 from sidecar.pipeline import Guardrails, Pipeline, RequestContext
+from sidecar.pricing import load_prices
 
 log = logging.getLogger("sidecar")
 
@@ -40,7 +41,7 @@ class Sidecar:
         self.config = config
         # First: a Redis pending store without its key fails before any model or rule loads.
         self.pending = build_pending(config, self._release_miss_lock)
-        self.metrics = Metrics()
+        self.metrics = Metrics(max_label_values=config.metrics.max_label_values)
         self.embedder: Embedder | None = embedder
         # A shared embedder (tests, eval tools) outlives this sidecar; only close our own.
         self._owns_embedder = embedder is None
@@ -62,6 +63,9 @@ class Sidecar:
         self.start_error: str | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.extra_status: dict[str, Any] = {"pending_store": self.pending.store.name}
+        # A broken pricing.file fails here, at start-up, naming the file and the problem.
+        self.prices = load_prices(config.pricing.file)
+        self.observers: list[Any] = []
 
     async def start(self) -> None:
         cfg = self.config
@@ -119,7 +123,18 @@ class Sidecar:
             )
             await self.cache.start()
             self._sweeper = asyncio.create_task(self._sweep_loop())
-        self.pipeline = Pipeline(cfg, self.cache, self.metrics, self._guardrails)
+        if cfg.server.access_log:
+            from sidecar.access_log import AccessLog
+
+            self.observers.append(AccessLog(cfg.server.access_log))
+        if cfg.telemetry.otlp_endpoint:
+            # Imported only when on: with telemetry off, no OpenTelemetry code is loaded.
+            from sidecar.telemetry import Tracing
+
+            self.observers.append(Tracing(cfg.telemetry))
+        self.pipeline = Pipeline(
+            cfg, self.cache, self.metrics, self._guardrails, self.prices, self.observers
+        )
         if self.rules is not None and cfg.guardrails.reload_interval > 0:
             self.rules.start_watching(cfg.guardrails.reload_interval)
         self.ready = True
@@ -153,6 +168,9 @@ class Sidecar:
         if self.engine is not None and self.engine.audit is not None:
             self.engine.audit.close()
         await self.pending.close()
+        for observer in self.observers:
+            observer.close()
+        self.observers.clear()
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         detail: dict[str, Any] = {"ready": self.ready}

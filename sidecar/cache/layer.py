@@ -22,6 +22,7 @@ from sidecar.cache.single_flight import HeldLock, SingleFlight
 from sidecar.cache.stores.base import ExactStore, StoreUnavailable, VectorIndex
 from sidecar.cache.vector_backlog import PendingVector, VectorBacklog
 from sidecar.metrics import Metrics
+from sidecar.stages import stage_end, stage_start
 
 log = logging.getLogger("sidecar.cache")
 
@@ -206,7 +207,9 @@ class DualCache:
         try:
             if plan.use_exact:
                 started = time.perf_counter()
+                mark = stage_start()
                 entry = await self.exact.get(plan.exact_key, plan.partition)
+                stage_end(mark, "exact_lookup", hit=entry is not None)
                 self.metrics.lookup_seconds.labels("exact").observe(time.perf_counter() - started)
                 if entry is not None:
                     return Lookup(CacheStatus.HIT_EXACT, "exact key matched", entry, 1.0)
@@ -302,7 +305,9 @@ class DualCache:
     async def embed_question(self, question: str) -> np.ndarray:
         assert self.embedder is not None
         started = time.perf_counter()
+        mark = stage_start()
         vector = (await self.embedder.embed([question]))[0]
+        stage_end(mark, "embedding")
         self.metrics.embed_seconds.observe(time.perf_counter() - started)
         return vector
 
@@ -310,7 +315,9 @@ class DualCache:
         assert self.vectors is not None
         vector = await self._lookup_vector(plan)
         started = time.perf_counter()
+        mark = stage_start()
         neighbours = await self.vectors.search(plan.scope, vector.tolist(), self.candidates)
+        stage_end(mark, "semantic_search", candidates=len(neighbours))
         best: float | None = None
         refused: list[str] = []
         offered: list[tuple[CacheEntry, float]] = []
@@ -333,7 +340,9 @@ class DualCache:
             for entry, similarity in offered
         ]
         try:
+            mark = stage_start()
             verdicts = self.verifier.verify_batch(plan.question, candidates) if offered else []
+            stage_end(mark, "verification", candidates=len(offered))
         except Exception:  # a verifier bug must never serve (or fail) the request
             log.exception("match verifier failed; candidates refused")
             verdicts = [Verdict(False, "verifier_error: the verifier failed") for _ in offered]

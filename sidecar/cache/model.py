@@ -5,6 +5,9 @@ Stored form (``to_bytes``): one JSON object. Schema versions:
 - 1: the first format, without a ``"v"`` field (sidecar releases before the schema version).
 - 2: the same fields plus ``"v": 2``; ``from_bytes`` reads 1 and 2, and a store that meets a
   version-1 row rewrites it as version 2 (the embedded store does so at start).
+  ``answer.usage`` (the provider's reported tokens, for savings accounting) is an optional
+  field of version 2: rows written before it existed lack it and read as ``usage=None``, and
+  a sidecar that predates it ignores it, so the version did not change.
 
 ``from_bytes`` raises ``UnreadableEntry`` (never TypeError/KeyError) for anything else: a store
 logs the id, counts it and skips the row, so one bad row never stops the sidecar.
@@ -42,6 +45,44 @@ def _finite(value: Any, name: str) -> float:
     return float(value)
 
 
+def _count(value: Any, name: str) -> int:
+    _require(
+        isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+        f"{name} is not a non-negative integer",
+    )
+    return int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Tokens the provider reported for an answer, and the model that produced it."""
+
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Usage:
+        _require(isinstance(data, dict), "answer.usage is not an object")
+        _require(isinstance(data.get("model"), str), "answer.usage.model is not a string")
+        return cls(
+            data["model"],
+            _count(data.get("prompt_tokens"), "answer.usage.prompt_tokens"),
+            _count(data.get("completion_tokens"), "answer.usage.completion_tokens"),
+        )
+
+
 @dataclass(slots=True)
 class CachedAnswer:
     """An answer as the provider gave it. Streamed answers keep their SSE text verbatim."""
@@ -50,14 +91,18 @@ class CachedAnswer:
     headers: dict[str, str]
     body: bytes
     streamed: bool = False
+    usage: Usage | None = None  # absent in rows stored before usage was kept
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "status": self.status,
             "headers": self.headers,
             "body": self.body.decode("utf-8"),
             "streamed": self.streamed,
         }
+        if self.usage is not None:
+            out["usage"] = self.usage.to_json()
+        return out
 
     @classmethod
     def from_json(cls, data: Any) -> CachedAnswer:
@@ -69,11 +114,13 @@ class CachedAnswer:
             "answer.headers is not a mapping of strings",
         )
         _require(isinstance(body, str), "answer.body is not a string")
+        usage = data.get("usage")
         return cls(
             status=status,
             headers=dict(headers),
             body=body.encode("utf-8"),
             streamed=bool(data.get("streamed", False)),
+            usage=None if usage is None else Usage.from_json(usage),
         )
 
 

@@ -81,6 +81,9 @@ CARRIED_HEADERS = (
     HEADER_THRESHOLD,
     HEADER_TYPE,
     HEADER_NO_STORE,
+    # W3C trace context: a request traced by the caller (or Envoy) continues its trace
+    "traceparent",
+    "tracestate",
 )
 #: the ``request_attributes`` list for that Envoy configuration (docs/envoy.md)
 REQUEST_ATTRIBUTES = (
