@@ -122,7 +122,8 @@ class DualCache:
             log.error("cache backend unavailable, entry count not refreshed: %s", exc)
 
     async def _rebuild_vectors(self) -> None:
-        """An embedded index lives in memory: refill it from the persisted entries."""
+        """An embedded index lives in memory: load its saved graphs and reconcile them with
+        the persisted entries, SQLite being the source of truth (or rebuild from them)."""
         from sidecar.cache.stores.embedded import EmbeddedExactStore, EmbeddedVectorIndex
 
         if not (
@@ -130,12 +131,7 @@ class DualCache:
             and isinstance(self.vectors, EmbeddedVectorIndex)
         ):
             return
-        assert self.embedder is not None
-        for entry in self.exact.entries_with_vectors():
-            if entry.vector is not None and len(entry.vector) == self.embedder.dimension:
-                await self.vectors.add(
-                    entry.id, entry.scope, entry.partition, entry.vector, entry.expires_at
-                )
+        await self.vectors.restore(self.exact.entries_with_vectors())
 
     async def close(self) -> None:
         if self.vectors is not None:

@@ -17,11 +17,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from sidecar.cache.model import SCHEMA_VERSION, CacheEntry, UnreadableEntry
+from sidecar.cache.stores import embedded_snapshot as snapshot
 from sidecar.cache.stores.base import Neighbour, UnreadableCounter, as_vector, unit
 
 log = logging.getLogger("sidecar.cache.embedded")
@@ -292,6 +293,29 @@ class _ScopeIndex:
     def __len__(self) -> int:
         return len(self.rows) if self.graph is None else len(self.labels)
 
+    @classmethod
+    def from_saved(
+        cls, dimension: int, graph_at: int, graph: Any, saved: snapshot.SavedGraph
+    ) -> _ScopeIndex:
+        index = cls(dimension, graph_at)
+        index.matrix = np.zeros((0, dimension), dtype=np.float32)
+        index.graph = graph
+        index.labels = dict(zip(saved.ids, saved.labels, strict=True))
+        index.by_label = dict(zip(saved.labels, saved.ids, strict=True))
+        index._next_label = saved.next_label
+        return index
+
+    def saved_form(self, scope: str, stamps: dict[str, float]) -> snapshot.SavedGraph:
+        ids = list(self.labels)
+        return snapshot.SavedGraph(
+            scope,
+            Path(),
+            ids,
+            [self.labels[i] for i in ids],
+            [stamps[i] for i in ids],
+            self._next_label,
+        )
+
     def add(self, entry_id: str, vector: np.ndarray) -> None:
         self.remove(entry_id)
         if self.graph is None and len(self.rows) >= self.graph_at:
@@ -366,34 +390,162 @@ class _ScopeIndex:
         return [Neighbour(self.ids[i], float(scores[i])) for i in order]
 
 
+class Restored(NamedTuple):
+    """What ``EmbeddedVectorIndex.restore`` did: vectors taken from the saved graphs, saved
+    vectors dropped because SQLite no longer holds them as saved, vectors added from SQLite."""
+
+    loaded: int
+    stale: int
+    added: int
+
+
 class EmbeddedVectorIndex:
+    """Vectors in memory, one index per scope. With a ``data_dir`` the HNSW graphs are saved
+    there (at close, and by ``sweep`` at most every ``save_every`` seconds while changed) and
+    loaded by ``restore`` at the next start instead of being rebuilt: see embedded_snapshot."""
+
     name = "embedded"
 
-    def __init__(self, graph_at: int = 2048) -> None:
+    def __init__(
+        self, graph_at: int = 2048, data_dir: str | None = None, save_every: float = 600.0
+    ) -> None:
         self._graph_at = graph_at
         self._dimension = 0
+        self._namespace = ""
         self._scopes: dict[str, _ScopeIndex] = {}
         self._scope_of: dict[str, str] = {}
         self._partition_of: dict[str, str] = {}
+        self._expires_of: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._dir = None if data_dir in (None, ":memory:") else Path(str(data_dir)) / "vector-index"
+        self._save_every = save_every
+        self._generation = 0
+        self._changes = 0  # adds and removes since the last save
+        self._saved_at = time.monotonic()
 
     async def start(self, namespace: str, dimension: int) -> None:
         self._dimension = dimension
+        self._namespace = namespace
+
+    def _add_locked(
+        self, entry_id: str, scope: str, partition: str, v: np.ndarray, expires_at: float
+    ) -> None:
+        old_scope = self._scope_of.get(entry_id)
+        if old_scope is not None and old_scope != scope:
+            self._scopes[old_scope].remove(entry_id)
+        index = self._scopes.get(scope)
+        if index is None:
+            index = self._scopes[scope] = _ScopeIndex(self._dimension, self._graph_at)
+        index.add(entry_id, v)
+        self._scope_of[entry_id] = scope
+        self._partition_of[entry_id] = partition
+        self._expires_of[entry_id] = expires_at
+        self._changes += 1
 
     async def add(
         self, entry_id: str, scope: str, partition: str, vector: Sequence[float], expires_at: float
     ) -> None:
         v = unit(as_vector(vector, self._dimension))
         with self._lock:
-            old_scope = self._scope_of.get(entry_id)
-            if old_scope is not None and old_scope != scope:
-                self._scopes[old_scope].remove(entry_id)
-            index = self._scopes.get(scope)
-            if index is None:
-                index = self._scopes[scope] = _ScopeIndex(self._dimension, self._graph_at)
-            index.add(entry_id, v)
-            self._scope_of[entry_id] = scope
-            self._partition_of[entry_id] = partition
+            self._add_locked(entry_id, scope, partition, v, expires_at)
+
+    async def restore(self, entries: Sequence[CacheEntry]) -> Restored:
+        """Fill the index with ``entries`` (the exact store's, read from SQLite): load the saved
+        graphs, drop what SQLite no longer holds, add what they lack."""
+        return await asyncio.to_thread(self._restore, entries)
+
+    def _restore(self, entries: Sequence[CacheEntry]) -> Restored:
+        started = time.perf_counter()
+        wanted = {
+            e.id: e for e in entries if e.vector is not None and len(e.vector) == self._dimension
+        }
+        loaded = stale = 0
+        with self._lock:
+            for scope, index, saved in self._load_snapshot():
+                for entry_id, expires_at in zip(saved.ids, saved.stamps, strict=True):
+                    entry = wanted.get(entry_id)
+                    if entry is None or entry.scope != scope or entry.expires_at != expires_at:
+                        index.remove(entry_id)  # deleted, expired or re-stored since the save
+                        stale += 1
+                        continue
+                    del wanted[entry_id]
+                    self._scope_of[entry_id] = scope
+                    self._partition_of[entry_id] = entry.partition
+                    self._expires_of[entry_id] = expires_at
+                    loaded += 1
+                if len(index):
+                    self._scopes[scope] = index
+            for entry in wanted.values():
+                assert entry.vector is not None
+                v = unit(as_vector(entry.vector, self._dimension))
+                self._add_locked(entry.id, entry.scope, entry.partition, v, entry.expires_at)
+            self._changes = len(wanted) + stale
+        log.info(
+            "embedded vector index: %d vectors loaded from the saved index, %d stale ones "
+            "dropped, %d added from the cache database, in %.2f s",
+            loaded,
+            stale,
+            len(wanted),
+            time.perf_counter() - started,
+        )
+        return Restored(loaded, stale, len(wanted))
+
+    def _load_snapshot(self) -> list[tuple[str, _ScopeIndex, snapshot.SavedGraph]]:
+        if self._dir is None:
+            return []
+        try:
+            found = snapshot.read_manifest(self._dir, self._namespace)
+            if found is None:
+                return []
+            self._generation, graphs = found
+            return [
+                (
+                    saved.scope,
+                    _ScopeIndex.from_saved(
+                        self._dimension,
+                        self._graph_at,
+                        snapshot.load_graph(saved, self._dimension),
+                        saved,
+                    ),
+                    saved,
+                )
+                for saved in graphs
+            ]
+        except snapshot.SnapshotInvalid as exc:
+            log.warning("saved vector index %s discarded, rebuilding it: %s", self._dir, exc)
+            snapshot.discard(self._dir)
+            return []
+
+    async def save(self) -> None:
+        """Write the graphs to ``data_dir`` (a no-op without one). Adds and searches wait."""
+        if self._dir is not None:
+            await asyncio.to_thread(self._save)
+
+    def _save(self) -> None:
+        assert self._dir is not None
+        started = time.perf_counter()
+        with self._lock:
+            graphs = [
+                (scope, index.graph, index.saved_form(scope, self._expires_of))
+                for scope, index in self._scopes.items()
+                if index.graph is not None
+            ]
+            self._generation += 1
+            snapshot.save(self._dir, self._namespace, self._generation, graphs)
+            self._changes = 0
+            self._saved_at = time.monotonic()
+        log.info(
+            "embedded vector index saved: %d graphs, %d vectors, generation %d, in %.2f s",
+            len(graphs),
+            sum(len(g[2].ids) for g in graphs),
+            self._generation,
+            time.perf_counter() - started,
+        )
+
+    async def sweep(self) -> None:
+        """Called with the cache's periodic sweep: save when changed and due."""
+        if self._changes and time.monotonic() - self._saved_at >= self._save_every:
+            await self.save()
 
     async def search(self, scope: str, vector: Sequence[float], k: int) -> list[Neighbour]:
         with self._lock:
@@ -407,8 +559,10 @@ class EmbeddedVectorIndex:
             for entry_id in entry_ids:
                 scope = self._scope_of.pop(entry_id, None)
                 self._partition_of.pop(entry_id, None)
+                self._expires_of.pop(entry_id, None)
                 if scope is None:
                     continue
+                self._changes += 1
                 index = self._scopes[scope]
                 index.remove(entry_id)
                 if len(index) == 0:
@@ -425,4 +579,5 @@ class EmbeddedVectorIndex:
         return None
 
     async def close(self) -> None:
-        return None
+        if self._changes:
+            await self.save()
