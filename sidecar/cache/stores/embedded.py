@@ -336,6 +336,31 @@ class _ScopeIndex:
         self.ids.append(entry_id)
         self.rows[entry_id] = n
 
+    def add_many(self, entry_ids: list[str], vectors: np.ndarray) -> None:
+        """Add new ids (not in the index) at once: a graph takes them in one multi-threaded
+        usearch call, much faster than one by one when a start-up rebuilds the index."""
+        if self.graph is None and len(self.rows) + len(entry_ids) <= self.graph_at:
+            for entry_id, vector in zip(entry_ids, vectors, strict=True):
+                self.add(entry_id, vector)
+            return
+        if self.graph is None:
+            if len(self.rows) == 0:
+                self.graph = self._new_graph()
+            else:
+                self._build_graph()
+        labels = np.arange(self._next_label, self._next_label + len(entry_ids), dtype=np.uint64)
+        self.graph.add(labels, vectors)
+        for entry_id, label in zip(entry_ids, labels.tolist(), strict=True):
+            self.labels[entry_id] = label
+            self.by_label[label] = entry_id
+        self._next_label += len(entry_ids)
+
+    def _new_graph(self) -> Any:
+        from usearch.index import Index
+
+        self.matrix = np.zeros((0, self.dimension), dtype=np.float32)
+        return Index(ndim=self.dimension, metric="cos", dtype="f32")
+
     def _build_graph(self) -> None:
         from usearch.index import Index
 
@@ -475,10 +500,7 @@ class EmbeddedVectorIndex:
                     loaded += 1
                 if len(index):
                     self._scopes[scope] = index
-            for entry in wanted.values():
-                assert entry.vector is not None
-                v = unit(as_vector(entry.vector, self._dimension))
-                self._add_locked(entry.id, entry.scope, entry.partition, v, entry.expires_at)
+            self._add_all(list(wanted.values()))
             self._changes = len(wanted) + stale
         log.info(
             "embedded vector index: %d vectors loaded from the saved index, %d stale ones "
@@ -489,6 +511,23 @@ class EmbeddedVectorIndex:
             time.perf_counter() - started,
         )
         return Restored(loaded, stale, len(wanted))
+
+    def _add_all(self, entries: list[CacheEntry]) -> None:
+        """Add entries not in the index yet, one batch per scope."""
+        by_scope: dict[str, list[CacheEntry]] = {}
+        for entry in entries:
+            by_scope.setdefault(entry.scope, []).append(entry)
+        for scope, group in by_scope.items():
+            matrix = np.asarray([e.vector for e in group], dtype=np.float32)
+            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+            index = self._scopes.get(scope)
+            if index is None:
+                index = self._scopes[scope] = _ScopeIndex(self._dimension, self._graph_at)
+            index.add_many([e.id for e in group], matrix)
+            for e in group:
+                self._scope_of[e.id] = scope
+                self._partition_of[e.id] = e.partition
+                self._expires_of[e.id] = e.expires_at
 
     def _load_snapshot(self) -> list[tuple[str, _ScopeIndex, snapshot.SavedGraph]]:
         if self._dir is None:
