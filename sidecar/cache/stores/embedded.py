@@ -349,7 +349,8 @@ class _ScopeIndex:
             else:
                 self._build_graph()
         labels = np.arange(self._next_label, self._next_label + len(entry_ids), dtype=np.uint64)
-        self.graph.add(labels, vectors)
+        graph: Any = self.graph
+        graph.add(labels, vectors)
         for entry_id, label in zip(entry_ids, labels.tolist(), strict=True):
             self.labels[entry_id] = label
             self.by_label[label] = entry_id
