@@ -210,3 +210,31 @@ async def test_a_restart_after_kill_9_between_save_and_exit_is_correct(tmp_path:
         assert await nearest(index, n) == f"id-{n}"
     assert await index.count() == 68
     await exact.close()
+
+
+async def test_an_admin_delete_erases_the_saved_index_until_a_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    await fill(tmp_path, clock, 40)
+    folder = tmp_path / "vector-index"
+    deleted = np.asarray(vector(3), dtype=np.float32).tobytes()
+    assert any(deleted in p.read_bytes() for p in folder.glob("*.usearch"))
+
+    exact, index = await open_stores(tmp_path, clock)
+    await index.restore(exact.entries_with_vectors())
+    await exact.delete("id-3")
+    await index.remove(["id-3"])
+    await index.erase_saved()  # what DualCache.delete does after an admin delete
+    assert list(folder.iterdir()) == []
+    await store(exact, index, make_entry(40, clock))
+    await index.close()  # its graph still holds id-3's bytes: nothing saved
+    await exact.close()
+    assert list(folder.iterdir()) == []
+
+    exact, index = await open_stores(tmp_path, clock)
+    restored = await index.restore(exact.entries_with_vectors())
+    assert (restored.loaded, restored.added) == (0, 40)
+    assert await nearest(index, 3) != "id-3"
+    await index.close()
+    await exact.close()
+    assert not any(deleted in p.read_bytes() for p in folder.glob("*.usearch"))
+    assert any(folder.glob("*.usearch"))

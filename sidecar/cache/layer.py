@@ -322,6 +322,8 @@ class DualCache:
         found = await self.exact.delete(entry_id)
         if self.vectors is not None:
             await self.vectors.remove([entry_id])
+            if found:
+                await self._erase_saved_vectors()
         self.metrics.entries.set(await self.exact.count())
         return found
 
@@ -329,8 +331,16 @@ class DualCache:
         ids = await self.exact.delete_partition(partition)
         if self.vectors is not None:
             await self.vectors.remove_partition(partition)
+            if ids:
+                await self._erase_saved_vectors()
         self.metrics.entries.set(await self.exact.count())
         return len(ids)
+
+    async def _erase_saved_vectors(self) -> None:
+        # An embedded index's saved graphs may hold a deleted entry's vector: see erase_saved.
+        erase = getattr(self.vectors, "erase_saved", None)
+        if erase is not None:
+            await erase()
 
     async def sweep(self) -> None:
         # Vector stores holding an expiry of their own (Qdrant, Weaviate) sweep it themselves.

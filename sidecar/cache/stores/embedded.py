@@ -448,6 +448,9 @@ class EmbeddedVectorIndex:
         self._generation = 0
         self._changes = 0  # adds and removes since the last save
         self._saved_at = time.monotonic()
+        # usearch keeps a removed vector's bytes in the graph (and so in a saved file): after a
+        # delete through the admin API nothing is saved until a restart rebuilds the graph.
+        self._may_save = True
 
     async def start(self, namespace: str, dimension: int) -> None:
         self._dimension = dimension
@@ -558,8 +561,16 @@ class EmbeddedVectorIndex:
 
     async def save(self) -> None:
         """Write the graphs to ``data_dir`` (a no-op without one). Adds and searches wait."""
-        if self._dir is not None:
+        if self._dir is not None and self._may_save:
             await asyncio.to_thread(self._save)
+
+    async def erase_saved(self) -> None:
+        """An entry was deleted through the admin API: zero and remove the saved graphs, which
+        may hold its vector, and save none from this process (its graphs hold it too). The
+        next start rebuilds the index from SQLite."""
+        self._may_save = False
+        if self._dir is not None:
+            await asyncio.to_thread(snapshot.discard, self._dir, True)
 
     def _save(self) -> None:
         assert self._dir is not None

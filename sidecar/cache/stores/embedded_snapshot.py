@@ -160,8 +160,18 @@ def load_graph(saved: SavedGraph, dimension: int) -> Any:
     return graph
 
 
-def discard(directory: Path) -> None:
+def discard(directory: Path, erase: bool = False) -> None:
+    """Remove the snapshot; with ``erase``, overwrite each file with zeros first (a deleted
+    entry's vector must not stay readable on disk)."""
     if not directory.exists():
         return
     for path in directory.iterdir():
+        if erase:
+            with path.open("r+b") as f:
+                size = f.seek(0, os.SEEK_END)
+                f.seek(0)
+                for _ in range(0, size, _CHUNK):
+                    f.write(bytes(min(_CHUNK, size - f.tell())))
+                f.flush()
+                os.fsync(f.fileno())
         path.unlink(missing_ok=True)
