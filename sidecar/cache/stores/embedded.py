@@ -451,6 +451,7 @@ class EmbeddedVectorIndex:
         # usearch keeps a removed vector's bytes in the graph (and so in a saved file): after a
         # delete through the admin API nothing is saved until a restart rebuilds the graph.
         self._may_save = True
+        self._save_lock = threading.Lock()  # one save at a time
 
     async def start(self, namespace: str, dimension: int) -> None:
         self._dimension = dimension
@@ -570,27 +571,41 @@ class EmbeddedVectorIndex:
         next start rebuilds the index from SQLite."""
         self._may_save = False
         if self._dir is not None:
-            await asyncio.to_thread(snapshot.discard, self._dir, True)
+            await asyncio.to_thread(self._erase)
+
+    def _erase(self) -> None:
+        assert self._dir is not None
+        with self._save_lock:  # after a save under way, never under it
+            snapshot.discard(self._dir, erase=True)
 
     def _save(self) -> None:
         assert self._dir is not None
         started = time.perf_counter()
-        with self._lock:
-            graphs = [
-                (scope, index.graph, index.saved_form(scope, self._expires_of))
-                for scope, index in self._scopes.items()
-                if index.graph is not None
-            ]
-            self._generation += 1
-            snapshot.save(self._dir, self._namespace, self._generation, graphs)
-            self._changes = 0
-            self._saved_at = time.monotonic()
+        with self._save_lock:
+            if not self._may_save:
+                return
+            with self._lock:  # lookups wait while the graphs are written, not while checksummed
+                graphs = [
+                    (index.graph, index.saved_form(scope, self._expires_of))
+                    for scope, index in self._scopes.items()
+                    if index.graph is not None
+                ]
+                self._generation += 1
+                generation = self._generation
+                snapshot.write_graphs(self._dir, generation, graphs)
+                self._changes = 0
+                self._saved_at = time.monotonic()
+                locked = time.perf_counter() - started
+            saved = [g[1] for g in graphs]
+            snapshot.write_manifest(self._dir, self._namespace, generation, saved)
         log.info(
-            "embedded vector index saved: %d graphs, %d vectors, generation %d, in %.2f s",
-            len(graphs),
-            sum(len(g[2].ids) for g in graphs),
-            self._generation,
+            "embedded vector index saved: %d graphs, %d vectors, generation %d, in %.2f s "
+            "(lookups waited %.2f s)",
+            len(saved),
+            sum(len(g.ids) for g in saved),
+            generation,
             time.perf_counter() - started,
+            locked,
         )
 
     async def sweep(self) -> None:

@@ -68,24 +68,30 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def save(
-    directory: Path, namespace: str, generation: int, graphs: list[tuple[str, Any, SavedGraph]]
-) -> None:
-    """Write ``graphs`` (scope, usearch Index, its ids) as generation ``generation``; remove the
-    files of older generations once the new manifest is in place."""
+def write_graphs(directory: Path, generation: int, graphs: list[tuple[Any, SavedGraph]]) -> None:
+    """Write each usearch graph to its file (the caller holds the index's lock: no add may
+    change a graph while it is written); sets each ``SavedGraph.path``."""
     directory.mkdir(parents=True, exist_ok=True)
+    for n, (graph, saved) in enumerate(graphs):
+        saved.path = directory / f"g{generation}-{n}.usearch"
+        graph.save(str(saved.path))
+
+
+def write_manifest(
+    directory: Path, namespace: str, generation: int, graphs: list[SavedGraph]
+) -> None:
+    """Checksum the written graphs and publish them (no lock needed: the files are complete);
+    remove the files of older generations once the new manifest is in place."""
     described = []
-    for n, (scope, graph, saved) in enumerate(graphs):
-        path = directory / f"g{generation}-{n}.usearch"
-        graph.save(str(path))
-        with path.open("rb+") as f:
+    for saved in graphs:
+        with saved.path.open("rb+") as f:
             os.fsync(f.fileno())
         described.append(
             {
-                "scope": scope,
-                "file": path.name,
-                "bytes": path.stat().st_size,
-                "crc32": crc32_of(path),
+                "scope": saved.scope,
+                "file": saved.path.name,
+                "bytes": saved.path.stat().st_size,
+                "crc32": crc32_of(saved.path),
                 "ids": saved.ids,
                 "labels": saved.labels,
                 "stamps": saved.stamps,
