@@ -238,3 +238,23 @@ async def test_an_admin_delete_erases_the_saved_index_until_a_restart(tmp_path: 
     await exact.close()
     assert not any(deleted in p.read_bytes() for p in folder.glob("*.usearch"))
     assert any(folder.glob("*.usearch"))
+
+
+async def test_the_sweep_saves_a_changed_index_when_due(tmp_path: Path) -> None:
+    clock = Clock()
+    exact = EmbeddedExactStore(str(tmp_path), 100_000, 1 << 30, clock)
+    await exact.start()
+    index = EmbeddedVectorIndex(graph_at=GRAPH_AT, data_dir=str(tmp_path), save_every=0)
+    await index.start(NAMESPACE, DIM)
+    manifest = tmp_path / "vector-index" / "manifest.json"
+    await index.sweep()
+    assert not manifest.exists()  # nothing changed: nothing written
+    for n in range(20):
+        await store(exact, index, make_entry(n, clock))
+    await index.sweep()
+    assert manifest.exists()
+    await exact.close()  # no close of the index: as if killed after the sweep
+
+    exact, index = await open_stores(tmp_path, clock)
+    assert (await index.restore(exact.entries_with_vectors())).loaded == 20
+    await exact.close()
