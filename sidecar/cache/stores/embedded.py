@@ -337,8 +337,9 @@ class _ScopeIndex:
         self.rows[entry_id] = n
 
     def add_many(self, entry_ids: list[str], vectors: np.ndarray) -> None:
-        """Add new ids (not in the index) at once: a graph takes them in one multi-threaded
-        usearch call, much faster than one by one when a start-up rebuilds the index."""
+        """Add new ids (not in the index) at once: a graph takes them in one usearch call,
+        which spreads the insertions over the free cores (on 2 busy cores no faster than one
+        by one: a rebuild is slow either way, which is why the graphs are saved)."""
         if self.graph is None and len(self.rows) + len(entry_ids) <= self.graph_at:
             for entry_id, vector in zip(entry_ids, vectors, strict=True):
                 self.add(entry_id, vector)
