@@ -1,10 +1,11 @@
 """all-MiniLM-L6-v2 on ONNX Runtime: exported once from the packaged model, then reused.
 
 The export (``torch.onnx.export``, the TorchScript-based exporter) and the optional dynamic
-int8 quantisation run on the first start only; the files are cached under ``cache_dir`` keyed
-by the model's identity, so later starts load them directly. Tokenisation uses the model's
-own ``tokenizer.json`` (``tokenizers``) and the pooling is sentence-transformers' exactly:
-mean over the attention mask, then L2 normalisation.
+int8 quantisation run on the first start only (about 40 s on 2 shared cores, logged with a
+progress line every 10 s), or ahead of it with ``sidecar embedder prepare``; the files are
+cached under ``cache_dir`` keyed by the model's identity, so later starts load them directly.
+Tokenisation uses the model's own ``tokenizer.json`` (``tokenizers``) and the pooling is
+sentence-transformers' exactly: mean over the attention mask, then L2 normalisation.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ import hashlib
 import logging
 import os
 import tempfile
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -177,14 +180,40 @@ def _export_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def logged_step(what: str, every: float = 10.0) -> Iterator[None]:
+    """Log ``what`` when it starts, every ``every`` seconds while it runs, and when it ends:
+    a first start that exports the model is slow, and must say so rather than look hung."""
+    started = time.monotonic()
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while not done.wait(every):
+            log.info("%s: still running, %.0f s so far", what, time.monotonic() - started)
+
+    log.info(
+        "%s (once per model and cache directory; `sidecar embedder prepare` does it ahead of "
+        "the first start)",
+        what,
+    )
+    ticker = threading.Thread(target=heartbeat, name="sidecar-onnx-progress", daemon=True)
+    ticker.start()
+    try:
+        yield
+    finally:
+        done.set()
+        ticker.join()
+    log.info("%s: done in %.1f s", what, time.monotonic() - started)
+
+
 def _export(model_dir: Path, fp32: Path, int8: Path, quantize: bool) -> None:
     try:
         if not fp32.is_file():
-            log.info("exporting %s to ONNX at %s (first start only)", model_dir, fp32)
-            export_onnx(model_dir, fp32)
+            with logged_step(f"exporting {model_dir.name} to ONNX at {fp32}"):
+                export_onnx(model_dir, fp32)
         if quantize:
-            log.info("quantising %s to int8 at %s (first start only)", fp32.name, int8)
-            quantize_int8(fp32, int8)
+            with logged_step(f"quantising {fp32.name} to int8 at {int8}"):
+                quantize_int8(fp32, int8)
     except EmbedderError:
         raise
     except ImportError as exc:

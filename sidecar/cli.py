@@ -21,6 +21,7 @@ _PLUGIN_COMMANDS: tuple[str, ...] = (
     "guardrails.secrets.cli",  # sidecar secrets scan
     "guardrails.cli",  # sidecar audit verify
     "benchmarks.cli",  # sidecar bench
+    "embedders.cli",  # sidecar embedder prepare
 )
 
 

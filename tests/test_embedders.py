@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +17,9 @@ from hookclient import chat_body, openai_answer, request_hook, round_trip
 
 from embedders import EmbedderError, build_embedder
 from embedders.batching import MicroBatcher, group_by_length
-from embedders.onnx_embedder import OnnxEmbedder
+from embedders.onnx_embedder import OnnxEmbedder, logged_step
 from embedders.sentence_tf import SentenceTransformerEmbedder
+from sidecar.cli import main as cli_main
 from sidecar.config import ConfigError, load_config
 from sidecar.services import Sidecar
 from sidecar.transports.http import create_app
@@ -90,6 +92,36 @@ async def test_model_ids_keep_fp32_and_int8_indexes_apart(
     onnx_fp32: OnnxEmbedder, onnx_int8: OnnxEmbedder, embedder: SentenceTransformerEmbedder
 ) -> None:
     assert len({onnx_fp32.model_id, onnx_int8.model_id, embedder.model_id}) == 3
+
+
+def test_prepare_finds_the_exported_file_without_exporting_again(
+    onnx_cache: Path, onnx_int8: OnnxEmbedder, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert onnx_int8.onnx_path is not None
+    before = os.stat(onnx_int8.onnx_path)
+    listing = sorted(p.name for p in onnx_cache.iterdir())
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(
+        f"embedder:\n  backend: onnx\n  onnx_quantize: true\n  onnx_cache_dir: {onnx_cache}\n"
+    )
+    assert cli_main(["embedder", "prepare", "--config", str(config)]) == 0
+    assert f"ready: {onnx_int8.onnx_path}" in capsys.readouterr().out
+    after = os.stat(onnx_int8.onnx_path)
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    assert sorted(p.name for p in onnx_cache.iterdir()) == listing
+
+
+def test_prepare_with_torch_has_nothing_to_do(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["embedder", "prepare"]) == 0
+    assert "nothing to prepare" in capsys.readouterr().out
+
+
+def test_a_slow_step_is_logged_when_it_starts_and_ends(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="sidecar.embedder"), logged_step("exporting m"):
+        pass
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("exporting m (once per model") and "embedder prepare" in lines[0]
+    assert lines[-1].startswith("exporting m: done in ")
 
 
 async def test_export_is_cached_and_reused(onnx_cache: Path, onnx_fp32: OnnxEmbedder) -> None:

@@ -19,7 +19,7 @@ from backend_servers import delete_prefix, redis_reachable
 from conftest import make_config
 from hookclient import chat_body, openai_answer, request_hook, round_trip
 
-from sidecar.cache.model import SCHEMA_VERSION, CacheEntry
+from sidecar.cache.model import SCHEMA_VERSION, CacheEntry, UnreadableEntry
 from sidecar.config import ConfigError, load_config, parse_duration
 
 SHARED_REDIS = "redis://127.0.0.1:6379"
@@ -341,3 +341,22 @@ def test_sidecar_serve_starts_over_the_issue_row(tmp_path: Path) -> None:
         proc.stop()
     text = log.read_text()
     assert f"1 unreadable rows skipped: '{row['id']}' (expires_at is not a finite number)" in text
+
+
+@pytest.mark.parametrize(
+    "vector",
+    [["0.5", 0.1], [None, 0.1], [[0.5], [0.1]], [[0.5], 0.1], [float("nan")], "0.5"],
+)
+def test_a_vector_that_is_not_a_flat_list_of_finite_numbers_is_unreadable(vector: Any) -> None:
+    entry = CacheEntry.from_bytes(
+        orjson.dumps(
+            {"v": SCHEMA_VERSION, "id": "x", "partition": "p", "scope": "s", "question": "q",
+             "answer": {"status": 200, "headers": {}, "body": "{}"}, "created_at": 1.0,
+             "expires_at": 2.0, "vector": [0.25, 1, -0.5]}
+        )
+    )  # fmt: skip
+    assert entry.vector == [0.25, 1, -0.5]
+    raw = orjson.loads(entry.to_bytes())
+    raw["vector"] = vector
+    with pytest.raises(UnreadableEntry, match="vector is not a list of finite numbers"):
+        CacheEntry.from_bytes(orjson.dumps(raw))

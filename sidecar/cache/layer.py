@@ -169,7 +169,8 @@ class DualCache:
             log.error("cache backend unavailable, entry count not refreshed: %s", exc)
 
     async def _rebuild_vectors(self) -> None:
-        """An embedded index lives in memory: refill it from the persisted entries."""
+        """An embedded index lives in memory: load its saved graphs and reconcile them with
+        the persisted entries, SQLite being the source of truth (or rebuild from them)."""
         from sidecar.cache.stores.embedded import EmbeddedExactStore, EmbeddedVectorIndex
 
         if not (
@@ -177,12 +178,7 @@ class DualCache:
             and isinstance(self.vectors, EmbeddedVectorIndex)
         ):
             return
-        assert self.embedder is not None
-        for entry in self.exact.entries_with_vectors():
-            if entry.vector is not None and len(entry.vector) == self.embedder.dimension:
-                await self.vectors.add(
-                    entry.id, entry.scope, entry.partition, entry.vector, entry.expires_at
-                )
+        await self.vectors.restore(self.exact.entries_with_vectors())
         # Acknowledged entries whose vectors were still in the backlog when the process
         # stopped (killed, or the shutdown drain ran out of time): computed again now.
         assert self.backlog is not None
@@ -484,6 +480,8 @@ class DualCache:
         found = await self.exact.delete(entry_id)
         if self.vectors is not None:
             await self.vectors.remove([entry_id])
+            if found:
+                await self._erase_saved_vectors()
         self.metrics.entries.set(await self.exact.count())
         return found
 
@@ -491,8 +489,16 @@ class DualCache:
         ids = await self.exact.delete_partition(partition)
         if self.vectors is not None:
             await self.vectors.remove_partition(partition)
+            if ids:
+                await self._erase_saved_vectors()
         self.metrics.entries.set(await self.exact.count())
         return len(ids)
+
+    async def _erase_saved_vectors(self) -> None:
+        # An embedded index's saved graphs may hold a deleted entry's vector: see erase_saved.
+        erase = getattr(self.vectors, "erase_saved", None)
+        if erase is not None:
+            await erase()
 
     async def sweep(self) -> None:
         # Vector stores holding an expiry of their own (Qdrant, Weaviate) sweep it themselves.

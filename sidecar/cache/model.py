@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import orjson
 
 #: the schema version ``to_bytes`` writes
@@ -35,6 +36,22 @@ class UnreadableEntry(ValueError):
 def _require(cond: bool, why: str) -> None:
     if not cond:
         raise UnreadableEntry(why)
+
+
+def _finite_numbers(value: Any) -> bool:
+    """A flat list of finite numbers. In numpy: a start-up reads every stored vector, and a
+    Python loop over each number was three quarters of the time spent reading a row."""
+    if not isinstance(value, list):
+        return False
+    try:
+        numbers = np.array(value)
+    except (ValueError, OverflowError):  # ragged nesting
+        return False
+    # kind: f(loat), i(nt), u(nsigned), b(ool, an int to Python); strings, None, huge ints and
+    # nested lists give another kind or another ndim
+    if numbers.ndim != 1 or numbers.dtype.kind not in "fiub":
+        return False
+    return bool(np.isfinite(numbers.astype(np.float64, copy=False)).all())
 
 
 def _finite(value: Any, name: str) -> float:
@@ -195,12 +212,7 @@ class CacheEntry:
             _require(isinstance(data.get(name), str), f"{name} is not a string")
         vector = data.get("vector")
         _require(
-            vector is None
-            or (
-                isinstance(vector, list)
-                and all(isinstance(x, int | float) and math.isfinite(x) for x in vector)
-            ),
-            "vector is not a list of finite numbers",
+            vector is None or _finite_numbers(vector), "vector is not a list of finite numbers"
         )
         meta = data.get("meta") or {}
         _require(isinstance(meta, dict), "meta is not an object")

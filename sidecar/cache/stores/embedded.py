@@ -18,11 +18,12 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from sidecar.cache.model import SCHEMA_VERSION, CacheEntry, UnreadableEntry
+from sidecar.cache.stores import embedded_snapshot as snapshot
 from sidecar.cache.stores.base import Neighbour, UnreadableCounter, as_vector, unit
 
 log = logging.getLogger("sidecar.cache.embedded")
@@ -328,6 +329,29 @@ class _ScopeIndex:
     def __len__(self) -> int:
         return len(self.rows) if self.graph is None else len(self.labels)
 
+    @classmethod
+    def from_saved(
+        cls, dimension: int, graph_at: int, graph: Any, saved: snapshot.SavedGraph
+    ) -> _ScopeIndex:
+        index = cls(dimension, graph_at)
+        index.matrix = np.zeros((0, dimension), dtype=np.float32)
+        index.graph = graph
+        index.labels = dict(zip(saved.ids, saved.labels, strict=True))
+        index.by_label = dict(zip(saved.labels, saved.ids, strict=True))
+        index._next_label = saved.next_label
+        return index
+
+    def saved_form(self, scope: str, stamps: dict[str, float]) -> snapshot.SavedGraph:
+        ids = list(self.labels)
+        return snapshot.SavedGraph(
+            scope,
+            Path(),
+            ids,
+            [self.labels[i] for i in ids],
+            [stamps[i] for i in ids],
+            self._next_label,
+        )
+
     def add(self, entry_id: str, vector: np.ndarray) -> None:
         self.remove(entry_id)
         if self.graph is None and len(self.rows) >= self.graph_at:
@@ -347,6 +371,33 @@ class _ScopeIndex:
         self.matrix[n] = vector
         self.ids.append(entry_id)
         self.rows[entry_id] = n
+
+    def add_many(self, entry_ids: list[str], vectors: np.ndarray) -> None:
+        """Add new ids (not in the index) at once: a graph takes them in one usearch call,
+        which spreads the insertions over the free cores (on 2 busy cores no faster than one
+        by one: a rebuild is slow either way, which is why the graphs are saved)."""
+        if self.graph is None and len(self.rows) + len(entry_ids) <= self.graph_at:
+            for entry_id, vector in zip(entry_ids, vectors, strict=True):
+                self.add(entry_id, vector)
+            return
+        if self.graph is None:
+            if len(self.rows) == 0:
+                self.graph = self._new_graph()
+            else:
+                self._build_graph()
+        labels = np.arange(self._next_label, self._next_label + len(entry_ids), dtype=np.uint64)
+        graph: Any = self.graph
+        graph.add(labels, vectors)
+        for entry_id, label in zip(entry_ids, labels.tolist(), strict=True):
+            self.labels[entry_id] = label
+            self.by_label[label] = entry_id
+        self._next_label += len(entry_ids)
+
+    def _new_graph(self) -> Any:
+        from usearch.index import Index
+
+        self.matrix = np.zeros((0, self.dimension), dtype=np.float32)
+        return Index(ndim=self.dimension, metric="cos", dtype="f32")
 
     def _build_graph(self) -> None:
         from usearch.index import Index
@@ -402,34 +453,202 @@ class _ScopeIndex:
         return [Neighbour(self.ids[i], float(scores[i])) for i in order]
 
 
+class Restored(NamedTuple):
+    """What ``EmbeddedVectorIndex.restore`` did: vectors taken from the saved graphs, saved
+    vectors dropped because SQLite no longer holds them as saved, vectors added from SQLite."""
+
+    loaded: int
+    stale: int
+    added: int
+
+
 class EmbeddedVectorIndex:
+    """Vectors in memory, one index per scope. With a ``data_dir`` the HNSW graphs are saved
+    there (at close, and by ``sweep`` at most every ``save_every`` seconds while changed) and
+    loaded by ``restore`` at the next start instead of being rebuilt: see embedded_snapshot."""
+
     name = "embedded"
 
-    def __init__(self, graph_at: int = 2048) -> None:
+    def __init__(
+        self, graph_at: int = 2048, data_dir: str | None = None, save_every: float = 600.0
+    ) -> None:
         self._graph_at = graph_at
         self._dimension = 0
+        self._namespace = ""
         self._scopes: dict[str, _ScopeIndex] = {}
         self._scope_of: dict[str, str] = {}
         self._partition_of: dict[str, str] = {}
+        self._expires_of: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._dir = None if data_dir in (None, ":memory:") else Path(str(data_dir)) / "vector-index"
+        self._save_every = save_every
+        self._generation = 0
+        self._changes = 0  # adds and removes since the last save
+        self._saved_at = time.monotonic()
+        # usearch keeps a removed vector's bytes in the graph (and so in a saved file): after a
+        # delete through the admin API nothing is saved until a restart rebuilds the graph.
+        self._may_save = True
+        self._save_lock = threading.Lock()  # one save at a time
 
     async def start(self, namespace: str, dimension: int) -> None:
         self._dimension = dimension
+        self._namespace = namespace
+
+    def _add_locked(
+        self, entry_id: str, scope: str, partition: str, v: np.ndarray, expires_at: float
+    ) -> None:
+        old_scope = self._scope_of.get(entry_id)
+        if old_scope is not None and old_scope != scope:
+            self._scopes[old_scope].remove(entry_id)
+        index = self._scopes.get(scope)
+        if index is None:
+            index = self._scopes[scope] = _ScopeIndex(self._dimension, self._graph_at)
+        index.add(entry_id, v)
+        self._scope_of[entry_id] = scope
+        self._partition_of[entry_id] = partition
+        self._expires_of[entry_id] = expires_at
+        self._changes += 1
 
     async def add(
         self, entry_id: str, scope: str, partition: str, vector: Sequence[float], expires_at: float
     ) -> None:
         v = unit(as_vector(vector, self._dimension))
         with self._lock:
-            old_scope = self._scope_of.get(entry_id)
-            if old_scope is not None and old_scope != scope:
-                self._scopes[old_scope].remove(entry_id)
+            self._add_locked(entry_id, scope, partition, v, expires_at)
+
+    async def restore(self, entries: Sequence[CacheEntry]) -> Restored:
+        """Fill the index with ``entries`` (the exact store's, read from SQLite): load the saved
+        graphs, drop what SQLite no longer holds, add what they lack."""
+        return await asyncio.to_thread(self._restore, entries)
+
+    def _restore(self, entries: Sequence[CacheEntry]) -> Restored:
+        started = time.perf_counter()
+        wanted = {
+            e.id: e for e in entries if e.vector is not None and len(e.vector) == self._dimension
+        }
+        loaded = stale = 0
+        with self._lock:
+            for scope, index, saved in self._load_snapshot():
+                for entry_id, expires_at in zip(saved.ids, saved.stamps, strict=True):
+                    entry = wanted.get(entry_id)
+                    if entry is None or entry.scope != scope or entry.expires_at != expires_at:
+                        index.remove(entry_id)  # deleted, expired or re-stored since the save
+                        stale += 1
+                        continue
+                    del wanted[entry_id]
+                    self._scope_of[entry_id] = scope
+                    self._partition_of[entry_id] = entry.partition
+                    self._expires_of[entry_id] = expires_at
+                    loaded += 1
+                if len(index):
+                    self._scopes[scope] = index
+            self._add_all(list(wanted.values()))
+            self._changes = len(wanted) + stale
+        log.info(
+            "embedded vector index: %d vectors loaded from the saved index, %d stale ones "
+            "dropped, %d added from the cache database, in %.2f s",
+            loaded,
+            stale,
+            len(wanted),
+            time.perf_counter() - started,
+        )
+        return Restored(loaded, stale, len(wanted))
+
+    def _add_all(self, entries: list[CacheEntry]) -> None:
+        """Add entries not in the index yet, one batch per scope."""
+        by_scope: dict[str, list[CacheEntry]] = {}
+        for entry in entries:
+            by_scope.setdefault(entry.scope, []).append(entry)
+        for scope, group in by_scope.items():
+            matrix = np.asarray([e.vector for e in group], dtype=np.float32)
+            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
             index = self._scopes.get(scope)
             if index is None:
                 index = self._scopes[scope] = _ScopeIndex(self._dimension, self._graph_at)
-            index.add(entry_id, v)
-            self._scope_of[entry_id] = scope
-            self._partition_of[entry_id] = partition
+            index.add_many([e.id for e in group], matrix)
+            for e in group:
+                self._scope_of[e.id] = scope
+                self._partition_of[e.id] = e.partition
+                self._expires_of[e.id] = e.expires_at
+
+    def _load_snapshot(self) -> list[tuple[str, _ScopeIndex, snapshot.SavedGraph]]:
+        if self._dir is None:
+            return []
+        try:
+            found = snapshot.read_manifest(self._dir, self._namespace)
+            if found is None:
+                return []
+            self._generation, graphs = found
+            return [
+                (
+                    saved.scope,
+                    _ScopeIndex.from_saved(
+                        self._dimension,
+                        self._graph_at,
+                        snapshot.load_graph(saved, self._dimension),
+                        saved,
+                    ),
+                    saved,
+                )
+                for saved in graphs
+            ]
+        except snapshot.SnapshotInvalid as exc:
+            log.warning("saved vector index %s discarded, rebuilding it: %s", self._dir, exc)
+            snapshot.discard(self._dir)
+            return []
+
+    async def save(self) -> None:
+        """Write the graphs to ``data_dir`` (a no-op without one). Adds and searches wait."""
+        if self._dir is not None and self._may_save:
+            await asyncio.to_thread(self._save)
+
+    async def erase_saved(self) -> None:
+        """An entry was deleted through the admin API: zero and remove the saved graphs, which
+        may hold its vector, and save none from this process (its graphs hold it too). The
+        next start rebuilds the index from SQLite."""
+        self._may_save = False
+        if self._dir is not None:
+            await asyncio.to_thread(self._erase)
+
+    def _erase(self) -> None:
+        assert self._dir is not None
+        with self._save_lock:  # after a save under way, never under it
+            snapshot.discard(self._dir, erase=True)
+
+    def _save(self) -> None:
+        assert self._dir is not None
+        started = time.perf_counter()
+        with self._save_lock:
+            if not self._may_save:
+                return
+            with self._lock:  # lookups wait while the graphs are written, not while checksummed
+                graphs = [
+                    (index.graph, index.saved_form(scope, self._expires_of))
+                    for scope, index in self._scopes.items()
+                    if index.graph is not None
+                ]
+                self._generation += 1
+                generation = self._generation
+                snapshot.write_graphs(self._dir, generation, graphs)
+                self._changes = 0
+                self._saved_at = time.monotonic()
+                locked = time.perf_counter() - started
+            saved = [g[1] for g in graphs]
+            snapshot.write_manifest(self._dir, self._namespace, generation, saved)
+        log.info(
+            "embedded vector index saved: %d graphs, %d vectors, generation %d, in %.2f s "
+            "(lookups waited %.2f s)",
+            len(saved),
+            sum(len(g.ids) for g in saved),
+            generation,
+            time.perf_counter() - started,
+            locked,
+        )
+
+    async def sweep(self) -> None:
+        """Called with the cache's periodic sweep: save when changed and due."""
+        if self._changes and time.monotonic() - self._saved_at >= self._save_every:
+            await self.save()
 
     async def scope_is_empty(self, scope: str) -> bool:
         """No vector indexed in ``scope`` (in memory: cheap enough for every lookup)."""
@@ -449,8 +668,10 @@ class EmbeddedVectorIndex:
             for entry_id in entry_ids:
                 scope = self._scope_of.pop(entry_id, None)
                 self._partition_of.pop(entry_id, None)
+                self._expires_of.pop(entry_id, None)
                 if scope is None:
                     continue
+                self._changes += 1
                 index = self._scopes[scope]
                 index.remove(entry_id)
                 if len(index) == 0:
@@ -467,4 +688,5 @@ class EmbeddedVectorIndex:
         return None
 
     async def close(self) -> None:
-        return None
+        if self._changes:
+            await self.save()
