@@ -338,7 +338,8 @@ class DualCache:
         try:
             mark = stage_start()
             verdicts = self.verifier.verify_batch(plan.question, candidates) if offered else []
-            stage_end(mark, "verification", candidates=len(offered))
+            accepted = any(v.accept for v in verdicts)
+            stage_end(mark, "verification", candidates=len(offered), accept=accepted)
         except Exception:  # a verifier bug must never serve (or fail) the request
             log.exception("match verifier failed; candidates refused")
             verdicts = [Verdict(False, "verifier_error: the verifier failed") for _ in offered]
