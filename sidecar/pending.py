@@ -230,10 +230,13 @@ class PendingContexts:
         store: PendingStore,
         release: Callable[[RequestContext], Awaitable[None]] | None = None,
         fallback: PendingStore | None = None,
+        detach: Callable[[RequestContext], None] | None = None,
     ) -> None:
         self.store = store
         self._release = release
         self._fallback = fallback
+        #: drops the process-local parts of a context (a running task) before it is shared
+        self._detach = detach
 
     async def ensure_free(self, request_id: str) -> None:
         """Refuse a caller-supplied id that is already pending before any work is done (the
@@ -252,6 +255,8 @@ class PendingContexts:
         secret = new_request_secret()
         size = context_bytes(ctx)
         try:
+            if self._detach is not None and not isinstance(self.store, MemoryPendingStore):
+                self._detach(ctx)
             try:
                 await self.store.put(ctx, secret, size)
             except StoreUnavailable as exc:
@@ -288,6 +293,7 @@ def build_pending(
     config: SidecarConfig,
     release: Callable[[RequestContext], Awaitable[None]] | None = None,
     environ: Mapping[str, str] | None = None,
+    detach: Callable[[RequestContext], None] | None = None,
 ) -> PendingContexts:
     store = build_pending_store(config, environ)
     fallback = None
@@ -296,7 +302,7 @@ def build_pending(
         fallback = MemoryPendingStore(
             server.pending_ttl, server.max_pending, server.max_pending_bytes
         )
-    return PendingContexts(store, release, fallback)
+    return PendingContexts(store, release, fallback, detach)
 
 
 def pending_config_errors(

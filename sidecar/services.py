@@ -40,7 +40,7 @@ class Sidecar:
     ) -> None:
         self.config = config
         # First: a Redis pending store without its key fails before any model or rule loads.
-        self.pending = build_pending(config, self._release_miss_lock)
+        self.pending = build_pending(config, self._release_miss_lock, detach=self._detach_local)
         self.metrics = Metrics(max_label_values=config.metrics.max_label_values)
         self.embedder: Embedder | None = embedder
         # A shared embedder (tests, eval tools) outlives this sidecar; only close our own.
@@ -138,6 +138,10 @@ class Sidecar:
         if self.rules is not None and cfg.guardrails.reload_interval > 0:
             self.rules.start_watching(cfg.guardrails.reload_interval)
         self.ready = True
+
+    def _detach_local(self, ctx: RequestContext) -> None:
+        if self.cache is not None:
+            self.cache.detach_vector(ctx.lookup)
 
     async def _release_miss_lock(self, ctx: RequestContext) -> None:
         if self.pipeline is not None:

@@ -405,6 +405,14 @@ class DualCache:
         miss.reason += f"; waited {waited:.0f} ms for an identical request ({outcome})"
         return miss
 
+    def detach_vector(self, lookup: Lookup | None) -> None:
+        """The request's context leaves this process (a shared pending store): the early
+        embedding running here cannot follow it, so it is given up; the store on whichever
+        replica completes the request computes the vector off its path."""
+        if lookup is not None and self.backlog is not None:
+            self.backlog.discard(lookup.pending)
+            lookup.pending = None
+
     async def release(self, lookup: Lookup | None) -> None:
         """Free the miss lock a lookup took (the pipeline calls this once the answer is stored
         or found not storable). Idempotent; a failure only means the lock expires on its own."""
