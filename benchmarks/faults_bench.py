@@ -110,7 +110,9 @@ class Sidecar:
         text = httpx.get(f"{self.url}/metrics", timeout=10).text
         total = 0.0
         for line in text.splitlines():
-            if not line.startswith("#") and fragment in line.partition("{")[0].split(" ")[0]:
+            name = line.partition("{")[0].split(" ")[0]
+            # prometheus_client adds a *_created sample (a timestamp) beside each counter
+            if not line.startswith("#") and fragment in name and not name.endswith("_created"):
                 total += float(line.rpartition(" ")[2])
         return total
 
