@@ -63,6 +63,7 @@ def _check_config(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         errors.extend(exc.errors)
     rule_files = list(args.rules or [])
+    skipped_pending: list[str] = []
     if config is not None:
         rule_files = [*config.guardrails.rules, *rule_files]
         from sidecar.pending import pending_config_errors
@@ -76,15 +77,12 @@ def _check_config(args: argparse.Namespace) -> int:
             except PricingError as exc:
                 errors.append(str(exc))
         key_env = config.server.pending_key_env
-        skipped_pending: list[str] = []
         if args.offline and pending_errors and not os.environ.get(key_env):
             # Like api_key_env: --offline skips only the presence of a secret from the
             # environment; a key that is set but malformed is still an error.
             skipped_pending = [f"server.pending_key_env ({key_env}) not set"]
         else:
             errors.extend(pending_errors)
-    else:
-        skipped_pending = []
     skipped: list[str] = []
     if rule_files:
         if args.offline:

@@ -8,30 +8,9 @@ from typing import Any
 
 from conftest import make_config
 from hookclient import chat_body, openai_answer, request_hook, round_trip
+from observed_rules import RULES
 
 from sidecar.metrics import partition_hash
-
-RULES = r"""
-profiles:
-  injection:
-    provider: regex
-    config:
-      patterns: [{name: ignore-previous, pattern: '(?i)ignore (all )?previous instructions'}]
-  watch:
-    provider: regex
-    config: {patterns: [{name: refund, pattern: '(?i)refund'}]}
-rules:
-  - id: block-injection
-    when: 'true'
-    apply_to: input
-    profiles: [injection]
-    action: block
-  - id: watch-refunds
-    when: 'true'
-    apply_to: input
-    profiles: [watch]
-    action: detect_only
-"""
 
 QUESTION = "Zanzibar-7731 asks: how do I get a refund for my order?"
 ANSWER = "Quillfeather-4410 says: open the orders page."

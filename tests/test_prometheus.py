@@ -13,31 +13,11 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from observed_rules import RULES
 
 from sidecar.demo.processes import ManagedProcess, free_port, sidecar_command
 
 COMPOSE = Path(__file__).resolve().parent.parent / "compose"
-RULES = r"""
-profiles:
-  injection:
-    provider: regex
-    config:
-      patterns: [{name: ignore-previous, pattern: '(?i)ignore (all )?previous instructions'}]
-  watch:
-    provider: regex
-    config: {patterns: [{name: refund, pattern: '(?i)refund'}]}
-rules:
-  - id: block-injection
-    when: 'true'
-    apply_to: input
-    profiles: [injection]
-    action: block
-  - id: watch-refunds
-    when: 'true'
-    apply_to: input
-    profiles: [watch]
-    action: detect_only
-"""
 
 
 def _queries() -> list[str]:
