@@ -18,7 +18,7 @@ from guardrails.reload import RuleSetHolder
 from sidecar.cache.layer import DualCache, MatchVerifier
 from sidecar.cache.match.verify import build_verifier
 from sidecar.cache.stores.backends import build_exact_store, build_single_flight, build_vector_index
-from sidecar.config import SidecarConfig
+from sidecar.config import ConfigError, SidecarConfig
 from sidecar.guard import build_guardrails
 from sidecar.metrics import Metrics
 from sidecar.pending import build_pending
@@ -129,7 +129,16 @@ class Sidecar:
             self.observers.append(AccessLog(cfg.server.access_log))
         if cfg.telemetry.otlp_endpoint:
             # Imported only when on: with telemetry off, no OpenTelemetry code is loaded.
-            from sidecar.telemetry import Tracing
+            try:
+                from sidecar.telemetry import Tracing
+            except ImportError as exc:
+                # Seen: xds-protos ships its own opentelemetry/proto files and, installed after
+                # opentelemetry-proto, replaces them with ones the exporter cannot import.
+                raise ConfigError(
+                    "telemetry.otlp_endpoint is set but the OpenTelemetry exporter does not "
+                    f"import ({exc}); if xds-protos overwrote opentelemetry-proto's files, run "
+                    "pip install --force-reinstall --no-deps opentelemetry-proto"
+                ) from None
 
             self.observers.append(Tracing(cfg.telemetry))
         self.pipeline = Pipeline(
