@@ -127,6 +127,12 @@ def test_every_dashboard_query_returns_data(sidecar_url: str, prometheus: str) -
         for question in ("How do I get a refund?", "What is the capital of France?"):
             statuses.append(_hook(client, question)["cache"]["status"])  # miss, stored
             statuses.append(_hook(client, question)["cache"]["status"])  # exact hit
+        # stored questions get their vectors off the request path: wait for them, or the
+        # paraphrase below can arrive first and miss
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").json()["vector_backlog"] != 0:
+            assert time.monotonic() < deadline, "the vector backlog never drained"
+            time.sleep(0.05)
         statuses.append(_hook(client, "What's the capital city of France?")["cache"]["status"])
         for _ in range(2):  # a model without a price: tokens counted, cost unknown
             reply = _hook(client, "Name a prime number.", "my-local-llm")
