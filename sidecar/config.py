@@ -126,6 +126,10 @@ class ServerConfig(_Section):
     keepalive_timeout: float = 5.0
     #: open HTTP connections per listener; beyond it new connections are closed at once
     max_connections: int = Field(1024, ge=1)
+    #: at SIGTERM/SIGINT, how long requests and ext_proc streams in progress may take to
+    #: finish before the listeners close them (the vector backlog then drains, bounded by
+    #: cache.vector_drain_s, and the embedded index is saved)
+    shutdown_grace: float = 5.0
     #: ext_proc gRPC listener (Envoy multiplexes each HTTP request's stream over a few HTTP/2
     #: connections). Connections at once; beyond it a new connection is closed at once
     grpc_max_connections: int = Field(1024, ge=1)
@@ -162,6 +166,7 @@ class ServerConfig(_Section):
         "grpc_keepalive_time",
         "grpc_keepalive_timeout",
         "grpc_max_connection_age_grace",
+        "shutdown_grace",
         mode="before",
     )
     @classmethod
@@ -259,6 +264,9 @@ class CacheConfig(_Section):
     vector_backlog_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     #: at shutdown, how long to wait for the backlog's vectors before reporting the rest lost
     vector_drain_s: float = Field(10.0, ge=0, le=3600)
+    #: embedded vector index: a scope is searched by brute force up to this many vectors, then
+    #: through an HNSW graph (the graphs are what is saved at shutdown and loaded at start)
+    vector_graph_at: int = Field(2048, ge=2, le=10_000_000)
 
     @field_validator("ttl", "max_ttl", mode="before")
     @classmethod
