@@ -47,6 +47,10 @@ class ExtProcMetrics:
         self.streams = Gauge(
             "sidecar_extproc_streams", "ext_proc streams in progress", registry=registry
         )
+        # Counted in a plain int and read at scrape time: a Gauge's inc() and dec() each take
+        # a lock, two per request on the exact-hit path (only the event loop thread counts).
+        self.open_streams = 0
+        self.streams.set_function(lambda: self.open_streams)
         self.errors = Counter(
             "sidecar_extproc_errors",
             "Sidecar failures while answering an ext_proc message, by message and fail mode",
@@ -94,7 +98,7 @@ class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     ) -> AsyncIterator[ProcessingResponse]:
         processor = self._new_processor()
         if self._metrics is not None:
-            self._metrics.streams.inc()
+            self._metrics.open_streams += 1
         try:
             async for message in request_iterator:
                 kind = message.WhichOneof("request")
@@ -124,7 +128,7 @@ class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             except Exception:  # closing must not mask how the stream ended
                 log.exception("ext_proc processor failed to close")
             if self._metrics is not None:
-                self._metrics.streams.dec()
+                self._metrics.open_streams -= 1
 
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
