@@ -17,7 +17,7 @@ import argparse
 import asyncio
 import statistics
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -74,13 +74,28 @@ def response_messages(answer: bytes) -> tuple[bytes, bytes]:
     return head.SerializeToString(), body.SerializeToString()
 
 
-async def _stream(messages: Sequence[bytes]) -> AsyncIterator[pb.ProcessingRequest]:
-    for raw in messages:
-        yield pb.ProcessingRequest.FromString(raw)
+class _Messages:
+    """The stream's incoming messages, parsed from their bytes. An iterator class like grpc's
+    own (``_MessageReceiver``), not an async generator: a generator left unfinished (the
+    stream ends at the immediate response) would add asyncio's finalizer work, which grpc
+    does not have."""
+
+    def __init__(self, messages: Sequence[bytes]) -> None:
+        self._messages = iter(messages)
+
+    def __aiter__(self) -> _Messages:
+        return self
+
+    async def __anext__(self) -> pb.ProcessingRequest:
+        for raw in self._messages:
+            return pb.ProcessingRequest.FromString(raw)
+        raise StopAsyncIteration
 
 
 async def one_stream(servicer: Any, messages: Sequence[bytes]) -> list[bytes]:
-    return [reply.SerializeToString() async for reply in servicer.Process(_stream(messages), None)]
+    return [
+        reply.SerializeToString() async for reply in servicer.Process(_Messages(messages), None)
+    ]
 
 
 async def run(requests: int, profile: bool) -> dict[str, Any]:
