@@ -126,6 +126,30 @@ class ServerConfig(_Section):
     keepalive_timeout: float = 5.0
     #: open HTTP connections per listener; beyond it new connections are closed at once
     max_connections: int = Field(1024, ge=1)
+    #: at SIGTERM/SIGINT, how long requests and ext_proc streams in progress may take to
+    #: finish before the listeners close them (the vector backlog then drains, bounded by
+    #: cache.vector_drain_s, and the embedded index is saved)
+    shutdown_grace: float = 5.0
+    #: ext_proc gRPC listener (Envoy multiplexes each HTTP request's stream over a few HTTP/2
+    #: connections). Connections at once; beyond it a new connection is closed at once
+    grpc_max_connections: int = Field(1024, ge=1)
+    #: ext_proc streams in progress at once (one per HTTP request in flight), all connections
+    #: together; beyond it a new stream is refused at once with RESOURCE_EXHAUSTED, which Envoy
+    #: handles by its failure mode (fail open: passed through; closed: 500)
+    grpc_max_concurrent_streams: int = Field(10_000, ge=1)
+    #: a connection must finish its handshake (TLS, HTTP/2 settings) within this time
+    grpc_handshake_timeout: float = 10.0
+    #: the server pings a connection after this long without traffic; a peer that does not
+    #: answer within ``grpc_keepalive_timeout`` is closed (half-open connections do not pile up)
+    grpc_keepalive_time: float = 60.0
+    grpc_keepalive_timeout: float = 20.0
+    #: a connection without streams for this long is closed with GOAWAY (Envoy reconnects on
+    #: its next request); 0: never
+    grpc_max_connection_idle: float = 300.0
+    #: a connection older than this is asked to go away (GOAWAY) and closed once its streams
+    #: end or ``grpc_max_connection_age_grace`` has passed; 0: never
+    grpc_max_connection_age: float = 0.0
+    grpc_max_connection_age_grace: float = 30.0
     #: the event loop of ``sidecar serve``: ``uvloop`` (faster gRPC and HTTP handling),
     #: ``asyncio`` (the standard loop), ``auto``: uvloop when it is installed
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
@@ -134,10 +158,26 @@ class ServerConfig(_Section):
     access_log: str = ""
 
     @field_validator(
-        "pending_ttl", "header_timeout", "body_timeout", "keepalive_timeout", mode="before"
+        "pending_ttl",
+        "header_timeout",
+        "body_timeout",
+        "keepalive_timeout",
+        "grpc_handshake_timeout",
+        "grpc_keepalive_time",
+        "grpc_keepalive_timeout",
+        "grpc_max_connection_age_grace",
+        "shutdown_grace",
+        mode="before",
     )
     @classmethod
     def _ttl(cls, v: Any) -> float:
+        return parse_duration(v)
+
+    @field_validator("grpc_max_connection_idle", "grpc_max_connection_age", mode="before")
+    @classmethod
+    def _duration_or_never(cls, v: Any) -> float:
+        if v in (0, "0", "off", "never"):
+            return 0.0
         return parse_duration(v)
 
     @model_validator(mode="after")
@@ -224,6 +264,9 @@ class CacheConfig(_Section):
     vector_backlog_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     #: at shutdown, how long to wait for the backlog's vectors before reporting the rest lost
     vector_drain_s: float = Field(10.0, ge=0, le=3600)
+    #: embedded vector index: a scope is searched by brute force up to this many vectors, then
+    #: through an HNSW graph (the graphs are what is saved at shutdown and loaded at start)
+    vector_graph_at: int = Field(2048, ge=2, le=10_000_000)
 
     @field_validator("ttl", "max_ttl", mode="before")
     @classmethod

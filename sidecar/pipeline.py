@@ -224,6 +224,8 @@ class Pipeline:
         self._partition_children: dict[tuple[str, str], Any] = {}
         self._savings_children: dict[tuple[str, str], Any] = {}
         self._request_timers: dict[CacheStatus, Any] = {}
+        self._request_counters: dict[tuple[str, CacheStatus], Any] = {}
+        self._hit_counters: dict[str, Any] = {}
 
     def _finish(self, ctx: RequestContext) -> None:
         log_ = ctx.stages
@@ -257,8 +259,15 @@ class Pipeline:
             if token is not None:
                 CURRENT.reset(token)
         ctx.cache = outcome.cache
-        self.metrics.requests.labels(transport, outcome.cache.status.value).inc()
         status = outcome.cache.status
+        # Labelled children cached (few transports x four statuses): labels() takes a lock
+        # and checks its arguments on every call, a measurable share of an exact hit.
+        counter = self._request_counters.get((transport, status))
+        if counter is None:
+            counter = self._request_counters[(transport, status)] = self.metrics.requests.labels(
+                transport, status.value
+            )
+        counter.inc()
         timer = self._request_timers.get(status)
         if timer is None:  # four statuses: cached children skip labels()' lock and key
             timer = self._request_timers[status] = self.metrics.request_seconds.labels(status.value)
@@ -270,7 +279,12 @@ class Pipeline:
         elif outcome.cache.status is CacheStatus.MISS:
             self.metrics.misses.inc()
         elif outcome.cache.hit_type:
-            self.metrics.hits.labels(outcome.cache.hit_type).inc()
+            hits = self._hit_counters.get(outcome.cache.hit_type)
+            if hits is None:
+                hits = self._hit_counters[outcome.cache.hit_type] = self.metrics.hits.labels(
+                    outcome.cache.hit_type
+                )
+            hits.inc()
             if ctx.lookup is not None and ctx.lookup.entry is not None:
                 self._count_savings(ctx.lookup.entry.answer.usage, outcome.cache.hit_type)
         if ctx.stages is not None and outcome.action == "respond":

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -66,16 +67,63 @@ def check_exposure(server: ServerConfig) -> str | None:
     return None
 
 
-class _SecondaryServer(uvicorn.Server):
-    """The admin listener's server: the hook listener owns the process signals, and stops
-    this one when it stops."""
+class _QuietServer(uvicorn.Server):
+    """A uvicorn server that leaves the process signals alone. uvicorn's own handling re-raises
+    SIGTERM/SIGINT once its server has stopped, which kills the process (or raises
+    KeyboardInterrupt) before ``run_server`` has stopped gRPC, drained the vector backlog and
+    saved the index; ``ShutdownSignals`` stops the servers instead."""
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
 
-def _http_server(app: Any, server: ServerConfig, port: int, secondary: bool) -> uvicorn.Server:
+class ShutdownSignals:
+    """SIGTERM and SIGINT ask every listener to stop; ``run_server`` then stops gRPC and closes
+    the sidecar (backlog drain, index save) and the process exits 0. A second signal stops the
+    HTTP listeners at once, without waiting for requests in progress."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self.servers: list[uvicorn.Server] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def install(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        for sig in self.SIGNALS:
+            self._loop.add_signal_handler(sig, self._on_signal, sig)
+
+    def uninstall(self) -> None:
+        if self._loop is not None:
+            for sig in self.SIGNALS:
+                self._loop.remove_signal_handler(sig)
+            self._loop = None
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if self.requested.is_set():
+            log.warning("%s again: stopping without waiting for requests in progress", sig.name)
+            for server in self.servers:
+                server.force_exit = True
+            return
+        log.info("%s received: shutting down", sig.name)
+        self.requested.set()
+        for server in self.servers:
+            server.should_exit = True
+
+
+async def _serve(server: uvicorn.Server) -> bool:
+    """Run one HTTP listener until it is asked to stop; False when it could not start (uvicorn
+    logs why and raises SystemExit, which must not escape a task into the event loop)."""
+    try:
+        await server.serve()
+    except SystemExit:
+        return False
+    return True
+
+
+def _http_server(app: Any, server: ServerConfig, port: int) -> uvicorn.Server:
     uv_config = uvicorn.Config(
         app,
         host=server.http_host,
@@ -87,8 +135,10 @@ def _http_server(app: Any, server: ServerConfig, port: int, secondary: bool) -> 
         timeout_keep_alive=server.keepalive_timeout,  # type: ignore[arg-type]  # float works
         ssl_certfile=server.tls_cert_file or None,
         ssl_keyfile=server.tls_key_file or None,
+        # in-flight requests get this long once a shutdown begins
+        timeout_graceful_shutdown=max(1, round(server.shutdown_grace)),
     )
-    return _SecondaryServer(uv_config) if secondary else uvicorn.Server(uv_config)
+    return _QuietServer(uv_config)
 
 
 async def run_server(config: SidecarConfig) -> int:
@@ -96,6 +146,15 @@ async def run_server(config: SidecarConfig) -> int:
     if refusal is not None:
         log.error("start-up failed: %s", refusal)
         return 2
+    signals = ShutdownSignals()
+    signals.install()
+    try:
+        return await _run_server(config, signals)
+    finally:
+        signals.uninstall()
+
+
+async def _run_server(config: SidecarConfig, signals: ShutdownSignals) -> int:
     try:
         sidecar = Sidecar(config)
     except RuleFileError as exc:
@@ -151,32 +210,39 @@ async def run_server(config: SidecarConfig) -> int:
         sidecar.rules.install_sighup(asyncio.get_running_loop())
     server_config = config.server
     scheme = "https" if server_config.tls_cert_file else "http"
-    admin_server = None
+    servers: list[uvicorn.Server] = []
     if server_config.admin_port:
         hooks_app = create_app(sidecar, manage_lifecycle=False, listener="hooks")
         admin_app = create_app(sidecar, manage_lifecycle=False, listener="admin")
-        admin_server = _http_server(admin_app, server_config, server_config.admin_port, True)
+        servers.append(_http_server(admin_app, server_config, server_config.admin_port))
         log.info(
             "admin API on %s://%s:%d", scheme, server_config.http_host, server_config.admin_port
         )
     else:
         hooks_app = create_app(sidecar, manage_lifecycle=False)
-    server = _http_server(hooks_app, server_config, server_config.http_port, False)
+    servers.insert(0, _http_server(hooks_app, server_config, server_config.http_port))
+    signals.servers.extend(servers)
     log.info("HTTP hook on %s://%s:%d", scheme, server_config.http_host, server_config.http_port)
-    admin_task = None
+    code = 0
     try:
-        if admin_server is not None:
-            admin_task = asyncio.create_task(admin_server.serve())
-        await server.serve()
+        if not signals.requested.is_set():  # a signal during start-up: stop at once
+            # One listener ending (e.g. a port already taken) stops the others too.
+            tasks = [asyncio.create_task(_serve(s)) for s in servers]
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for server in servers:
+                server.should_exit = True
+            served = await asyncio.gather(*tasks)
+            if not all(served) or not signals.requested.is_set():
+                code = 1
     finally:
-        if admin_server is not None and admin_task is not None:
-            admin_server.should_exit = True
-            with contextlib.suppress(Exception, SystemExit):
-                await admin_task
+        # Stop taking ext_proc streams (those in progress get the grace period), then close
+        # the sidecar: the vector backlog drains and the embedded index is saved.
         if grpc_server is not None:
-            await grpc_server.stop()
+            await grpc_server.stop(server_config.shutdown_grace)
         await sidecar.close()
-    return 0
+        if code == 0:
+            log.info("shut down cleanly")
+    return code
 
 
 def loop_factory(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:

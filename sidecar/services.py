@@ -70,7 +70,11 @@ class Sidecar:
     async def start(self) -> None:
         cfg = self.config
         if cfg.cache.enabled:
-            if self.embedder is None and cfg.cache.vector_store:
+            vectors = build_vector_index(cfg.cache, self.clock)
+            # No semantic layer (vector_store none or empty): no embedder, no verifier models;
+            # nothing of sentence-transformers, torch or ONNX Runtime is imported.
+            semantic = vectors is not None
+            if self.embedder is None and semantic:
                 self.embedder = build_embedder(
                     cfg.embedder.backend,
                     model=cfg.embedder.model,
@@ -88,14 +92,17 @@ class Sidecar:
             # An embedder passed in by the caller is already started (and shared).
             if self.embedder is not None and self._owns_embedder:
                 await self.embedder.start()
+            self.extra_status["embedder"] = (
+                f"{cfg.embedder.backend} {self.embedder.model_id}"
+                if self.embedder is not None and semantic
+                else "off (no semantic layer: cache.vector_store is none)"
+            )
             exact = build_exact_store(cfg.cache, self.clock)
-            verifier = (
-                self._verifier
-                if self._verifier is not None
-                else build_verifier(
+            verifier = self._verifier
+            if verifier is None and semantic:
+                verifier = build_verifier(
                     cfg.cache, cfg.embedder, self.embedder.dimension if self.embedder else 0
                 )
-            )
             head = getattr(verifier, "head", None)
             self.extra_status["match_head"] = (
                 "off" if head is None else f"{head.model} (min {cfg.cache.match_head_min})"
@@ -109,7 +116,7 @@ class Sidecar:
             )
             self.cache = DualCache(
                 exact,
-                build_vector_index(cfg.cache, self.clock),
+                vectors,
                 self.embedder,
                 self.metrics,
                 verifier,

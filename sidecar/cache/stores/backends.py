@@ -98,7 +98,7 @@ def build_vector_index(
     """The vector index, or None when the semantic layer is disabled (``none`` or empty)."""
     url = config.vector_store.strip()
     if url == "embedded":
-        return EmbeddedVectorIndex(data_dir=config.data_dir)
+        return EmbeddedVectorIndex(graph_at=config.vector_graph_at, data_dir=config.data_dir)
     if url.lower() in ("", "none"):
         return None
     scheme = _scheme(url)

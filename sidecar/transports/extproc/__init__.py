@@ -15,11 +15,12 @@ from sidecar.services import Sidecar
 from sidecar.transports.extproc.messages import HttpBody, HttpHeaders, ProcessingResponse
 from sidecar.transports.extproc.pipeline_processor import ExtProcError, PipelineProcessor
 from sidecar.transports.extproc.processor import PassThroughProcessor, Processor
-from sidecar.transports.extproc.server import ExtProcServer, FailureMode
+from sidecar.transports.extproc.server import ExtProcServer, FailureMode, ListenerLimits
 
 __all__ = [
     "ExtProcServer",
     "FailureMode",
+    "ListenerLimits",
     "PassThroughProcessor",
     "PipelineProcessor",
     "Processor",
@@ -90,4 +91,14 @@ def build_server(sidecar: Sidecar) -> ExtProcServer:
         registry=sidecar.metrics.registry,
         tokens=load_tokens(server_config),
         tls=tls,
+        limits=ListenerLimits(
+            max_connections=server_config.grpc_max_connections,
+            max_concurrent_streams=server_config.grpc_max_concurrent_streams,
+            handshake_timeout=server_config.grpc_handshake_timeout,
+            keepalive_time=server_config.grpc_keepalive_time,
+            keepalive_timeout=server_config.grpc_keepalive_timeout,
+            max_connection_idle=server_config.grpc_max_connection_idle,
+            max_connection_age=server_config.grpc_max_connection_age,
+            max_connection_age_grace=server_config.grpc_max_connection_age_grace,
+        ),
     )

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Literal
 
 import grpc
@@ -46,6 +47,10 @@ class ExtProcMetrics:
         self.streams = Gauge(
             "sidecar_extproc_streams", "ext_proc streams in progress", registry=registry
         )
+        # Counted in a plain int and read at scrape time: a Gauge's inc() and dec() each take
+        # a lock, two per request on the exact-hit path (only the event loop thread counts).
+        self.open_streams = 0
+        self.streams.set_function(lambda: self.open_streams)
         self.errors = Counter(
             "sidecar_extproc_errors",
             "Sidecar failures while answering an ext_proc message, by message and fail mode",
@@ -93,7 +98,7 @@ class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
     ) -> AsyncIterator[ProcessingResponse]:
         processor = self._new_processor()
         if self._metrics is not None:
-            self._metrics.streams.inc()
+            self._metrics.open_streams += 1
         try:
             async for message in request_iterator:
                 kind = message.WhichOneof("request")
@@ -123,7 +128,7 @@ class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
             except Exception:  # closing must not mask how the stream ended
                 log.exception("ext_proc processor failed to close")
             if self._metrics is not None:
-                self._metrics.streams.dec()
+                self._metrics.open_streams -= 1
 
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
@@ -169,6 +174,48 @@ class TokenInterceptor(grpc.aio.ServerInterceptor):
         return self._deny
 
 
+@dataclass(frozen=True)
+class ListenerLimits:
+    """Bounds on the gRPC listener (``server.grpc_*``); durations in seconds, 0: never."""
+
+    max_connections: int = 1024
+    max_concurrent_streams: int = 10_000
+    handshake_timeout: float = 10.0
+    keepalive_time: float = 60.0
+    keepalive_timeout: float = 20.0
+    max_connection_idle: float = 300.0
+    max_connection_age: float = 0.0
+    max_connection_age_grace: float = 30.0
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        """grpc core channel arguments (grpc_types.h) enforcing these limits."""
+
+        def ms(seconds: float) -> int:
+            return max(1, round(seconds * 1000))
+
+        # The stream cap is grpc's maximum_concurrent_rpcs (server-wide, refused at once), not
+        # HTTP/2's per-connection SETTINGS_MAX_CONCURRENT_STREAMS (left unlimited): a client
+        # such as Envoy holding one connection would otherwise queue streams beyond it on its
+        # side, silently, until its own message timeout.
+        options = [
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.server_handshake_timeout_ms", ms(self.handshake_timeout)),
+            ("grpc.keepalive_time_ms", ms(self.keepalive_time)),
+            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout)),
+            # Without this the server pings only connections with streams in progress, and a
+            # ping left unanswered closes the connection only after grpc's own 1-minute ping
+            # timeout: a dead peer with no stream would never be noticed.
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.ping_timeout_ms", ms(self.keepalive_timeout)),
+        ]
+        if self.max_connection_idle > 0:
+            options.append(("grpc.max_connection_idle_ms", ms(self.max_connection_idle)))
+        if self.max_connection_age > 0:
+            options.append(("grpc.max_connection_age_ms", ms(self.max_connection_age)))
+            options.append(("grpc.max_connection_age_grace_ms", ms(self.max_connection_age_grace)))
+        return options
+
+
 class ExtProcServer:
     """Owns the grpc.aio server. ``start()`` binds and returns the port actually bound."""
 
@@ -181,10 +228,13 @@ class ExtProcServer:
         registry: CollectorRegistry | None = None,
         tokens: TokenSet | None = None,
         tls: tuple[bytes, bytes] | None = None,
+        limits: ListenerLimits | None = None,
     ) -> None:
         """``tokens``: the bearer tokens streams must carry (None: no check); ``tls``: (PEM
-        certificate chain, PEM private key) to serve gRPC over TLS."""
+        certificate chain, PEM private key) to serve gRPC over TLS; ``limits``: connection
+        and stream bounds (the defaults of ``server.grpc_*`` when None)."""
         self._new_processor = new_processor
+        self._limits = limits or ListenerLimits()
         self._tokens = tokens
         self._tls = tls
         self._address = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
@@ -200,9 +250,10 @@ class ExtProcServer:
         )
         server = grpc.aio.server(
             interceptors=interceptors,
+            # Beyond it grpc refuses a new stream at once with RESOURCE_EXHAUSTED.
+            maximum_concurrent_rpcs=self._limits.max_concurrent_streams,
             options=[
-                # Envoy multiplexes every request's stream over few HTTP/2 connections.
-                ("grpc.max_concurrent_streams", 10_000),
+                *self._limits.channel_options(),
                 # A second sidecar on the same port must fail to start, not share the traffic.
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
