@@ -128,7 +128,9 @@ class EngineGuardrails:
 
 
 def build_guardrails(
-    config: SidecarConfig, registry: object | None = None
+    config: SidecarConfig,
+    registry: object | None = None,
+    rule_label: Callable[[str], str] | None = None,
 ) -> tuple[EngineGuardrails, RuleSetHolder] | None:
     """The engine for ``guardrails.rules``; None when no rule file is configured.
 
@@ -169,5 +171,6 @@ def build_guardrails(
         workers=workers,
         inline_max_chars=g.inline_max_chars,
         cpu_budget_ms=g.cpu_budget_ms,
+        rule_label=rule_label,
     )
     return EngineGuardrails(engine), holder

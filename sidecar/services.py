@@ -53,7 +53,7 @@ class Sidecar:
         self.rules: RuleSetHolder | None = None
         self.engine: GuardrailEngine | None = None
         if guardrails is None:
-            built = build_guardrails(config, self.metrics.registry)
+            built = build_guardrails(config, self.metrics.registry, self.metrics.rule_label)
             if built is not None:
                 adapter, self.rules = built
                 self._guardrails, self.engine = adapter, adapter.engine
