@@ -96,6 +96,11 @@ class EngineGuardrails:
         result = await self.engine.run_stage(
             stage, pieces, rule_env(ctx), check_context(ctx, stage)
         )
+        for d in result.decisions:  # the dashboard's recent decisions: rules that acted
+            if d.outcome is not Outcome.PASS and d.outcome is not Outcome.SAMPLED_OUT:
+                if ctx.fired is None:
+                    ctx.fired = []
+                ctx.fired.append((d.rule_id, d.outcome.value))
         if ctx.stages is not None:  # the access log and traces: which rules ran, how
             for d in result.decisions:
                 if d.outcome is not Outcome.SAMPLED_OUT:
