@@ -3,6 +3,9 @@
 // textContent only, never as HTML.
 "use strict";
 
+// when the scripts (plotly.js first) are loaded and run, in ms since the navigation started
+document.body.dataset.scriptsReadyMs = performance.now().toFixed(1);
+
 const REFRESH_MS = 5000;
 const DECISIONS_SHOWN = 100;
 const PATHS = [["hit-exact", "exact hit"], ["hit-semantic", "semantic hit"], ["miss", "miss"]];
@@ -137,6 +140,9 @@ async function refresh() {
   drawFigures(data);
   await drawCharts(data);
   // tests and the benchmark wait for this: figures, tables and charts are all drawn
+  if (!document.body.dataset.rendered) {
+    document.body.dataset.firstRenderMs = performance.now().toFixed(1);  // since navigation
+  }
   document.body.dataset.rendered = String(Number(document.body.dataset.rendered || 0) + 1);
 }
 
