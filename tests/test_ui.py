@@ -45,8 +45,9 @@ def test_recent_decisions_are_bounded_in_bytes() -> None:
 
 
 def test_reasons_lose_query_strings_and_length() -> None:
-    reason = "bypass: /v1/other?user=Zanzibar is not an LLM API the sidecar handles"
-    assert "Zanzibar" not in safe_reason(reason)
+    reason = "bypass: /v1/users/Zanzibar/x?q=1 is not an LLM API the sidecar handles"
+    assert safe_reason(reason) == "bypass: the path is not an LLM API the sidecar handles"
+    assert "Zanzibar" not in safe_reason("refused: cache key?user=Zanzibar")
     assert len(safe_reason("y" * 5000)) == MAX_REASON_CHARS
 
 

@@ -5,8 +5,8 @@ leaves one row: wall time, transport, the partition's hash (``sidecar.metrics.
 partition_hash``, never the raw key), cache status, the reason phrase, the sidecar's own time
 for the request hook, and the rules that did something (rule id and outcome). Reason phrases
 are the sidecar's fixed texts; the one that quotes the request (a bypass naming a path the
-sidecar does not handle) is cut at the query string and capped in length, so no user text
-is kept.
+sidecar does not handle) loses the path, and any phrase is cut at a query string and capped
+in length, so no user text is kept.
 
 It is a ``RequestObserver`` that needs no stage timings: the pipeline calls ``finish`` for it
 without creating a per-request stage recorder, so keeping it on costs an append per request.
@@ -16,6 +16,7 @@ buffer evicts by hand.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -64,9 +65,14 @@ def _size(row: Decision) -> int:
     )
 
 
+_PATH_BYPASS = re.compile(r"^bypass: .* is not an LLM API the sidecar handles$", re.S)
+
+
 def safe_reason(reason: str) -> str:
-    """The reason phrase as the dashboard shows it: no query string, at most
-    ``MAX_REASON_CHARS`` characters."""
+    """The reason phrase as the dashboard shows it: without the request path a bypass quotes,
+    no query string, at most ``MAX_REASON_CHARS`` characters."""
+    if _PATH_BYPASS.match(reason):  # a path's segments may carry ids or names
+        return "bypass: the path is not an LLM API the sidecar handles"
     if "?" in reason:  # a path quoted in a bypass reason: its query string may carry anything
         head, _, _ = reason.partition("?")
         reason = head + "?..."
