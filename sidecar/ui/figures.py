@@ -206,10 +206,10 @@ def series_point(t: float, c: Counters) -> tuple[float, float, float, float, flo
     )
 
 
-def series_json(points: Iterable[tuple[float, ...]]) -> dict[str, list[float]]:
+def series_json(points: Iterable[tuple[float, ...]]) -> dict[str, list[float | None]]:
     """Per interval between consecutive samples: requests per second and hit rates; plus the
     cumulative savings at each sample."""
-    out: dict[str, list[float]] = {
+    out: dict[str, list[float | None]] = {
         "t": [],
         "rps": [],
         "hit_rate_exact": [],
@@ -224,8 +224,13 @@ def series_json(points: Iterable[tuple[float, ...]]) -> dict[str, list[float]]:
             d_req = requests - previous[1]
             out["t"].append(round(t, 3))
             out["rps"].append(round(d_req / (t - previous[0]), 3))
-            out["hit_rate_exact"].append(round(_rate(exact - previous[2], d_req), 4))
-            out["hit_rate_semantic"].append(round(_rate(semantic - previous[3], d_req), 4))
+            # no request in the interval: no rate (a gap in the chart), not a rate of 0
+            out["hit_rate_exact"].append(
+                round((exact - previous[2]) / d_req, 4) if d_req > 0 else None
+            )
+            out["hit_rate_semantic"].append(
+                round((semantic - previous[3]) / d_req, 4) if d_req > 0 else None
+            )
             out["tokens_saved"].append(tokens)
             out["cost_saved_usd"].append(cost)
         previous = point

@@ -52,6 +52,10 @@ function fillTable(id, rows) {
   body.replaceWith(fresh);
 }
 
+function percent(v) {
+  return v == null ? null : v * 100;  // null: no request in that interval (a gap)
+}
+
 function times(series) {
   return series.t.map((t) => new Date(t * 1000));
 }
@@ -60,8 +64,8 @@ function drawCharts(data) {
   const s = data.series;
   const x = times(s);
   const hitRate = Plotly.react("chart-hit-rate", [
-    { x, y: s.hit_rate_exact.map((v) => v * 100), name: "exact", mode: "lines+markers" },
-    { x, y: s.hit_rate_semantic.map((v) => v * 100), name: "semantic", mode: "lines+markers" },
+    { x, y: s.hit_rate_exact.map(percent), name: "exact", mode: "lines+markers" },
+    { x, y: s.hit_rate_semantic.map(percent), name: "semantic", mode: "lines+markers" },
   ], layout("Hit rate over time (%)", { yaxis: { rangemode: "tozero" } }), PLOT_CONFIG);
   const rps = Plotly.react("chart-rps", [
     { x, y: s.rps, name: "requests/s", mode: "lines+markers" },
