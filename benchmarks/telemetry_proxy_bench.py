@@ -9,6 +9,7 @@ Three ``sidecar serve`` processes run at once, each from its own tree:
   BASE_COMMIT``, ``git archive`` into a temporary directory);
 * off: this tree, telemetry off (the default; the /ui dashboard's recent decisions on, as by
   default);
+* off_no_ui: the same with the dashboard off (``ui.enabled: false``: no recent-decisions ring);
 * otlp: this tree, ``telemetry.otlp_endpoint`` set to an OTLP/HTTP sink in this process,
   sampling 100%.
 Each stores the same questions, then the load generator (its own process) sends request
@@ -68,6 +69,8 @@ def _start(name: str, tree: Path, workdir: Path, endpoint: str) -> tuple[Managed
     }
     if name == "otlp":
         config["telemetry"] = {"otlp_endpoint": endpoint, "sample_ratio": 1.0}
+    if name == "off_no_ui":
+        config["ui"] = {"enabled": False}
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
     command = [sys.executable, "-m", "sidecar", "serve", "--config", str(path)]
@@ -116,7 +119,7 @@ def run(quick: bool) -> dict[str, Any]:
         ).stdout
         with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
             tar.extractall(base, filter="data")
-        trees = {"baseline": base, "off": ROOT, "otlp": ROOT}
+        trees = {"baseline": base, "off": ROOT, "off_no_ui": ROOT, "otlp": ROOT}
         servers: dict[str, tuple[ManagedProcess, int]] = {}
         try:
             for name, tree in trees.items():
@@ -162,7 +165,7 @@ def run(quick: bool) -> dict[str, Any]:
         for n, ms in medians.items()
     }
     base_p50 = p50["baseline"]
-    added = {n: round(p50[n] - base_p50, 4) for n in ("off", "otlp")}
+    added = {n: round(p50[n] - base_p50, 4) for n in ("off", "off_no_ui", "otlp")}
     spread = max(medians["baseline"]) - min(medians["baseline"])
     added_otlp_vs_off = round(p50["otlp"] - p50["off"], 4)
     rows = [
