@@ -34,7 +34,7 @@ import os
 import random
 import time
 from collections import Counter as Tally
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,9 @@ from guardrails.local_checks import (
 from guardrails.rules import Action, OnError, Profile, Redaction, Rule, RuleSet
 from guardrails.ruleset import DEFAULT_SCAN, scanned_kinds
 from guardrails.workers import WorkerError, WorkerPool
+
+# the one bound for traffic-fed labels (a module without dependencies on the sidecar's core)
+from sidecar.labels import BoundedLabels
 
 if TYPE_CHECKING:
     from guardrails.reload import RuleSetHolder
@@ -305,9 +308,15 @@ class GuardrailEngine:
         workers: WorkerPool | None = None,
         inline_max_chars: int = DEFAULT_INLINE_MAX_CHARS,
         cpu_budget_ms: int = DEFAULT_CPU_BUDGET_MS,
+        rule_label: Callable[[str], str] | None = None,
     ) -> None:
         """``registry`` None keeps metrics private (not exported); ``hash_salt`` None draws a
         random per-process salt, so ``hash`` redactions differ across restarts.
+
+        ``rule_label`` bounds the ``rule`` label of the metrics (the sidecar passes its
+        ``sidecar.labels.BoundedLabels``, shared with partitions and models): rule files are
+        reloaded while the process runs, so their ids are not a fixed set. None: a private
+        bound of 100 values.
 
         ``workers`` None runs every check in this process, as callers of ``scan`` always did:
         a timeout then answers without stopping CPU work, and ``cpu_budget_ms`` (0: none) is
@@ -324,6 +333,7 @@ class GuardrailEngine:
         self._salt = hash_salt if hash_salt is not None else os.urandom(16)
         self.stream_min_release = max(1, stream_min_release)
         self.default_block_status = default_block_status
+        self._rule_label = rule_label if rule_label is not None else BoundedLabels(100)
         registry = registry if registry is not None else CollectorRegistry()
         self._decisions_total = Counter(
             "guardrail_decisions_total",
@@ -552,9 +562,10 @@ class GuardrailEngine:
     def record(self, decisions: Sequence[RuleDecision], stage: Stage, request_id: str) -> None:
         """Metrics and audit records for decisions (finding types and counts, never text)."""
         for d in decisions:
-            self._decisions_total.labels(d.rule_id, d.action.value, d.outcome.value).inc()
+            rule = self._rule_label(d.rule_id)
+            self._decisions_total.labels(rule, d.action.value, d.outcome.value).inc()
             if d.outcome is not Outcome.SAMPLED_OUT:
-                self._latency.labels(d.rule_id).observe(d.latency_ms / 1000)
+                self._latency.labels(rule).observe(d.latency_ms / 1000)
             if self.audit is None:
                 continue
             try:

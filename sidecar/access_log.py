@@ -54,6 +54,8 @@ class AccessLog:
     """Appends to ``path`` (created with its directory). Lines are written whole under a lock,
     so threads (gRPC handlers) never interleave them."""
 
+    needs_stages = True  # lines carry per-stage timings
+
     def __init__(self, path: str) -> None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         self.path = path

@@ -362,6 +362,28 @@ class TelemetryConfig(_Section):
     service_name: str = "llm-cache-sidecar"
 
 
+class UiConfig(_Section):
+    #: the dashboard at ``/ui`` (on the admin listener); with ``server.auth_token_env`` set it
+    #: asks for the token once and keeps a session cookie
+    enabled: bool = True
+    #: recent decisions the dashboard's table can show (time, partition hash, status, reason,
+    #: latency, rules fired; never user text), bounded in count and in bytes
+    recent_decisions: int = Field(10_000, ge=1, le=1_000_000)
+    recent_decisions_bytes: int = Field(4 * 1024 * 1024, ge=64 * 1024)
+    #: how often the dashboard's time series takes a sample of the counters, and how many
+    #: samples it keeps (720 x 5 s: the last hour)
+    sample_interval: float = 5.0
+    history_points: int = Field(720, ge=2, le=100_000)
+    #: a login session's lifetime, and the most sessions held at once (the oldest goes first)
+    session_ttl: float = 8 * 3600.0
+    max_sessions: int = Field(1000, ge=1, le=100_000)
+
+    @field_validator("sample_interval", "session_ttl", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> float:
+        return parse_duration(v)
+
+
 class SidecarConfig(_Section):
     server: ServerConfig = ServerConfig()
     cache: CacheConfig = CacheConfig()
@@ -370,6 +392,7 @@ class SidecarConfig(_Section):
     metrics: MetricsConfig = MetricsConfig()
     pricing: PricingConfig = PricingConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
+    ui: UiConfig = UiConfig()
 
     @property
     def persistent(self) -> bool:

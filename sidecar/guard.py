@@ -96,6 +96,11 @@ class EngineGuardrails:
         result = await self.engine.run_stage(
             stage, pieces, rule_env(ctx), check_context(ctx, stage)
         )
+        for d in result.decisions:  # the dashboard's recent decisions: rules that acted
+            if d.outcome is not Outcome.PASS and d.outcome is not Outcome.SAMPLED_OUT:
+                if ctx.fired is None:
+                    ctx.fired = []
+                ctx.fired.append((d.rule_id, d.outcome.value))
         if ctx.stages is not None:  # the access log and traces: which rules ran, how
             for d in result.decisions:
                 if d.outcome is not Outcome.SAMPLED_OUT:
@@ -128,7 +133,9 @@ class EngineGuardrails:
 
 
 def build_guardrails(
-    config: SidecarConfig, registry: object | None = None
+    config: SidecarConfig,
+    registry: object | None = None,
+    rule_label: Callable[[str], str] | None = None,
 ) -> tuple[EngineGuardrails, RuleSetHolder] | None:
     """The engine for ``guardrails.rules``; None when no rule file is configured.
 
@@ -169,5 +176,6 @@ def build_guardrails(
         workers=workers,
         inline_max_chars=g.inline_max_chars,
         cpu_budget_ms=g.cpu_budget_ms,
+        rule_label=rule_label,
     )
     return EngineGuardrails(engine), holder

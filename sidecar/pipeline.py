@@ -159,6 +159,11 @@ class RequestContext:
     started: float = field(default_factory=time.monotonic)
     # Stage timings and rules fired; only when an observer (access log, traces) reads them.
     stages: StageLog | None = None
+    # The sidecar's own time in the request hook (what it added before the answer or the
+    # upstream call), and the rules that did something: (rule id, outcome). Kept for the
+    # dashboard's recent decisions, which need no stage timings.
+    hook_seconds: float = 0.0
+    fired: list[tuple[str, str]] | None = None
 
     def note(self, message: str) -> None:
         self.trace.append(message)
@@ -200,9 +205,15 @@ def _json_body(body: Any, max_bytes: int) -> Any:
 
 class RequestObserver(Protocol):
     """Sees each request once it is over (its answer served from cache, blocked, or its
-    upstream answer handled): the access log and the trace exporter."""
+    upstream answer handled): the access log, the trace exporter, the dashboard's recent
+    decisions. ``needs_stages``: the observer reads ``ctx.stages`` (per-stage timings), so
+    the pipeline records them for every request while it is installed."""
+
+    needs_stages: bool
 
     def finish(self, ctx: RequestContext) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Pipeline:
@@ -221,6 +232,7 @@ class Pipeline:
         self.guardrails = guardrails
         self.prices = prices if prices is not None else load_prices(config.pricing.file)
         self.observers = tuple(observers)
+        self._record_stages = any(o.needs_stages for o in self.observers)
         self._partition_children: dict[tuple[str, str], Any] = {}
         self._savings_children: dict[tuple[str, str], Any] = {}
         self._request_timers: dict[CacheStatus, Any] = {}
@@ -228,11 +240,14 @@ class Pipeline:
         self._hit_counters: dict[str, Any] = {}
 
     def _finish(self, ctx: RequestContext) -> None:
-        log_ = ctx.stages
-        if log_ is None:
+        if not self.observers:
             return
-        log_.end_ns = time.perf_counter_ns()
+        log_ = ctx.stages
+        if log_ is not None:
+            log_.end_ns = time.perf_counter_ns()
         for observer in self.observers:
+            if log_ is None and observer.needs_stages:
+                continue  # a context from a replica that recorded no stages
             try:
                 observer.finish(ctx)
             except Exception:  # an observer's failure never fails the request
@@ -250,7 +265,7 @@ class Pipeline:
             headers=req.headers,
         )
         token = None
-        if self.observers:
+        if self._record_stages:
             ctx.stages = StageLog()
             token = CURRENT.set(ctx.stages)
         try:
@@ -271,7 +286,8 @@ class Pipeline:
         timer = self._request_timers.get(status)
         if timer is None:  # four statuses: cached children skip labels()' lock and key
             timer = self._request_timers[status] = self.metrics.request_seconds.labels(status.value)
-        timer.observe(time.monotonic() - ctx.started)
+        ctx.hook_seconds = elapsed = time.monotonic() - ctx.started
+        timer.observe(elapsed)
         if ctx.plan is not None and ctx.plan.partition:
             self._partition_counter(ctx.plan.partition, outcome.cache.status.value).inc()
         if outcome.cache.status is CacheStatus.BYPASS:
@@ -287,7 +303,7 @@ class Pipeline:
             hits.inc()
             if ctx.lookup is not None and ctx.lookup.entry is not None:
                 self._count_savings(ctx.lookup.entry.answer.usage, outcome.cache.hit_type)
-        if ctx.stages is not None and outcome.action == "respond":
+        if self.observers and outcome.action == "respond":
             self._finish(ctx)
         return ctx, outcome
 

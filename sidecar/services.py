@@ -10,7 +10,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from embedders import Embedder, build_embedder
 from guardrails.engine import GuardrailEngine
@@ -24,6 +24,9 @@ from sidecar.metrics import Metrics
 from sidecar.pending import build_pending
 from sidecar.pipeline import Guardrails, Pipeline, RequestContext
 from sidecar.pricing import load_prices
+
+if TYPE_CHECKING:
+    from sidecar.ui.dashboard import Dashboard
 
 log = logging.getLogger("sidecar")
 
@@ -53,7 +56,7 @@ class Sidecar:
         self.rules: RuleSetHolder | None = None
         self.engine: GuardrailEngine | None = None
         if guardrails is None:
-            built = build_guardrails(config, self.metrics.registry)
+            built = build_guardrails(config, self.metrics.registry, self.metrics.rule_label)
             if built is not None:
                 adapter, self.rules = built
                 self._guardrails, self.engine = adapter, adapter.engine
@@ -66,6 +69,12 @@ class Sidecar:
         # A broken pricing.file fails here, at start-up, naming the file and the problem.
         self.prices = load_prices(config.pricing.file)
         self.observers: list[Any] = []
+        # The dashboard (/ui): its recent decisions see every request that is over.
+        self.dashboard: Dashboard | None = None
+        if config.ui.enabled:
+            from sidecar.ui.dashboard import Dashboard
+
+            self.dashboard = Dashboard(config.ui, self.metrics.registry)
 
     async def start(self) -> None:
         cfg = self.config
@@ -130,6 +139,9 @@ class Sidecar:
             )
             await self.cache.start()
             self._sweeper = asyncio.create_task(self._sweep_loop())
+        if self.dashboard is not None:
+            self.observers.append(self.dashboard.decisions)
+            self.dashboard.start()
         if cfg.server.access_log:
             from sidecar.access_log import AccessLog
 
@@ -188,6 +200,8 @@ class Sidecar:
         if self.engine is not None and self.engine.audit is not None:
             self.engine.audit.close()
         await self.pending.close()
+        if self.dashboard is not None:
+            await self.dashboard.aclose()
         for observer in self.observers:
             observer.close()
         self.observers.clear()

@@ -45,6 +45,8 @@ def _attrs(values: dict[str, Any]) -> dict[str, Any]:
 
 
 class Tracing:
+    needs_stages = True  # spans are built from ctx.stages (per-stage timings)
+
     def __init__(self, config: TelemetryConfig) -> None:
         self.provider = TracerProvider(
             resource=Resource.create({"service.name": config.service_name}),

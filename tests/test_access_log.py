@@ -86,5 +86,6 @@ async def test_one_line_per_request_without_user_text(tmp_path: Path, sidecar_fa
 async def test_access_log_is_off_by_default(sidecar_factory: Any) -> None:
     async with sidecar_factory(make_config()) as (sidecar, client):
         await round_trip(client, chat_body(QUESTION), openai_answer(ANSWER))
-        assert sidecar.observers == []
-        assert sidecar.pipeline.observers == ()
+        # only the dashboard's recent decisions, which record no stage timings
+        assert [type(o).__name__ for o in sidecar.observers] == ["RecentDecisions"]
+        assert not sidecar.pipeline._record_stages

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from conftest import make_config
 from hookclient import chat_body
+from observed_rules import RULES
 from prometheus_client.parser import text_string_to_metric_families
 
+from guardrails.base import Stage
+from guardrails.engine import Outcome, RuleDecision
+from guardrails.rules import Action
 from sidecar.labels import OTHER, BoundedLabels
 from sidecar.metrics import Metrics, partition_hash
 from sidecar.pipeline import HookRequest, Pipeline
+from sidecar.services import Sidecar
 
 
 def test_first_values_keep_their_label_for_the_life_of_the_process() -> None:
@@ -53,3 +60,35 @@ async def test_ten_thousand_partitions_give_at_most_n_plus_one_series() -> None:
         if s.name == "sidecar_partition_requests_total"
     )
     assert total == 10_000
+
+
+def test_ten_thousand_rule_ids_give_at_most_n_plus_one_series(tmp_path: Path) -> None:
+    """Rule files are reloaded while the sidecar runs, so rule ids are not a fixed set: the
+    guardrail metrics label them through the sidecar's bounded rule label."""
+    n = 25
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    config = make_config(
+        metrics={"max_label_values": n},
+        guardrails={"rules": [str(rules)], "reload_interval": 0, "audit_log": ""},
+    )
+    sidecar = Sidecar(config)
+    assert sidecar.engine is not None
+    decisions = [
+        RuleDecision(f"rule-{i}", ("p",), Action.BLOCK, Outcome.BLOCKED, {}, 0.1)
+        for i in range(10_000)
+    ]
+    sidecar.engine.record(decisions, Stage.INPUT, "r-1")
+    families = list(text_string_to_metric_families(sidecar.metrics.render().decode()))
+    totals = [s for f in families for s in f.samples if s.name == "guardrail_decisions_total"]
+    assert len(totals) == n + 1
+    assert {s.labels["rule"] for s in totals} >= {"rule-0", f"rule-{n - 1}", OTHER}
+    assert f"rule-{n}" not in {s.labels["rule"] for s in totals}
+    assert sum(s.value for s in totals) == 10_000
+    latency = {
+        s.labels["rule"]
+        for f in families
+        for s in f.samples
+        if s.name == "guardrail_rule_latency_seconds_count"
+    }
+    assert len(latency) == n + 1

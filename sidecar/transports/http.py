@@ -44,6 +44,7 @@ from sidecar.transports.http_models import (
     ResponseHookReply,
     validation_error,
 )
+from sidecar.ui.gate import UiGate
 
 log = logging.getLogger("sidecar.http")
 
@@ -467,10 +468,14 @@ def create_app(
                 await sidecar.close()
 
     tokens = load_tokens(sidecar.config.server)
+    dashboard = sidecar.dashboard if listener in ("all", "admin") else None
     middleware: list[Middleware] = []
     if tokens is not None:
         rejected = sidecar.metrics.hook_errors.labels(TRANSPORT, "unauthorized")
-        middleware.append(Middleware(BearerAuth, tokens=tokens, on_reject=rejected.inc))
+        gate = UiGate(dashboard.sessions) if dashboard is not None else None
+        middleware.append(
+            Middleware(BearerAuth, tokens=tokens, on_reject=rejected.inc, ui_gate=gate)
+        )
     app = SidecarAPI(
         title="llm-cache-sidecar",
         version=_package_version(),
@@ -483,6 +488,10 @@ def create_app(
         exception_handlers={StarletteHTTPException: _http_error},
     )
     _add_routes(app, sidecar, listener)
+    if dashboard is not None:
+        from sidecar.ui.routes import ui_routes
+
+        app.router.routes.extend(ui_routes(dashboard, tokens, sidecar.config.server))
     app.hot_paths = {}
     for route in app.routes:
         if isinstance(route, RequestOnlyRoute):

@@ -3,6 +3,8 @@
 A plain ASGI middleware rather than a per-route dependency: it runs before routing, so an
 unknown path, a wrong method or the OpenAPI document answer 401 exactly like a hook does and
 an unauthenticated caller learns nothing about the API. ``/healthz`` stays open for probes.
+The dashboard's paths (``/ui``) also accept the session cookie of its login form, and only
+they do (``sidecar.ui.gate``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.auth import TokenSet, tokens_from_request
+from sidecar.ui.gate import UiGate, is_ui_path
 
 OPEN_PATHS = frozenset({"/healthz"})
 # Authorization: Bearer <token>; x-api-key: <token> (how LiteLLM's guardrail sends its api_key)
@@ -35,11 +38,16 @@ _HEADERS = [
 
 class BearerAuth:
     def __init__(
-        self, app: ASGIApp, tokens: TokenSet, on_reject: Callable[[], None] | None = None
+        self,
+        app: ASGIApp,
+        tokens: TokenSet,
+        on_reject: Callable[[], None] | None = None,
+        ui_gate: UiGate | None = None,
     ) -> None:
         self.app = app
         self.tokens = tokens
         self.on_reject = on_reject
+        self.ui_gate = ui_gate
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
@@ -52,6 +60,15 @@ class BearerAuth:
         )
         if self.tokens.accepts_any(offered):
             await self.app(scope, receive, send)
+            return
+        gate = self.ui_gate
+        if gate is not None and is_ui_path(scope["path"]):
+            if gate.allows(scope):
+                await self.app(scope, receive, send)
+            else:
+                if self.on_reject is not None:
+                    self.on_reject()
+                await gate.refuse(scope, send)
             return
         if self.on_reject is not None:
             self.on_reject()
