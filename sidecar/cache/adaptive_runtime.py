@@ -144,7 +144,7 @@ class AdaptiveCache:
             counts.explored += 1
 
     # ------------------------------------------------------------------ observing
-    async def compare(self, ticket: Ticket, fresh: str, cached: str) -> Agreement:
+    async def compare(self, fresh: str, cached: str) -> Agreement:
         if normalise_answer(fresh) == normalise_answer(cached):
             return "agree"
         if self.embedder is None:
@@ -173,7 +173,7 @@ class AdaptiveCache:
         cached = answer_text(api, kind, entry.answer.body, entry.answer.streamed)
         if fresh is None or cached is None:
             return "unknown"
-        outcome = await self.compare(ticket, fresh, cached)
+        outcome = await self.compare(fresh, cached)
         self.metrics.adaptive_checks.labels(outcome).inc()
         if outcome != "unknown":
             obs = Observation(
@@ -264,7 +264,7 @@ class AdaptiveCache:
         names = set(self._counts) | set(self.store.known_partitions())
         out: dict[str, dict[str, Any]] = {}
         for name in sorted(names):
-            evidence = await self.store.partition(name)
+            evidence = await self.store.partition(name, refresh=True)
             out[name] = self.partition_stats(name, evidence)
         return out
 

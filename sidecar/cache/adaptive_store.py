@@ -54,7 +54,9 @@ class EvidenceStore(Protocol):
         """The entry's evidence, if any was recorded for this stored version of it."""
         ...
 
-    async def partition(self, partition: str) -> PartitionEvidence: ...
+    async def partition(self, partition: str, refresh: bool = False) -> PartitionEvidence:
+        """``refresh``: read shared evidence now (else it may be up to a second old)."""
+        ...
 
     async def record(self, ticket: Ticket, obs: Observation) -> EntryEvidence: ...
 
@@ -110,7 +112,7 @@ class MemoryEvidence:
             return None  # none, or evidence about an earlier answer stored under this key
         return found[1]
 
-    async def partition(self, partition: str) -> PartitionEvidence:
+    async def partition(self, partition: str, refresh: bool = False) -> PartitionEvidence:
         return self._partition(partition)
 
     def _partition(self, partition: str) -> PartitionEvidence:
@@ -338,10 +340,11 @@ class RedisEvidence(MemoryEvidence):
             evidence.wrong_at = float(wrong)
         return evidence
 
-    async def partition(self, partition: str) -> PartitionEvidence:
+    async def partition(self, partition: str, refresh: bool = False) -> PartitionEvidence:
         evidence = self._partition(partition)
         now = time.monotonic()
-        if now - self._loaded.get(partition, -_PARTITION_REFRESH_S) >= _PARTITION_REFRESH_S:
+        last = self._loaded.get(partition)
+        if refresh or last is None or now - last >= _PARTITION_REFRESH_S:
             self._loaded[partition] = now
             if len(self._loaded) > MAX_PARTITIONS:
                 self._loaded.pop(next(iter(self._loaded)))
