@@ -297,8 +297,11 @@ def test_learned_threshold_moves_with_evidence() -> None:
     tight = learned_threshold(obs, 0.003)
     assert tight.threshold is None or tight.threshold > second.threshold
     # Weights: a would-be hit explored at rate 0.1 stands for ten.
-    heavy = learned_threshold([Observation(0.9, False, 10.0)] + obs, 0.05)
-    assert heavy.threshold is not None and heavy.threshold > 0.9
+    base = [Observation(0.85 + (i % 100) * 0.001, True) for i in range(200)]
+    light = learned_threshold([Observation(0.9, False, 1.0), *base], 0.05)
+    heavy = learned_threshold([Observation(0.9, False, 10.0), *base], 0.05)
+    assert light.threshold == 0.85
+    assert heavy.threshold is None or heavy.threshold > 0.9
 
 
 def test_decisions_and_their_reasons() -> None:
