@@ -370,3 +370,79 @@ def test_config_validation(tmp_path: Path) -> None:
         with pytest.raises(ConfigError) as err:
             load(bad)
         assert where in str(err.value), (bad, str(err.value))
+
+
+# ------------------------------------------------------------------ CLI
+def test_cache_stats_command_reads_the_endpoint_with_the_token(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from replica import REPO, Replica
+
+    token = uuid.uuid4().hex
+    config = {
+        "cache": {"target_wrong_rate": 0.05, "data_dir": ":memory:", "default_cache_key": "cli"},
+        "server": {"auth_token_env": "ADAPT_TEST_TOKEN", "grpc_enabled": False},
+    }
+    env = {"ADAPT_TEST_TOKEN": token}
+    replica = Replica(config, str(tmp_path), "cli", env)
+    auth = {"authorization": f"Bearer {token}"}
+    replica.start()
+    try:
+        deadline = time.monotonic() + 180
+        while True:  # poll readiness (with the token) under a deadline
+            assert replica.process is not None and replica.process.poll() is None, (
+                replica.log_tail()
+            )
+            try:
+                if httpx.get(f"{replica.url}/readyz", headers=auth, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, replica.log_tail()
+            time.sleep(0.2)
+        assert httpx.get(f"{replica.url}/v1/cache/stats").status_code == 401
+        hook = {"method": "POST", "path": "/v1/chat/completions", "body": chat_body(QUESTION)}
+        first = httpx.post(f"{replica.url}/v1/hooks/request", json=hook, headers=auth)
+        assert first.status_code == 200 and first.headers[REQUEST_ID]
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sidecar",
+                "cache",
+                "stats",
+                "--config",
+                str(replica.config_path),
+            ],
+            cwd=REPO,
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode == 0, run.stderr
+        lines = run.stdout.splitlines()
+        assert lines[0].split()[:3] == ["partition", "lookups", "exact"]
+        assert lines[1].split()[:2] == ["cli", "1"]
+        no_token = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sidecar",
+                "cache",
+                "stats",
+                "--config",
+                str(replica.config_path),
+            ],
+            cwd=REPO,
+            env={k: v for k, v in os.environ.items() if k != "ADAPT_TEST_TOKEN"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert no_token.returncode == 2 and "ADAPT_TEST_TOKEN" in no_token.stderr
+    finally:
+        replica.stop()
