@@ -9,6 +9,7 @@ its reason; the cache's own reasons come from ``sidecar.cache.layer``.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -49,6 +50,15 @@ ENTRY_HEADER = "x-bf-cache-entry-id"
 REQUEST_ID_HEADER = "x-bf-cache-request-id"
 # Headers of a cached answer worth replaying; hop-by-hop and per-response ones are dropped.
 _REPLAYED_HEADERS = ("content-type", "openai-model", "anthropic-model", "x-request-model")
+
+
+_HEADER_SAFE = re.compile(r"^[\x21-\x7e]{1,256}$")
+
+
+def header_safe_id(request_id: str) -> str | None:
+    """The request id when it can travel as a header value (visible ASCII, at most 256
+    characters); a proxy-chosen id that cannot is only in the JSON replies."""
+    return request_id if _HEADER_SAFE.match(request_id) else None
 
 
 def new_request_id() -> str:
@@ -261,9 +271,9 @@ class Pipeline:
         finally:
             if token is not None:
                 CURRENT.reset(token)
-        outcome.cache.request_id = ctx.request_id
-        if outcome.response is not None:
-            outcome.response.headers[REQUEST_ID_HEADER] = ctx.request_id
+        outcome.cache.request_id = header_safe_id(ctx.request_id)
+        if outcome.response is not None and outcome.cache.request_id is not None:
+            outcome.response.headers[REQUEST_ID_HEADER] = outcome.cache.request_id
         ctx.cache = outcome.cache
         adaptive = self.cache.adaptive if self.cache is not None else None
         if adaptive is not None and ctx.plan is not None and ctx.plan.partition:

@@ -30,7 +30,13 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from sidecar.auth import load_tokens
 from sidecar.cache.stores.base import StoreUnavailable
 from sidecar.metrics import partition_hash
-from sidecar.pipeline import REQUEST_ID_HEADER, HookError, HookRequest, HttpAnswer
+from sidecar.pipeline import (
+    REQUEST_ID_HEADER,
+    HookError,
+    HookRequest,
+    HttpAnswer,
+    header_safe_id,
+)
 from sidecar.services import Sidecar
 from sidecar.transports.http_auth import OPEN_PATHS, BearerAuth
 from sidecar.transports.http_models import (
@@ -168,6 +174,11 @@ async def _answer(
         return response
 
 
+def _id_header(request_id: str) -> dict[str, str]:
+    safe = header_safe_id(request_id)
+    return {} if safe is None else {REQUEST_ID_HEADER: safe}
+
+
 async def request_hook(request: Request, sidecar: Sidecar) -> Response:
     envelope = await _read_envelope(request, sidecar, RequestHookEnvelope)
     request_id = envelope.request_id
@@ -198,7 +209,7 @@ async def request_hook(request: Request, sidecar: Sidecar) -> Response:
         reply["body"] = outcome.body
     if outcome.response is not None:
         reply["response"] = _answer_json(outcome.response)
-    return JSONResponse(reply, headers={REQUEST_ID_HEADER: ctx.request_id})
+    return JSONResponse(reply, headers=_id_header(ctx.request_id))
 
 
 async def response_hook(request: Request, sidecar: Sidecar) -> Response:
@@ -225,7 +236,7 @@ async def response_hook(request: Request, sidecar: Sidecar) -> Response:
         reply["body"] = text if isinstance(body, str) else orjson.loads(outcome.body)
     if outcome.response is not None:
         reply["response"] = _answer_json(outcome.response)
-    return JSONResponse(reply, headers={REQUEST_ID_HEADER: request_id})
+    return JSONResponse(reply, headers=_id_header(request_id))
 
 
 async def cache_feedback(request: Request, sidecar: Sidecar) -> Response:
