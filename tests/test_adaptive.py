@@ -205,6 +205,10 @@ async def test_feedback_validation_and_effect(sidecar_factory: Any) -> None:
         )
         assert missing.status_code == 404
 
+        # Deleting the partition drops its evidence with its entries.
+        assert (await client.delete("/v1/cache/partitions/feedback")).status_code == 200
+        assert (await stats(client, "feedback"))["observations"] == 0
+
 
 async def test_stats_and_metrics(sidecar_factory: Any) -> None:
     async with sidecar_factory(adaptive_config(explore_rate=0.0)) as (_, client):

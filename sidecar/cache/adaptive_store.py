@@ -62,6 +62,10 @@ class EvidenceStore(Protocol):
 
     async def forget(self, entry_ids: Sequence[str], partition: str | None) -> None: ...
 
+    async def forget_partition(self, partition: str) -> None:
+        """A deleted partition's own observations go too."""
+        ...
+
     async def remember_served(self, request_id: str, ticket: Ticket) -> None: ...
 
     async def take_served(self, request_id: str) -> Ticket | None:
@@ -144,6 +148,9 @@ class MemoryEvidence:
     async def forget(self, entry_ids: Sequence[str], partition: str | None) -> None:
         for entry_id in entry_ids:
             self._entries.pop(entry_id, None)
+
+    async def forget_partition(self, partition: str) -> None:
+        self._partitions.pop(partition, None)
 
     # -- served hits
     async def remember_served(self, request_id: str, ticket: Ticket) -> None:
@@ -269,6 +276,18 @@ class SqliteEvidence(MemoryEvidence):
         )
         return evidence
 
+    async def forget_partition(self, partition: str) -> None:
+        await super().forget_partition(partition)
+
+        def _delete() -> None:
+            if self._db is not None:
+                self._db.execute(
+                    "DELETE FROM adaptive_observations WHERE partition = ?", (partition,)
+                )
+                self._db.commit()
+
+        await self._run(_delete)
+
     async def close(self) -> None:
         def _close() -> None:
             if self._db is not None:
@@ -383,6 +402,12 @@ class RedisEvidence(MemoryEvidence):
         keys = [k for i in entry_ids for k in self._keys(partition, i)]
         if keys:
             await self._exact.call("adaptive_forget", lambda c: c.delete(*keys))
+
+    async def forget_partition(self, partition: str) -> None:
+        await super().forget_partition(partition)
+        self._loaded.pop(partition, None)
+        key = self._partition_key(partition)
+        await self._exact.call("adaptive_forget", lambda c: c.delete(key))
 
     async def remember_served(self, request_id: str, ticket: Ticket) -> None:
         key = f"{self._exact.prefix}:fb:{request_id}"

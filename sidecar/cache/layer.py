@@ -558,8 +558,9 @@ class DualCache:
 
     async def delete_partition(self, partition: str) -> int:
         ids = await self.exact.delete_partition(partition)
-        if self.adaptive is not None and ids:
+        if self.adaptive is not None:
             await self.adaptive.store.forget(ids, partition)
+            await self.adaptive.store.forget_partition(partition)
         if self.vectors is not None:
             await self.vectors.remove_partition(partition)
             if ids:
