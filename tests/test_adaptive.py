@@ -14,7 +14,14 @@ import httpx
 import pytest
 from backend_servers import delete_prefix, redis_reachable
 from conftest import make_config
-from hookclient import chat_body, openai_answer, request_hook, response_hook, round_trip
+from hookclient import (
+    chat_body,
+    openai_answer,
+    openai_stream,
+    request_hook,
+    response_hook,
+    round_trip,
+)
 
 from sidecar.cache.adaptive import (
     PARTITION_MIN_OBSERVATIONS,
@@ -114,6 +121,17 @@ async def test_explored_hit_with_a_different_answer_stops_the_entry(
         assert cache["status"] == "miss"
         assert cache["reason"].startswith("adaptive: below learned threshold"), cache
         assert "(entry: observed wrong" in cache["reason"]
+
+
+async def test_a_streamed_fresh_answer_is_compared_too(sidecar_factory: Any) -> None:
+    async with sidecar_factory(adaptive_config(explore_rate=1.0)) as (_, client):
+        reply = await store_and_ask(client, "explore-stream", store=False)
+        assert reply["cache"]["reason"].startswith("explore")
+        stream = openai_stream(["Par", "is."])
+        done = await response_hook(client, reply, stream, content_type="text/event-stream")
+        assert done.status_code == 200, done.text
+        figures = await stats(client, "explore-stream")
+        assert (figures["observations"], figures["observed_wrong"]) == (1, 0)
 
 
 async def test_answers_between_the_thresholds_are_not_counted(sidecar_factory: Any) -> None:
