@@ -29,7 +29,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.auth import load_tokens
 from sidecar.cache.stores.base import StoreUnavailable
-from sidecar.metrics import partition_hash
 from sidecar.pipeline import (
     REQUEST_ID_HEADER,
     HookError,
@@ -38,6 +37,7 @@ from sidecar.pipeline import (
     header_safe_id,
 )
 from sidecar.services import Sidecar
+from sidecar.transports.http_adaptive import cache_feedback, cache_stats
 from sidecar.transports.http_auth import OPEN_PATHS, BearerAuth
 from sidecar.transports.http_models import (
     EntryDeleted,
@@ -237,68 +237,6 @@ async def response_hook(request: Request, sidecar: Sidecar) -> Response:
     if outcome.response is not None:
         reply["response"] = _answer_json(outcome.response)
     return JSONResponse(reply, headers=_id_header(request_id))
-
-
-async def cache_feedback(request: Request, sidecar: Sidecar) -> Response:
-    """A served semantic hit reported wrong (or right): see docs/adaptive.md."""
-    raw = await _read_body(request, sidecar)
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise HookError(400, "malformed_json", f"feedback is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise HookError(400, "bad_request", "feedback must be a JSON object")
-    try:
-        report = FeedbackEnvelope.model_validate(data)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-    by_request = report.request_id is not None
-    if by_request == (report.entry_id is not None or report.question is not None):
-        raise HookError(
-            400,
-            "bad_request",
-            "give either 'request_id', or 'entry_id' and 'question' (not both)",
-        )
-    if not by_request and (report.entry_id is None or report.question is None):
-        missing = "question" if report.question is None else "entry_id"
-        raise HookError(400, "missing_field", f"missing field {missing!r}")
-    cache = sidecar.cache
-    if cache is None:
-        raise HookError(409, "cache_disabled", "the cache is disabled")
-    if cache.adaptive is None:
-        raise HookError(
-            409, "adaptive_off", "feedback needs cache.target_wrong_rate (docs/adaptive.md)"
-        )
-    if report.request_id is not None:
-        ticket = await cache.adaptive.take_served(report.request_id)
-        if ticket is None:
-            raise HookError(
-                404,
-                "not_found",
-                "no semantic hit served under this request_id (unknown, expired, "
-                "already reported, or not a semantic hit)",
-            )
-    else:
-        assert report.entry_id is not None and report.question is not None
-        entry = await cache.exact.get(report.entry_id)
-        if entry is None:
-            raise HookError(404, "not_found", f"no cache entry {report.entry_id!r}")
-        ticket = await cache.adaptive.ticket_for(entry, report.question)
-    await cache.adaptive.report(ticket, report.correct)
-    return JSONResponse(
-        {
-            "recorded": not report.correct,
-            "partition_hash": partition_hash(ticket.partition),
-            "entry_id": ticket.entry_id,
-            "similarity": round(ticket.similarity, 6),
-        }
-    )
-
-
-async def cache_stats(request: Request, sidecar: Sidecar) -> Response:
-    adaptive = sidecar.cache.adaptive if sidecar.cache is not None else None
-    partitions = await adaptive.stats() if adaptive is not None else {}
-    return JSONResponse({"partitions": partitions})
 
 
 async def delete_entry(request: Request, sidecar: Sidecar) -> Response:

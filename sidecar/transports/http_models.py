@@ -127,7 +127,7 @@ class FeedbackEnvelope(BaseModel):
     model_config = ConfigDict(strict=True, extra="forbid")
     request_id: str | None = Field(None, min_length=1, max_length=256)
     entry_id: str | None = Field(None, min_length=1, max_length=256)
-    question: str | None = Field(None, min_length=1, max_length=65536)
+    question: str | None = Field(None, min_length=1, max_length=32768)
     correct: bool
 
 
