@@ -40,6 +40,12 @@ def test_repeat_request_is_answered_from_cache(
     assert second.headers["x-bf-cache-similarity"] == "1.0000"
     assert second.headers["x-bf-cache-entry-id"] == first.headers["x-bf-cache-entry-id"]
     assert second.headers["content-type"] == "application/json"
+    # Passed and served answers both carry an id to report a wrong hit with (issue 18).
+    assert first.headers["x-bf-cache-request-id"]
+    assert second.headers["x-bf-cache-request-id"] not in (
+        "",
+        first.headers["x-bf-cache-request-id"],
+    )
     assert upstream.count() == calls  # the upstream was not called again
     assert second.json() == first.json()
 

@@ -29,12 +29,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.auth import load_tokens
 from sidecar.cache.stores.base import StoreUnavailable
-from sidecar.pipeline import HookError, HookRequest, HttpAnswer
+from sidecar.pipeline import (
+    REQUEST_ID_HEADER,
+    HookError,
+    HookRequest,
+    HttpAnswer,
+    header_safe_id,
+)
 from sidecar.services import Sidecar
+from sidecar.transports.http_adaptive import cache_feedback, cache_stats
 from sidecar.transports.http_auth import OPEN_PATHS, BearerAuth
 from sidecar.transports.http_models import (
     EntryDeleted,
     ErrorReply,
+    FeedbackEnvelope,
+    FeedbackReply,
     HealthReply,
     PartitionDeleted,
     ReadinessReply,
@@ -42,6 +51,7 @@ from sidecar.transports.http_models import (
     RequestHookReply,
     ResponseHookEnvelope,
     ResponseHookReply,
+    StatsReply,
     validation_error,
 )
 from sidecar.ui.gate import UiGate
@@ -165,6 +175,11 @@ async def _answer(
         return response
 
 
+def _id_header(request_id: str) -> dict[str, str]:
+    safe = header_safe_id(request_id)
+    return {} if safe is None else {REQUEST_ID_HEADER: safe}
+
+
 async def request_hook(request: Request, sidecar: Sidecar) -> Response:
     envelope = await _read_envelope(request, sidecar, RequestHookEnvelope)
     request_id = envelope.request_id
@@ -195,7 +210,7 @@ async def request_hook(request: Request, sidecar: Sidecar) -> Response:
         reply["body"] = outcome.body
     if outcome.response is not None:
         reply["response"] = _answer_json(outcome.response)
-    return JSONResponse(reply)
+    return JSONResponse(reply, headers=_id_header(ctx.request_id))
 
 
 async def response_hook(request: Request, sidecar: Sidecar) -> Response:
@@ -222,7 +237,7 @@ async def response_hook(request: Request, sidecar: Sidecar) -> Response:
         reply["body"] = text if isinstance(body, str) else orjson.loads(outcome.body)
     if outcome.response is not None:
         reply["response"] = _answer_json(outcome.response)
-    return JSONResponse(reply)
+    return JSONResponse(reply, headers=_id_header(request_id))
 
 
 async def delete_entry(request: Request, sidecar: Sidecar) -> Response:
@@ -411,6 +426,33 @@ def _add_routes(app: FastAPI, sidecar: Sidecar, listener: Listener) -> None:
                 200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
                 401: {**_ERRORS, "description": "missing or wrong bearer token"},
             },
+        )
+
+        async def feedback_route(request: Request) -> Response:
+            """Report a served semantic hit as wrong (docs/adaptive.md)."""
+            return await _answer(sidecar, cache_feedback, request)
+
+        async def stats_route(request: Request) -> Response:
+            """Per-partition figures of the adaptive cache (docs/adaptive.md)."""
+            return await _answer(sidecar, cache_stats, request)
+
+        app.add_api_route(
+            "/v1/cache/feedback",
+            feedback_route,
+            methods=["POST"],
+            openapi_extra=_json_body(FeedbackEnvelope),
+            responses={
+                200: {"model": FeedbackReply},
+                400: {**_ERRORS, "description": "malformed feedback"},
+                404: {**_ERRORS, "description": "unknown request_id or entry_id"},
+                **_ADMIN_ERRORS,
+            },
+        )
+        app.add_api_route(
+            "/v1/cache/stats",
+            stats_route,
+            methods=["GET"],
+            responses={200: {"model": StatsReply}, **_ADMIN_ERRORS},
         )
         app.add_api_route(
             "/v1/cache/entries/{entry_id}",
