@@ -98,13 +98,15 @@ def _before_tree(workdir: Path, commit: str) -> Path:
 
 
 class Stack:
-    def __init__(self, workdir: Path, before: str | None) -> None:
+    def __init__(self, workdir: Path, before: str | None, only: Sequence[str]) -> None:
         self.workdir = workdir
         self.before = before
+        self.only = only
         self.processes: list[ManagedProcess] = []
         self.ports: dict[str, int] = {}
         self.urls: dict[str, str] = {}
         self.admin = 0
+        self.pids: dict[str, int] = {}
 
     def _sidecar(self, name: str, tree: Path | None, **options: Any) -> int:
         http_port, grpc_port = free_port(), free_port()
@@ -123,6 +125,7 @@ class Stack:
         self.processes.append(proc)
         proc.wait_ready(f"http://127.0.0.1:{http_port}/readyz", SIDECAR_READY_S)
         self.urls[name] = f"http://127.0.0.1:{http_port}"
+        self.pids[name] = proc.pid
         return grpc_port
 
     def start(self) -> None:
@@ -140,12 +143,19 @@ class Stack:
         }
         if self.before:
             tree = _before_tree(self.workdir, self.before)
-            grpc["guarded-before"] = self._sidecar("guarded-before", tree, rules=[str(RULES)])
+            if "new-scope" in self.only:
+                grpc["guarded-before"] = self._sidecar("guarded-before", tree, rules=[str(RULES)])
+            if "overload" in self.only:
+                grpc["onnx-before"] = self._sidecar("onnx-before", tree, embedder=ONNX)
         listeners = [
             ExtProcListener(name="direct", port=free_port(), grpc_port=grpc["guarded"]),
             # Envoy's default message timeout: the overload must never reach it.
-            ExtProcListener(
-                name="onnx-200ms", port=free_port(), grpc_port=grpc["onnx"], message_timeout=0.2
+            *(
+                ExtProcListener(
+                    name=f"{n}-200ms", port=free_port(), grpc_port=grpc[n], message_timeout=0.2
+                )
+                for n in ("onnx", "onnx-before")
+                if n in grpc
             ),
         ] + [ExtProcListener(name=n, port=free_port(), grpc_port=p) for n, p in grpc.items()]
         self.admin = free_port()
@@ -240,11 +250,108 @@ def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float
     return {k: round(v if k in gauges else v - before.get(k, 0.0), 6) for k, v in after.items()}
 
 
-def run(quick: bool, before: str | None, overload_s: float) -> dict[str, Any]:
+SCENARIOS = ("busy", "new-scope", "overload")
+
+
+def _profiled(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy (when installed) sampling the sidecar for ``seconds``: where its time goes."""
+    try:
+        return subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                "200",
+                "--format",
+                "speedscope",
+                "--output",
+                str(out),
+                "--threads",
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        print("py-spy is not installed: no profile")
+        return None
+
+
+def _label(name: str, scenario: str) -> str:
+    return scenario if name == "onnx" else f"{name}: {scenario}"
+
+
+def _overload(
+    stack: Stack,
+    name: str,
+    misses: list[list[str]],
+    exact: list[list[str]],
+    offered: float,
+    overload_s: float,
+    workdir: Path,
+    counters: dict[str, Any],
+    profile: Path | None,
+) -> dict[str, Any]:
+    """Misses offered open-loop at ``offered``/s through the 200 ms listener of sidecar
+    ``name``, exact hits paced at 100/s beside them on their own connections."""
+    url, port = stack.urls[name], stack.ports[f"{name}-200ms"]
+    before_counts = _sidecar_counters(url)
+    timeouts_before = stack.envoy_counter("timeout")
+    miss_spec = {
+        "port": port,
+        "sequences": misses,
+        "concurrency": 256,
+        "duration": overload_s,
+        "warmup": 0.0,
+        "rate": offered,
+        "count": {"miss": f"{STATUS}: miss"},
+    }
+    hit_spec = {
+        "port": port,
+        "sequences": exact,
+        "concurrency": 4,
+        "duration": overload_s,
+        "warmup": 0.0,
+        "rate": 100.0,
+        "count": {"hit": f"{STATUS}: hit-exact"},
+    }
+    subs = (workdir / f"{name}-m", workdir / f"{name}-h")
+    for sub in subs:
+        sub.mkdir()
+    spy = None
+    if profile is not None:
+        spy = _profiled(stack.pids[name], profile.with_suffix(f".{name}.json"), overload_s)
+    with ThreadPoolExecutor(2) as pool:
+        miss_future = pool.submit(run_loadgen, subs[0], miss_spec)
+        hit_future = pool.submit(run_loadgen, subs[1], hit_spec)
+        miss_run, hit_run = miss_future.result(), hit_future.result()
+    if spy is not None:
+        spy.wait(60)
+    timeouts = stack.envoy_counter("timeout") - timeouts_before
+    over = _delta(_settled_counters(url), before_counts)
+    counters[_label(name, "overload")] = {**over, "envoy_timeout_counters": timeouts}
+    return {
+        _label(name, "overload: misses"): {"loaded": _result(miss_run)},
+        _label(name, "overload: exact hits"): {"loaded": _result(hit_run)},
+    }
+
+
+def run(
+    quick: bool,
+    before: str | None,
+    overload_s: float,
+    only: Sequence[str] = SCENARIOS,
+    profile: Path | None = None,
+    offered_rps: float = 0.0,
+) -> dict[str, Any]:
     serial_s, loaded_s = (3.0, 4.0) if quick else (8.0, 10.0)
     busy_s = 8.0 if quick else 30.0
     workdir = Path(tempfile.mkdtemp(prefix="miss-bench-"))
-    stack = Stack(workdir, before)
+    stack = Stack(workdir, before, only)
     results: dict[str, Any] = {}
     counters: dict[str, Any] = {}
     tag = uuid.uuid4().hex[:6]
@@ -284,123 +391,105 @@ def run(quick: bool, before: str | None, overload_s: float) -> dict[str, Any]:
             )
             results[name] = {"serial": _result(serial), "loaded": _result(loaded)}
 
-        # 0. exact hits while the model is busy with deferred vectors (new-scope 1 KB misses
-        # at a rate the sidecar answers but its torch model cannot embed as fast), beside the
-        # same exact hits with nothing else running.
-        _seed(ports["guarded"], big)
-        _backlog_empty(stack.urls["guarded"])
-        hits_big = [[_post(q)] for q in big]
-        hit_spec = {
-            "port": ports["guarded"],
-            "sequences": hits_big,
-            "concurrency": 4,
-            "duration": busy_s,
-            "warmup": 0.0,
-            "rate": 100.0,
-            "count": {"hit": f"{STATUS}: hit-exact"},
-        }
-        idle = run_loadgen(workdir, hit_spec)
-        extra = [[_post(q, f"busy-{tag}-{i}")] for i, q in enumerate(prompts[8:])]
-        busy_misses = {
-            "port": ports["guarded"],
-            "sequences": extra,
-            "concurrency": 32,
-            "duration": busy_s,
-            "warmup": 0.0,
-            "rate": 50.0,
-            "count": {"miss": f"{STATUS}: miss"},
-        }
-        for sub in ("bm", "bh"):
-            (workdir / sub).mkdir()
-        before_counts = _sidecar_counters(stack.urls["guarded"])
-        with ThreadPoolExecutor(2) as pool:
-            busy_future = pool.submit(run_loadgen, workdir / "bm", busy_misses)
-            hits_future = pool.submit(run_loadgen, workdir / "bh", hit_spec)
-            busy_run, busy_hits = busy_future.result(), hits_future.result()
-        counters["guarded: busy model"] = _delta(
-            _sidecar_counters(stack.urls["guarded"]), before_counts
-        )
-        results["exact hits 1 KB, idle"] = {"loaded": _result(idle)}
-        results["exact hits 1 KB, model busy"] = {"loaded": _result(busy_hits)}
-        results["new-scope misses 1 KB keeping the model busy"] = {"loaded": _result(busy_run)}
-        try:  # the next scenario starts with the model idle again
+        def busy_model() -> None:
+            """0. exact hits while the model is busy with deferred vectors (new-scope 1 KB
+            misses at a rate the sidecar answers but its torch model cannot embed as fast),
+            beside the same exact hits with nothing else running."""
             _backlog_empty(stack.urls["guarded"])
-        except RuntimeError as exc:
-            counters["guarded: busy model"]["note"] = str(exc)
-
-        # 1. new scope: every request in a partition of its own.
-        measure("direct 1 KB", ports["direct"], [[_post(q)] for q in big], False)
-        new_scope = [[_post(q, f"new-{tag}-{i}")] for i, q in enumerate(fresh_big)]
-        for name in ("guarded", "guarded-before"):
-            if name not in stack.urls:
-                continue
-            before_counts = _sidecar_counters(stack.urls[name])
-            measure(f"{name}: miss + store 1 KB, new scope", ports[name], new_scope, True)
-            counters[f"{name}: new scope"] = _delta(
-                _sidecar_counters(stack.urls[name]), before_counts
+            hits_big = [[_post(q)] for q in big]
+            hit_spec = {
+                "port": ports["guarded"],
+                "sequences": hits_big,
+                "concurrency": 4,
+                "duration": busy_s,
+                "warmup": 0.0,
+                "rate": 100.0,
+                "count": {"hit": f"{STATUS}: hit-exact"},
+            }
+            idle = run_loadgen(workdir, hit_spec)
+            extra = [[_post(q, f"busy-{tag}-{i}")] for i, q in enumerate(prompts[8:])]
+            busy_misses = {
+                "port": ports["guarded"],
+                "sequences": extra,
+                "concurrency": 32,
+                "duration": busy_s,
+                "warmup": 0.0,
+                "rate": 50.0,
+                "count": {"miss": f"{STATUS}: miss"},
+            }
+            for sub in ("bm", "bh"):
+                (workdir / sub).mkdir()
+            before_counts = _sidecar_counters(stack.urls["guarded"])
+            with ThreadPoolExecutor(2) as pool:
+                busy_future = pool.submit(run_loadgen, workdir / "bm", busy_misses)
+                hits_future = pool.submit(run_loadgen, workdir / "bh", hit_spec)
+                busy_run, busy_hits = busy_future.result(), hits_future.result()
+            counters["guarded: busy model"] = _delta(
+                _sidecar_counters(stack.urls["guarded"]), before_counts
             )
+            results["exact hits 1 KB, idle"] = {"loaded": _result(idle)}
+            results["exact hits 1 KB, model busy"] = {"loaded": _result(busy_hits)}
+            results["new-scope misses 1 KB keeping the model busy"] = {"loaded": _result(busy_run)}
+            try:  # the next scenario starts with the model idle again
+                _backlog_empty(stack.urls["guarded"])
+            except RuntimeError as exc:
+                counters["guarded: busy model"]["note"] = str(exc)
 
-        # 2. populated scope, ONNX int8.
-        onnx_url = stack.urls["onnx"]
-        seeds = [q for q, _ in SEED_PAIRS]
-        _seed(ports["onnx"], seeds)
-        n_fresh = 1200 if quick else 3000
-        fresh = unique_questions(n_fresh + 20000)
-        populated, overload_pool = fresh[:n_fresh], fresh[n_fresh:]
-        measure("direct", ports["direct"], [[_post(q)] for q in seeds], False)
-        before_counts = _sidecar_counters(onnx_url)
-        measure("onnx: miss, populated scope", ports["onnx"], [[_post(q)] for q in populated], True)
-        counters["onnx: populated scope"] = _delta(_sidecar_counters(onnx_url), before_counts)
+        if "busy" in only:
+            busy_model()
+        # 1. new scope: every request in a partition of its own.
+        if "new-scope" in only:
+            measure("direct 1 KB", ports["direct"], [[_post(q)] for q in big], False)
+            new_scope = [[_post(q, f"new-{tag}-{i}")] for i, q in enumerate(fresh_big)]
+            for name in ("guarded", "guarded-before"):
+                if name not in stack.urls:
+                    continue
+                before_counts = _sidecar_counters(stack.urls[name])
+                measure(f"{name}: miss + store 1 KB, new scope", ports[name], new_scope, True)
+                counters[f"{name}: new scope"] = _delta(
+                    _sidecar_counters(stack.urls[name]), before_counts
+                )
 
-        # 3. overload at 4x the sustainable miss rate, exact hits beside it.
-        # The rate at which misses got their full treatment (embedded lookups): the loaded
-        # run's rate times the share of its lookups that were not skipped as overloaded.
-        pop = counters["onnx: populated scope"]
-        lookups = sum(pop.get(f"lookups_{p}", 0.0) for p in _LOOKUP_PATHS) or 1.0
-        served = results["onnx: miss, populated scope"]["loaded"]["rps"]
-        sustainable = round(served * pop.get("lookups_embedded", 0.0) / lookups, 1) or served
-        offered = OVERLOAD_FACTOR * sustainable
-        n_over = int(offered * (overload_s + 1)) + 64
-        over_pool = (overload_pool * (n_over // max(1, len(overload_pool)) + 1))[:n_over]
-        # distinct per run even when the pool repeats: a number in front
-        misses = [[_post(f"{i}: {q}")] for i, q in enumerate(over_pool)]
-        exact = [[_post(q)] for q in seeds]
-        before_counts = _sidecar_counters(onnx_url)
-        timeouts_before = stack.envoy_counter("timeout")
-        miss_spec = {
-            "port": ports["onnx-200ms"],
-            "sequences": misses,
-            "concurrency": 256,
-            "duration": overload_s,
-            "warmup": 0.0,
-            "rate": offered,
-            "count": {"miss": f"{STATUS}: miss"},
-        }
-        hit_spec = {
-            "port": ports["onnx-200ms"],
-            "sequences": exact,
-            "concurrency": 4,
-            "duration": overload_s,
-            "warmup": 0.0,
-            "rate": 100.0,
-            "count": {"hit": f"{STATUS}: hit-exact"},
-        }
-        for sub in ("m", "h"):
-            (workdir / sub).mkdir()
-        with ThreadPoolExecutor(2) as pool:
-            miss_future = pool.submit(run_loadgen, workdir / "m", miss_spec)
-            hit_future = pool.submit(run_loadgen, workdir / "h", hit_spec)
-            miss_run, hit_run = miss_future.result(), hit_future.result()
-        timeouts = stack.envoy_counter("timeout") - timeouts_before
-        over = _delta(_settled_counters(onnx_url), before_counts)
-        results["overload: misses"] = {"loaded": _result(miss_run)}
-        results["overload: exact hits"] = {"loaded": _result(hit_run)}
-        counters["overload"] = {
-            **over,
-            "offered_rps": round(offered, 1),
-            "sustainable_rps": sustainable,
-            "envoy_timeout_counters": timeouts,
-        }
+        if "overload" in only:
+            # 2. populated scope, ONNX int8.
+            onnx_url = stack.urls["onnx"]
+            seeds = [q for q, _ in SEED_PAIRS]
+            _seed(ports["onnx"], seeds)
+            n_fresh = 1200 if quick else 3000
+            fresh = unique_questions(n_fresh + 20000)
+            populated, overload_pool = fresh[:n_fresh], fresh[n_fresh:]
+            measure("direct", ports["direct"], [[_post(q)] for q in seeds], False)
+            before_counts = _sidecar_counters(onnx_url)
+            measure(
+                "onnx: miss, populated scope", ports["onnx"], [[_post(q)] for q in populated], True
+            )
+            counters["onnx: populated scope"] = _delta(_sidecar_counters(onnx_url), before_counts)
+
+            # 3. overload at 4x the sustainable miss rate, exact hits beside it.
+            # The rate at which misses got their full treatment (embedded lookups): the loaded
+            # run's rate times the share of its lookups that were not skipped as overloaded.
+            pop = counters["onnx: populated scope"]
+            lookups = sum(pop.get(f"lookups_{p}", 0.0) for p in _LOOKUP_PATHS) or 1.0
+            served = results["onnx: miss, populated scope"]["loaded"]["rps"]
+            sustainable = round(served * pop.get("lookups_embedded", 0.0) / lookups, 1) or served
+            offered = offered_rps or OVERLOAD_FACTOR * sustainable
+            n_over = int(offered * (overload_s + 1)) + 64
+            over_pool = (overload_pool * (n_over // max(1, len(overload_pool)) + 1))[:n_over]
+            exact = [[_post(q)] for q in seeds]
+            names = [n for n in ("onnx", "onnx-before") if n in stack.urls]
+            for name in names[1:]:
+                _seed(ports[name], seeds)
+            for name in names:
+                # distinct per run even when the pool repeats: a number and the name in front
+                misses = [[_post(f"{i} {name}: {q}")] for i, q in enumerate(over_pool)]
+                results.update(
+                    _overload(
+                        stack, name, misses, exact, offered, overload_s, workdir, counters, profile
+                    )
+                )
+                counters[_label(name, "overload")].update(
+                    {"offered_rps": round(offered, 1), "sustainable_rps": sustainable}
+                )
     finally:
         stack.stop()
     return {
@@ -408,6 +497,7 @@ def run(quick: bool, before: str | None, overload_s: float) -> dict[str, Any]:
         "quick": quick,
         "before": before,
         "overload_s": overload_s,
+        "only": list(only),
         "machine": machine(),
         "envoy": envoy_binary(),
         "scenarios": results,
@@ -512,85 +602,98 @@ def _summary(results: dict[str, Any], counters: dict[str, Any]) -> list[SummaryR
                 "embedded share",
             )
         )
-    hits = results.get("overload: exact hits")
-    over = results.get("overload: misses")
-    oc = counters.get("overload", {})
-    if hits is not None and over is not None:
-        p99 = hits["loaded"]["latency"]["p99_ms"]
-        rows.append(
-            SummaryRow(
-                g,
-                f"overload ({OVERLOAD_FACTOR:g}x the miss rate): exact-hit p99",
-                p99,
-                "ms",
-                hits["loaded"]["latency"]["p50_ms"],
-                "exact-hit p50, same run",
-                f"< {EXACT_P99_MS:g} ms",
-                p99 < EXACT_P99_MS,
-                f"offered {oc.get('offered_rps')} misses/s (sustainable "
-                f"{oc.get('sustainable_rps')} embedded misses/s at 32 connections); misses "
-                f"answered {over['loaded']['rps']}/s",
-                show_ratio=False,
-            )
+    for name in ("onnx", "onnx-before"):
+        rows.extend(_overload_rows(g, name, results, counters))
+    return rows
+
+
+def _overload_rows(
+    g: str, name: str, results: dict[str, Any], counters: dict[str, Any]
+) -> list[SummaryRow]:
+    rows: list[SummaryRow] = []
+    hits = results.get(_label(name, "overload: exact hits"))
+    over = results.get(_label(name, "overload: misses"))
+    oc = counters.get(_label(name, "overload"), {})
+    # the same load on the sidecar of the --before commit, beside it in the same run
+    pre = "" if name == "onnx" else "before: "
+    if hits is None or over is None:
+        return rows
+
+    p99 = hits["loaded"]["latency"]["p99_ms"]
+    rows.append(
+        SummaryRow(
+            g,
+            f"{pre}overload ({OVERLOAD_FACTOR:g}x the miss rate): exact-hit p99",
+            p99,
+            "ms",
+            hits["loaded"]["latency"]["p50_ms"],
+            "exact-hit p50, same run",
+            f"< {EXACT_P99_MS:g} ms",
+            p99 < EXACT_P99_MS,
+            f"offered {oc.get('offered_rps')} misses/s (sustainable "
+            f"{oc.get('sustainable_rps')} embedded misses/s at 32 connections); misses "
+            f"answered {over['loaded']['rps']}/s",
+            show_ratio=False,
         )
-        wait_ms = oc.get("embedding_queue_wait_max_seconds", 0.0) * 1000
-        rows.append(
-            SummaryRow(
-                g,
-                "overload: longest embedder queue wait of a lookup",
-                wait_ms,
-                "ms",
-                QUEUE_BUDGET_MS,
-                "embedder.max_queue_ms",
-                f"<= {QUEUE_BUDGET_MS + 5:g} ms",
-                wait_ms <= QUEUE_BUDGET_MS + 5,
-                f"miss p50 {over['loaded']['latency']['p50_ms']} ms, p99 "
-                f"{over['loaded']['latency']['p99_ms']} ms, max {over['loaded']['max_ms']} ms",
-                show_ratio=False,
-            )
+    )
+    wait_ms = oc.get("embedding_queue_wait_max_seconds", 0.0) * 1000
+    rows.append(
+        SummaryRow(
+            g,
+            f"{pre}overload: longest embedder queue wait of a lookup",
+            wait_ms,
+            "ms",
+            QUEUE_BUDGET_MS,
+            "embedder.max_queue_ms",
+            f"<= {QUEUE_BUDGET_MS + 5:g} ms",
+            wait_ms <= QUEUE_BUDGET_MS + 5,
+            f"miss p50 {over['loaded']['latency']['p50_ms']} ms, p99 "
+            f"{over['loaded']['latency']['p99_ms']} ms, max {over['loaded']['max_ms']} ms",
+            show_ratio=False,
         )
-        statuses = {
-            **over["loaded"]["statuses"],
-            **{f"hit {k}": v for k, v in hits["loaded"]["statuses"].items()},
-        }
-        not_ok = sum(v for k, v in over["loaded"]["statuses"].items() if str(k) != "200")
-        not_ok += sum(v for k, v in hits["loaded"]["statuses"].items() if str(k) != "200")
-        timeouts = oc.get("envoy_timeout_counters", 0)
-        rows.append(
-            SummaryRow(
-                g,
-                "overload: answers that were not 200 (Envoy timeouts included)",
-                not_ok,
-                "answers",
-                target="0, and no Envoy timeout counted",
-                met=not_ok == 0 and timeouts == 0,
-                note=f"statuses {statuses}; Envoy *timeout* counters +{timeouts}",
-                show_ratio=False,
-            )
+    )
+    statuses = {
+        **over["loaded"]["statuses"],
+        **{f"hit {k}": v for k, v in hits["loaded"]["statuses"].items()},
+    }
+    not_ok = sum(v for k, v in over["loaded"]["statuses"].items() if str(k) != "200")
+    not_ok += sum(v for k, v in hits["loaded"]["statuses"].items() if str(k) != "200")
+    timeouts = oc.get("envoy_timeout_counters", 0)
+    rows.append(
+        SummaryRow(
+            g,
+            f"{pre}overload: answers that were not 200 (Envoy timeouts included)",
+            not_ok,
+            "answers",
+            target="0, and no Envoy timeout counted",
+            met=not_ok == 0 and timeouts == 0,
+            note=f"statuses {statuses}; Envoy *timeout* counters +{timeouts}",
+            show_ratio=False,
         )
-        lookups = sum(oc.get(f"lookups_{p}", 0.0) for p in _LOOKUP_PATHS)
-        expected = oc.get("cache_misses_total", 0.0) + oc.get("semantic_hits", 0.0)
-        rows.append(
-            SummaryRow(
-                g,
-                "overload: semantic lookups skipped (counted)",
-                oc.get("lookups_skipped_overloaded", 0.0),
-                "lookups",
-                # A request Envoy gave up on can be cancelled after its lookup was counted and
-                # before its miss was: lookups may exceed misses, never the other way.
-                target="every miss's lookup embedded or counted as skipped",
-                met=lookups >= expected,
-                note=f"embedded {oc.get('lookups_embedded', 0):g} + skipped "
-                f"{oc.get('lookups_skipped_overloaded', 0):g} + empty scope "
-                f"{oc.get('lookups_skipped_empty_scope', 0):g} = {lookups:g} lookups; misses + "
-                f"semantic hits {expected:g} (the difference: requests cancelled by Envoy "
-                f"between lookup and answer); vectors added late "
-                f"{oc.get('cache_vectors_added_late_total', 0):g}, dropped "
-                f"{oc.get('cache_vector_drops_total', 0):g}, backlog at the end "
-                f"{oc.get('cache_vector_backlog', 0):g}",
-                show_ratio=False,
-            )
+    )
+    lookups = sum(oc.get(f"lookups_{p}", 0.0) for p in _LOOKUP_PATHS)
+    expected = oc.get("cache_misses_total", 0.0) + oc.get("semantic_hits", 0.0)
+    rows.append(
+        SummaryRow(
+            g,
+            f"{pre}overload: semantic lookups skipped (counted)",
+            oc.get("lookups_skipped_overloaded", 0.0),
+            "lookups",
+            # A request Envoy gave up on can be cancelled after its lookup was counted and
+            # before its miss was: lookups may exceed misses, never the other way.
+            target="every miss's lookup embedded or counted as skipped",
+            met=lookups >= expected,
+            note=f"embedded {oc.get('lookups_embedded', 0):g} + skipped "
+            f"{oc.get('lookups_skipped_overloaded', 0):g} + empty scope "
+            f"{oc.get('lookups_skipped_empty_scope', 0):g} = {lookups:g} lookups; misses + "
+            f"semantic hits {expected:g} (the difference: requests cancelled by Envoy "
+            f"between lookup and answer); vectors added late "
+            f"{oc.get('cache_vectors_added_late_total', 0):g}, dropped "
+            f"{oc.get('cache_vector_drops_total', 0):g}, backlog at the end "
+            f"{oc.get('cache_vector_backlog', 0):g}",
+            show_ratio=False,
         )
+    )
     return rows
 
 
@@ -621,6 +724,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--overload-s", type=float, default=0.0, help="overload duration (default 60, quick 15)"
     )
     parser.add_argument("--json", help="result file (default benchmarks/results/miss.json)")
+    parser.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated scenarios among {', '.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument(
+        "--offered", type=float, default=0.0, help="overload misses/s (default 4x sustainable)"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy speedscope profiles of the overload, this prefix"
+    )
     args = parser.parse_args(argv)
     try:
         envoy_binary()
@@ -629,7 +743,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_result("miss", {"benchmark": "miss", "skipped": str(exc), "summary": []}, args.json)
         return 0
     overload_s = args.overload_s or (15.0 if args.quick else 60.0)
-    result = run(args.quick, args.before, overload_s)
+    only = [o.strip() for o in args.only.split(",") if o.strip()]
+    unknown = set(only) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    result = run(args.quick, args.before, overload_s, only, args.profile, args.offered)
     path = write_result("miss", result, args.json)
     print_table(result)
     print(f"wrote {path}")

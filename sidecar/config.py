@@ -129,6 +129,10 @@ class ServerConfig(_Section):
     #: the event loop of ``sidecar serve``: ``uvloop`` (faster gRPC and HTTP handling),
     #: ``asyncio`` (the standard loop), ``auto``: uvloop when it is installed
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    #: while the event loop runs its timers later than this, optional work (semantic lookups,
+    #: early embeddings) is skipped and counted so exact hits keep their latency; 0: never
+    #: (docs/overload.md)
+    shed_loop_lag_ms: float = Field(10.0, ge=0, le=10_000)
     #: a path: one JSON line per request (ids, partition hash, status, reason, timings, rules
     #: fired; never user text). Empty: off
     access_log: str = ""
@@ -270,6 +274,10 @@ class EmbedderConfig(_Section):
     #: the semantic layer (miss, reason "overloaded: semantic lookup skipped"). Well below
     #: Envoy's ext_proc message timeout (200 ms by default). Needs micro-batching (max_batch > 1)
     max_queue_ms: float = Field(50.0, gt=0, le=600_000)
+    #: most semantic lookups waiting for the embedder at once; one more skips the semantic
+    #: layer at once (same reason, counted in sidecar_overload_shed_total), so a burst never
+    #: piles up requests on the event loop (docs/overload.md)
+    max_inflight_lookups: int = Field(64, ge=1, le=100_000)
 
 
 class GuardrailsConfig(_Section):

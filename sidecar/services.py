@@ -21,6 +21,7 @@ from sidecar.cache.stores.backends import build_exact_store, build_single_flight
 from sidecar.config import SidecarConfig
 from sidecar.guard import build_guardrails
 from sidecar.metrics import Metrics
+from sidecar.overload import LoadGovernor
 from sidecar.pending import build_pending
 from sidecar.pipeline import Guardrails, Pipeline, RequestContext
 from sidecar.pricing import load_prices
@@ -42,6 +43,9 @@ class Sidecar:
         # First: a Redis pending store without its key fails before any model or rule loads.
         self.pending = build_pending(config, self._release_miss_lock, detach=self._detach_local)
         self.metrics = Metrics(max_label_values=config.metrics.max_label_values)
+        self.governor = LoadGovernor(
+            self.metrics, config.embedder.max_inflight_lookups, config.server.shed_loop_lag_ms
+        )
         self.embedder: Embedder | None = embedder
         # A shared embedder (tests, eval tools) outlives this sidecar; only close our own.
         self._owns_embedder = embedder is None
@@ -69,6 +73,7 @@ class Sidecar:
 
     async def start(self) -> None:
         cfg = self.config
+        self.governor.start()
         if cfg.cache.enabled:
             if self.embedder is None and cfg.cache.vector_store:
                 self.embedder = build_embedder(
@@ -120,6 +125,7 @@ class Sidecar:
                 backlog_items=cfg.cache.vector_backlog,
                 backlog_bytes=cfg.cache.vector_backlog_bytes,
                 drain_s=cfg.cache.vector_drain_s,
+                governor=self.governor,
             )
             await self.cache.start()
             self._sweeper = asyncio.create_task(self._sweep_loop())
@@ -159,6 +165,7 @@ class Sidecar:
 
     async def close(self) -> None:
         self.ready = False
+        await self.governor.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -22,6 +22,7 @@ from sidecar.cache.single_flight import HeldLock, SingleFlight
 from sidecar.cache.stores.base import ExactStore, StoreUnavailable, VectorIndex
 from sidecar.cache.vector_backlog import PendingVector, VectorBacklog
 from sidecar.metrics import Metrics
+from sidecar.overload import LoadGovernor, Overloaded
 from sidecar.stages import stage_end, stage_start
 
 log = logging.getLogger("sidecar.cache")
@@ -126,6 +127,7 @@ class DualCache:
         backlog_items: int = 10_000,
         backlog_bytes: int = 16 * 1024 * 1024,
         drain_s: float = 10.0,
+        governor: LoadGovernor | None = None,
     ) -> None:
         self.clock = clock
         self.single_flight = single_flight
@@ -140,6 +142,8 @@ class DualCache:
         #: the embedder queue budget of a lookup, seconds (None: no budget)
         self.max_queue = None if max_queue_ms is None else max_queue_ms / 1000.0
         self.drain_s = drain_s
+        #: admission control of the optional work (None: none, as for tools and tests)
+        self.governor = governor
         self.backlog: VectorBacklog | None = None
         if vectors is not None and embedder is not None:
             self.backlog = VectorBacklog(
@@ -232,8 +236,11 @@ class DualCache:
             self.metrics.semantic_lookups.labels("skipped_empty_scope").inc()
             return Lookup(CacheStatus.MISS, EMPTY_SCOPE, pending=self._begin_vector(plan))
         try:
-            return await self._semantic(plan)
-        except EmbedderOverloaded as exc:
+            if self.governor is None:
+                return await self._semantic(plan)
+            with self.governor.semantic_lookup():
+                return await self._semantic(plan)
+        except (EmbedderOverloaded, Overloaded) as exc:
             self.metrics.semantic_lookups.labels("skipped_overloaded").inc()
             log.debug("semantic lookup skipped: %s", exc)
             return Lookup(CacheStatus.MISS, OVERLOADED, pending=self._begin_vector(plan))
@@ -252,6 +259,8 @@ class DualCache:
     def _begin_vector(self, plan: CachePlan) -> PendingVector | None:
         if self.backlog is None or plan.no_store or not plan.exact_key:
             return None
+        if self.governor is not None and not self.governor.allow_early_vector():
+            return None  # the store defers it to the backlog: computed when there is room
         return self.backlog.begin(plan.question)
 
     async def _lookup_vector(self, plan: CachePlan) -> np.ndarray:

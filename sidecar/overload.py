@@ -1,0 +1,128 @@
+"""Admission control for the optional work of a request (issue 16, overload).
+
+A cache miss can always be answered without its semantic lookup: the request goes upstream
+and its entry is stored for exact hits, its vector computed later. Under overload that
+optional work is what is shed, before it is queued, so the work every request must do
+(parsing, the exact lookup, forwarding) and exact hits keep their latency:
+
+* **In-flight bound.** At most ``embedder.max_inflight_lookups`` semantic lookups wait for the
+  embedder (or for their scope's late vectors) at once. One more skips the semantic layer at
+  once: a miss with the reason ``overloaded: semantic lookup skipped``, counted.
+* **Event-loop lag.** A probe task measures how late the event loop runs its timers. While
+  the recent lag is over ``server.shed_loop_lag_ms``, semantic lookups are skipped the same way
+  and the lookups' early embeddings are not started (the store hands the vector to the
+  backlog, which computes it when the embedder has room). Every request shares the one loop,
+  so lag is what an exact hit waits for; shedding the optional work is what gives it back.
+
+Both are counted in ``sidecar_overload_shed_total{work, cause}``; the lag is exported as
+``sidecar_event_loop_lag_seconds``. Nothing here refuses a request: shedding only ever turns
+optional work into a counted skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+
+from sidecar.metrics import Metrics
+
+#: the probe's period: short enough to see a burst, long enough to cost nothing (100/s)
+PROBE_INTERVAL_S = 0.01
+#: how long a lag spike keeps the sidecar in shedding mode after the loop is on time again
+HOLD_S = 0.5
+
+INFLIGHT = "inflight_limit"
+LOOP_LAG = "loop_lag"
+
+
+class Overloaded(Exception):  # noqa: N818 - reads as the state it reports
+    """Optional work refused by admission control; ``cause`` is ``inflight_limit`` or
+    ``loop_lag``."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class LoadGovernor:
+    def __init__(
+        self,
+        metrics: Metrics,
+        max_inflight_lookups: int,
+        shed_loop_lag_ms: float,
+    ) -> None:
+        self._metrics = metrics
+        self.max_inflight = max_inflight_lookups
+        #: 0 disables lag-based shedding
+        self.lag_limit = shed_loop_lag_ms / 1000.0
+        self.inflight = 0
+        self.lag = 0.0  # the latest probe's lateness, seconds
+        self._shedding_until = 0.0
+        self._probe: asyncio.Task[None] | None = None
+        self._shed_children: dict[tuple[str, str], object] = {}
+        metrics.loop_lag.set_function(lambda: self.lag)
+        metrics.inflight_lookups.set_function(lambda: self.inflight)
+
+    # -- lag probe
+    def start(self) -> None:
+        if self._probe is None and self.lag_limit > 0:
+            self._probe = asyncio.get_running_loop().create_task(self._watch())
+
+    async def close(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            planned = loop.time() + PROBE_INTERVAL_S
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            self.observe_lag(max(0.0, loop.time() - planned))
+
+    def observe_lag(self, lag: float) -> None:
+        """One measurement of how late the loop ran a timer (the probe, or a test)."""
+        self.lag = lag
+        if lag > self.lag_limit > 0:
+            self._shedding_until = time.monotonic() + HOLD_S
+
+    @property
+    def loop_lagging(self) -> bool:
+        return self.lag_limit > 0 and time.monotonic() < self._shedding_until
+
+    # -- admission
+    def shed(self, work: str, cause: str) -> None:
+        """Count one piece of optional work not done."""
+        key = (work, cause)
+        child = self._shed_children.get(key)
+        if child is None:
+            child = self._shed_children[key] = self._metrics.overload_shed.labels(work, cause)
+        child.inc()  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def semantic_lookup(self) -> Iterator[None]:
+        """Hold one of the in-flight lookup places for the block, or raise ``Overloaded``
+        (counted) at once when none is free or the loop is lagging."""
+        if self.loop_lagging:
+            self.shed("semantic_lookup", LOOP_LAG)
+            raise Overloaded(LOOP_LAG)
+        if self.inflight >= self.max_inflight:
+            self.shed("semantic_lookup", INFLIGHT)
+            raise Overloaded(INFLIGHT)
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+
+    def allow_early_vector(self) -> bool:
+        """Whether a skipped lookup may start its vector now (during the provider call).
+        While the loop lags, no: the store defers it to the backlog instead."""
+        if self.loop_lagging:
+            self.shed("early_vector", LOOP_LAG)
+            return False
+        return True
