@@ -133,6 +133,11 @@ class ServerConfig(_Section):
     #: early embeddings) is skipped and counted so exact hits keep their latency; 0: never
     #: (docs/overload.md)
     shed_loop_lag_ms: float = Field(10.0, ge=0, le=10_000)
+    #: a liveness listener (plain HTTP, GET /healthz only, no token) on ``http_host`` answered
+    #: from its own thread, so probes do not queue behind requests on the event loop; it
+    #: answers 503 once the loop has not run for ``health_stall_s``. 0: off (docs/overload.md)
+    health_port: int = Field(0, ge=0, le=65535)
+    health_stall_s: float = Field(10.0, gt=0, le=3600)
     #: a path: one JSON line per request (ids, partition hash, status, reason, timings, rules
     #: fired; never user text). Empty: off
     access_log: str = ""

@@ -59,6 +59,8 @@ class LoadGovernor:
         self.lag_limit = shed_loop_lag_ms / 1000.0
         self.inflight = 0
         self.lag = 0.0  # the latest probe's lateness, seconds
+        #: when the probe last ran (time.monotonic): the health listener's sign of a live loop
+        self.last_tick = time.monotonic()
         self._shedding_until = 0.0
         self._probe: asyncio.Task[None] | None = None
         self._shed_children: dict[tuple[str, str], object] = {}
@@ -67,7 +69,8 @@ class LoadGovernor:
 
     # -- lag probe
     def start(self) -> None:
-        if self._probe is None and self.lag_limit > 0:
+        self.last_tick = time.monotonic()
+        if self._probe is None:
             self._probe = asyncio.get_running_loop().create_task(self._watch())
 
     async def close(self) -> None:
@@ -82,6 +85,7 @@ class LoadGovernor:
         while True:
             planned = loop.time() + PROBE_INTERVAL_S
             await asyncio.sleep(PROBE_INTERVAL_S)
+            self.last_tick = time.monotonic()
             self.observe_lag(max(0.0, loop.time() - planned))
 
     def observe_lag(self, lag: float) -> None:
