@@ -8,11 +8,16 @@ optional work is what is shed, before it is queued, so the work every request mu
 * **In-flight bound.** At most ``embedder.max_inflight_lookups`` semantic lookups wait for the
   embedder (or for their scope's late vectors) at once. One more skips the semantic layer at
   once: a miss with the reason ``overloaded: semantic lookup skipped``, counted.
-* **Event-loop lag.** A probe task measures how late the event loop runs its timers. While
-  the recent lag is over ``server.shed_loop_lag_ms``, semantic lookups are skipped the same way
-  and the lookups' early embeddings are not started (the store hands the vector to the
-  backlog, which computes it when the embedder has room). Every request shares the one loop,
-  so lag is what an exact hit waits for; shedding the optional work is what gives it back.
+* **Event-loop lag.** A probe task measures how late the event loop runs a 10 ms timer. While
+  every probe of the last 50 ms was later than ``server.shed_loop_lag_ms``, semantic lookups
+  are skipped the same way and the lookups' early embeddings are not started (the store hands
+  the vector to the backlog, which computes it when the embedder has room). Every request
+  shares the one loop, so lag is what an exact hit waits for; shedding the optional work is
+  what gives it back.
+* **Stores, last.** While the lag stays over four times the limit, misses are not stored
+  either (``not stored: overloaded``): the answer then needs no trip back through the sidecar
+  (ext_proc ends its stream after the request, unless output guardrails must see the answer),
+  which halves a miss's cost on the loop.
 
 Both are counted in ``sidecar_overload_shed_total{work, cause}``; the lag is exported as
 ``sidecar_event_loop_lag_seconds``. Nothing here refuses a request: shedding only ever turns
@@ -24,14 +29,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import Iterator
 
 from sidecar.metrics import Metrics
 
 #: the probe's period: short enough to see a burst, long enough to cost nothing (100/s)
 PROBE_INTERVAL_S = 0.01
-#: how long a lag spike keeps the sidecar in shedding mode after the loop is on time again
+#: how long an overload keeps the sidecar shedding after the loop is on time again
 HOLD_S = 0.5
+#: the lag must last this many probes in a row (50 ms): a one-off spike (a collection, one
+#: large body) is not an overload, and shedding would not shorten it
+SUSTAINED_PROBES = 5
+#: stores (and with them the answer's trip back through the sidecar) are shed only at this
+#: multiple of the lag limit: they are worth more than a semantic lookup (the next identical
+#: question is an exact hit) and cost less
+STORE_LAG_FACTOR = 4.0
 
 INFLIGHT = "inflight_limit"
 LOOP_LAG = "loop_lag"
@@ -62,6 +75,8 @@ class LoadGovernor:
         #: when the probe last ran (time.monotonic): the health listener's sign of a live loop
         self.last_tick = time.monotonic()
         self._shedding_until = 0.0
+        self._store_shedding_until = 0.0
+        self._recent: deque[float] = deque(maxlen=SUSTAINED_PROBES)
         self._probe: asyncio.Task[None] | None = None
         self._shed_children: dict[tuple[str, str], object] = {}
         metrics.loop_lag.set_function(lambda: self.lag)
@@ -89,14 +104,28 @@ class LoadGovernor:
             self.observe_lag(max(0.0, loop.time() - planned))
 
     def observe_lag(self, lag: float) -> None:
-        """One measurement of how late the loop ran a timer (the probe, or a test)."""
+        """One measurement of how late the loop ran a timer (from the probe)."""
         self.lag = lag
-        if lag > self.lag_limit > 0:
+        self._recent.append(lag)
+        if self.lag_limit <= 0 or len(self._recent) < SUSTAINED_PROBES:
+            return
+        sustained = min(self._recent)
+        if sustained > self.lag_limit:
             self._shedding_until = time.monotonic() + HOLD_S
+        if sustained > self.lag_limit * STORE_LAG_FACTOR:
+            self._store_shedding_until = time.monotonic() + HOLD_S
 
     @property
     def loop_lagging(self) -> bool:
         return self.lag_limit > 0 and time.monotonic() < self._shedding_until
+
+    def shed_store(self) -> bool:
+        """Whether a miss's answer should go unstored (counted): only while the loop lags far
+        behind (``STORE_LAG_FACTOR`` times the limit)."""
+        if self.lag_limit > 0 and time.monotonic() < self._store_shedding_until:
+            self.shed("store", LOOP_LAG)
+            return True
+        return False
 
     # -- admission
     def shed(self, work: str, cause: str) -> None:

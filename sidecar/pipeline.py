@@ -19,7 +19,7 @@ import orjson
 
 from guardrails.base import Stage, TextPiece
 from sidecar.cache.keys import CachePlan, plan_request
-from sidecar.cache.layer import CacheStatus, DualCache, Lookup
+from sidecar.cache.layer import STORE_SHED, CacheStatus, DualCache, Lookup
 from sidecar.cache.model import CachedAnswer, Usage
 from sidecar.config import SidecarConfig
 from sidecar.formats import (
@@ -170,6 +170,9 @@ class RequestOutcome:
     cache: CacheInfo
     body: dict[str, Any] | None = None  # rewritten request body, when it changed
     response: HttpAnswer | None = None
+    #: False when the pipeline has nothing to do with the answer (not stored, no output
+    #: rules): a transport may let it pass without handing it back (ext_proc ends its stream)
+    answer_needed: bool = True
 
 
 @dataclass(slots=True)
@@ -378,7 +381,13 @@ class Pipeline:
         ctx.note(f"cache {lookup.status.value}: {lookup.reason}")
         if lookup.entry is None:
             info = CacheInfo(lookup.status, lookup.reason)
-            return RequestOutcome("continue", info, body=rewritten)
+            if lookup.store_shed:
+                info.not_stored = STORE_SHED
+            # Not stored and no output rule to apply: the transport may skip the answer.
+            needed = not lookup.store_shed or (
+                self.guardrails is not None and self.guardrails.active(Stage.OUTPUT, ctx)
+            )
+            return RequestOutcome("continue", info, body=rewritten, answer_needed=needed)
 
         info = CacheInfo(
             lookup.status,
@@ -563,6 +572,8 @@ class Pipeline:
             return f"status {status} is not 2xx"
         if ctx.plan.no_store:
             return "no-store requested"
+        if ctx.lookup is not None and ctx.lookup.store_shed:
+            return STORE_SHED
         if ctx.cache.status in (CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC):
             return "answered from cache"
         return None

@@ -31,6 +31,8 @@ EMPTY_SCOPE = "no cached question in this scope (embedding skipped)"
 #: entry.meta flag: stored before its vector, which is still to be attached
 VECTOR_PENDING = "vector_pending"
 OVERLOADED = "overloaded: semantic lookup skipped"
+#: why a miss's answer was not stored while the event loop was far behind
+STORE_SHED = "overloaded: not stored"
 #: how long a lookup waits for its scope's late vectors when no queue budget applies
 _SETTLE_S = 5.0
 
@@ -106,6 +108,8 @@ class Lookup:
     lock: HeldLock | None = None
     # a skipped embedding already started in the background, for the store to pick up
     pending: PendingVector | None = None
+    #: the load governor shed this miss's store (counted): its answer is not to be stored
+    store_shed: bool = False
 
     @property
     def hit(self) -> bool:
@@ -213,11 +217,17 @@ class DualCache:
                 self.metrics.lookup_seconds.labels("exact").observe(time.perf_counter() - started)
                 if entry is not None:
                     return Lookup(CacheStatus.HIT_EXACT, "exact key matched", entry, 1.0)
+            # Far behind (the load governor): the answer is not stored either, so no miss lock.
+            store_shed = self._shed_store(plan)
             if not (plan.use_semantic and plan.question and self.semantic_enabled):
                 why = "exact miss" if plan.use_exact else "no exact lookup requested"
                 if plan.use_semantic and not plan.question:
                     why += "; no semantic layer for this request (not a plain user text turn)"
-                return await self._single_flight(plan, Lookup(CacheStatus.MISS, why))
+                miss = Lookup(CacheStatus.MISS, why, store_shed=store_shed)
+                return miss if store_shed else await self._single_flight(plan, miss)
+            if store_shed:
+                self.metrics.semantic_lookups.labels("skipped_overloaded").inc()
+                return Lookup(CacheStatus.MISS, OVERLOADED, store_shed=True)
             return await self._single_flight(plan, await self._semantic_unless_skipped(plan))
         except StoreUnavailable as exc:
             self.metrics.backend_errors.labels("lookup").inc()
@@ -227,6 +237,11 @@ class DualCache:
             self.metrics.semantic_lookups.labels("embedding_failed").inc()
             log.error("embedding failed, semantic lookup skipped: %s", exc)
             return Lookup(CacheStatus.MISS, f"embedding failed: {exc}")
+
+    def _shed_store(self, plan: CachePlan) -> bool:
+        if self.governor is None or plan.no_store or not plan.exact_key:
+            return False
+        return self.governor.shed_store()
 
     async def _semantic_unless_skipped(self, plan: CachePlan) -> Lookup:
         """The semantic layer, unless its embedding cannot help (nothing to compare with) or

@@ -70,6 +70,7 @@ class PipelineProcessor:
         self._decided = False  # on_request ran (or was skipped); later request messages pass
         self._request_chunks: list[bytes] = []
         self.ctx: RequestContext | None = None
+        self.finished = False  # the answer is not needed (a shed miss): end the stream
         # response side
         self._status = 0
         self._response_headers: dict[str, str] = {}
@@ -153,6 +154,7 @@ class PipelineProcessor:
         if outcome.action == "respond":
             assert outcome.response is not None
             return immediate(outcome.response, f"sidecar_{outcome.cache.status.value}")
+        self.finished = not outcome.answer_needed
         if outcome.body is None:
             return continue_for(kind)
         if kind != REQUEST_BODY or len(self._request_chunks) != 1:
