@@ -221,6 +221,9 @@ def _sidecar_counters(base: str) -> dict[str, float]:
     ):
         out[name.removeprefix("sidecar_")] = metric_value(base, name)
     out["semantic_hits"] = metric_value(base, "sidecar_cache_hits_total", '"semantic"')
+    for work in ("semantic_lookup", "early_vector", "store"):
+        out[f"shed_{work}"] = metric_value(base, "sidecar_overload_shed_total", f'"{work}"')
+    out["event_loop_lag_seconds"] = metric_value(base, "sidecar_event_loop_lag_seconds")
     return out
 
 
@@ -246,7 +249,7 @@ def _backlog_empty(base: str, limit_s: float = 120.0) -> None:
 
 
 def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    gauges = ("cache_vector_backlog", "embedding_queue_wait_max_seconds")
+    gauges = ("cache_vector_backlog", "embedding_queue_wait_max_seconds", "event_loop_lag_seconds")
     return {k: round(v if k in gauges else v - before.get(k, 0.0), 6) for k, v in after.items()}
 
 
@@ -325,15 +328,30 @@ def _overload(
     spy = None
     if profile is not None:
         spy = _profiled(stack.pids[name], profile.with_suffix(f".{name}.json"), overload_s)
-    with ThreadPoolExecutor(2) as pool:
+    lags: list[float] = []
+    with ThreadPoolExecutor(3) as pool:
         miss_future = pool.submit(run_loadgen, subs[0], miss_spec)
         hit_future = pool.submit(run_loadgen, subs[1], hit_spec)
+        while not (miss_future.done() and hit_future.done()):
+            # the sidecar's own event-loop lag gauge, sampled (through its /metrics)
+            try:
+                lags.append(metric_value(url, "sidecar_event_loop_lag_seconds"))
+            except httpx.HTTPError:
+                lags.append(-1.0)  # /metrics itself did not answer within 10 s
+            time.sleep(0.25)  # the sampling period, not synchronisation
         miss_run, hit_run = miss_future.result(), hit_future.result()
     if spy is not None:
         spy.wait(60)
     timeouts = stack.envoy_counter("timeout") - timeouts_before
     over = _delta(_settled_counters(url), before_counts)
-    counters[_label(name, "overload")] = {**over, "envoy_timeout_counters": timeouts}
+    ordered = sorted(lags)
+    counters[_label(name, "overload")] = {
+        **over,
+        "envoy_timeout_counters": timeouts,
+        "loop_lag_samples": len(lags),
+        "loop_lag_p50_ms": round(ordered[len(ordered) // 2] * 1000, 1) if lags else None,
+        "loop_lag_max_ms": round(ordered[-1] * 1000, 1) if lags else None,
+    }
     return {
         _label(name, "overload: misses"): {"loaded": _result(miss_run)},
         _label(name, "overload: exact hits"): {"loaded": _result(hit_run)},
