@@ -133,6 +133,9 @@ class ServerConfig(_Section):
     #: early embeddings) is skipped and counted so exact hits keep their latency; 0: never
     #: (docs/overload.md)
     shed_loop_lag_ms: float = Field(10.0, ge=0, le=10_000)
+    #: while the lag stays over this, misses are not stored either (counted; ext_proc then
+    #: ends the stream after the request, halving a miss's cost on the loop); 0: never
+    shed_store_lag_ms: float = Field(40.0, ge=0, le=10_000)
     #: a liveness listener (plain HTTP, GET /healthz only, no token) on ``http_host`` answered
     #: from its own thread, so probes do not queue behind requests on the event loop; it
     #: answers 503 once the loop has not run for ``health_stall_s``. 0: off (docs/overload.md)

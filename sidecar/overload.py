@@ -14,10 +14,10 @@ optional work is what is shed, before it is queued, so the work every request mu
   the vector to the backlog, which computes it when the embedder has room). Every request
   shares the one loop, so lag is what an exact hit waits for; shedding the optional work is
   what gives it back.
-* **Stores, last.** While the lag stays over four times the limit, misses are not stored
-  either (``not stored: overloaded``): the answer then needs no trip back through the sidecar
-  (ext_proc ends its stream after the request, unless output guardrails must see the answer),
-  which halves a miss's cost on the loop.
+* **Stores, last.** While the lag stays over ``server.shed_store_lag_ms`` (40 ms), misses are
+  not stored either (``overloaded: not stored``): the answer then needs no trip back through
+  the sidecar (ext_proc ends its stream after the request, unless output guardrails must see
+  the answer), which halves a miss's cost on the loop.
 
 Both are counted in ``sidecar_overload_shed_total{work, cause}``; the lag is exported as
 ``sidecar_event_loop_lag_seconds``. Nothing here refuses a request: shedding only ever turns
@@ -41,10 +41,6 @@ HOLD_S = 0.5
 #: the lag must last this many probes in a row (50 ms): a one-off spike (a collection, one
 #: large body) is not an overload, and shedding would not shorten it
 SUSTAINED_PROBES = 5
-#: stores (and with them the answer's trip back through the sidecar) are shed only at this
-#: multiple of the lag limit: they are worth more than a semantic lookup (the next identical
-#: question is an exact hit) and cost less
-STORE_LAG_FACTOR = 4.0
 
 INFLIGHT = "inflight_limit"
 LOOP_LAG = "loop_lag"
@@ -65,11 +61,15 @@ class LoadGovernor:
         metrics: Metrics,
         max_inflight_lookups: int,
         shed_loop_lag_ms: float,
+        shed_store_lag_ms: float = 0.0,
     ) -> None:
         self._metrics = metrics
         self.max_inflight = max_inflight_lookups
         #: 0 disables lag-based shedding
         self.lag_limit = shed_loop_lag_ms / 1000.0
+        #: stores are worth more than a semantic lookup (the next identical question is an
+        #: exact hit): shed at a higher lag, or never (0)
+        self.store_lag_limit = shed_store_lag_ms / 1000.0
         self.inflight = 0
         self.lag = 0.0  # the latest probe's lateness, seconds
         #: when the probe last ran (time.monotonic): the health listener's sign of a live loop
@@ -107,12 +107,12 @@ class LoadGovernor:
         """One measurement of how late the loop ran a timer (from the probe)."""
         self.lag = lag
         self._recent.append(lag)
-        if self.lag_limit <= 0 or len(self._recent) < SUSTAINED_PROBES:
+        if len(self._recent) < SUSTAINED_PROBES:
             return
         sustained = min(self._recent)
-        if sustained > self.lag_limit:
+        if sustained > self.lag_limit > 0:
             self._shedding_until = time.monotonic() + HOLD_S
-        if sustained > self.lag_limit * STORE_LAG_FACTOR:
+        if sustained > self.store_lag_limit > 0:
             self._store_shedding_until = time.monotonic() + HOLD_S
 
     @property
@@ -121,8 +121,8 @@ class LoadGovernor:
 
     def shed_store(self) -> bool:
         """Whether a miss's answer should go unstored (counted): only while the loop lags far
-        behind (``STORE_LAG_FACTOR`` times the limit)."""
-        if self.lag_limit > 0 and time.monotonic() < self._store_shedding_until:
+        behind (``server.shed_store_lag_ms``)."""
+        if self.store_lag_limit > 0 and time.monotonic() < self._store_shedding_until:
             self.shed("store", LOOP_LAG)
             return True
         return False

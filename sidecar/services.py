@@ -44,7 +44,10 @@ class Sidecar:
         self.pending = build_pending(config, self._release_miss_lock, detach=self._detach_local)
         self.metrics = Metrics(max_label_values=config.metrics.max_label_values)
         self.governor = LoadGovernor(
-            self.metrics, config.embedder.max_inflight_lookups, config.server.shed_loop_lag_ms
+            self.metrics,
+            config.embedder.max_inflight_lookups,
+            config.server.shed_loop_lag_ms,
+            config.server.shed_store_lag_ms,
         )
         self.embedder: Embedder | None = embedder
         # A shared embedder (tests, eval tools) outlives this sidecar; only close our own.

@@ -22,7 +22,7 @@ from sidecar.cache.single_flight import HeldLock, SingleFlight
 from sidecar.cache.stores.base import ExactStore, StoreUnavailable, VectorIndex
 from sidecar.cache.vector_backlog import PendingVector, VectorBacklog
 from sidecar.metrics import Metrics
-from sidecar.overload import LoadGovernor, Overloaded
+from sidecar.overload import LOOP_LAG, LoadGovernor, Overloaded
 from sidecar.stages import stage_end, stage_start
 
 log = logging.getLogger("sidecar.cache")
@@ -227,6 +227,8 @@ class DualCache:
                 return miss if store_shed else await self._single_flight(plan, miss)
             if store_shed:
                 self.metrics.semantic_lookups.labels("skipped_overloaded").inc()
+                assert self.governor is not None
+                self.governor.shed("semantic_lookup", LOOP_LAG)
                 return Lookup(CacheStatus.MISS, OVERLOADED, store_shed=True)
             return await self._single_flight(plan, await self._semantic_unless_skipped(plan))
         except StoreUnavailable as exc:
