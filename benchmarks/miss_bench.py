@@ -224,6 +224,7 @@ def _sidecar_counters(base: str) -> dict[str, float]:
     for work in ("semantic_lookup", "early_vector", "store"):
         out[f"shed_{work}"] = metric_value(base, "sidecar_overload_shed_total", f'"{work}"')
     out["event_loop_lag_seconds"] = metric_value(base, "sidecar_event_loop_lag_seconds")
+    out["extproc_round_trip_seconds"] = metric_value(base, "sidecar_extproc_round_trip_seconds")
     return out
 
 
@@ -249,7 +250,12 @@ def _backlog_empty(base: str, limit_s: float = 120.0) -> None:
 
 
 def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    gauges = ("cache_vector_backlog", "embedding_queue_wait_max_seconds", "event_loop_lag_seconds")
+    gauges = (
+        "cache_vector_backlog",
+        "embedding_queue_wait_max_seconds",
+        "event_loop_lag_seconds",
+        "extproc_round_trip_seconds",
+    )
     return {k: round(v if k in gauges else v - before.get(k, 0.0), 6) for k, v in after.items()}
 
 

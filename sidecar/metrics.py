@@ -157,6 +157,12 @@ class Metrics:
             "How late the event loop last ran a 10 ms timer (what every request waits for)",
             registry=r,
         )
+        self.extproc_round_trip = Gauge(
+            "sidecar_extproc_round_trip_seconds",
+            "The latest ext_proc round trip: the reply to a request's headers until its body "
+            "arrived (grows when the gRPC transport backs up)",
+            registry=r,
+        )
         self.inflight_lookups = Gauge(
             "sidecar_semantic_lookups_in_flight",
             "Semantic lookups waiting for the embedder or their scope's late vectors",

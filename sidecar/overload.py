@@ -13,7 +13,9 @@ optional work is what is shed, before it is queued, so the work every request mu
   are skipped the same way and the lookups' early embeddings are not started (the store hands
   the vector to the backlog, which computes it when the embedder has room). Every request
   shares the one loop, so lag is what an exact hit waits for; shedding the optional work is
-  what gives it back.
+  what gives it back. The same holds for the ext_proc round trip (the sidecar's reply to a
+  request's headers until that request's body arrives; ``sidecar_extproc_round_trip_seconds``):
+  when the gRPC transport backs up, requests queue where the loop's timers do not see them.
 * **Stores, last.** While the lag stays over ``server.shed_store_lag_ms`` (40 ms), misses are
   not stored either (``overloaded: not stored``): the answer then needs no trip back through
   the sidecar (ext_proc ends its stream after the request, unless output guardrails must see
@@ -77,10 +79,13 @@ class LoadGovernor:
         self._shedding_until = 0.0
         self._store_shedding_until = 0.0
         self._recent: deque[float] = deque(maxlen=SUSTAINED_PROBES)
+        self.round_trip = 0.0  # the latest ext_proc round trip, seconds
+        self._round_trips: deque[float] = deque(maxlen=SUSTAINED_PROBES)
         self._probe: asyncio.Task[None] | None = None
         self._shed_children: dict[tuple[str, str], object] = {}
         metrics.loop_lag.set_function(lambda: self.lag)
         metrics.inflight_lookups.set_function(lambda: self.inflight)
+        metrics.extproc_round_trip.set_function(lambda: self.round_trip)
 
     # -- lag probe
     def start(self) -> None:
@@ -110,6 +115,21 @@ class LoadGovernor:
         if len(self._recent) < SUSTAINED_PROBES:
             return
         sustained = min(self._recent)
+        if sustained > self.lag_limit > 0:
+            self._shedding_until = time.monotonic() + HOLD_S
+        if sustained > self.store_lag_limit > 0:
+            self._store_shedding_until = time.monotonic() + HOLD_S
+
+    def observe_round_trip(self, seconds: float) -> None:
+        """One ext_proc round trip as the sidecar sees it: from its reply to a request's
+        headers to the arrival of that request's body (Envoy sends the body once it has the
+        reply). Normally well under a millisecond; when the gRPC transport backs up (a queue
+        the event loop's timers do not see), it grows like the lag and sheds the same way."""
+        self.round_trip = seconds
+        self._round_trips.append(seconds)
+        if len(self._round_trips) < SUSTAINED_PROBES:
+            return
+        sustained = min(self._round_trips)
         if sustained > self.lag_limit > 0:
             self._shedding_until = time.monotonic() + HOLD_S
         if sustained > self.store_lag_limit > 0:

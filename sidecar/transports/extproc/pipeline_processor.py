@@ -14,6 +14,7 @@ to see (``on_response``), NONE when there is nothing to do. Envoy may ignore the
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 
@@ -71,6 +72,8 @@ class PipelineProcessor:
         self._request_chunks: list[bytes] = []
         self.ctx: RequestContext | None = None
         self.finished = False  # the answer is not needed (a shed miss): end the stream
+        self._governor = None if pipeline.cache is None else pipeline.cache.governor
+        self._headers_replied = 0.0
         # response side
         self._status = 0
         self._response_headers: dict[str, str] = {}
@@ -106,6 +109,7 @@ class PipelineProcessor:
             # Nothing to wait for: decide now, the body (if any) passes untouched.
             self._decided = True
             return await self._decide(None, REQUEST_HEADERS)
+        self._headers_replied = time.perf_counter()  # the reply goes out now
         return continue_for(REQUEST_HEADERS)
 
     async def request_body(self, message: HttpBody) -> ProcessingResponse:
@@ -122,6 +126,10 @@ class PipelineProcessor:
             # request is not one we handle.
             self._decided = True
             return await self._decide(None, REQUEST_BODY)
+        if self._headers_replied and self._governor is not None:
+            # Load signal: how long Envoy's body took to follow the headers reply.
+            self._governor.observe_round_trip(time.perf_counter() - self._headers_replied)
+            self._headers_replied = 0.0
         self._request_chunks.append(message.body)
         if not message.end_of_stream:
             # request_body_mode STREAMED: the chunk goes upstream now, the decision waits.
