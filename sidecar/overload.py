@@ -32,7 +32,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from sidecar.metrics import Metrics
 
@@ -74,8 +74,10 @@ class LoadGovernor:
         self.store_lag_limit = shed_store_lag_ms / 1000.0
         self.inflight = 0
         self.lag = 0.0  # the latest probe's lateness, seconds
-        #: when the probe last ran (time.monotonic): the health listener's sign of a live loop
+        #: when the probe last ran (time.monotonic): the sign of a live loop
         self.last_tick = time.monotonic()
+        #: called on every probe tick (the liveness listener's heartbeat)
+        self.on_tick: Callable[[], None] | None = None
         self._shedding_until = 0.0
         self._store_shedding_until = 0.0
         self._recent: deque[float] = deque(maxlen=SUSTAINED_PROBES)
@@ -106,6 +108,8 @@ class LoadGovernor:
             planned = loop.time() + PROBE_INTERVAL_S
             await asyncio.sleep(PROBE_INTERVAL_S)
             self.last_tick = time.monotonic()
+            if self.on_tick is not None:
+                self.on_tick()
             self.observe_lag(max(0.0, loop.time() - planned))
 
     def observe_lag(self, lag: float) -> None:

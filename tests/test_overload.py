@@ -9,6 +9,8 @@ in the test's loop), which is what an overload does to it; no timing is asserted
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -130,19 +132,24 @@ async def test_a_loop_far_behind_sheds_the_store_too(embedder: Any) -> None:
 
 
 # ---------------------------------------------------------------- the liveness listener
-def test_the_liveness_listener_answers_from_its_thread_and_reports_a_stalled_loop() -> None:
-    tick = [time.monotonic()]
-    listener = HealthListener("127.0.0.1", 0, lambda: tick[0], stall_s=5.0)
+def test_the_liveness_listener_answers_from_its_process_and_reports_a_stalled_loop() -> None:
+    listener = HealthListener("127.0.0.1", 0, stall_s=1.0)
     listener.start()
     try:
         base = f"http://127.0.0.1:{listener.port}"
+        listener.beat()
         ok = httpx.get(f"{base}/healthz", timeout=5)
         assert (ok.status_code, ok.json()) == (200, {"status": "ok"})
         assert httpx.get(f"{base}/metrics", timeout=5).status_code == 404
         assert httpx.post(f"{base}/healthz", timeout=5).status_code == 405
-        tick[0] = time.monotonic() - 60  # the loop has not ticked for a minute
-        stalled = httpx.get(f"{base}/healthz", timeout=5)
+        # No more beats: the loop has stalled; within a deadline the probe says so.
+        deadline = time.monotonic() + 30
+        while (stalled := httpx.get(f"{base}/healthz", timeout=5)).status_code == 200:
+            assert time.monotonic() < deadline, "the listener never reported the stall"
+            time.sleep(0.1)  # polling another process, not synchronisation
         assert (stalled.status_code, stalled.json()) == (503, {"status": "stalled"})
+        listener.beat()
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
     finally:
         listener.close()
 
@@ -160,5 +167,15 @@ def test_sidecar_serve_answers_liveness_on_the_health_port(tmp_path: Path) -> No
         proc.wait_ready(f"http://127.0.0.1:{http_port}/readyz", 180)
         reply = httpx.get(f"http://127.0.0.1:{health_port}/healthz", timeout=5)
         assert (reply.status_code, reply.json()) == (200, {"status": "ok"})
+        # Its process dies with the sidecar, even killed with -9: the port is freed.
+        os.kill(proc.pid, signal.SIGKILL)  # our own child, by its PID
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{health_port}/healthz", timeout=2)
+            except httpx.TransportError:
+                break
+            assert time.monotonic() < deadline, "the liveness process outlived the sidecar"
+            time.sleep(0.1)  # polling another process, not synchronisation
     finally:
         proc.stop()
