@@ -72,6 +72,8 @@ class HookRequest:
     headers: dict[str, str]  # names lower-cased by the transport
     body: Any  # parsed JSON (HTTP hook) or raw bytes (ext_proc)
     request_id: str | None = None
+    #: time.monotonic() when the transport received the request (None: now)
+    received_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -157,6 +159,7 @@ class RequestContext:
     # AES-GCM when it waits in Redis for the response hook (sidecar/pending_redis.py).
     guard_state: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    answer_received: float | None = None  # time.monotonic() when the answer reached us
     # Stage timings and rules fired; only when an observer (access log, traces) reads them.
     stages: StageLog | None = None
 
@@ -250,6 +253,8 @@ class Pipeline:
             path=req.path,
             headers=req.headers,
         )
+        if req.received_at is not None:
+            ctx.started = req.received_at
         token = None
         if self.observers:
             ctx.stages = StageLog()
@@ -439,6 +444,7 @@ class Pipeline:
         self, ctx: RequestContext, status: int, headers: Mapping[str, str], body: bytes
     ) -> ResponseOutcome:
         """A whole answer (JSON, or the full SSE text of a stream)."""
+        ctx.answer_received = time.monotonic()
         token = CURRENT.set(ctx.stages) if ctx.stages is not None else None
         try:
             return await self._on_response(ctx, status, headers, body)

@@ -74,6 +74,7 @@ class PipelineProcessor:
         self.finished = False  # the answer is not needed (a shed miss): end the stream
         self._governor = None if pipeline.cache is None else pipeline.cache.governor
         self._headers_replied = 0.0
+        self._received = 0.0
         # response side
         self._status = 0
         self._response_headers: dict[str, str] = {}
@@ -105,6 +106,7 @@ class PipelineProcessor:
             self._decided = True
             return self._refuse(exc)
         self._take_headers(headers)
+        self._received = time.monotonic()  # guardrail timeouts count from here
         if message.end_of_stream or not self._cacheable():
             # Nothing to wait for: decide now, the body (if any) passes untouched.
             self._decided = True
@@ -151,6 +153,7 @@ class PipelineProcessor:
             headers=self._headers,
             body=body,
             request_id=self._headers.get("x-request-id") or None,
+            received_at=self._received or None,
         )
         try:
             self.ctx, outcome = await self._pipeline.on_request(hook, TRANSPORT)
