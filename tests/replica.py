@@ -33,7 +33,12 @@ class Replica:
         env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
-        server = {**config.get("server", {}), "http_port": self.port, "grpc_port": free_port()}
+        server = {
+            "shed_loop_lag_ms": 0,  # load shedding depends on the machine's load: off here
+            **config.get("server", {}),
+            "http_port": self.port,
+            "grpc_port": free_port(),
+        }
         config = {**config, "server": server}
         self.env = env or {}
         self.config_path = Path(workdir) / f"{name}.yaml"
