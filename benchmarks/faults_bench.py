@@ -200,6 +200,7 @@ def scenario_kill9(workdir: Path, mode: str, rounds: int, budget: int) -> dict[s
     totals = {"acknowledged_lost": 0, "served_wrong": 0, "corrupt": 0, "checked": 0}
     worst = 0.0
     health_worst: float | None = None
+    percentiles: dict[str, Any] = {}
     peak = 0.0
     try:
         sidecar.start()
@@ -227,6 +228,7 @@ def scenario_kill9(workdir: Path, mode: str, rounds: int, budget: int) -> dict[s
             totals["unreadable_metric"] = int(sidecar.metric("unreadable"))
             worst = probe.worst_ms
             health_worst = probe.health_worst_ms
+            percentiles = probe.percentiles()
     finally:
         sidecar.stop()
         if redis_ctx is not None:
@@ -241,6 +243,7 @@ def scenario_kill9(workdir: Path, mode: str, rounds: int, budget: int) -> dict[s
         "peak_over_ready_mb": round(peak, 1),
         "liveness_worst_ms": round(worst, 2),
         "health_port_worst_ms": health_worst,
+        "liveness_percentiles": percentiles,
     }
 
 
@@ -278,6 +281,7 @@ def scenario_redis_restart(workdir: Path, budget: int) -> dict[str, Any]:
         **rss.to_json(),
         "liveness_worst_ms": probe.to_json()["worst_ms"],
         "health_port_worst_ms": probe.health_worst_ms,
+        "liveness_percentiles": probe.percentiles(),
     }
 
 
@@ -401,6 +405,7 @@ def scenario_envoy_killed(workdir: Path, budget: int) -> dict[str, Any]:
         "corrupt": 0,
         "liveness_worst_ms": probe.to_json()["worst_ms"],
         "health_port_worst_ms": probe.health_worst_ms,
+        "liveness_percentiles": probe.percentiles(),
     }
 
 
@@ -452,6 +457,7 @@ def scenario_slow_provider(workdir: Path, budget: int) -> dict[str, Any]:
         **rss.to_json(),
         "liveness_worst_ms": probe.to_json()["worst_ms"],
         "health_port_worst_ms": probe.health_worst_ms,
+        "liveness_percentiles": probe.percentiles(),
     }
 
 
@@ -520,6 +526,7 @@ def scenario_pending_flood(workdir: Path, budget: int) -> dict[str, Any]:
         "rss_allowed_over_ready_mb": round(allowed_mb, 1),
         "liveness_worst_ms": probe.to_json()["worst_ms"],
         "health_port_worst_ms": probe.health_worst_ms,
+        "liveness_percentiles": probe.percentiles(),
     }
 
 

@@ -41,6 +41,8 @@ class LivenessProbe:
         self.refused = 0
         self.failed = 0  # connected but no 200 within the client timeout
         self.health = {"worst_ms": 0.0, "answered": 0, "refused": 0, "failed": 0}
+        # every answered probe's latency (ms), for percentiles beside the worst
+        self.latencies: dict[str, list[float]] = {"hook": [], "health_port": []}
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._run, name="liveness", daemon=True)]
         if health_url is not None:
@@ -48,7 +50,9 @@ class LivenessProbe:
                 threading.Thread(target=self._run_health, name="liveness-port", daemon=True)
             )
 
-    def _poll(self, client: httpx.Client, url: str, tally: dict[str, float]) -> None:
+    def _poll(
+        self, client: httpx.Client, url: str, tally: dict[str, float], seen: list[float]
+    ) -> None:
         started = time.perf_counter()
         try:
             status = client.get(f"{url}/healthz").status_code
@@ -61,6 +65,7 @@ class LivenessProbe:
             if status == 200:
                 tally["answered"] += 1
                 tally["worst_ms"] = max(tally["worst_ms"], elapsed)
+                seen.append(elapsed)
             else:
                 tally["failed"] += 1
 
@@ -68,7 +73,7 @@ class LivenessProbe:
         tally = {"worst_ms": 0.0, "answered": 0, "refused": 0, "failed": 0}
         with httpx.Client(timeout=2.0) as client:
             while not self._stop.is_set():
-                self._poll(client, self.base_url, tally)
+                self._poll(client, self.base_url, tally, self.latencies["hook"])
                 self.worst_ms, self.answered = tally["worst_ms"], int(tally["answered"])
                 self.refused, self.failed = int(tally["refused"]), int(tally["failed"])
                 self._stop.wait(0.01)  # the probing interval, not a synchronisation point
@@ -77,7 +82,7 @@ class LivenessProbe:
         with httpx.Client(timeout=2.0) as client:
             while not self._stop.is_set():
                 assert self.health_url is not None
-                self._poll(client, self.health_url, self.health)
+                self._poll(client, self.health_url, self.health, self.latencies["health_port"])
                 self._stop.wait(0.01)  # the probing interval, not a synchronisation point
 
     @property
@@ -97,8 +102,22 @@ class LivenessProbe:
         for thread in self._threads:
             thread.join(timeout=5)
 
+    def percentiles(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, seen in self.latencies.items():
+            if seen:
+                ordered = sorted(seen)
+                out[name] = {
+                    "p50_ms": round(ordered[len(ordered) // 2], 2),
+                    "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+                    "over_100ms": sum(1 for v in ordered if v >= 100.0),
+                    "answered": len(ordered),
+                }
+        return out
+
     def to_json(self) -> dict[str, Any]:
         return {
+            "percentiles": self.percentiles(),
             "worst_ms": round(self.worst_ms, 2),
             "answered": self.answered,
             "refused_while_down": self.refused,
