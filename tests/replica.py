@@ -34,7 +34,9 @@ class Replica:
     ) -> None:
         self.port = free_port()
         server = {
-            "shed_loop_lag_ms": 0,  # load shedding depends on the machine's load: off here
+            # load shedding depends on the machine's load: off here
+            "shed_loop_lag_ms": 0,
+            "shed_store_lag_ms": 0,
             **config.get("server", {}),
             "http_port": self.port,
             "grpc_port": free_port(),
