@@ -136,6 +136,10 @@ class ServerConfig(_Section):
     #: while the lag stays over this, misses are not stored either (counted; ext_proc then
     #: ends the stream after the request, halving a miss's cost on the loop); 0: never
     shed_store_lag_ms: float = Field(40.0, ge=0, le=10_000)
+    #: also read the ext_proc round trip (headers reply until the body arrives, small bodies)
+    #: as lag: it sees a backed-up gRPC transport, but also clients that send their body late
+    #: (``Expect: 100-continue``); false: the event loop's lag only
+    shed_on_extproc_round_trip: bool = True
     #: a liveness listener (plain HTTP, GET /healthz only, no token) on ``http_host`` answered
     #: from its own thread, so probes do not queue behind requests on the event loop; it
     #: answers 503 once the loop has not run for ``health_stall_s``. 0: off (docs/overload.md)

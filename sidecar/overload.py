@@ -64,6 +64,7 @@ class LoadGovernor:
         max_inflight_lookups: int,
         shed_loop_lag_ms: float,
         shed_store_lag_ms: float = 0.0,
+        use_round_trip: bool = True,
     ) -> None:
         self._metrics = metrics
         self.max_inflight = max_inflight_lookups
@@ -72,6 +73,7 @@ class LoadGovernor:
         #: stores are worth more than a semantic lookup (the next identical question is an
         #: exact hit): shed at a higher lag, or never (0)
         self.store_lag_limit = shed_store_lag_ms / 1000.0
+        self.use_round_trip = use_round_trip
         self.inflight = 0
         self.lag = 0.0  # the latest probe's lateness, seconds
         #: when the probe last ran (time.monotonic): the sign of a live loop
@@ -125,6 +127,10 @@ class LoadGovernor:
             self._store_shedding_until = time.monotonic() + HOLD_S
 
     def observe_round_trip(self, seconds: float) -> None:
+        if self.use_round_trip:
+            self._observe_round_trip(seconds)
+
+    def _observe_round_trip(self, seconds: float) -> None:
         """One ext_proc round trip as the sidecar sees it: from its reply to a request's
         headers to the arrival of that request's body (Envoy sends the body once it has the
         reply). Normally well under a millisecond; when the gRPC transport backs up (a queue

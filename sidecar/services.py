@@ -48,6 +48,7 @@ class Sidecar:
             config.embedder.max_inflight_lookups,
             config.server.shed_loop_lag_ms,
             config.server.shed_store_lag_ms,
+            config.server.shed_on_extproc_round_trip,
         )
         self.embedder: Embedder | None = embedder
         # A shared embedder (tests, eval tools) outlives this sidecar; only close our own.

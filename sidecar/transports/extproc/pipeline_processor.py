@@ -48,6 +48,9 @@ from sidecar.transports.extproc.messages import (
 )
 
 log = logging.getLogger("sidecar.extproc")
+#: bodies up to this size usually arrive with their headers (one TCP window): the delay between
+#: the headers reply and such a body is the transport's, not the client's upload
+ROUND_TRIP_MAX_BODY = 16 * 1024
 
 TRANSPORT = "extproc"
 
@@ -129,8 +132,10 @@ class PipelineProcessor:
             self._decided = True
             return await self._decide(None, REQUEST_BODY)
         if self._headers_replied and self._governor is not None:
-            # Load signal: how long Envoy's body took to follow the headers reply.
-            self._governor.observe_round_trip(time.perf_counter() - self._headers_replied)
+            # Load signal: how long Envoy's body took to follow the headers reply. Only small
+            # bodies in one message: a large upload's own transfer time is not load.
+            if message.end_of_stream and len(message.body) <= ROUND_TRIP_MAX_BODY:
+                self._governor.observe_round_trip(time.perf_counter() - self._headers_replied)
             self._headers_replied = 0.0
         self._request_chunks.append(message.body)
         if not message.end_of_stream:
