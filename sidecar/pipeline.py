@@ -8,6 +8,7 @@ its reason; the cache's own reasons come from ``sidecar.cache.layer``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 import time
@@ -187,7 +188,18 @@ class ResponseOutcome:
     stored_entry_id: str | None = None
 
 
-def _json_body(body: Any, max_bytes: int) -> Any:
+#: JSON bodies larger than this are decoded in a thread, so the event loop keeps serving
+#: other requests meanwhile (the GIL serialises the work, but hands the loop its turn)
+OFF_LOOP_JSON_BYTES = 256 * 1024
+
+
+async def _json_body(body: Any, max_bytes: int) -> Any:
+    if isinstance(body, bytes | bytearray) and OFF_LOOP_JSON_BYTES < len(body) <= max_bytes:
+        return await asyncio.to_thread(_json_body_now, body, max_bytes)
+    return _json_body_now(body, max_bytes)
+
+
+def _json_body_now(body: Any, max_bytes: int) -> Any:
     if isinstance(body, bytes | bytearray):
         if len(body) > max_bytes:
             raise HookError(
@@ -333,7 +345,7 @@ class Pipeline:
             ctx.note(f"bypass: method {ctx.method} is not cached")
             return RequestOutcome("continue", CacheInfo(CacheStatus.BYPASS, ctx.trace[-1]))
         mark = stage_start()
-        body = _json_body(req.body, self.config.server.max_body_bytes)
+        body = await _json_body(req.body, self.config.server.max_body_bytes)
         try:
             parsed = parse_request(req.path, body, req.headers)
             if parsed is None:

@@ -179,3 +179,22 @@ def test_sidecar_serve_answers_liveness_on_the_health_port(tmp_path: Path) -> No
             time.sleep(0.1)  # polling another process, not synchronisation
     finally:
         proc.stop()
+
+
+# ---------------------------------------------------------------- large bodies, off the loop
+async def test_a_large_hook_payload_is_decoded_off_the_loop_with_the_same_answers(
+    sidecar_factory: Any,
+) -> None:
+    long_question = "Summarise this: " + "lorem ipsum dolor sit amet " * 12_000  # ~320 KB
+    async with sidecar_factory(make_config()) as (_sidecar, client):
+        first, stored = await round_trip(client, chat_body(long_question), openai_answer("ok"))
+        assert first["cache"]["status"] == "miss"
+        assert stored is not None and stored["stored_entry_id"]
+        again = (await request_hook(client, chat_body(long_question))).json()
+        assert again["cache"]["status"] == "hit-exact"
+        broken = b'{"method": "POST", "path": "/v1/chat/completions", "body": "' + b"x" * 300_000
+        reply = await client.post(
+            "/v1/hooks/request", content=broken, headers={"content-type": "application/json"}
+        )
+        assert reply.status_code == 400
+        assert reply.json()["error"]["kind"] == "malformed_json"
