@@ -29,53 +29,103 @@ PARTITION = "faults"
 class LivenessProbe:
     """Polls ``GET /healthz`` back to back (one request at a time, 10 ms apart) and keeps the
     worst latency of the answers it got. Refused connections while the sidecar is down (a
-    scenario killed it) are counted apart: no process means no latency to measure."""
+    scenario killed it) are counted apart: no process means no latency to measure. With
+    ``health_url`` (the ``server.health_port`` listener) a second thread polls that one the
+    same way, kept apart (``health_worst_ms``)."""
 
-    def __init__(self, base_url: str) -> None:
+    def __init__(self, base_url: str, health_url: str | None = None) -> None:
         self.base_url = base_url
+        self.health_url = health_url
         self.worst_ms = 0.0
         self.answered = 0
         self.refused = 0
         self.failed = 0  # connected but no 200 within the client timeout
+        self.health = {"worst_ms": 0.0, "answered": 0, "refused": 0, "failed": 0}
+        # every answered probe's latency (ms), for percentiles beside the worst
+        self.latencies: dict[str, list[float]] = {"hook": [], "health_port": []}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="liveness", daemon=True)
+        self._threads = [threading.Thread(target=self._run, name="liveness", daemon=True)]
+        if health_url is not None:
+            self._threads.append(
+                threading.Thread(target=self._run_health, name="liveness-port", daemon=True)
+            )
+
+    def _poll(
+        self, client: httpx.Client, url: str, tally: dict[str, float], seen: list[float]
+    ) -> None:
+        started = time.perf_counter()
+        try:
+            status = client.get(f"{url}/healthz").status_code
+        except httpx.ConnectError:
+            tally["refused"] += 1
+        except httpx.HTTPError:
+            tally["failed"] += 1
+        else:
+            elapsed = (time.perf_counter() - started) * 1000
+            if status == 200:
+                tally["answered"] += 1
+                tally["worst_ms"] = max(tally["worst_ms"], elapsed)
+                seen.append(elapsed)
+            else:
+                tally["failed"] += 1
 
     def _run(self) -> None:
+        tally = {"worst_ms": 0.0, "answered": 0, "refused": 0, "failed": 0}
         with httpx.Client(timeout=2.0) as client:
             while not self._stop.is_set():
-                started = time.perf_counter()
-                try:
-                    status = client.get(f"{self.base_url}/healthz").status_code
-                except httpx.ConnectError:
-                    self.refused += 1
-                except httpx.HTTPError:
-                    self.failed += 1
-                else:
-                    elapsed = (time.perf_counter() - started) * 1000
-                    if status == 200:
-                        self.answered += 1
-                        self.worst_ms = max(self.worst_ms, elapsed)
-                    else:
-                        self.failed += 1
+                self._poll(client, self.base_url, tally, self.latencies["hook"])
+                self.worst_ms, self.answered = tally["worst_ms"], int(tally["answered"])
+                self.refused, self.failed = int(tally["refused"]), int(tally["failed"])
                 self._stop.wait(0.01)  # the probing interval, not a synchronisation point
+
+    def _run_health(self) -> None:
+        with httpx.Client(timeout=2.0) as client:
+            while not self._stop.is_set():
+                assert self.health_url is not None
+                self._poll(client, self.health_url, self.health, self.latencies["health_port"])
+                self._stop.wait(0.01)  # the probing interval, not a synchronisation point
+
+    @property
+    def health_worst_ms(self) -> float | None:
+        return None if self.health_url is None else round(self.health["worst_ms"], 2)
 
     def retarget(self, base_url: str) -> None:
         self.base_url = base_url
 
     def __enter__(self) -> LivenessProbe:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+    def percentiles(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for name, seen in self.latencies.items():
+            if seen:
+                ordered = sorted(seen)
+                out[name] = {
+                    "p50_ms": round(ordered[len(ordered) // 2], 2),
+                    "p99_ms": round(ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))], 2),
+                    "over_100ms": sum(1 for v in ordered if v >= 100.0),
+                    "answered": len(ordered),
+                }
+        return out
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "percentiles": self.percentiles(),
             "worst_ms": round(self.worst_ms, 2),
             "answered": self.answered,
             "refused_while_down": self.refused,
             "failed": self.failed,
+            "health_worst_ms": self.health_worst_ms,
+            "health_port": {k: round(v, 2) for k, v in self.health.items()}
+            if self.health_url is not None
+            else None,
         }
 
 

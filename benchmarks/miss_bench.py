@@ -40,8 +40,16 @@ from typing import Any
 import httpx
 
 from benchmarks.hook_bench import SEED_PAIRS, unique_questions
+from benchmarks.miss_report import (
+    CONCURRENCY,
+    LOOKUP_PATHS,
+    OVERLOAD_FACTOR,
+    label,
+    print_table,
+    summary,
+)
 from benchmarks.proxy_bench import RULES, kilobyte_prompts
-from benchmarks.report import SummaryRow, latency_stats, machine, write_result
+from benchmarks.report import latency_stats, machine, write_result
 from benchmarks.stack import (
     SIDECAR_READY_S,
     chat_body,
@@ -59,16 +67,9 @@ from sidecar.demo.envoy import (
 )
 from sidecar.demo.processes import ManagedProcess, free_port, sidecar_command
 
-CONCURRENCY = 32
 CHAT = "/v1/chat/completions"
 STATUS = "x-bf-cache-status"
 ONNX = {"backend": "onnx", "onnx_quantize": True}
-NEW_SCOPE_ADDED_MS = 3.0
-NEW_SCOPE_RPS = 300.0
-POPULATED_BUDGET_MS = 2.0
-EXACT_P99_MS = 5.0
-QUEUE_BUDGET_MS = 50.0  # embedder.max_queue_ms, the default
-OVERLOAD_FACTOR = 4.0
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -98,13 +99,15 @@ def _before_tree(workdir: Path, commit: str) -> Path:
 
 
 class Stack:
-    def __init__(self, workdir: Path, before: str | None) -> None:
+    def __init__(self, workdir: Path, before: str | None, only: Sequence[str]) -> None:
         self.workdir = workdir
         self.before = before
+        self.only = only
         self.processes: list[ManagedProcess] = []
         self.ports: dict[str, int] = {}
         self.urls: dict[str, str] = {}
         self.admin = 0
+        self.pids: dict[str, int] = {}
 
     def _sidecar(self, name: str, tree: Path | None, **options: Any) -> int:
         http_port, grpc_port = free_port(), free_port()
@@ -123,6 +126,7 @@ class Stack:
         self.processes.append(proc)
         proc.wait_ready(f"http://127.0.0.1:{http_port}/readyz", SIDECAR_READY_S)
         self.urls[name] = f"http://127.0.0.1:{http_port}"
+        self.pids[name] = proc.pid
         return grpc_port
 
     def start(self) -> None:
@@ -140,12 +144,19 @@ class Stack:
         }
         if self.before:
             tree = _before_tree(self.workdir, self.before)
-            grpc["guarded-before"] = self._sidecar("guarded-before", tree, rules=[str(RULES)])
+            if "new-scope" in self.only:
+                grpc["guarded-before"] = self._sidecar("guarded-before", tree, rules=[str(RULES)])
+            if "overload" in self.only:
+                grpc["onnx-before"] = self._sidecar("onnx-before", tree, embedder=ONNX)
         listeners = [
             ExtProcListener(name="direct", port=free_port(), grpc_port=grpc["guarded"]),
             # Envoy's default message timeout: the overload must never reach it.
-            ExtProcListener(
-                name="onnx-200ms", port=free_port(), grpc_port=grpc["onnx"], message_timeout=0.2
+            *(
+                ExtProcListener(
+                    name=f"{n}-200ms", port=free_port(), grpc_port=grpc[n], message_timeout=0.2
+                )
+                for n in ("onnx", "onnx-before")
+                if n in grpc
             ),
         ] + [ExtProcListener(name=n, port=free_port(), grpc_port=p) for n, p in grpc.items()]
         self.admin = free_port()
@@ -190,13 +201,10 @@ def _result(run: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_LOOKUP_PATHS = ("embedded", "skipped_empty_scope", "skipped_overloaded", "embedding_failed")
-
-
 def _sidecar_counters(base: str) -> dict[str, float]:
     out = {
         f"lookups_{p}": metric_value(base, "sidecar_cache_semantic_lookups_total", f'"{p}"')
-        for p in _LOOKUP_PATHS
+        for p in LOOKUP_PATHS
     }
     for name in (
         "sidecar_cache_misses_total",
@@ -211,6 +219,10 @@ def _sidecar_counters(base: str) -> dict[str, float]:
     ):
         out[name.removeprefix("sidecar_")] = metric_value(base, name)
     out["semantic_hits"] = metric_value(base, "sidecar_cache_hits_total", '"semantic"')
+    for work in ("semantic_lookup", "early_vector", "store"):
+        out[f"shed_{work}"] = metric_value(base, "sidecar_overload_shed_total", f'"{work}"')
+    out["event_loop_lag_seconds"] = metric_value(base, "sidecar_event_loop_lag_seconds")
+    out["extproc_round_trip_seconds"] = metric_value(base, "sidecar_extproc_round_trip_seconds")
     return out
 
 
@@ -236,15 +248,128 @@ def _backlog_empty(base: str, limit_s: float = 120.0) -> None:
 
 
 def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    gauges = ("cache_vector_backlog", "embedding_queue_wait_max_seconds")
+    gauges = (
+        "cache_vector_backlog",
+        "embedding_queue_wait_max_seconds",
+        "event_loop_lag_seconds",
+        "extproc_round_trip_seconds",
+    )
     return {k: round(v if k in gauges else v - before.get(k, 0.0), 6) for k, v in after.items()}
 
 
-def run(quick: bool, before: str | None, overload_s: float) -> dict[str, Any]:
+SCENARIOS = ("busy", "new-scope", "overload")
+
+
+def _profiled(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
+    """py-spy (when installed) sampling the sidecar for ``seconds``: where its time goes."""
+    try:
+        return subprocess.Popen(
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(int(seconds)),
+                "--rate",
+                "200",
+                "--format",
+                "speedscope",
+                "--output",
+                str(out),
+                "--threads",
+                "--nonblocking",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except FileNotFoundError:
+        print("py-spy is not installed: no profile")
+        return None
+
+
+def _overload(
+    stack: Stack,
+    name: str,
+    misses: list[list[str]],
+    exact: list[list[str]],
+    offered: float,
+    overload_s: float,
+    workdir: Path,
+    counters: dict[str, Any],
+    profile: Path | None,
+) -> dict[str, Any]:
+    """Misses offered open-loop at ``offered``/s through the 200 ms listener of sidecar
+    ``name``, exact hits paced at 100/s beside them on their own connections."""
+    url, port = stack.urls[name], stack.ports[f"{name}-200ms"]
+    before_counts = _sidecar_counters(url)
+    timeouts_before = stack.envoy_counter("timeout")
+    miss_spec = {
+        "port": port,
+        "sequences": misses,
+        "concurrency": 256,
+        "duration": overload_s,
+        "warmup": 0.0,
+        "rate": offered,
+        "count": {"miss": f"{STATUS}: miss"},
+    }
+    hit_spec = {
+        "port": port,
+        "sequences": exact,
+        "concurrency": 4,
+        "duration": overload_s,
+        "warmup": 0.0,
+        "rate": 100.0,
+        "count": {"hit": f"{STATUS}: hit-exact"},
+    }
+    subs = (workdir / f"{name}-m", workdir / f"{name}-h")
+    for sub in subs:
+        sub.mkdir()
+    spy = None
+    if profile is not None:
+        spy = _profiled(stack.pids[name], profile.with_suffix(f".{name}.json"), overload_s)
+    lags: list[float] = []
+    with ThreadPoolExecutor(3) as pool:
+        miss_future = pool.submit(run_loadgen, subs[0], miss_spec)
+        hit_future = pool.submit(run_loadgen, subs[1], hit_spec)
+        while not (miss_future.done() and hit_future.done()):
+            # the sidecar's own event-loop lag gauge, sampled (through its /metrics)
+            try:
+                lags.append(metric_value(url, "sidecar_event_loop_lag_seconds"))
+            except httpx.HTTPError:
+                lags.append(-1.0)  # /metrics itself did not answer within 10 s
+            time.sleep(0.25)  # the sampling period, not synchronisation
+        miss_run, hit_run = miss_future.result(), hit_future.result()
+    if spy is not None:
+        spy.wait(60)
+    timeouts = stack.envoy_counter("timeout") - timeouts_before
+    over = _delta(_settled_counters(url), before_counts)
+    ordered = sorted(lags)
+    counters[label(name, "overload")] = {
+        **over,
+        "envoy_timeout_counters": timeouts,
+        "loop_lag_samples": len(lags),
+        "loop_lag_p50_ms": round(ordered[len(ordered) // 2] * 1000, 1) if lags else None,
+        "loop_lag_max_ms": round(ordered[-1] * 1000, 1) if lags else None,
+    }
+    return {
+        label(name, "overload: misses"): {"loaded": _result(miss_run)},
+        label(name, "overload: exact hits"): {"loaded": _result(hit_run)},
+    }
+
+
+def run(
+    quick: bool,
+    before: str | None,
+    overload_s: float,
+    only: Sequence[str] = SCENARIOS,
+    profile: Path | None = None,
+    offered_rps: float = 0.0,
+) -> dict[str, Any]:
     serial_s, loaded_s = (3.0, 4.0) if quick else (8.0, 10.0)
     busy_s = 8.0 if quick else 30.0
     workdir = Path(tempfile.mkdtemp(prefix="miss-bench-"))
-    stack = Stack(workdir, before)
+    stack = Stack(workdir, before, only)
     results: dict[str, Any] = {}
     counters: dict[str, Any] = {}
     tag = uuid.uuid4().hex[:6]
@@ -284,123 +409,105 @@ def run(quick: bool, before: str | None, overload_s: float) -> dict[str, Any]:
             )
             results[name] = {"serial": _result(serial), "loaded": _result(loaded)}
 
-        # 0. exact hits while the model is busy with deferred vectors (new-scope 1 KB misses
-        # at a rate the sidecar answers but its torch model cannot embed as fast), beside the
-        # same exact hits with nothing else running.
-        _seed(ports["guarded"], big)
-        _backlog_empty(stack.urls["guarded"])
-        hits_big = [[_post(q)] for q in big]
-        hit_spec = {
-            "port": ports["guarded"],
-            "sequences": hits_big,
-            "concurrency": 4,
-            "duration": busy_s,
-            "warmup": 0.0,
-            "rate": 100.0,
-            "count": {"hit": f"{STATUS}: hit-exact"},
-        }
-        idle = run_loadgen(workdir, hit_spec)
-        extra = [[_post(q, f"busy-{tag}-{i}")] for i, q in enumerate(prompts[8:])]
-        busy_misses = {
-            "port": ports["guarded"],
-            "sequences": extra,
-            "concurrency": 32,
-            "duration": busy_s,
-            "warmup": 0.0,
-            "rate": 50.0,
-            "count": {"miss": f"{STATUS}: miss"},
-        }
-        for sub in ("bm", "bh"):
-            (workdir / sub).mkdir()
-        before_counts = _sidecar_counters(stack.urls["guarded"])
-        with ThreadPoolExecutor(2) as pool:
-            busy_future = pool.submit(run_loadgen, workdir / "bm", busy_misses)
-            hits_future = pool.submit(run_loadgen, workdir / "bh", hit_spec)
-            busy_run, busy_hits = busy_future.result(), hits_future.result()
-        counters["guarded: busy model"] = _delta(
-            _sidecar_counters(stack.urls["guarded"]), before_counts
-        )
-        results["exact hits 1 KB, idle"] = {"loaded": _result(idle)}
-        results["exact hits 1 KB, model busy"] = {"loaded": _result(busy_hits)}
-        results["new-scope misses 1 KB keeping the model busy"] = {"loaded": _result(busy_run)}
-        try:  # the next scenario starts with the model idle again
+        def busy_model() -> None:
+            """0. exact hits while the model is busy with deferred vectors (new-scope 1 KB
+            misses at a rate the sidecar answers but its torch model cannot embed as fast),
+            beside the same exact hits with nothing else running."""
             _backlog_empty(stack.urls["guarded"])
-        except RuntimeError as exc:
-            counters["guarded: busy model"]["note"] = str(exc)
-
-        # 1. new scope: every request in a partition of its own.
-        measure("direct 1 KB", ports["direct"], [[_post(q)] for q in big], False)
-        new_scope = [[_post(q, f"new-{tag}-{i}")] for i, q in enumerate(fresh_big)]
-        for name in ("guarded", "guarded-before"):
-            if name not in stack.urls:
-                continue
-            before_counts = _sidecar_counters(stack.urls[name])
-            measure(f"{name}: miss + store 1 KB, new scope", ports[name], new_scope, True)
-            counters[f"{name}: new scope"] = _delta(
-                _sidecar_counters(stack.urls[name]), before_counts
+            hits_big = [[_post(q)] for q in big]
+            hit_spec = {
+                "port": ports["guarded"],
+                "sequences": hits_big,
+                "concurrency": 4,
+                "duration": busy_s,
+                "warmup": 0.0,
+                "rate": 100.0,
+                "count": {"hit": f"{STATUS}: hit-exact"},
+            }
+            idle = run_loadgen(workdir, hit_spec)
+            extra = [[_post(q, f"busy-{tag}-{i}")] for i, q in enumerate(prompts[8:])]
+            busy_misses = {
+                "port": ports["guarded"],
+                "sequences": extra,
+                "concurrency": 32,
+                "duration": busy_s,
+                "warmup": 0.0,
+                "rate": 50.0,
+                "count": {"miss": f"{STATUS}: miss"},
+            }
+            for sub in ("bm", "bh"):
+                (workdir / sub).mkdir()
+            before_counts = _sidecar_counters(stack.urls["guarded"])
+            with ThreadPoolExecutor(2) as pool:
+                busy_future = pool.submit(run_loadgen, workdir / "bm", busy_misses)
+                hits_future = pool.submit(run_loadgen, workdir / "bh", hit_spec)
+                busy_run, busy_hits = busy_future.result(), hits_future.result()
+            counters["guarded: busy model"] = _delta(
+                _sidecar_counters(stack.urls["guarded"]), before_counts
             )
+            results["exact hits 1 KB, idle"] = {"loaded": _result(idle)}
+            results["exact hits 1 KB, model busy"] = {"loaded": _result(busy_hits)}
+            results["new-scope misses 1 KB keeping the model busy"] = {"loaded": _result(busy_run)}
+            try:  # the next scenario starts with the model idle again
+                _backlog_empty(stack.urls["guarded"])
+            except RuntimeError as exc:
+                counters["guarded: busy model"]["note"] = str(exc)
 
-        # 2. populated scope, ONNX int8.
-        onnx_url = stack.urls["onnx"]
-        seeds = [q for q, _ in SEED_PAIRS]
-        _seed(ports["onnx"], seeds)
-        n_fresh = 1200 if quick else 3000
-        fresh = unique_questions(n_fresh + 20000)
-        populated, overload_pool = fresh[:n_fresh], fresh[n_fresh:]
-        measure("direct", ports["direct"], [[_post(q)] for q in seeds], False)
-        before_counts = _sidecar_counters(onnx_url)
-        measure("onnx: miss, populated scope", ports["onnx"], [[_post(q)] for q in populated], True)
-        counters["onnx: populated scope"] = _delta(_sidecar_counters(onnx_url), before_counts)
+        if "busy" in only:
+            busy_model()
+        # 1. new scope: every request in a partition of its own.
+        if "new-scope" in only:
+            measure("direct 1 KB", ports["direct"], [[_post(q)] for q in big], False)
+            new_scope = [[_post(q, f"new-{tag}-{i}")] for i, q in enumerate(fresh_big)]
+            for name in ("guarded", "guarded-before"):
+                if name not in stack.urls:
+                    continue
+                before_counts = _sidecar_counters(stack.urls[name])
+                measure(f"{name}: miss + store 1 KB, new scope", ports[name], new_scope, True)
+                counters[f"{name}: new scope"] = _delta(
+                    _sidecar_counters(stack.urls[name]), before_counts
+                )
 
-        # 3. overload at 4x the sustainable miss rate, exact hits beside it.
-        # The rate at which misses got their full treatment (embedded lookups): the loaded
-        # run's rate times the share of its lookups that were not skipped as overloaded.
-        pop = counters["onnx: populated scope"]
-        lookups = sum(pop.get(f"lookups_{p}", 0.0) for p in _LOOKUP_PATHS) or 1.0
-        served = results["onnx: miss, populated scope"]["loaded"]["rps"]
-        sustainable = round(served * pop.get("lookups_embedded", 0.0) / lookups, 1) or served
-        offered = OVERLOAD_FACTOR * sustainable
-        n_over = int(offered * (overload_s + 1)) + 64
-        over_pool = (overload_pool * (n_over // max(1, len(overload_pool)) + 1))[:n_over]
-        # distinct per run even when the pool repeats: a number in front
-        misses = [[_post(f"{i}: {q}")] for i, q in enumerate(over_pool)]
-        exact = [[_post(q)] for q in seeds]
-        before_counts = _sidecar_counters(onnx_url)
-        timeouts_before = stack.envoy_counter("timeout")
-        miss_spec = {
-            "port": ports["onnx-200ms"],
-            "sequences": misses,
-            "concurrency": 256,
-            "duration": overload_s,
-            "warmup": 0.0,
-            "rate": offered,
-            "count": {"miss": f"{STATUS}: miss"},
-        }
-        hit_spec = {
-            "port": ports["onnx-200ms"],
-            "sequences": exact,
-            "concurrency": 4,
-            "duration": overload_s,
-            "warmup": 0.0,
-            "rate": 100.0,
-            "count": {"hit": f"{STATUS}: hit-exact"},
-        }
-        for sub in ("m", "h"):
-            (workdir / sub).mkdir()
-        with ThreadPoolExecutor(2) as pool:
-            miss_future = pool.submit(run_loadgen, workdir / "m", miss_spec)
-            hit_future = pool.submit(run_loadgen, workdir / "h", hit_spec)
-            miss_run, hit_run = miss_future.result(), hit_future.result()
-        timeouts = stack.envoy_counter("timeout") - timeouts_before
-        over = _delta(_settled_counters(onnx_url), before_counts)
-        results["overload: misses"] = {"loaded": _result(miss_run)}
-        results["overload: exact hits"] = {"loaded": _result(hit_run)}
-        counters["overload"] = {
-            **over,
-            "offered_rps": round(offered, 1),
-            "sustainable_rps": sustainable,
-            "envoy_timeout_counters": timeouts,
-        }
+        if "overload" in only:
+            # 2. populated scope, ONNX int8.
+            onnx_url = stack.urls["onnx"]
+            seeds = [q for q, _ in SEED_PAIRS]
+            _seed(ports["onnx"], seeds)
+            n_fresh = 1200 if quick else 3000
+            fresh = unique_questions(n_fresh + 20000)
+            populated, overload_pool = fresh[:n_fresh], fresh[n_fresh:]
+            measure("direct", ports["direct"], [[_post(q)] for q in seeds], False)
+            before_counts = _sidecar_counters(onnx_url)
+            measure(
+                "onnx: miss, populated scope", ports["onnx"], [[_post(q)] for q in populated], True
+            )
+            counters["onnx: populated scope"] = _delta(_sidecar_counters(onnx_url), before_counts)
+
+            # 3. overload at 4x the sustainable miss rate, exact hits beside it.
+            # The rate at which misses got their full treatment (embedded lookups): the loaded
+            # run's rate times the share of its lookups that were not skipped as overloaded.
+            pop = counters["onnx: populated scope"]
+            lookups = sum(pop.get(f"lookups_{p}", 0.0) for p in LOOKUP_PATHS) or 1.0
+            served = results["onnx: miss, populated scope"]["loaded"]["rps"]
+            sustainable = round(served * pop.get("lookups_embedded", 0.0) / lookups, 1) or served
+            offered = offered_rps or OVERLOAD_FACTOR * sustainable
+            n_over = int(offered * (overload_s + 1)) + 64
+            over_pool = (overload_pool * (n_over // max(1, len(overload_pool)) + 1))[:n_over]
+            exact = [[_post(q)] for q in seeds]
+            names = [n for n in ("onnx", "onnx-before") if n in stack.urls]
+            for name in names[1:]:
+                _seed(ports[name], seeds)
+            for name in names:
+                # distinct per run even when the pool repeats: a number and the name in front
+                misses = [[_post(f"{i} {name}: {q}")] for i, q in enumerate(over_pool)]
+                results.update(
+                    _overload(
+                        stack, name, misses, exact, offered, overload_s, workdir, counters, profile
+                    )
+                )
+                counters[label(name, "overload")].update(
+                    {"offered_rps": round(offered, 1), "sustainable_rps": sustainable}
+                )
     finally:
         stack.stop()
     return {
@@ -408,209 +515,13 @@ def run(quick: bool, before: str | None, overload_s: float) -> dict[str, Any]:
         "quick": quick,
         "before": before,
         "overload_s": overload_s,
+        "only": list(only),
         "machine": machine(),
         "envoy": envoy_binary(),
         "scenarios": results,
         "sidecar_counters": counters,
-        "summary": [row.to_json() for row in _summary(results, counters)],
+        "summary": [row.to_json() for row in summary(results, counters)],
     }
-
-
-def _p50(r: dict[str, Any], key: str = "serial") -> float:
-    return float(r[key]["latency"]["p50_ms"])
-
-
-def _summary(results: dict[str, Any], counters: dict[str, Any]) -> list[SummaryRow]:
-    g = "miss path (Envoy ext_proc)"
-    rows: list[SummaryRow] = []
-    base_big = results.get("direct 1 KB")
-    for name in ("guarded", "guarded-before"):
-        key = f"{name}: miss + store 1 KB, new scope"
-        if key not in results or base_big is None:
-            continue
-        r = results[key]
-        added = _p50(r) - _p50(base_big)
-        target = name == "guarded"
-        c = counters.get(f"{name}: new scope", {})
-        rows.append(
-            SummaryRow(
-                g,
-                f"{key}: added latency p50 (1 connection)",
-                added,
-                "ms",
-                _p50(base_big),
-                "Envoy direct p50 (1 KB)",
-                f"<= {NEW_SCOPE_ADDED_MS:g} ms" if target else "",
-                added <= NEW_SCOPE_ADDED_MS if target else None,
-                f"p99 {r['serial']['latency']['p99_ms']} ms; lookups skipped (empty scope) "
-                f"{c.get('lookups_skipped_empty_scope', 0):g}, embedded "
-                f"{c.get('lookups_embedded', 0):g}",
-                show_ratio=False,
-            )
-        )
-        rows.append(
-            SummaryRow(
-                g,
-                f"{key}: sustained rate ({CONCURRENCY} connections)",
-                r["loaded"]["rps"],
-                "req/s",
-                base_big["loaded"]["rps"],
-                "Envoy direct (1 KB)",
-                f">= {NEW_SCOPE_RPS:g} req/s" if target else "",
-                r["loaded"]["rps"] >= NEW_SCOPE_RPS if target else None,
-                f"p50 {r['loaded']['latency']['p50_ms']} ms, p99 "
-                f"{r['loaded']['latency']['p99_ms']} ms; vectors added late "
-                f"{c.get('cache_vectors_added_late_total', 0):g}, dropped "
-                f"{c.get('cache_vector_drops_total', 0):g}, backlog at the end "
-                f"{c.get('cache_vector_backlog', 0):g}",
-            )
-        )
-    idle, busy = results.get("exact hits 1 KB, idle"), results.get("exact hits 1 KB, model busy")
-    if idle is not None and busy is not None:
-        c = counters.get("guarded: busy model", {})
-        rows.append(
-            SummaryRow(
-                g,
-                "guarded exact hit 1 KB while the model embeds deferred vectors: p99",
-                busy["loaded"]["latency"]["p99_ms"],
-                "ms",
-                idle["loaded"]["latency"]["p99_ms"],
-                "the same exact hits, model idle (same run)",
-                note=f"p50 {busy['loaded']['latency']['p50_ms']} ms (idle "
-                f"{idle['loaded']['latency']['p50_ms']} ms); 100 hits/s beside 50 new-scope "
-                f"1 KB misses/s; vector backlog at the end {c.get('cache_vector_backlog', 0):g}",
-            )
-        )
-    pop = results.get("onnx: miss, populated scope")
-    base = results.get("direct")
-    c = counters.get("onnx: populated scope", {})
-    if pop is not None and base is not None and c.get("embedding_seconds_count"):
-        embed_ms = c["embedding_seconds_sum"] / c["embedding_seconds_count"] * 1000
-        added = _p50(pop) - _p50(base)
-        rows.append(
-            SummaryRow(
-                g,
-                "onnx int8: miss + store, populated scope: added latency p50 (1 connection)",
-                added,
-                "ms",
-                embed_ms,
-                "sidecar embedding time (mean, same requests)",
-                f"<= embedding + {POPULATED_BUDGET_MS:g} ms",
-                added <= embed_ms + POPULATED_BUDGET_MS,
-                f"p99 {pop['serial']['latency']['p99_ms']} ms; Envoy direct p50 {_p50(base)} ms",
-            )
-        )
-        rows.append(
-            SummaryRow(
-                g,
-                "onnx int8: miss + store, populated scope: sustained rate (32 connections)",
-                pop["loaded"]["rps"],
-                "req/s",
-                base["loaded"]["rps"],
-                "Envoy direct",
-                note="closed loop, skipped lookups included; the overload multiplies its "
-                "embedded share",
-            )
-        )
-    hits = results.get("overload: exact hits")
-    over = results.get("overload: misses")
-    oc = counters.get("overload", {})
-    if hits is not None and over is not None:
-        p99 = hits["loaded"]["latency"]["p99_ms"]
-        rows.append(
-            SummaryRow(
-                g,
-                f"overload ({OVERLOAD_FACTOR:g}x the miss rate): exact-hit p99",
-                p99,
-                "ms",
-                hits["loaded"]["latency"]["p50_ms"],
-                "exact-hit p50, same run",
-                f"< {EXACT_P99_MS:g} ms",
-                p99 < EXACT_P99_MS,
-                f"offered {oc.get('offered_rps')} misses/s (sustainable "
-                f"{oc.get('sustainable_rps')} embedded misses/s at 32 connections); misses "
-                f"answered {over['loaded']['rps']}/s",
-                show_ratio=False,
-            )
-        )
-        wait_ms = oc.get("embedding_queue_wait_max_seconds", 0.0) * 1000
-        rows.append(
-            SummaryRow(
-                g,
-                "overload: longest embedder queue wait of a lookup",
-                wait_ms,
-                "ms",
-                QUEUE_BUDGET_MS,
-                "embedder.max_queue_ms",
-                f"<= {QUEUE_BUDGET_MS + 5:g} ms",
-                wait_ms <= QUEUE_BUDGET_MS + 5,
-                f"miss p50 {over['loaded']['latency']['p50_ms']} ms, p99 "
-                f"{over['loaded']['latency']['p99_ms']} ms, max {over['loaded']['max_ms']} ms",
-                show_ratio=False,
-            )
-        )
-        statuses = {
-            **over["loaded"]["statuses"],
-            **{f"hit {k}": v for k, v in hits["loaded"]["statuses"].items()},
-        }
-        not_ok = sum(v for k, v in over["loaded"]["statuses"].items() if str(k) != "200")
-        not_ok += sum(v for k, v in hits["loaded"]["statuses"].items() if str(k) != "200")
-        timeouts = oc.get("envoy_timeout_counters", 0)
-        rows.append(
-            SummaryRow(
-                g,
-                "overload: answers that were not 200 (Envoy timeouts included)",
-                not_ok,
-                "answers",
-                target="0, and no Envoy timeout counted",
-                met=not_ok == 0 and timeouts == 0,
-                note=f"statuses {statuses}; Envoy *timeout* counters +{timeouts}",
-                show_ratio=False,
-            )
-        )
-        lookups = sum(oc.get(f"lookups_{p}", 0.0) for p in _LOOKUP_PATHS)
-        expected = oc.get("cache_misses_total", 0.0) + oc.get("semantic_hits", 0.0)
-        rows.append(
-            SummaryRow(
-                g,
-                "overload: semantic lookups skipped (counted)",
-                oc.get("lookups_skipped_overloaded", 0.0),
-                "lookups",
-                # A request Envoy gave up on can be cancelled after its lookup was counted and
-                # before its miss was: lookups may exceed misses, never the other way.
-                target="every miss's lookup embedded or counted as skipped",
-                met=lookups >= expected,
-                note=f"embedded {oc.get('lookups_embedded', 0):g} + skipped "
-                f"{oc.get('lookups_skipped_overloaded', 0):g} + empty scope "
-                f"{oc.get('lookups_skipped_empty_scope', 0):g} = {lookups:g} lookups; misses + "
-                f"semantic hits {expected:g} (the difference: requests cancelled by Envoy "
-                f"between lookup and answer); vectors added late "
-                f"{oc.get('cache_vectors_added_late_total', 0):g}, dropped "
-                f"{oc.get('cache_vector_drops_total', 0):g}, backlog at the end "
-                f"{oc.get('cache_vector_backlog', 0):g}",
-                show_ratio=False,
-            )
-        )
-    return rows
-
-
-def print_table(result: dict[str, Any]) -> None:
-    print(f"miss benchmark (Envoy {result['envoy']}; before: {result['before']})")
-    for name, r in result["scenarios"].items():
-        for kind, run_ in r.items():
-            lat = run_["latency"]
-            print(
-                f"{name:44} {kind:6} rps {run_['rps']:>8.1f} p50 {lat['p50_ms']:>8.2f} "
-                f"p99 {lat['p99_ms']:>8.2f} max {run_['max_ms']:>8.1f} {run_['counts']} "
-                f"{run_['statuses']} {run_['errors'] or ''}"
-            )
-    for name, c in result["sidecar_counters"].items():
-        print(name, c)
-    for row in result["summary"]:
-        print(
-            f"- {row['metric']}: {row['value']} {row['unit']} (baseline {row['baseline']} "
-            f"{row['baseline_label']}; target {row['target']}: {row['met']}) {row['note']}"
-        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -621,6 +532,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--overload-s", type=float, default=0.0, help="overload duration (default 60, quick 15)"
     )
     parser.add_argument("--json", help="result file (default benchmarks/results/miss.json)")
+    parser.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated scenarios among {', '.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument(
+        "--offered", type=float, default=0.0, help="overload misses/s (default 4x sustainable)"
+    )
+    parser.add_argument(
+        "--profile", type=Path, help="py-spy speedscope profiles of the overload, this prefix"
+    )
     args = parser.parse_args(argv)
     try:
         envoy_binary()
@@ -629,7 +551,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_result("miss", {"benchmark": "miss", "skipped": str(exc), "summary": []}, args.json)
         return 0
     overload_s = args.overload_s or (15.0 if args.quick else 60.0)
-    result = run(args.quick, args.before, overload_s)
+    only = [o.strip() for o in args.only.split(",") if o.strip()]
+    unknown = set(only) - set(SCENARIOS)
+    if unknown:
+        parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
+    result = run(args.quick, args.before, overload_s, only, args.profile, args.offered)
     path = write_result("miss", result, args.json)
     print_table(result)
     print(f"wrote {path}")

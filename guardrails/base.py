@@ -92,6 +92,9 @@ class CheckContext:
     model: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     request_state: dict[str, Any] = field(default_factory=dict)
+    #: when the text reached the sidecar (``time.monotonic()``): time it spent queued before
+    #: a rule ran counts against the rule's timeout (None: from the rule's start)
+    received_at: float | None = None
 
 
 @runtime_checkable

@@ -442,7 +442,14 @@ class GuardrailEngine:
     ) -> list[tuple[Profile, CheckResult]]:
         """Run a rule's profiles concurrently under its timeout (TimeoutError when overrun)."""
         profiles = [ruleset.profiles[name] for name in rule.profiles]
-        async with asyncio.timeout(rule.timeout_ms / 1000):
+        budget = rule.timeout_ms / 1000
+        if ctx.received_at is not None:
+            # Queueing (behind an overloaded loop, for a worker) counts against the timeout:
+            # past it the rule's on_error applies at once, as for a check that overran.
+            budget -= max(0.0, time.monotonic() - ctx.received_at)
+            if budget <= 0:
+                raise TimeoutError
+        async with asyncio.timeout(budget):
             runner = self.local
             if runner is None:
                 local: list[Profile] = []

@@ -153,6 +153,22 @@ class ServerConfig(_Section):
     #: the event loop of ``sidecar serve``: ``uvloop`` (faster gRPC and HTTP handling),
     #: ``asyncio`` (the standard loop), ``auto``: uvloop when it is installed
     event_loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    #: while the event loop runs its timers later than this, optional work (semantic lookups,
+    #: early embeddings) is skipped and counted so exact hits keep their latency; 0: never
+    #: (docs/overload.md)
+    shed_loop_lag_ms: float = Field(10.0, ge=0, le=10_000)
+    #: while the lag stays over this, misses are not stored either (counted; ext_proc then
+    #: ends the stream after the request, halving a miss's cost on the loop); 0: never
+    shed_store_lag_ms: float = Field(40.0, ge=0, le=10_000)
+    #: also read the ext_proc round trip (headers reply until the body arrives, small bodies)
+    #: as lag: it sees a backed-up gRPC transport, but also clients that send their body late
+    #: (``Expect: 100-continue``); false: the event loop's lag only
+    shed_on_extproc_round_trip: bool = True
+    #: a liveness listener (plain HTTP, GET /healthz only, no token) on ``http_host`` answered
+    #: from its own thread, so probes do not queue behind requests on the event loop; it
+    #: answers 503 once the loop has not run for ``health_stall_s``. 0: off (docs/overload.md)
+    health_port: int = Field(0, ge=0, le=65535)
+    health_stall_s: float = Field(10.0, gt=0, le=3600)
     #: a path: one JSON line per request (ids, partition hash, status, reason, timings, rules
     #: fired; never user text). Empty: off
     access_log: str = ""
@@ -350,6 +366,10 @@ class EmbedderConfig(_Section):
     #: the semantic layer (miss, reason "overloaded: semantic lookup skipped"). Well below
     #: Envoy's ext_proc message timeout (200 ms by default). Needs micro-batching (max_batch > 1)
     max_queue_ms: float = Field(50.0, gt=0, le=600_000)
+    #: most semantic lookups waiting for the embedder at once; one more skips the semantic
+    #: layer at once (same reason, counted in sidecar_overload_shed_total), so a burst never
+    #: piles up requests on the event loop (docs/overload.md)
+    max_inflight_lookups: int = Field(64, ge=1, le=100_000)
 
 
 class GuardrailsConfig(_Section):

@@ -45,6 +45,8 @@ def check_context(ctx: RequestContext, stage: Stage) -> CheckContext:
         headers=ctx.headers,
         # Same dict for both stages: reversible redaction carries its vault across.
         request_state=ctx.guard_state,
+        # Input rules count the request's time in the sidecar; output rules the answer's.
+        received_at=ctx.started if stage is Stage.INPUT else ctx.answer_received,
     )
 
 

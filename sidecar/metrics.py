@@ -152,6 +152,29 @@ class Metrics:
             "Longest a lookup's text queued for the embedder before its batch began",
             registry=r,
         )
+        self.overload_shed = Counter(
+            "sidecar_overload_shed",
+            "Optional work not done under overload (work: semantic_lookup, early_vector; "
+            "cause: inflight_limit, loop_lag)",
+            ["work", "cause"],
+            registry=r,
+        )
+        self.loop_lag = Gauge(
+            "sidecar_event_loop_lag_seconds",
+            "How late the event loop last ran a 10 ms timer (what every request waits for)",
+            registry=r,
+        )
+        self.extproc_round_trip = Gauge(
+            "sidecar_extproc_round_trip_seconds",
+            "The latest ext_proc round trip: the reply to a request's headers until its body "
+            "arrived (grows when the gRPC transport backs up)",
+            registry=r,
+        )
+        self.inflight_lookups = Gauge(
+            "sidecar_semantic_lookups_in_flight",
+            "Semantic lookups waiting for the embedder or their scope's late vectors",
+            registry=r,
+        )
         self.vector_backlog = Gauge(
             "sidecar_cache_vector_backlog",
             "Stored entries (and lookups' early embeddings) whose vectors are not computed yet",

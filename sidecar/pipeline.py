@@ -8,6 +8,7 @@ its reason; the cache's own reasons come from ``sidecar.cache.layer``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import secrets
@@ -20,7 +21,7 @@ import orjson
 
 from guardrails.base import Stage, TextPiece
 from sidecar.cache.keys import CachePlan, plan_request
-from sidecar.cache.layer import CacheStatus, DualCache, Lookup
+from sidecar.cache.layer import STORE_SHED, CacheStatus, DualCache, Lookup
 from sidecar.cache.model import CachedAnswer, Usage
 from sidecar.config import SidecarConfig
 from sidecar.formats import (
@@ -84,6 +85,8 @@ class HookRequest:
     headers: dict[str, str]  # names lower-cased by the transport
     body: Any  # parsed JSON (HTTP hook) or raw bytes (ext_proc)
     request_id: str | None = None
+    #: time.monotonic() when the transport received the request (None: now)
+    received_at: float | None = None
 
 
 @dataclass(slots=True)
@@ -172,6 +175,7 @@ class RequestContext:
     # AES-GCM when it waits in Redis for the response hook (sidecar/pending_redis.py).
     guard_state: dict[str, Any] = field(default_factory=dict)
     started: float = field(default_factory=time.monotonic)
+    answer_received: float | None = None  # time.monotonic() when the answer reached us
     # Stage timings and rules fired; only when an observer (access log, traces) reads them.
     stages: StageLog | None = None
     # The sidecar's own time in the request hook (what it added before the answer or the
@@ -190,6 +194,9 @@ class RequestOutcome:
     cache: CacheInfo
     body: dict[str, Any] | None = None  # rewritten request body, when it changed
     response: HttpAnswer | None = None
+    #: False when the pipeline has nothing to do with the answer (not stored, no output
+    #: rules): a transport may let it pass without handing it back (ext_proc ends its stream)
+    answer_needed: bool = True
 
 
 @dataclass(slots=True)
@@ -201,7 +208,18 @@ class ResponseOutcome:
     stored_entry_id: str | None = None
 
 
-def _json_body(body: Any, max_bytes: int) -> Any:
+#: JSON bodies larger than this are decoded in a thread, so the event loop keeps serving
+#: other requests meanwhile (the GIL serialises the work, but hands the loop its turn)
+OFF_LOOP_JSON_BYTES = 256 * 1024
+
+
+async def _json_body(body: Any, max_bytes: int) -> Any:
+    if isinstance(body, bytes | bytearray) and OFF_LOOP_JSON_BYTES < len(body) <= max_bytes:
+        return await asyncio.to_thread(_json_body_now, body, max_bytes)
+    return _json_body_now(body, max_bytes)
+
+
+def _json_body_now(body: Any, max_bytes: int) -> Any:
     if isinstance(body, bytes | bytearray):
         if len(body) > max_bytes:
             raise HookError(
@@ -279,6 +297,8 @@ class Pipeline:
             path=req.path,
             headers=req.headers,
         )
+        if req.received_at is not None:
+            ctx.started = req.received_at
         token = None
         if self._record_stages:
             ctx.stages = StageLog()
@@ -387,7 +407,7 @@ class Pipeline:
             ctx.note(f"bypass: method {ctx.method} is not cached")
             return RequestOutcome("continue", CacheInfo(CacheStatus.BYPASS, ctx.trace[-1]))
         mark = stage_start()
-        body = _json_body(req.body, self.config.server.max_body_bytes)
+        body = await _json_body(req.body, self.config.server.max_body_bytes)
         try:
             parsed = parse_request(req.path, body, req.headers)
             if parsed is None:
@@ -440,7 +460,13 @@ class Pipeline:
         ctx.note(f"cache {lookup.status.value}: {lookup.reason}")
         if lookup.entry is None:
             info = CacheInfo(lookup.status, lookup.reason)
-            return RequestOutcome("continue", info, body=rewritten)
+            if lookup.store_shed:
+                info.not_stored = STORE_SHED
+            # Not stored and no output rule to apply: the transport may skip the answer.
+            needed = not lookup.store_shed or (
+                self.guardrails is not None and self.guardrails.active(Stage.OUTPUT, ctx)
+            )
+            return RequestOutcome("continue", info, body=rewritten, answer_needed=needed)
 
         info = CacheInfo(
             lookup.status,
@@ -492,6 +518,7 @@ class Pipeline:
         self, ctx: RequestContext, status: int, headers: Mapping[str, str], body: bytes
     ) -> ResponseOutcome:
         """A whole answer (JSON, or the full SSE text of a stream)."""
+        ctx.answer_received = time.monotonic()
         token = CURRENT.set(ctx.stages) if ctx.stages is not None else None
         try:
             return await self._on_response(ctx, status, headers, body)
@@ -651,6 +678,8 @@ class Pipeline:
             return f"status {status} is not 2xx"
         if ctx.plan.no_store:
             return "no-store requested"
+        if ctx.lookup is not None and ctx.lookup.store_shed:
+            return STORE_SHED
         if ctx.cache.status in (CacheStatus.HIT_EXACT, CacheStatus.HIT_SEMANTIC):
             return "answered from cache"
         return None

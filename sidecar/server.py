@@ -21,6 +21,7 @@ from sidecar.cache.match.pair_model import PairModelError
 from sidecar.cache.match.words import WordListError
 from sidecar.cache.stores.backends import BackendConfigError
 from sidecar.config import ServerConfig, SidecarConfig
+from sidecar.health_listener import start_health_listener
 from sidecar.services import Sidecar
 from sidecar.transports.connections import guarded_protocol
 from sidecar.transports.http import create_app
@@ -205,6 +206,16 @@ async def _run_server(config: SidecarConfig, signals: ShutdownSignals) -> int:
             port,
             grpc_server.failure_mode,
         )
+    health = None
+    if config.server.health_port:
+        try:
+            health = start_health_listener(sidecar)
+        except OSError as exc:
+            log.error("start-up failed: health listener: %s", exc)
+            if grpc_server is not None:
+                await grpc_server.stop()
+            await sidecar.close()
+            return 2
     if sidecar.rules is not None:
         # kill -HUP reloads rule files; a bad file keeps the previous rules (see /readyz).
         sidecar.rules.install_sighup(asyncio.get_running_loop())
@@ -239,6 +250,8 @@ async def _run_server(config: SidecarConfig, signals: ShutdownSignals) -> int:
         # the sidecar: the vector backlog drains and the embedded index is saved.
         if grpc_server is not None:
             await grpc_server.stop(server_config.shutdown_grace)
+        if health is not None:
+            health.close()
         await sidecar.close()
         if code == 0:
             log.info("shut down cleanly")

@@ -22,6 +22,7 @@ from sidecar.cache.stores.backends import build_exact_store, build_single_flight
 from sidecar.config import ConfigError, SidecarConfig
 from sidecar.guard import build_guardrails
 from sidecar.metrics import Metrics
+from sidecar.overload import LoadGovernor
 from sidecar.pending import build_pending
 from sidecar.pipeline import Guardrails, Pipeline, RequestContext
 from sidecar.pricing import load_prices
@@ -46,6 +47,13 @@ class Sidecar:
         # First: a Redis pending store without its key fails before any model or rule loads.
         self.pending = build_pending(config, self._release_miss_lock, detach=self._detach_local)
         self.metrics = Metrics(max_label_values=config.metrics.max_label_values)
+        self.governor = LoadGovernor(
+            self.metrics,
+            config.embedder.max_inflight_lookups,
+            config.server.shed_loop_lag_ms,
+            config.server.shed_store_lag_ms,
+            config.server.shed_on_extproc_round_trip,
+        )
         self.embedder: Embedder | None = embedder
         # A shared embedder (tests, eval tools) outlives this sidecar; only close our own.
         self._owns_embedder = embedder is None
@@ -79,6 +87,7 @@ class Sidecar:
 
     async def start(self) -> None:
         cfg = self.config
+        self.governor.start()
         if cfg.cache.enabled:
             vectors = build_vector_index(cfg.cache, self.clock)
             # No semantic layer (vector_store none or empty): no embedder, no verifier models;
@@ -138,6 +147,7 @@ class Sidecar:
                 backlog_bytes=cfg.cache.vector_backlog_bytes,
                 drain_s=cfg.cache.vector_drain_s,
                 adaptive=build_adaptive(cfg.cache, exact, self.embedder, self.metrics),
+                governor=self.governor,
             )
             await self.cache.start()
             self._sweeper = asyncio.create_task(self._sweep_loop())
@@ -191,6 +201,7 @@ class Sidecar:
 
     async def close(self) -> None:
         self.ready = False
+        await self.governor.close()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -59,7 +59,12 @@ def pending_key(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def make_config(**sections: dict[str, Any]) -> SidecarConfig:
-    data: dict[str, Any] = {"cache": {"data_dir": ":memory:", "default_cache_key": "test"}}
+    data: dict[str, Any] = {
+        "cache": {"data_dir": ":memory:", "default_cache_key": "test"},
+        # Shedding on event-loop lag depends on the machine's load: off in tests of other
+        # behaviour (tests/test_overload.py turns it on where it is the subject).
+        "server": {"shed_loop_lag_ms": 0, "shed_store_lag_ms": 0},
+    }
     for name, values in sections.items():
         data[name] = {**data.get(name, {}), **values}
     return SidecarConfig.model_validate(data)

@@ -99,7 +99,14 @@ class EnvoyStack:
         """A ``sidecar serve`` process; with ``token`` it requires that bearer token (given to
         it in an environment variable named by server.auth_token_env)."""
         http_port, grpc_port = free_port(), free_port()
-        server = {**config.get("server", {}), "http_port": http_port, "grpc_port": grpc_port}
+        # Load shedding depends on the machine's load: off unless a test sets it.
+        server = {
+            "shed_loop_lag_ms": 0,
+            "shed_store_lag_ms": 0,
+            **config.get("server", {}),
+            "http_port": http_port,
+            "grpc_port": grpc_port,
+        }
         env = None
         if token is not None:
             token_env = f"SIDECAR_E2E_TOKEN_{name.upper()}"

@@ -33,7 +33,14 @@ class Replica:
         env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
-        server = {**config.get("server", {}), "http_port": self.port, "grpc_port": free_port()}
+        server = {
+            # load shedding depends on the machine's load: off here
+            "shed_loop_lag_ms": 0,
+            "shed_store_lag_ms": 0,
+            **config.get("server", {}),
+            "http_port": self.port,
+            "grpc_port": free_port(),
+        }
         config = {**config, "server": server}
         self.env = env or {}
         self.config_path = Path(workdir) / f"{name}.yaml"

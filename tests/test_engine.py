@@ -12,6 +12,7 @@ import hashlib
 import logging
 import random
 import textwrap
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -294,6 +295,26 @@ async def test_timeout_cancels_the_check_and_applies_on_error(
     else:
         assert result.blocked is None and slow.outcome is Outcome.ERROR_ALLOWED
         assert result.rewritten == {0: "mail [EMAIL]"}  # later rules still ran
+
+
+@pytest.mark.parametrize("on_error", ["block", "allow"])
+async def test_time_queued_before_a_rule_counts_against_its_timeout(
+    tmp_path: Path, on_error: str
+) -> None:
+    extra = f"    timeout_ms: 1000\n    on_error: {on_error}\n"
+    engine = engine_for(tmp_path, DOUBLE_PROFILES + rule("mail", "email", "block", extra=extra))
+    text = pieces("mail bob@example.com")
+    fresh = CheckContext(Stage.INPUT, "req-1", "chat", received_at=time.monotonic())
+    result = await engine.run_stage(Stage.INPUT, text, RuleEnv(), fresh)
+    assert result.decisions[0].outcome is Outcome.BLOCKED  # within its time: the check ran
+    # The same request after 5 s in a queue: its 1 s are spent, on_error decides at once.
+    queued = CheckContext(Stage.INPUT, "req-2", "chat", received_at=time.monotonic() - 5)
+    result = await engine.run_stage(Stage.INPUT, text, RuleEnv(), queued)
+    assert result.decisions[0].error is ErrorKind.TIMEOUT
+    if on_error == "block":
+        assert result.blocked is not None and result.blocked.finding_types == ("error:timeout",)
+    else:
+        assert result.blocked is None and result.decisions[0].outcome is Outcome.ERROR_ALLOWED
 
 
 @pytest.mark.parametrize("on_error", ["block", "allow"])

@@ -364,7 +364,14 @@ def test_acknowledged_entries_survive_kill_9(tmp_path: Path) -> None:
 
     http_port = free_port()
     config = {
-        "server": {"http_port": http_port, "grpc_port": free_port(), "grpc_enabled": False},
+        "server": {
+            "http_port": http_port,
+            "grpc_port": free_port(),
+            "grpc_enabled": False,
+            # a loaded test machine must not shed the paraphrase or its store
+            "shed_loop_lag_ms": 0,
+            "shed_store_lag_ms": 0,
+        },
         "cache": {"data_dir": str(tmp_path / "data"), "default_cache_key": "k9"},
         # a paraphrase after the restart waits (within this) for the re-queued vectors
         "embedder": {"max_queue_ms": 30_000},

@@ -31,7 +31,12 @@ def sidecar_url(tmp_path: Path) -> Iterator[str]:
     rules.write_text(RULES)
     port = free_port()
     config = {
-        "server": {"http_port": port, "grpc_enabled": False},
+        "server": {
+            "http_port": port,
+            "grpc_enabled": False,
+            "shed_loop_lag_ms": 0,
+            "shed_store_lag_ms": 0,
+        },
         "cache": {"data_dir": ":memory:", "default_cache_key": "t"},
         "guardrails": {"rules": [str(rules)], "reload_interval": 0, "audit_log": ""},
     }

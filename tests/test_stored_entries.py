@@ -326,7 +326,12 @@ def test_sidecar_serve_starts_over_the_issue_row(tmp_path: Path) -> None:
     config.write_text(
         yaml.safe_dump(
             {
-                "server": {"http_port": port, "grpc_enabled": False},
+                "server": {
+                    "http_port": port,
+                    "grpc_enabled": False,
+                    "shed_loop_lag_ms": 0,
+                    "shed_store_lag_ms": 0,
+                },
                 "cache": {"data_dir": str(data), "default_cache_key": "t"},
             }
         )

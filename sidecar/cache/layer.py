@@ -23,10 +23,11 @@ from sidecar.cache.single_flight import HeldLock, SingleFlight
 from sidecar.cache.stores.base import ExactStore, StoreUnavailable, VectorIndex
 from sidecar.cache.vector_backlog import PendingVector, VectorBacklog
 from sidecar.metrics import Metrics
+from sidecar.overload import LOOP_LAG, LoadGovernor, Overloaded
+from sidecar.stages import stage_end, stage_start
 
 if TYPE_CHECKING:
     from sidecar.cache.adaptive_runtime import AdaptiveCache
-from sidecar.stages import stage_end, stage_start
 
 log = logging.getLogger("sidecar.cache")
 
@@ -34,6 +35,8 @@ EMPTY_SCOPE = "no cached question in this scope (embedding skipped)"
 #: entry.meta flag: stored before its vector, which is still to be attached
 VECTOR_PENDING = "vector_pending"
 OVERLOADED = "overloaded: semantic lookup skipped"
+#: why a miss's answer was not stored while the event loop was far behind
+STORE_SHED = "overloaded: not stored"
 #: how long a lookup waits for its scope's late vectors when no queue budget applies
 _SETTLE_S = 5.0
 
@@ -117,6 +120,8 @@ class Lookup:
     # compared with the fresh one (explored or rejected) or may be reported (served)
     ticket: Ticket | None = None
     explored: bool = False  # a would-be semantic hit sent upstream to check it
+    #: the load governor shed this miss's store (counted): its answer is not to be stored
+    store_shed: bool = False
 
     @property
     def hit(self) -> bool:
@@ -139,6 +144,7 @@ class DualCache:
         backlog_bytes: int = 16 * 1024 * 1024,
         drain_s: float = 10.0,
         adaptive: AdaptiveCache | None = None,
+        governor: LoadGovernor | None = None,
     ) -> None:
         self.clock = clock
         #: learned per-entry thresholds (cache.target_wrong_rate); None: static threshold only
@@ -158,6 +164,8 @@ class DualCache:
         #: the embedder queue budget of a lookup, seconds (None: no budget)
         self.max_queue = None if max_queue_ms is None else max_queue_ms / 1000.0
         self.drain_s = drain_s
+        #: admission control of the optional work (None: none, as for tools and tests)
+        self.governor = governor
         self.backlog: VectorBacklog | None = None
         if vectors is not None and embedder is not None:
             self.backlog = VectorBacklog(
@@ -231,11 +239,19 @@ class DualCache:
                 self._exact_timer.observe(time.perf_counter() - started)
                 if entry is not None:
                     return Lookup(CacheStatus.HIT_EXACT, "exact key matched", entry, 1.0)
+            # Far behind (the load governor): the answer is not stored either, so no miss lock.
+            store_shed = self._shed_store(plan)
             if not (plan.use_semantic and plan.question and self.semantic_enabled):
                 why = "exact miss" if plan.use_exact else "no exact lookup requested"
                 if plan.use_semantic and not plan.question:
                     why += "; no semantic layer for this request (not a plain user text turn)"
-                return await self._single_flight(plan, Lookup(CacheStatus.MISS, why))
+                miss = Lookup(CacheStatus.MISS, why, store_shed=store_shed)
+                return miss if store_shed else await self._single_flight(plan, miss)
+            if store_shed:
+                self.metrics.semantic_lookups.labels("skipped_overloaded").inc()
+                assert self.governor is not None
+                self.governor.shed("semantic_lookup", LOOP_LAG)
+                return Lookup(CacheStatus.MISS, OVERLOADED, store_shed=True)
             return await self._single_flight(plan, await self._semantic_unless_skipped(plan))
         except StoreUnavailable as exc:
             self.metrics.backend_errors.labels("lookup").inc()
@@ -246,6 +262,11 @@ class DualCache:
             log.error("embedding failed, semantic lookup skipped: %s", exc)
             return Lookup(CacheStatus.MISS, f"embedding failed: {exc}")
 
+    def _shed_store(self, plan: CachePlan) -> bool:
+        if self.governor is None or plan.no_store or not plan.exact_key:
+            return False
+        return self.governor.shed_store()
+
     async def _semantic_unless_skipped(self, plan: CachePlan) -> Lookup:
         """The semantic layer, unless its embedding cannot help (nothing to compare with) or
         would wait past the queue budget. A skipped embedding starts in the background, for
@@ -254,8 +275,11 @@ class DualCache:
             self.metrics.semantic_lookups.labels("skipped_empty_scope").inc()
             return Lookup(CacheStatus.MISS, EMPTY_SCOPE, pending=self._begin_vector(plan))
         try:
-            return await self._semantic(plan)
-        except EmbedderOverloaded as exc:
+            if self.governor is None:
+                return await self._semantic(plan)
+            with self.governor.semantic_lookup():
+                return await self._semantic(plan)
+        except (EmbedderOverloaded, Overloaded) as exc:
             self.metrics.semantic_lookups.labels("skipped_overloaded").inc()
             log.debug("semantic lookup skipped: %s", exc)
             return Lookup(CacheStatus.MISS, OVERLOADED, pending=self._begin_vector(plan))
@@ -274,6 +298,8 @@ class DualCache:
     def _begin_vector(self, plan: CachePlan) -> PendingVector | None:
         if self.backlog is None or plan.no_store or not plan.exact_key:
             return None
+        if self.governor is not None and not self.governor.allow_early_vector():
+            return None  # the store defers it to the backlog: computed when there is room
         return self.backlog.begin(plan.question)
 
     async def _lookup_vector(self, plan: CachePlan) -> np.ndarray:

@@ -53,9 +53,18 @@ class PendingVector:
         return task.result()
 
 
+#: a lookup waits for its scope's late vectors only while at most this many are pending: more
+#: cannot be computed within a lookup's budget (an overload), and the wait would only hold it
+SETTLE_MAX_PENDING = 64
+
+
 @dataclass(slots=True)
 class _Scope:
     attaches: set[asyncio.Task[None]] = field(default_factory=set)
+    # resolved when ``attaches`` empties: one future for every waiting lookup (asyncio.wait
+    # over the attach tasks themselves cost each waiter O(pending) callbacks, which under an
+    # overload with thousands pending took a fifth of the event loop)
+    drained: asyncio.Future[None] | None = None
 
 
 class VectorBacklog:
@@ -174,6 +183,8 @@ class VectorBacklog:
             state.attaches.discard(task)
             if not state.attaches:
                 del self._scopes[scope]
+                if state.drained is not None and not state.drained.done():
+                    state.drained.set_result(None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             self._metrics.vector_drops.labels("error").inc()
             log.error("attaching a late vector failed: %r", exc)
@@ -185,13 +196,17 @@ class VectorBacklog:
         return 0 if state is None else len(state.attaches)
 
     async def settle_scope(self, scope: str, timeout: float | None) -> None:
-        """Wait (at most ``timeout`` seconds) for the scope's pending vectors to be indexed."""
+        """Wait (at most ``timeout`` seconds) for the scope's pending vectors to be indexed.
+        Not at all when more are pending than a lookup could wait for (``SETTLE_MAX_PENDING``)."""
         state = self._scopes.get(scope)
-        if state is None or not state.attaches:
+        if state is None or not state.attaches or len(state.attaches) > SETTLE_MAX_PENDING:
             return
         if timeout is not None and timeout <= 0:
             return
-        await asyncio.wait(set(state.attaches), timeout=timeout)
+        if state.drained is None:
+            state.drained = asyncio.get_running_loop().create_future()
+        # asyncio.wait leaves the future alone on a timeout: the other waiters keep it
+        await asyncio.wait((state.drained,), timeout=timeout)
 
     async def settled(self) -> None:
         """Every vector claimed so far attached or given up (for tests and tools)."""

@@ -10,6 +10,7 @@ parses it, and the strict envelope models of ``http_models`` validate it, so err
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import inspect
 import logging
@@ -30,6 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from sidecar.auth import load_tokens
 from sidecar.cache.stores.base import StoreUnavailable
 from sidecar.pipeline import (
+    OFF_LOOP_JSON_BYTES,
     REQUEST_ID_HEADER,
     HookError,
     HookRequest,
@@ -102,8 +104,7 @@ async def _read_body(request: Request, sidecar: Sidecar) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-async def _read_envelope(request: Request, sidecar: Sidecar, model: type[E]) -> E:
-    raw = await _read_body(request, sidecar)
+def _decode_envelope(raw: bytes, model: type[E]) -> E:
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -114,6 +115,16 @@ async def _read_envelope(request: Request, sidecar: Sidecar, model: type[E]) -> 
         return model.model_validate(data)
     except ValidationError as exc:
         raise validation_error(exc) from None
+
+
+async def _read_envelope(request: Request, sidecar: Sidecar, model: type[E]) -> E:
+    raw = await _read_body(request, sidecar)
+    if len(raw) > OFF_LOOP_JSON_BYTES:
+        # A large payload is decoded and validated in a thread: the GIL still serialises the
+        # work, but the event loop gets its turn every switch interval instead of waiting for
+        # the whole parse (exact hits and /healthz behind a flood of large hooks).
+        return await asyncio.to_thread(_decode_envelope, raw, model)
+    return _decode_envelope(raw, model)
 
 
 def _headers(raw: dict[str, str] | None) -> dict[str, str]:

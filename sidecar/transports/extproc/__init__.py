@@ -41,6 +41,8 @@ def failure_mode_for(sidecar: Sidecar) -> FailureMode:
 class UnavailableProcessor:
     """Used while the sidecar starts or stops when failing closed: every message fails."""
 
+    finished = False
+
     async def _fail(self) -> ProcessingResponse:
         raise ExtProcError("the sidecar is starting or stopping")
 

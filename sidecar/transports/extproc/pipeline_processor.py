@@ -14,6 +14,7 @@ to see (``on_response``), NONE when there is nothing to do. Envoy may ignore the
 from __future__ import annotations
 
 import logging
+import time
 
 import orjson
 
@@ -47,6 +48,9 @@ from sidecar.transports.extproc.messages import (
 )
 
 log = logging.getLogger("sidecar.extproc")
+#: bodies up to this size usually arrive with their headers (one TCP window): the delay between
+#: the headers reply and such a body is the transport's, not the client's upload
+ROUND_TRIP_MAX_BODY = 16 * 1024
 
 TRANSPORT = "extproc"
 
@@ -70,6 +74,10 @@ class PipelineProcessor:
         self._decided = False  # on_request ran (or was skipped); later request messages pass
         self._request_chunks: list[bytes] = []
         self.ctx: RequestContext | None = None
+        self.finished = False  # the answer is not needed (a shed miss): end the stream
+        self._governor = None if pipeline.cache is None else pipeline.cache.governor
+        self._headers_replied = 0.0
+        self._received = 0.0
         # response side
         self._status = 0
         self._response_headers: dict[str, str] = {}
@@ -101,10 +109,12 @@ class PipelineProcessor:
             self._decided = True
             return self._refuse(exc)
         self._take_headers(headers)
+        self._received = time.monotonic()  # guardrail timeouts count from here
         if message.end_of_stream or not self._cacheable():
             # Nothing to wait for: decide now, the body (if any) passes untouched.
             self._decided = True
             return await self._decide(None, REQUEST_HEADERS)
+        self._headers_replied = time.perf_counter()  # the reply goes out now
         return continue_for(REQUEST_HEADERS)
 
     async def request_body(self, message: HttpBody) -> ProcessingResponse:
@@ -121,6 +131,12 @@ class PipelineProcessor:
             # request is not one we handle.
             self._decided = True
             return await self._decide(None, REQUEST_BODY)
+        if self._headers_replied and self._governor is not None:
+            # Load signal: how long Envoy's body took to follow the headers reply. Only small
+            # bodies in one message: a large upload's own transfer time is not load.
+            if message.end_of_stream and len(message.body) <= ROUND_TRIP_MAX_BODY:
+                self._governor.observe_round_trip(time.perf_counter() - self._headers_replied)
+            self._headers_replied = 0.0
         self._request_chunks.append(message.body)
         if not message.end_of_stream:
             # request_body_mode STREAMED: the chunk goes upstream now, the decision waits.
@@ -142,6 +158,7 @@ class PipelineProcessor:
             headers=self._headers,
             body=body,
             request_id=self._headers.get("x-request-id") or None,
+            received_at=self._received or None,
         )
         try:
             self.ctx, outcome = await self._pipeline.on_request(hook, TRANSPORT)
@@ -153,6 +170,7 @@ class PipelineProcessor:
         if outcome.action == "respond":
             assert outcome.response is not None
             return immediate(outcome.response, f"sidecar_{outcome.cache.status.value}")
+        self.finished = not outcome.answer_needed
         if outcome.body is None:
             return continue_for(kind)
         if kind != REQUEST_BODY or len(self._request_chunks) != 1:

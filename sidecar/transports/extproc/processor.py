@@ -22,6 +22,10 @@ from sidecar.transports.extproc.messages import (
 
 
 class Processor(Protocol):
+    #: nothing more to do on this stream: the server ends it after the last reply, and Envoy
+    #: goes on without the sidecar (no response messages)
+    finished: bool
+
     def request_attributes(self, headers: dict[str, str]) -> None:
         """The request's headers as Envoy attributes, given before the first message that
         carries them when Envoy skips the headers message (request_header_mode: SKIP)."""
@@ -44,6 +48,8 @@ class PassThroughProcessor:
     Used where the sidecar has nothing to do, and for the rest of a stream after the sidecar
     failed on it (fail open), so a half-processed request is never altered further.
     """
+
+    finished = False
 
     def request_attributes(self, headers: dict[str, str]) -> None:
         return None

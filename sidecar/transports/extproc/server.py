@@ -120,8 +120,10 @@ class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     processor = PassThroughProcessor()
                     reply = continue_for(kind)
                 yield reply
-                if reply.HasField("immediate_response"):
-                    return  # Envoy answered the client; nothing else comes on this stream
+                if reply.HasField("immediate_response") or processor.finished:
+                    # Envoy answered the client, or the sidecar needs nothing more (a shed
+                    # miss): a stream closed cleanly lets Envoy go on without it.
+                    return
         finally:
             try:
                 await processor.close()

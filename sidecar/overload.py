@@ -1,0 +1,191 @@
+"""Admission control for the optional work of a request (issue 16, overload).
+
+A cache miss can always be answered without its semantic lookup: the request goes upstream
+and its entry is stored for exact hits, its vector computed later. Under overload that
+optional work is what is shed, before it is queued, so the work every request must do
+(parsing, the exact lookup, forwarding) and exact hits keep their latency:
+
+* **In-flight bound.** At most ``embedder.max_inflight_lookups`` semantic lookups wait for the
+  embedder (or for their scope's late vectors) at once. One more skips the semantic layer at
+  once: a miss with the reason ``overloaded: semantic lookup skipped``, counted.
+* **Event-loop lag.** A probe task measures how late the event loop runs a 10 ms timer. While
+  every probe of the last 50 ms was later than ``server.shed_loop_lag_ms``, semantic lookups
+  are skipped the same way and the lookups' early embeddings are not started (the store hands
+  the vector to the backlog, which computes it when the embedder has room). Every request
+  shares the one loop, so lag is what an exact hit waits for; shedding the optional work is
+  what gives it back. The same holds for the ext_proc round trip (the sidecar's reply to a
+  request's headers until that request's body arrives; ``sidecar_extproc_round_trip_seconds``):
+  when the gRPC transport backs up, requests queue where the loop's timers do not see them.
+* **Stores, last.** While the lag stays over ``server.shed_store_lag_ms`` (40 ms), misses are
+  not stored either (``overloaded: not stored``): the answer then needs no trip back through
+  the sidecar (ext_proc ends its stream after the request, unless output guardrails must see
+  the answer), which halves a miss's cost on the loop.
+
+Both are counted in ``sidecar_overload_shed_total{work, cause}``; the lag is exported as
+``sidecar_event_loop_lag_seconds``. Nothing here refuses a request: shedding only ever turns
+optional work into a counted skip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+
+from sidecar.metrics import Metrics
+
+#: the probe's period: short enough to see a burst, long enough to cost nothing (100/s)
+PROBE_INTERVAL_S = 0.01
+#: how long an overload keeps the sidecar shedding after the loop is on time again
+HOLD_S = 0.5
+#: the lag must last this many probes in a row (50 ms): a one-off spike (a collection, one
+#: large body) is not an overload, and shedding would not shorten it
+SUSTAINED_PROBES = 5
+
+INFLIGHT = "inflight_limit"
+LOOP_LAG = "loop_lag"
+
+
+class Overloaded(Exception):  # noqa: N818 - reads as the state it reports
+    """Optional work refused by admission control; ``cause`` is ``inflight_limit`` or
+    ``loop_lag``."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class LoadGovernor:
+    def __init__(
+        self,
+        metrics: Metrics,
+        max_inflight_lookups: int,
+        shed_loop_lag_ms: float,
+        shed_store_lag_ms: float = 0.0,
+        use_round_trip: bool = True,
+    ) -> None:
+        self._metrics = metrics
+        self.max_inflight = max_inflight_lookups
+        #: 0 disables lag-based shedding
+        self.lag_limit = shed_loop_lag_ms / 1000.0
+        #: stores are worth more than a semantic lookup (the next identical question is an
+        #: exact hit): shed at a higher lag, or never (0)
+        self.store_lag_limit = shed_store_lag_ms / 1000.0
+        self.use_round_trip = use_round_trip
+        self.inflight = 0
+        self.lag = 0.0  # the latest probe's lateness, seconds
+        #: when the probe last ran (time.monotonic): the sign of a live loop
+        self.last_tick = time.monotonic()
+        #: called on every probe tick (the liveness listener's heartbeat)
+        self.on_tick: Callable[[], None] | None = None
+        self._shedding_until = 0.0
+        self._store_shedding_until = 0.0
+        self._recent: deque[float] = deque(maxlen=SUSTAINED_PROBES)
+        self.round_trip = 0.0  # the latest ext_proc round trip, seconds
+        self._round_trips: deque[float] = deque(maxlen=SUSTAINED_PROBES)
+        self._probe: asyncio.Task[None] | None = None
+        self._shed_children: dict[tuple[str, str], object] = {}
+        metrics.loop_lag.set_function(lambda: self.lag)
+        metrics.inflight_lookups.set_function(lambda: self.inflight)
+        metrics.extproc_round_trip.set_function(lambda: self.round_trip)
+
+    # -- lag probe
+    def start(self) -> None:
+        self.last_tick = time.monotonic()
+        if self._probe is None:
+            self._probe = asyncio.get_running_loop().create_task(self._watch())
+
+    async def close(self) -> None:
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await probe
+
+    async def _watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            planned = loop.time() + PROBE_INTERVAL_S
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            self.last_tick = time.monotonic()
+            if self.on_tick is not None:
+                self.on_tick()
+            self.observe_lag(max(0.0, loop.time() - planned))
+
+    def observe_lag(self, lag: float) -> None:
+        """One measurement of how late the loop ran a timer (from the probe)."""
+        self.lag = lag
+        self._recent.append(lag)
+        if len(self._recent) < SUSTAINED_PROBES:
+            return
+        sustained = min(self._recent)
+        if sustained > self.lag_limit > 0:
+            self._shedding_until = time.monotonic() + HOLD_S
+        if sustained > self.store_lag_limit > 0:
+            self._store_shedding_until = time.monotonic() + HOLD_S
+
+    def observe_round_trip(self, seconds: float) -> None:
+        if self.use_round_trip:
+            self._observe_round_trip(seconds)
+
+    def _observe_round_trip(self, seconds: float) -> None:
+        """One ext_proc round trip as the sidecar sees it: from its reply to a request's
+        headers to the arrival of that request's body (Envoy sends the body once it has the
+        reply). Normally well under a millisecond; when the gRPC transport backs up (a queue
+        the event loop's timers do not see), it grows like the lag and sheds the same way."""
+        self.round_trip = seconds
+        self._round_trips.append(seconds)
+        if len(self._round_trips) < SUSTAINED_PROBES:
+            return
+        sustained = min(self._round_trips)
+        if sustained > self.lag_limit > 0:
+            self._shedding_until = time.monotonic() + HOLD_S
+        if sustained > self.store_lag_limit > 0:
+            self._store_shedding_until = time.monotonic() + HOLD_S
+
+    @property
+    def loop_lagging(self) -> bool:
+        return self.lag_limit > 0 and time.monotonic() < self._shedding_until
+
+    def shed_store(self) -> bool:
+        """Whether a miss's answer should go unstored (counted): only while the loop lags far
+        behind (``server.shed_store_lag_ms``)."""
+        if self.store_lag_limit > 0 and time.monotonic() < self._store_shedding_until:
+            self.shed("store", LOOP_LAG)
+            return True
+        return False
+
+    # -- admission
+    def shed(self, work: str, cause: str) -> None:
+        """Count one piece of optional work not done."""
+        key = (work, cause)
+        child = self._shed_children.get(key)
+        if child is None:
+            child = self._shed_children[key] = self._metrics.overload_shed.labels(work, cause)
+        child.inc()  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def semantic_lookup(self) -> Iterator[None]:
+        """Hold one of the in-flight lookup places for the block, or raise ``Overloaded``
+        (counted) at once when none is free or the loop is lagging."""
+        if self.loop_lagging:
+            self.shed("semantic_lookup", LOOP_LAG)
+            raise Overloaded(LOOP_LAG)
+        if self.inflight >= self.max_inflight:
+            self.shed("semantic_lookup", INFLIGHT)
+            raise Overloaded(INFLIGHT)
+        self.inflight += 1
+        try:
+            yield
+        finally:
+            self.inflight -= 1
+
+    def allow_early_vector(self) -> bool:
+        """Whether a skipped lookup may start its vector now (during the provider call).
+        While the loop lags, no: the store defers it to the backlog instead."""
+        if self.loop_lagging:
+            self.shed("early_vector", LOOP_LAG)
+            return False
+        return True

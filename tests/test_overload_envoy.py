@@ -1,0 +1,78 @@
+"""A miss whose store is shed, through a real Envoy: the sidecar ends the ext_proc stream after
+the request, and Envoy forwards the answer to the client without it (issue 16, overload).
+
+The sidecar's shedding marks are set at 1 microsecond, which the event loop's 10 ms timers
+always pass (the standard asyncio loop, whose timer lateness is never zero): every miss in
+this module is one whose store is shed. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from envoy_harness import EnvoyStack, SidecarProcess, envoy_available
+from extproc_scenarios import chat
+from fakes.upstream import FakeLLMUpstream
+
+CHAT = "/v1/chat/completions"
+Shedding = tuple[EnvoyStack, tuple[SidecarProcess, FakeLLMUpstream]]
+
+
+@pytest.fixture(scope="module")
+def shedding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shedding]:
+    reason = envoy_available()
+    if reason is not None:
+        pytest.skip(f"Envoy unavailable: {reason}")
+    upstream = FakeLLMUpstream().start()
+    env = EnvoyStack(tmp_path_factory.mktemp("overload-envoy"), upstream.port)
+    sidecar = env.add_sidecar(
+        "shedding",
+        {
+            "server": {
+                "event_loop": "asyncio",
+                "shed_loop_lag_ms": 0.001,
+                "shed_store_lag_ms": 0.001,
+            },
+            "cache": {"data_dir": ":memory:", "default_cache_key": "e2e", "vector_store": "none"},
+        },
+    )
+    env.add_listener("shedding", sidecar.grpc_port)
+    try:
+        env.start()
+        yield env, (sidecar, upstream)
+    finally:
+        env.stop()
+        upstream.stop()
+
+
+def shed_stores(sidecar: SidecarProcess) -> float:
+    text = httpx.get(f"{sidecar.http_url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("sidecar_overload_shed_total{") and 'work="store"' in line:
+            return float(line.rpartition(" ")[2])
+    return 0.0
+
+
+def test_a_shed_store_passes_the_answer_through_envoy_uncached(
+    shedding: Shedding,
+) -> None:
+    env, (sidecar, upstream) = shedding
+    # Wait (bounded) until the governor has seen five late probes: the store tier is on.
+    deadline = time.monotonic() + 30
+    body = chat("What is the boiling point of water at sea level?")
+    with httpx.Client(base_url=env.url("shedding"), timeout=30) as client:
+        while shed_stores(sidecar) == 0:
+            assert time.monotonic() < deadline, env.logs()
+            assert client.post(CHAT, json=body).status_code == 200
+        before, calls = shed_stores(sidecar), upstream.count()
+        answers = [client.post(CHAT, json=body) for _ in range(2)]
+    for answer in answers:
+        assert answer.status_code == 200, env.logs()
+        assert answer.json()["choices"][0]["message"]["content"]  # the provider's answer
+        # The stream ended after the request: the answer did not pass through the sidecar.
+        assert "x-bf-cache-status" not in answer.headers
+    assert upstream.count() == calls + 2  # not stored: both went to the provider
+    assert shed_stores(sidecar) == before + 2
