@@ -113,7 +113,12 @@ class EnvoyStack:
             server["auth_token_env"] = token_env
             env = {token_env: token}
         path = self.workdir / f"sidecar-{name}.yaml"
-        path.write_text(yaml.safe_dump({**config, "server": server}), encoding="utf-8")
+        # ... and so does the embedder's queue budget (an expected semantic hit must not be
+        # skipped as overloaded on a busy machine).
+        embedder = {"max_queue_ms": 10_000, **config.get("embedder", {})}
+        path.write_text(
+            yaml.safe_dump({**config, "server": server, "embedder": embedder}), encoding="utf-8"
+        )
         process = ManagedProcess(
             f"sidecar {name}", sidecar_command(path), self.workdir / f"sidecar-{name}.log", env
         )

@@ -41,7 +41,9 @@ class Replica:
             "http_port": self.port,
             "grpc_port": free_port(),
         }
-        config = {**config, "server": server}
+        # the embedder's queue budget too: no "overloaded" skip of an expected semantic hit
+        embedder = {"max_queue_ms": 10_000, **config.get("embedder", {})}
+        config = {**config, "server": server, "embedder": embedder}
         self.env = env or {}
         self.config_path = Path(workdir) / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config), encoding="utf-8")

@@ -37,6 +37,7 @@ def sidecar_url(tmp_path: Path) -> Iterator[str]:
             "shed_loop_lag_ms": 0,
             "shed_store_lag_ms": 0,
         },
+        "embedder": {"max_queue_ms": 10_000},  # no "overloaded" skip on a busy machine
         "cache": {"data_dir": ":memory:", "default_cache_key": "t"},
         "guardrails": {"rules": [str(rules)], "reload_interval": 0, "audit_log": ""},
     }

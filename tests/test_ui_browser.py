@@ -59,7 +59,15 @@ def sidecar_url(tmp_path: Path) -> Iterator[str]:
     rules.write_text(RULES)
     port = free_port()
     config = {
-        "server": {"http_port": port, "grpc_enabled": False, "auth_token_env": "UI_TEST_TOKEN"},
+        "server": {
+            "http_port": port,
+            "grpc_enabled": False,
+            "auth_token_env": "UI_TEST_TOKEN",
+            # load shedding and the embedder's queue budget depend on the machine's load: off
+            "shed_loop_lag_ms": 0,
+            "shed_store_lag_ms": 0,
+        },
+        "embedder": {"max_queue_ms": 10_000},
         "cache": {"data_dir": ":memory:", "default_cache_key": "t"},
         "guardrails": {"rules": [str(rules)], "reload_interval": 0, "audit_log": ""},
     }
