@@ -579,10 +579,10 @@ class EmbeddedExactStore:
 
     # ------------------------------------------------------------------ for the vector index
     async def vector_rows(self) -> list[VectorRow]:
-        """Every stored vector's record (from the start-up scan when nothing was written
-        since, else read from SQLite)."""
+        """Every stored vector's record: the start-up scan's, handed over once (it is only
+        for the index's restore, and 100 MB at 1M entries), else read from SQLite."""
         with self._lock:
-            rows = self._vector_rows
+            rows, self._vector_rows = self._vector_rows, None
         if rows is not None:
             return rows
 
@@ -620,7 +620,7 @@ class EmbeddedExactStore:
         """Entries stored before their vector (``meta["vector_pending"]``, set by the cache
         layer) whose vector never landed: the process stopped first."""
         with self._lock:
-            ids = self._pending_ids
+            ids, self._pending_ids = self._pending_ids, None  # handed over once, as above
         if ids is None:
 
             def _query() -> list[str]:
