@@ -77,7 +77,7 @@ async def test_the_lru_order_and_bounds_survive_a_restart(tmp_path: Path) -> Non
     assert await exact.count() == 6
     assert await exact.get("id-3") is None and await exact.get("id-4") is not None
     rows = await exact.vector_rows()
-    assert sorted(r.id for r in rows) == [f"id-{n}" for n in range(4, 10)]
+    assert sorted(r[0] for r in rows) == [f"id-{n}" for n in range(4, 10)]
     await exact.close()
     with sqlite3.connect(str(tmp_path / "cache.sqlite3")) as db:
         assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 6
@@ -154,7 +154,7 @@ async def test_a_row_changed_elsewhere_is_checked_at_the_next_start(tmp_path: Pa
     assert entry is not None and entry.answer.body == b"edited by an operator"
     assert entry.vector == [0.5] * DIM
     (row,) = await exact.vector_rows()
-    assert row.id == "id-1" and row.dims == DIM
+    assert row[0] == "id-1" and row[4] == DIM
     await exact.close()
     with sqlite3.connect(str(tmp_path / "cache.sqlite3")) as db:
         written, data = db.execute("SELECT written, data FROM entries").fetchone()
@@ -203,5 +203,5 @@ async def test_a_vector_attached_later_is_kept_with_the_entry(tmp_path: Path) ->
     assert await exact.entries_missing_vectors() == []
     entry = await exact.get("id-1")
     assert entry is not None and entry.vector == first.vector and entry.meta == {}
-    assert sorted(r.id for r in await exact.vector_rows()) == ["id-1", "id-2"]
+    assert sorted(r[0] for r in await exact.vector_rows()) == ["id-1", "id-2"]
     await exact.close()

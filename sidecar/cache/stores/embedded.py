@@ -248,7 +248,7 @@ class EmbeddedVectorIndex:
         added = 0
         for at in range(0, len(missing), _READ_BATCH):
             batch = missing[at : at + _READ_BATCH]
-            vectors = await read_vectors([r.id for r in batch], self._dimension)
+            vectors = await read_vectors([r[0] for r in batch], self._dimension)
             added += await asyncio.to_thread(self._add_rows, batch, vectors)
         with self._lock:
             self._changes = added + stale
@@ -268,19 +268,19 @@ class EmbeddedVectorIndex:
 
     def _restore_saved(self, rows: Sequence[VectorRow]) -> tuple[int, int, list[VectorRow]]:
         """Load the saved graphs and check them against ``rows``; the rows they lack."""
-        wanted = {r.id: r for r in rows if r.dims == self._dimension}
+        wanted = {r[0]: r for r in rows if r[4] == self._dimension}  # (id, .., dims): see VectorRow
         loaded = stale = 0
         with self._lock:
             for scope, index, saved in self._load_snapshot():
                 for entry_id, expires_at in zip(saved.ids, saved.stamps, strict=True):
                     row = wanted.get(entry_id)
-                    if row is None or row.scope != scope or row.expires_at != expires_at:
+                    if row is None or row[1] != scope or row[3] != expires_at:
                         index.remove(entry_id)  # deleted, expired or re-stored since the save
                         stale += 1
                         continue
                     del wanted[entry_id]
                     self._scope_of[entry_id] = scope
-                    self._partition_of[entry_id] = row.partition
+                    self._partition_of[entry_id] = row[2]
                     self._expires_of[entry_id] = expires_at
                     loaded += 1
                 if len(index):
@@ -294,7 +294,7 @@ class EmbeddedVectorIndex:
         by_scope: dict[str, list[int]] = {}
         for at, row in enumerate(rows):
             if readable[at]:
-                by_scope.setdefault(row.scope, []).append(at)
+                by_scope.setdefault(row[1], []).append(at)
         with self._lock:
             for scope, picks in by_scope.items():
                 matrix = vectors[picks]
@@ -302,12 +302,12 @@ class EmbeddedVectorIndex:
                 index = self._scopes.get(scope)
                 if index is None:
                     index = self._scopes[scope] = _ScopeIndex(self._dimension, self._graph_at)
-                index.add_many([rows[at].id for at in picks], matrix)
+                index.add_many([rows[at][0] for at in picks], matrix)
                 for at in picks:
-                    row = rows[at]
-                    self._scope_of[row.id] = scope
-                    self._partition_of[row.id] = row.partition
-                    self._expires_of[row.id] = row.expires_at
+                    entry_id, _, partition, expires_at, _ = rows[at]
+                    self._scope_of[entry_id] = scope
+                    self._partition_of[entry_id] = partition
+                    self._expires_of[entry_id] = expires_at
         return sum(len(p) for p in by_scope.values())
 
     def _load_snapshot(self) -> list[tuple[str, _ScopeIndex, snapshot.SavedGraph]]:

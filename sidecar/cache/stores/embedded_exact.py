@@ -33,7 +33,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Final
 
 import numpy as np
 
@@ -69,28 +69,28 @@ _INDEXES = [
     " BEGIN UPDATE entries SET written = NULL WHERE id = NEW.id; END",
 ]
 _CATALOG_SCAN = (
-    "SELECT id, partition, scope, expires_at, size, dims, pending, written"
+    "SELECT id, partition, expires_at, size, written"
     " FROM entries INDEXED BY entries_catalog ORDER BY used_at"
+)
+_VECTOR_ROWS = (
+    "SELECT id, scope, partition, expires_at, dims FROM entries INDEXED BY entries_catalog"
+    " WHERE dims > 0 AND written IS NOT NULL"
+)
+_PENDING_IDS = (
+    "SELECT id FROM entries INDEXED BY entries_catalog"
+    " WHERE pending = 1 AND dims = 0 AND written IS NOT NULL"
 )
 
 
-class VectorRow(NamedTuple):
-    """What the vector index needs of a stored vector at start (the vector itself only if
-    the saved index lacks it)."""
-
-    id: str
-    scope: str
-    partition: str
-    expires_at: float
-    dims: int
-
-
-class _Row(NamedTuple):
-    """One entry's record in memory: all start-up reads of it."""
-
-    partition: str
-    expires_at: float
-    size: int
+# What the vector index needs of a stored vector at start (the vector itself only if the
+# saved index lacks it): id, scope, partition, expires_at, vector length. Plain tuples, as
+# SQLite returns them: at 1M entries a NamedTuple per row would add seconds to the start-up.
+VectorRow = tuple[str, str, str, float, int]
+# One entry's record in memory (a plain tuple for the same reason): partition, expires_at, size
+_Row = tuple[str, float, int]
+_PARTITION: Final = 0
+_EXPIRES: Final = 1
+_SIZE: Final = 2
 
 
 def _name_rows(rows: list[tuple[str, str]]) -> str:
@@ -222,26 +222,22 @@ class EmbeddedExactStore:
         index, in LRU order; rows to be checked are read in full. Returns the unreadable rows,
         the number migrated from an older schema and the number checked."""
         assert self._db is not None
-        vector_rows: list[VectorRow] = []
-        pending: list[str] = []
         to_check: list[str] = []
         rows, intern = self._rows, sys.intern
-        total = 0
-        for row_id, partition, scope, expires_at, size, dims, wants, written in self._db.execute(
-            _CATALOG_SCAN
-        ):
+        total = written_max = 0
+        for row_id, partition, expires_at, size, written in self._db.execute(_CATALOG_SCAN):
             if written is None:
                 to_check.append(row_id)
-                rows[row_id] = _Row("", 0.0, 0)  # keeps its LRU place until checked
+                rows[row_id] = ("", 0.0, 0)  # keeps its LRU place until checked
                 continue
-            partition = intern(partition)
-            rows[row_id] = _Row(partition, expires_at, size)
+            rows[row_id] = (intern(partition), expires_at, size)
             total += size
-            self._written = max(self._written, written)
-            if dims:
-                vector_rows.append(VectorRow(row_id, intern(scope), partition, expires_at, dims))
-            elif wants:
-                pending.append(row_id)
+            if written > written_max:
+                written_max = written
+        self._written = written_max
+        # whole result sets, built by sqlite3 in C: no Python per row
+        vector_rows: list[VectorRow] = self._db.execute(_VECTOR_ROWS).fetchall()
+        pending: list[str] = [row[0] for row in self._db.execute(_PENDING_IDS).fetchall()]
         self._bytes = total
         unreadable: list[tuple[str, str]] = []
         migrated = 0
@@ -261,17 +257,11 @@ class EmbeddedExactStore:
                 continue
             migrated += version != SCHEMA_VERSION
             self._write_row(entry, used_at=None)  # the columns filled, the vector moved out
-            rows[row_id] = _Row(intern(entry.partition), entry.expires_at, entry.size_bytes())
+            rows[row_id] = (intern(entry.partition), entry.expires_at, entry.size_bytes())
             self._bytes += entry.size_bytes()
             if entry.vector is not None:
                 vector_rows.append(
-                    VectorRow(
-                        entry.id,
-                        intern(entry.scope),
-                        entry.partition,
-                        entry.expires_at,
-                        len(entry.vector),
-                    )
+                    (entry.id, entry.scope, entry.partition, entry.expires_at, len(entry.vector))
                 )
             elif _pending(entry):
                 pending.append(entry.id)
@@ -304,10 +294,8 @@ class EmbeddedExactStore:
     def _set_row(self, entry: CacheEntry) -> None:
         old = self._rows.pop(entry.id, None)
         if old is not None:
-            self._bytes -= old.size
-        self._rows[entry.id] = _Row(
-            sys.intern(entry.partition), entry.expires_at, entry.size_bytes()
-        )
+            self._bytes -= old[_SIZE]
+        self._rows[entry.id] = (sys.intern(entry.partition), entry.expires_at, entry.size_bytes())
         self._bytes += entry.size_bytes()
         self._remember(entry)
 
@@ -327,7 +315,7 @@ class EmbeddedExactStore:
     def _forget(self, entry_id: str) -> bool:
         row = self._rows.pop(entry_id, None)
         if row is not None:
-            self._bytes -= row.size
+            self._bytes -= row[_SIZE]
         hot = self._hot.pop(entry_id, None)
         if hot is not None:
             self._hot_bytes -= hot.size_bytes()
@@ -447,7 +435,7 @@ class EmbeddedExactStore:
             row = self._rows.get(entry_id)
             if row is None:
                 return None
-            expired = self._clock() >= row.expires_at
+            expired = self._clock() >= row[_EXPIRES]
             if expired:
                 self._forget(entry_id)
                 hot = None
@@ -518,9 +506,9 @@ class EmbeddedExactStore:
             if self._rows.get(entry_id) is not row:
                 return []  # deleted or stored again meanwhile
             self._start_scan_outdated()
-            self._bytes += updated.size_bytes() - row.size
+            self._bytes += updated.size_bytes() - row[_SIZE]
             # assigned in place: the entry keeps its LRU position
-            self._rows[entry_id] = _Row(row.partition, row.expires_at, updated.size_bytes())
+            self._rows[entry_id] = (row[_PARTITION], row[_EXPIRES], updated.size_bytes())
             self._remember(updated)
             evicted = self._evict()
         if entry_id not in evicted:
@@ -549,7 +537,7 @@ class EmbeddedExactStore:
     async def delete_partition(self, partition: str) -> list[str]:
         with self._lock:  # an admin operation: one pass over the records is fine
             self._start_scan_outdated()
-            ids = [i for i, row in self._rows.items() if row.partition == partition]
+            ids = [i for i, row in self._rows.items() if row[_PARTITION] == partition]
             for entry_id in ids:
                 self._forget(entry_id)
         await self._persist_delete(ids)
@@ -588,15 +576,12 @@ class EmbeddedExactStore:
 
         def _query() -> list[VectorRow]:
             assert self._db is not None
-            cur = self._db.execute(
-                "SELECT id, scope, partition, expires_at, dims FROM entries INDEXED BY"
-                " entries_catalog WHERE dims > 0 AND written IS NOT NULL"
-            )
-            return [VectorRow(*row) for row in cur]
+            found: list[VectorRow] = self._db.execute(_VECTOR_ROWS).fetchall()
+            return found
 
-        found: list[VectorRow] = await self._run(_query)
+        found = await self._run(_query)
         with self._lock:
-            return [r for r in found if r.id in self._rows]
+            return [r for r in found if r[0] in self._rows]
 
     async def read_vectors(self, ids: Sequence[str], dimension: int) -> np.ndarray:
         """The stored vectors of ``ids`` (rows of that ``dimension``), one row each; a row
@@ -625,11 +610,7 @@ class EmbeddedExactStore:
 
             def _query() -> list[str]:
                 assert self._db is not None
-                cur = self._db.execute(
-                    "SELECT id FROM entries INDEXED BY entries_catalog"
-                    " WHERE pending = 1 AND dims = 0 AND written IS NOT NULL"
-                )
-                return [row[0] for row in cur]
+                return [row[0] for row in self._db.execute(_PENDING_IDS)]
 
             ids = await self._run(_query)
         found: list[CacheEntry] = []
