@@ -147,14 +147,11 @@ class EmbeddedExactStore:
         self._reader: sqlite3.Connection | None = None
         self._written = 0  # the highest write sequence number in the table
         # One thread owns the writing connection: writes keep their order and stay off the
-        # loop. Reads on a hit have their own thread and connection (WAL: they never wait
-        # for a write), except for a database in memory, which has one connection.
+        # loop. A read on a hit uses its own connection on the event loop (WAL: it never waits
+        # for a write): a read by primary key takes tens of microseconds, less than a hop to a
+        # thread, which on a busy machine waits milliseconds for a core. A database in memory
+        # has one connection: its reads go to the writing thread.
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-sqlite")
-        self._reads = (
-            self._io
-            if self._path is None
-            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-sqlite-read")
-        )
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -166,7 +163,7 @@ class EmbeddedExactStore:
         are rewritten."""
         await self._run(self._open)
         if self._path is not None:
-            await asyncio.get_running_loop().run_in_executor(self._reads, self._open_reader)
+            self._reader = self._connect()
         unreadable, migrated, checked = await self._run(self._scan)
         with self._lock:
             evicted = self._evict()
@@ -213,9 +210,6 @@ class EmbeddedExactStore:
         db.execute("DELETE FROM entries WHERE expires_at <= ?", (self._clock(),))
         db.commit()
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # expired answers leave the WAL too
-
-    def _open_reader(self) -> None:
-        self._reader = self._connect()
 
     def _scan(self) -> tuple[list[tuple[str, str]], int, int]:
         """The start-up read (in the SQLite thread): every row's record from the covering
@@ -271,19 +265,14 @@ class EmbeddedExactStore:
         return unreadable, migrated, len(to_check)
 
     async def close(self) -> None:
-        def _close_reader() -> None:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-
         def _close() -> None:
             if self._db is not None:
                 self._db.close()
                 self._db = None
 
-        if self._reads is not self._io:
-            await asyncio.get_running_loop().run_in_executor(self._reads, _close_reader)
-            self._reads.shutdown(wait=True)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         await self._run(_close)
         self._io.shutdown(wait=True)
 
@@ -410,8 +399,10 @@ class EmbeddedExactStore:
     async def _load(self, entry_id: str, row: _Row) -> CacheEntry | None:
         """Read an entry from SQLite on a hit. An unreadable row becomes a miss: counted,
         named by id, forgotten in memory and left in the file."""
-        loop = asyncio.get_running_loop()
-        found = await loop.run_in_executor(self._reads, self._read_row, entry_id)
+        if self._reader is not None:
+            found = self._read_row(entry_id)
+        else:
+            found = await self._run(self._read_row, entry_id)
         if isinstance(found, str):
             with self._lock:
                 if self._rows.get(entry_id) is row:
