@@ -31,11 +31,12 @@ Then restarts, each a new process on the same data directory:
 
 Each restart reports: ready time (exact store start + vector index restore, as
 ``DualCache.start`` does; wall clock, and the CPU time of the process: on a machine shared by
-other jobs the wall clock is mostly waiting for a core), the process RSS when ready, RSS per entry (over the RSS of the
-process before the stores opened), lookup p50/p99 excluding embedding (k-NN search for 3
-candidates + fetch of the best from the exact store, i.e. from SQLite unless recently used;
-queries are stored vectors plus noise; wall clock and the thread's CPU time) and store p50 (put + add of 500 new entries, one at
-a time), with the load average.
+other jobs the wall clock is mostly waiting for a core), the process RSS when ready, RSS per
+entry (over the RSS of the process before the stores opened), lookup p50/p99 excluding
+embedding (k-NN search for 3 candidates + fetch of the best from the exact store, i.e. from
+SQLite unless recently used; queries are stored vectors plus noise; wall clock and the
+thread's CPU time) and store p50 (put + add of 500 new entries, one at a time), with the load
+average.
 
 Targets (issue 16): 1M entries ready <= 15 s after restart, lookup p50 <= 2 ms.
 """
