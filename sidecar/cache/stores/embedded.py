@@ -13,8 +13,6 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from itertools import repeat
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -269,34 +267,25 @@ class EmbeddedVectorIndex:
         return await self.restore(await exact.vector_rows(), exact.read_vectors)
 
     def _restore_saved(self, rows: Sequence[VectorRow]) -> tuple[int, int, list[VectorRow]]:
-        """Load the saved graphs and check them against ``rows``; the rows they lack.
-
-        Set and dict operations over whole columns rather than a loop per entry: at 1M
-        entries the loop was the largest part of the start-up (seconds of CPU)."""
-        if set(map(itemgetter(4), rows)) - {self._dimension}:  # vectors of another model
-            rows = [r for r in rows if r[4] == self._dimension]
-        by_id = dict(zip(map(itemgetter(0), rows), rows, strict=True))
-        current = set(map(itemgetter(0, 1, 3), rows))  # (id, scope, expires_at)
+        """Load the saved graphs and check them against ``rows``; the rows they lack."""
+        wanted = {r[0]: r for r in rows if r[4] == self._dimension}  # (id, .., dims): see VectorRow
         loaded = stale = 0
-        found: set[str] = set()
         with self._lock:
             for scope, index, saved in self._load_snapshot():
-                saved_keys = set(zip(saved.ids, repeat(scope), saved.stamps, strict=False))
-                for entry_id, _, _ in saved_keys - current:
-                    index.remove(entry_id)  # deleted, expired or re-stored since the save
-                    stale += 1
-                kept = saved_keys & current
-                kept_ids = list(map(itemgetter(0), kept))
-                self._scope_of.update(zip(kept_ids, repeat(scope)))
-                self._expires_of.update(map(itemgetter(0, 2), kept))
-                partitions = map(itemgetter(2), map(by_id.__getitem__, kept_ids))
-                self._partition_of.update(zip(kept_ids, partitions, strict=False))
-                found.update(kept_ids)
-                loaded += len(kept_ids)
+                for entry_id, expires_at in zip(saved.ids, saved.stamps, strict=True):
+                    row = wanted.get(entry_id)
+                    if row is None or row[1] != scope or row[3] != expires_at:
+                        index.remove(entry_id)  # deleted, expired or re-stored since the save
+                        stale += 1
+                        continue
+                    del wanted[entry_id]
+                    self._scope_of[entry_id] = scope
+                    self._partition_of[entry_id] = row[2]
+                    self._expires_of[entry_id] = expires_at
+                    loaded += 1
                 if len(index):
                     self._scopes[scope] = index
-        missing = [by_id[i] for i in by_id.keys() - found]
-        return loaded, stale, missing
+        return loaded, stale, list(wanted.values())
 
     def _add_rows(self, rows: list[VectorRow], vectors: np.ndarray) -> int:
         """Add vectors not in the index yet, one batch per scope; a row whose vector could
