@@ -87,7 +87,7 @@ async def test_a_saved_index_is_loaded_not_rebuilt(tmp_path: Path) -> None:
     assert (tmp_path / "vector-index" / "manifest.json").exists()
 
     exact, index = await open_stores(tmp_path, clock)
-    restored = await index.restore(exact.entries_with_vectors())
+    restored = await index.restore_from(exact)
     assert (restored.loaded, restored.stale, restored.added) == (40, 0, 0)
     assert await index.count() == 40
     for n in (0, 17, 39):
@@ -119,7 +119,7 @@ async def test_a_corrupt_or_foreign_index_is_discarded_and_rebuilt(
 
     exact, index = await open_stores(tmp_path, clock)
     with caplog.at_level(logging.WARNING, logger="sidecar.cache.embedded"):
-        restored = await index.restore(exact.entries_with_vectors())
+        restored = await index.restore_from(exact)
     assert (restored.loaded, restored.added) == (0, 40)
     assert any("discarded, rebuilding" in r.getMessage() for r in caplog.records)
     assert not graph.exists()  # the damaged file is not kept for a later start
@@ -129,7 +129,7 @@ async def test_a_corrupt_or_foreign_index_is_discarded_and_rebuilt(
     await exact.close()
     # the rebuilt index was saved again and loads cleanly
     exact, index = await open_stores(tmp_path, clock)
-    assert (await index.restore(exact.entries_with_vectors())).loaded == 40
+    assert (await index.restore_from(exact)).loaded == 40
     await exact.close()
 
 
@@ -140,7 +140,7 @@ async def test_entries_deleted_expired_or_restored_after_the_save_are_never_serv
     await fill(tmp_path, clock, 40)
     # Changes after the save; the index is not closed (not saved again), as after a crash.
     exact, index = await open_stores(tmp_path, clock)
-    await index.restore(exact.entries_with_vectors())
+    await index.restore_from(exact)
     await exact.delete("id-3")
     await index.remove(["id-3"])
     await store(exact, index, make_entry(5, clock, ttl=10))  # re-stored: expires soon
@@ -151,7 +151,7 @@ async def test_entries_deleted_expired_or_restored_after_the_save_are_never_serv
 
     clock.now += 60  # id-5's new version has expired
     exact, index = await open_stores(tmp_path, clock)
-    restored = await index.restore(exact.entries_with_vectors())
+    restored = await index.restore_from(exact)
     assert restored.loaded == 37  # 40 saved, less id-3 (deleted), id-5 (expired), id-7 (moved)
     assert restored.stale == 3
     assert restored.added == 11  # the ten stored after the save, and id-7 in scope-b
@@ -175,7 +175,7 @@ CRASHING_WRITER = textwrap.dedent(
     async def main() -> None:
         clock = Clock()
         exact, index = await open_stores(Path({data!r}), clock)
-        await index.restore(exact.entries_with_vectors())
+        await index.restore_from(exact)
         for n in range(40, 60):
             await store(exact, index, make_entry(n, clock))
         await exact.delete("id-0")
@@ -201,7 +201,7 @@ async def test_a_restart_after_kill_9_between_save_and_exit_is_correct(tmp_path:
     assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
 
     exact, index = await open_stores(tmp_path, clock)
-    restored = await index.restore(exact.entries_with_vectors())
+    restored = await index.restore_from(exact)
     # the second save holds ids 1..59; id-1 was deleted after it; 60..69 were never saved
     assert (restored.loaded, restored.stale, restored.added) == (58, 1, 10)
     assert await nearest(index, 0) != "id-0"
@@ -220,7 +220,7 @@ async def test_an_admin_delete_erases_the_saved_index_until_a_restart(tmp_path: 
     assert any(deleted in p.read_bytes() for p in folder.glob("*.usearch"))
 
     exact, index = await open_stores(tmp_path, clock)
-    await index.restore(exact.entries_with_vectors())
+    await index.restore_from(exact)
     await exact.delete("id-3")
     await index.remove(["id-3"])
     await index.erase_saved()  # what DualCache.delete does after an admin delete
@@ -231,7 +231,7 @@ async def test_an_admin_delete_erases_the_saved_index_until_a_restart(tmp_path: 
     assert list(folder.iterdir()) == []
 
     exact, index = await open_stores(tmp_path, clock)
-    restored = await index.restore(exact.entries_with_vectors())
+    restored = await index.restore_from(exact)
     assert (restored.loaded, restored.added) == (0, 40)
     assert await nearest(index, 3) != "id-3"
     await index.close()
@@ -256,5 +256,5 @@ async def test_the_sweep_saves_a_changed_index_when_due(tmp_path: Path) -> None:
     await exact.close()  # no close of the index: as if killed after the sweep
 
     exact, index = await open_stores(tmp_path, clock)
-    assert (await index.restore(exact.entries_with_vectors())).loaded == 20
+    assert (await index.restore_from(exact)).loaded == 20
     await exact.close()

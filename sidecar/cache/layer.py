@@ -206,11 +206,11 @@ class DualCache:
             and isinstance(self.vectors, EmbeddedVectorIndex)
         ):
             return
-        await self.vectors.restore(self.exact.entries_with_vectors())
+        await self.vectors.restore_from(self.exact)
         # Acknowledged entries whose vectors were still in the backlog when the process
         # stopped (killed, or the shutdown drain ran out of time): computed again now.
         assert self.backlog is not None
-        for entry in self.exact.entries_missing_vectors():
+        for entry in await self.exact.entries_missing_vectors():
             self.backlog.defer(entry, None)
 
     async def close(self) -> None:

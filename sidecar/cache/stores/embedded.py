@@ -1,315 +1,30 @@
 """In-process stores: the default, needing no server.
 
-``EmbeddedExactStore`` keeps entries in memory (LRU, bounded by count and bytes) and writes
-them through to SQLite in the data directory, so a restart keeps the cache. ``EmbeddedVectorIndex``
-keeps one index per scope: brute force while a scope is small, a usearch HNSW graph once it
-grows (a scope of 100,000 entries is searched in well under a millisecond).
+``EmbeddedExactStore`` (embedded_exact.py) keeps entries in SQLite in the data directory and a
+small record of each in memory, so a restart keeps the cache and is ready without reading the
+entries. ``EmbeddedVectorIndex`` keeps one index per scope: brute force while a scope is small,
+a usearch HNSW graph once it grows, saved and loaded at the next start (embedded_snapshot.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
-import sqlite3
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from sidecar.cache.model import SCHEMA_VERSION, CacheEntry, UnreadableEntry
 from sidecar.cache.stores import embedded_snapshot as snapshot
-from sidecar.cache.stores.base import Neighbour, UnreadableCounter, as_vector, unit
+from sidecar.cache.stores.base import Neighbour, as_vector, unit
+from sidecar.cache.stores.embedded_exact import EmbeddedExactStore, VectorRow
 
 log = logging.getLogger("sidecar.cache.embedded")
-_NAMED_ROWS = 50  # ids named in the start-up line; the metric counts them all
 
-
-def _name_rows(rows: list[tuple[str, str]]) -> str:
-    if not rows:
-        return ""
-    named = ", ".join(f"{row_id[:80]!r} ({why})" for row_id, why in rows[:_NAMED_ROWS])
-    more = f", and {len(rows) - _NAMED_ROWS} more" if len(rows) > _NAMED_ROWS else ""
-    return f": {named}{more}"
-
-
-class EmbeddedExactStore:
-    name = "embedded"
-    report_unreadable: UnreadableCounter = staticmethod(lambda n: None)  # set by the cache
-
-    def __init__(
-        self,
-        data_dir: str,
-        max_entries: int,
-        max_bytes: int,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self._clock = clock
-        self._path = None if data_dir == ":memory:" else Path(data_dir) / "cache.sqlite3"
-        self._max_entries = max_entries
-        self._max_bytes = max_bytes
-        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
-        self._partitions: dict[str, set[str]] = {}
-        self._bytes = 0
-        # rows skipped at start because they cannot be read: the admin API may delete them
-        self._unreadable: set[str] = set()
-        self._db: sqlite3.Connection | None = None
-        # One thread owns the SQLite connection; writes keep their order and stay off the loop.
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sidecar-sqlite")
-        self._lock = threading.Lock()
-
-    # -- lifecycle
-    async def start(self) -> None:
-        """Load the persisted entries. Never fails on a row: a row that cannot be read is
-        named by id (never its content) in one summary line, counted, left in the file for a
-        newer sidecar or an operator, and skipped. Rows of an older schema are rewritten."""
-        if self._path is None:
-            return
-        rows = await self._run(self._open)
-        now = self._clock()
-        unreadable: list[tuple[str, str]] = []
-        migrated: list[CacheEntry] = []
-        for row_id, raw in rows:
-            try:
-                entry, version = CacheEntry.read(raw)
-                if entry.id != row_id:
-                    raise UnreadableEntry("the id inside differs from the row's id")
-            except UnreadableEntry as exc:
-                unreadable.append((str(row_id), str(exc)))
-                continue
-            if entry.expired(now):
-                continue
-            if version != SCHEMA_VERSION:
-                migrated.append(entry)
-            self._insert(entry)
-        evicted = self._evict()
-        migrated = [e for e in migrated if e.id in self._entries]
-        if migrated or evicted:
-            await self._run(self._rewrite, migrated, evicted)
-        self._unreadable = {row_id for row_id, _ in unreadable}
-        self.report_unreadable(len(unreadable))
-        log.info(
-            "embedded cache %s: %d entries loaded, %d migrated to schema version %d, "
-            "%d evicted by the size bounds, %d unreadable rows skipped%s",
-            self._path,
-            len(self._entries),
-            len(migrated),
-            SCHEMA_VERSION,
-            len(evicted),
-            len(unreadable),
-            _name_rows(unreadable),
-        )
-
-    def _open(self) -> list[tuple[Any, Any]]:
-        assert self._path is not None
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(str(self._path), check_same_thread=False)
-        # secure_delete: a deleted answer's bytes are overwritten with zeros in the database
-        # pages, and the WAL is checkpointed and truncated after deletes (see _delete_rows), so
-        # an answer deleted through the admin API is not left readable on disk.
-        self._db.execute("PRAGMA secure_delete=ON")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS entries (id TEXT PRIMARY KEY, partition TEXT NOT NULL,"
-            " expires_at REAL NOT NULL, used_at REAL NOT NULL, data BLOB NOT NULL)"
-        )
-        self._db.execute("DELETE FROM entries WHERE expires_at <= ?", (self._clock(),))
-        self._db.commit()
-        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # expired answers leave the WAL too
-        cur = self._db.execute("SELECT id, data FROM entries ORDER BY used_at")
-        return [(row[0], row[1]) for row in cur.fetchall()]
-
-    def _rewrite(self, entries: list[CacheEntry], evicted: list[str]) -> None:
-        if self._db is None:
-            return
-        self._db.executemany(
-            "UPDATE entries SET data = ? WHERE id = ?", [(e.to_bytes(), e.id) for e in entries]
-        )
-        self._delete_rows(evicted)
-
-    async def close(self) -> None:
-        def _close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await self._run(_close)
-        self._io.shutdown(wait=True)
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
-
-    # -- in-memory structure
-    def _insert(self, entry: CacheEntry) -> None:
-        old = self._entries.pop(entry.id, None)
-        if old is not None:
-            self._bytes -= old.size_bytes()
-            self._partitions.get(old.partition, set()).discard(old.id)
-        self._entries[entry.id] = entry
-        self._bytes += entry.size_bytes()
-        self._partitions.setdefault(entry.partition, set()).add(entry.id)
-
-    def _remove(self, entry_id: str) -> CacheEntry | None:
-        entry = self._entries.pop(entry_id, None)
-        if entry is not None:
-            self._bytes -= entry.size_bytes()
-            ids = self._partitions.get(entry.partition)
-            if ids is not None:
-                ids.discard(entry_id)
-                if not ids:
-                    del self._partitions[entry.partition]
-        return entry
-
-    def _evict(self) -> list[str]:
-        evicted: list[str] = []
-        while self._entries and (
-            len(self._entries) > self._max_entries or self._bytes > self._max_bytes
-        ):
-            oldest = next(iter(self._entries))
-            self._remove(oldest)
-            evicted.append(oldest)
-        return evicted
-
-    # -- ExactStore
-    async def get(self, entry_id: str, partition: str | None = None) -> CacheEntry | None:
-        with self._lock:
-            entry = self._entries.get(entry_id)
-            if entry is None:
-                return None
-            if entry.expired(self._clock()):
-                self._remove(entry_id)
-                expired = True
-            else:
-                self._entries.move_to_end(entry_id)
-                expired = False
-        if expired:
-            await self._persist_delete([entry_id])
-            return None
-        return entry
-
-    async def put(self, entry: CacheEntry) -> list[str]:
-        with self._lock:
-            self._insert(entry)
-            evicted = self._evict()
-        if self._path is not None:
-            await self._run(self._write, entry, evicted)
-        return evicted
-
-    def _write(self, entry: CacheEntry, evicted: list[str]) -> None:
-        if self._db is None:
-            return
-        self._db.execute(
-            "INSERT OR REPLACE INTO entries (id, partition, expires_at, used_at, data)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (entry.id, entry.partition, entry.expires_at, self._clock(), entry.to_bytes()),
-        )
-        # Evictions make room on the hot write path: no checkpoint here (SQLite's automatic
-        # one, every 1000 pages, copies the zeroed pages back and recycles the WAL).
-        self._delete_rows(evicted, checkpoint=False)
-
-    def _delete_rows(self, ids: list[str], checkpoint: bool = True) -> None:
-        """Delete rows and commit. With ``checkpoint``, then copy the WAL into the database
-        and truncate it: secure_delete zeroes the deleted bytes in the new page versions, and
-        the checkpoint drops the old versions the WAL still holds."""
-        assert self._db is not None
-        if ids:
-            self._db.executemany("DELETE FROM entries WHERE id = ?", [(i,) for i in ids])
-        self._db.commit()
-        if ids and checkpoint:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-
-    async def set_vector(self, entry_id: str, vector: list[float]) -> list[str]:
-        """Attach a vector computed after the entry was stored (persisted with it, so the
-        index rebuild at start sees it). Returns ids evicted by the byte bound; nothing
-        when the entry is gone."""
-        with self._lock:
-            entry = self._entries.get(entry_id)
-            if entry is None:
-                return []
-            meta = {k: v for k, v in entry.meta.items() if k != "vector_pending"}
-            updated = dataclasses.replace(entry, vector=vector, meta=meta)
-            self._bytes += updated.size_bytes() - entry.size_bytes()
-            self._entries[entry_id] = updated  # keeps its LRU position
-            evicted = self._evict()
-        if self._path is not None and entry_id not in evicted:
-            await self._run(self._update, updated, evicted)
-        elif evicted:
-            await self._persist_delete(evicted)
-        return evicted
-
-    def _update(self, entry: CacheEntry, evicted: list[str]) -> None:
-        if self._db is None:
-            return
-        self._db.execute("UPDATE entries SET data = ? WHERE id = ?", (entry.to_bytes(), entry.id))
-        self._delete_rows(evicted, checkpoint=False)  # evictions: on the write path
-
-    async def _persist_delete(self, ids: list[str]) -> None:
-        if self._path is None or not ids:
-            return
-
-        def _delete() -> None:
-            if self._db is not None:
-                self._delete_rows(ids)
-
-        await self._run(_delete)
-
-    async def delete(self, entry_id: str) -> bool:
-        with self._lock:
-            found = self._remove(entry_id) is not None
-            if entry_id in self._unreadable:  # a row named in the start-up line as unreadable
-                self._unreadable.discard(entry_id)
-                found = True
-        if found:
-            await self._persist_delete([entry_id])
-        return found
-
-    async def delete_partition(self, partition: str) -> list[str]:
-        with self._lock:
-            ids = list(self._partitions.get(partition, ()))
-            for entry_id in ids:
-                self._remove(entry_id)
-        await self._persist_delete(ids)
-        return ids
-
-    async def sweep(self) -> list[str]:
-        """Drop expired entries (reads check TTL too; this frees memory of unread ones)."""
-        now = self._clock()
-        with self._lock:
-            ids = [e.id for e in self._entries.values() if e.expired(now)]
-            for entry_id in ids:
-                self._remove(entry_id)
-        await self._persist_delete(ids)
-        return ids
-
-    async def count(self) -> int:
-        return len(self._entries)
-
-    def entries_with_vectors(self) -> list[CacheEntry]:
-        with self._lock:
-            return [e for e in self._entries.values() if e.vector is not None]
-
-    def entries_missing_vectors(self) -> list[CacheEntry]:
-        """Entries stored before their vector (``meta["vector_pending"]``, set by the cache
-        layer) whose vector never landed: the process stopped first."""
-        with self._lock:
-            return [
-                e
-                for e in self._entries.values()
-                if e.vector is None and e.question and e.meta.get("vector_pending")
-            ]
-
-    @property
-    def bytes_used(self) -> int:
-        return self._bytes
-
-    async def health(self) -> str | None:
-        return None
+__all__ = ["EmbeddedExactStore", "EmbeddedVectorIndex", "Restored", "VectorRow"]
 
 
 class _ScopeIndex:
@@ -453,6 +168,9 @@ class _ScopeIndex:
         return [Neighbour(self.ids[i], float(scores[i])) for i in order]
 
 
+_READ_BATCH = 50_000  # vectors read from SQLite per batch when re-adding (77 MB at 384 dims)
+
+
 class Restored(NamedTuple):
     """What ``EmbeddedVectorIndex.restore`` did: vectors taken from the saved graphs, saved
     vectors dropped because SQLite no longer holds them as saved, vectors added from SQLite."""
@@ -516,60 +234,81 @@ class EmbeddedVectorIndex:
         with self._lock:
             self._add_locked(entry_id, scope, partition, v, expires_at)
 
-    async def restore(self, entries: Sequence[CacheEntry]) -> Restored:
-        """Fill the index with ``entries`` (the exact store's, read from SQLite): load the saved
-        graphs, drop what SQLite no longer holds, add what they lack."""
-        return await asyncio.to_thread(self._restore, entries)
-
-    def _restore(self, entries: Sequence[CacheEntry]) -> Restored:
+    async def restore(
+        self,
+        rows: Sequence[VectorRow],
+        read_vectors: Callable[[Sequence[str], int], Awaitable[np.ndarray]],
+    ) -> Restored:
+        """Fill the index with the stored vectors ``rows`` (the exact store's records, from
+        SQLite): load the saved graphs, drop what SQLite no longer holds as saved, and add what
+        they lack, its vectors read with ``read_vectors`` (only those: a restart after a clean
+        save reads no vector at all)."""
         started = time.perf_counter()
-        wanted = {
-            e.id: e for e in entries if e.vector is not None and len(e.vector) == self._dimension
-        }
-        loaded = stale = 0
+        loaded, stale, missing = await asyncio.to_thread(self._restore_saved, rows)
+        added = 0
+        for at in range(0, len(missing), _READ_BATCH):
+            batch = missing[at : at + _READ_BATCH]
+            vectors = await read_vectors([r[0] for r in batch], self._dimension)
+            added += await asyncio.to_thread(self._add_rows, batch, vectors)
         with self._lock:
-            for scope, index, saved in self._load_snapshot():
-                for entry_id, expires_at in zip(saved.ids, saved.stamps, strict=True):
-                    entry = wanted.get(entry_id)
-                    if entry is None or entry.scope != scope or entry.expires_at != expires_at:
-                        index.remove(entry_id)  # deleted, expired or re-stored since the save
-                        stale += 1
-                        continue
-                    del wanted[entry_id]
-                    self._scope_of[entry_id] = scope
-                    self._partition_of[entry_id] = entry.partition
-                    self._expires_of[entry_id] = expires_at
-                    loaded += 1
-                if len(index):
-                    self._scopes[scope] = index
-            self._add_all(list(wanted.values()))
-            self._changes = len(wanted) + stale
+            self._changes = added + stale
         log.info(
             "embedded vector index: %d vectors loaded from the saved index, %d stale ones "
             "dropped, %d added from the cache database, in %.2f s",
             loaded,
             stale,
-            len(wanted),
+            added,
             time.perf_counter() - started,
         )
-        return Restored(loaded, stale, len(wanted))
+        return Restored(loaded, stale, added)
 
-    def _add_all(self, entries: list[CacheEntry]) -> None:
-        """Add entries not in the index yet, one batch per scope."""
-        by_scope: dict[str, list[CacheEntry]] = {}
-        for entry in entries:
-            by_scope.setdefault(entry.scope, []).append(entry)
-        for scope, group in by_scope.items():
-            matrix = np.asarray([e.vector for e in group], dtype=np.float32)
-            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-            index = self._scopes.get(scope)
-            if index is None:
-                index = self._scopes[scope] = _ScopeIndex(self._dimension, self._graph_at)
-            index.add_many([e.id for e in group], matrix)
-            for e in group:
-                self._scope_of[e.id] = scope
-                self._partition_of[e.id] = e.partition
-                self._expires_of[e.id] = e.expires_at
+    async def restore_from(self, exact: EmbeddedExactStore) -> Restored:
+        """``restore`` with the vectors ``exact`` holds."""
+        return await self.restore(await exact.vector_rows(), exact.read_vectors)
+
+    def _restore_saved(self, rows: Sequence[VectorRow]) -> tuple[int, int, list[VectorRow]]:
+        """Load the saved graphs and check them against ``rows``; the rows they lack."""
+        wanted = {r[0]: r for r in rows if r[4] == self._dimension}  # (id, .., dims): see VectorRow
+        loaded = stale = 0
+        with self._lock:
+            for scope, index, saved in self._load_snapshot():
+                for entry_id, expires_at in zip(saved.ids, saved.stamps, strict=True):
+                    row = wanted.get(entry_id)
+                    if row is None or row[1] != scope or row[3] != expires_at:
+                        index.remove(entry_id)  # deleted, expired or re-stored since the save
+                        stale += 1
+                        continue
+                    del wanted[entry_id]
+                    self._scope_of[entry_id] = scope
+                    self._partition_of[entry_id] = row[2]
+                    self._expires_of[entry_id] = expires_at
+                    loaded += 1
+                if len(index):
+                    self._scopes[scope] = index
+        return loaded, stale, list(wanted.values())
+
+    def _add_rows(self, rows: list[VectorRow], vectors: np.ndarray) -> int:
+        """Add vectors not in the index yet, one batch per scope; a row whose vector could
+        not be read (NaN: gone meanwhile) is skipped."""
+        readable = ~np.isnan(vectors).any(axis=1)
+        by_scope: dict[str, list[int]] = {}
+        for at, row in enumerate(rows):
+            if readable[at]:
+                by_scope.setdefault(row[1], []).append(at)
+        with self._lock:
+            for scope, picks in by_scope.items():
+                matrix = vectors[picks]
+                matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+                index = self._scopes.get(scope)
+                if index is None:
+                    index = self._scopes[scope] = _ScopeIndex(self._dimension, self._graph_at)
+                index.add_many([rows[at][0] for at in picks], matrix)
+                for at in picks:
+                    entry_id, _, partition, expires_at, _ = rows[at]
+                    self._scope_of[entry_id] = scope
+                    self._partition_of[entry_id] = partition
+                    self._expires_of[entry_id] = expires_at
+        return sum(len(p) for p in by_scope.values())
 
     def _load_snapshot(self) -> list[tuple[str, _ScopeIndex, snapshot.SavedGraph]]:
         if self._dir is None:
