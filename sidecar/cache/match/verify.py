@@ -408,9 +408,9 @@ class AnswerChangeVerifier:
         for a real word a letter or two away ("rest my password" / "reset") is a slip or a
         real change, and the pair model decides (at ``SLIP_MIN``; without the model the
         refusal stands). A near-repeat by spelling skips the match head (a typo moves the
-        vectors). The pair model refuses a candidate below ``pair_min``, and overrides a refusal of the match
-        head at ``pair_rescue`` or above (a typo or a reworded paraphrase the vectors drift
-        on)."""
+        vectors). The pair model refuses a candidate below ``pair_min``, and overrides a
+        refusal of the match head at ``pair_rescue`` or above (a typo or a reworded
+        paraphrase the vectors drift on)."""
         first = [self._first_stage(question, c) for c in candidates]
         verdicts = [verdict for verdict, _ in first]
         if self.pair_model is None:

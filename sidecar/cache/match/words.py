@@ -160,6 +160,8 @@ def spelling_repeat(question: str, candidate: str) -> bool:
             continue
         if x.isdigit() or y.isdigit() or any(c.isdigit() for c in x + y):
             return False  # "2 tickets" / "4 tickets", "v2" / "v3": never a slip
+        if x.endswith(y) or y.endswith(x):
+            return False  # a prefix added: "subscribe" / "unsubscribe"
         limit = 2 if min(len(x), len(y)) >= 6 else 1
         if min(len(x), len(y)) < 3 or abs(len(x) - len(y)) > limit:
             return False
