@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from benchmarks.pair_training_data import Example, generate
+from benchmarks.pair_training_data import MIXES, Example, generate
 from benchmarks.semcache_bench import QQP_PAIRS, QQP_SAMPLE, QQP_SEED, load_qqp
 from embedders.sentence_tf import packaged_model_path
 from sidecar.cache.match.words import english_words
@@ -119,9 +119,10 @@ def train(args: argparse.Namespace) -> None:
     train_questions = [q for e in qqp_train for q in (e.a, e.b)]
     tune_questions = [q for e in qqp_tune for q in (e.a, e.b)]
     words = english_words()
-    synthetic = generate(args.synthetic, 1, train_questions, words)
+    synthetic = generate(args.synthetic, 1, train_questions, words, args.mix)
     examples = qqp_train[: args.qqp] + synthetic
-    tuning = qqp_tune[: args.tune_qqp] + generate(args.tune_synthetic, 2, tune_questions, words)
+    tuning_synthetic = generate(args.tune_synthetic, 2, tune_questions, words, args.mix)
+    tuning = qqp_tune[: args.tune_qqp] + tuning_synthetic
     print(f"training on {len(examples)} pairs ({len(synthetic)} synthetic)", flush=True)
     model, tokenizer = build_model(args.layers)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -235,7 +236,7 @@ def export(model: Any, tokenizer: Any, args: argparse.Namespace, stats: dict[str
             "command": "nice -n 10 python -m benchmarks.train_pair_model " + " ".join(sys.argv[1:]),
             "data": "QQP (../shared/data/semcache/qqp_pairs.json.gz), shuffle seed "
             f"{QQP_SEED}, the first {QQP_SAMPLE} (benchmark sample) skipped, 80% split; "
-            "synthetic pairs from benchmarks/pair_training_data.py (seed 1)",
+            f"synthetic pairs from benchmarks/pair_training_data.py (seed 1, mix {args.mix})",
             "tuning_split": "the other 20% of those QQP pairs and synthetic pairs (seed 2)",
             "never_used": "the benchmark's QQP sample, benchmarks/data/dev_pairs.jsonl, "
             "benchmarks/data/trap_pairs.jsonl",
@@ -274,6 +275,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # one thread: the machine is shared (training is run with nice -n 10 as well)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=str(OUT_DIR), help="where to write the model")
+    parser.add_argument("--mix", choices=MIXES, default="round1", help="synthetic pair mix")
     args = parser.parse_args(argv)
     if math.isnan(args.minutes) or args.minutes <= 0:
         parser.error("--minutes must be positive")
