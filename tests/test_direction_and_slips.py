@@ -15,8 +15,9 @@ from conftest import make_config
 from hookclient import chat_body, openai_answer, request_hook, round_trip
 
 from sidecar.cache.layer import Candidate
-from sidecar.cache.match.verify import AnswerChangeVerifier
+from sidecar.cache.match.verify import AnswerChangeVerifier, build_verifier
 from sidecar.cache.match.words import spelling_repeat
+from sidecar.config import CacheConfig
 
 
 @pytest.mark.parametrize(
@@ -87,6 +88,20 @@ def test_a_slip_onto_a_real_word_is_for_the_pair_model_to_judge() -> None:
         "How do I rest my password?", [Candidate("How do I reset my password?", 0.9)]
     )[0]
     assert not verdict.accept and verdict.reason.startswith("edit:")
+
+
+def test_with_the_pair_model_a_slip_is_served_and_a_real_change_is_not() -> None:
+    verifier = build_verifier(CacheConfig())
+    assert isinstance(verifier, AnswerChangeVerifier) and verifier.pair_model is not None
+    slip, change = verifier.verify_batch(
+        "How do I rest my password?",
+        [Candidate("How do I reset my password?", 0.9), Candidate("How do I reset my pass?", 0.9)],
+    )
+    assert slip.accept
+    (change,) = verifier.verify_batch(
+        "Fill in the from for a refund", [Candidate("Fill in the form for a refund", 0.9)]
+    )
+    assert not change.accept and change.reason.startswith("pair_model:")
 
 
 async def test_a_direction_swap_is_not_served(sidecar_factory: Any) -> None:
