@@ -111,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         default = hits(config.threshold, config.pair_model_min, config.pair_model_rescue)
         kinds_served = {
-            k: round(float(default[kinds == k].mean()), 4) for k in sorted(set(kinds) - {"qqp"})
+            str(k): round(float(default[kinds == k].mean()), 4)
+            for k in sorted(set(kinds) - {"qqp"})
         }
         result["models"][name] = {
             "directory": location,
