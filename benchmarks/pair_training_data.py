@@ -4,9 +4,13 @@ Two kinds, both made by program with a seeded RNG:
 
 * hard negatives: a question and a copy with one change that changes the answer -- a
   negation, another number, unit, day or month, another tool or language, source and target
-  swapped ("A to B" / "B to A"), another position or scope (first / last / every), another
-  comparative pole, another task, format or audience, another verb or object of the same kind;
-* positives that keep the meaning: one or two typos, politeness and filler wrappers,
+  swapped ("A to B" / "B to A", also with other prepositions on each side, and the two words
+  around "to" / "into" / "than" of a training question swapped), another position or scope
+  (first / last / every), another comparative pole, another task, format or audience,
+  another verb or object of the same kind;
+* positives that keep the meaning: one or two typos (also typos that land on another real
+  word, "reset" / "rest"), the same question again (case, spacing, final punctuation),
+  another opening ("How do I" / "How can I" / "How to"), politeness and filler wrappers,
   contractions, a question turned into a request, an independent clause moved, a synonym.
 
 The base questions come from two places: templates filled from the word lists below, and the
@@ -539,6 +543,54 @@ def neg_from_to_in(base: str) -> Example | None:
     return Example(base, swapped, False, "direction")
 
 
+# prepositions that point from a source to a target; "vs" and "and" are symmetric, so left out
+_TOWARDS = ("to", "into", "onto")
+_NOT_AN_ARGUMENT = frozenset(
+    "how what why when where which who is are do does can could should would will a an the "
+    "i you we it my your our want wants need needs like going able have has had way ways "
+    "used trying try tried best easiest fastest possible steps step order".split()
+)
+
+
+def neg_direction_mixed(rng: random.Random) -> Example:
+    """Source and target swapped with other wording on each side ("copy from the host into
+    the container" / "copy from the container to the host"), in a sentence of its own."""
+    x, y = rng.choice(
+        PLACES + [(a.removeprefix("a "), b.removeprefix("a ")) for a, b in CONVERSIONS]
+    )
+    verb = rng.choice(["copy", "send", "move", "switch", "port", "translate", "pipe", "export"])
+    thing = rng.choice(["", "the files ", "my notes ", "the config ", "the logs "])
+    first, second = rng.choice(_TOWARDS), rng.choice(_TOWARDS)
+    a = f"{verb} {thing}from {x} {first} {y}"
+    b = rng.choice(
+        [
+            f"{verb} {thing}from {y} {second} {x}",
+            f"{verb} {thing}{second} {x} from {y}",
+            f"{verb} {thing}{y} {second} {x}",
+        ]
+    )
+    if rng.random() < 0.5:
+        a, b = _frame(rng, a), _frame(rng, b)
+    else:
+        a, b = a[0].upper() + a[1:], b[0].upper() + b[1:]
+    return Example(a, b, False, "direction")
+
+
+def neg_swap_around_in(base: str) -> Example | None:
+    """A training question with the two words around "to" / "into" / "than" swapped ("convert
+    PDF to Word" / "convert Word to PDF", "Is Java faster than Python" / "... Python than
+    Java"): the same words, the other direction."""
+    for m in re.finditer(r"\b([A-Za-z][\w.+#-]*) (to|into|onto|than) ([A-Za-z][\w.+#-]*)\b", base):
+        left, word, right = m.group(1), m.group(2), m.group(3)
+        if left.lower() in _NOT_AN_ARGUMENT or right.lower() in _NOT_AN_ARGUMENT:
+            continue
+        if left.lower() == right.lower() or len(left) < 2 or len(right) < 2:
+            continue
+        swapped = base[: m.start()] + f"{right} {word} {left}" + base[m.end() :]
+        return Example(base, swapped, False, "direction")
+    return None
+
+
 # -------------------------------------------------------------------- positives
 def typo(rng: random.Random, word: str) -> str:
     i = rng.randrange(1, len(word) - 1)
@@ -561,6 +613,68 @@ def pos_typos(rng: random.Random, base: str) -> Example | None:
         core = words[i].rstrip("?.,!")
         words[i] = typo(rng, core) + words[i][len(core) :]
     return Example(base, " ".join(words), True, "typo")
+
+
+def real_word_typos(word: str, words: frozenset[str]) -> list[str]:
+    """Single-letter slips of ``word`` that are other real words ("reset" -> "rest",
+    "what" -> "wat" is not; "their" -> "there" is)."""
+    lower = word.lower()
+    out = set()
+    for i in range(len(lower)):
+        out.add(lower[:i] + lower[i + 1 :])  # drop
+        if i + 1 < len(lower):
+            out.add(lower[:i] + lower[i + 1] + lower[i] + lower[i + 2 :])  # swap
+        for c in KEYBOARD:
+            out.add(lower[:i] + c + lower[i + 1 :])  # replace
+    out.discard(lower)
+    return sorted(w for w in out if len(w) >= 3 and w in words)
+
+
+def pos_real_word_typo(rng: random.Random, base: str, words: frozenset[str]) -> Example | None:
+    """A typo that lands on another real word: the same question, mistyped."""
+    tokens = base.split(" ")
+    order = [i for i, t in enumerate(tokens) if len(t.strip("?.,!")) >= 4]
+    rng.shuffle(order)
+    for i in order:
+        core = tokens[i].rstrip("?.,!")
+        options = real_word_typos(core, words)
+        if options:
+            slip = rng.choice(options)
+            slip = slip[0].upper() + slip[1:] if core[0].isupper() else slip
+            tokens[i] = slip + tokens[i][len(core) :]
+            return Example(base, " ".join(tokens), True, "typo_real")
+    return None
+
+
+def pos_identical(rng: random.Random, base: str) -> Example:
+    """The same question again, or with only case, spacing or final punctuation changed."""
+    kind = rng.random()
+    if kind < 0.4:
+        b = base
+    elif kind < 0.7:
+        b = base.rstrip("?.!") + rng.choice(["", "?", "??", ".", " ?"])
+    else:
+        b = base.lower() if rng.random() < 0.5 else base[0].lower() + base[1:]
+    return Example(base, b, True, "identical")
+
+
+_FRAME_SWAPS = [
+    ("How do I ", ["How can I ", "How to ", "How should I ", "What's the way to ", "Ways to "]),
+    ("How can I ", ["How do I ", "How to ", "Is there a way to ", "What is the best way to "]),
+    ("What is ", ["What's ", "Whats ", "Tell me what is "]),
+    ("Can I ", ["Is it possible to ", "Am I able to ", "Could I "]),
+    ("Is it possible to ", ["Can I ", "Can you "]),
+    ("How to ", ["How do I ", "How can I ", "How does one "]),
+    ("What are ", ["What're ", "Which are ", "List "]),
+]
+
+
+def pos_frame(rng: random.Random, base: str) -> Example | None:
+    """Another opening that asks the same thing ("How do I" / "How can I" / "How to")."""
+    for lead, others in _FRAME_SWAPS:
+        if base.startswith(lead):
+            return Example(base, rng.choice(others) + base[len(lead) :], True, "frame")
+    return None
 
 
 def pos_wrap(rng: random.Random, base: str) -> Example:
@@ -637,8 +751,24 @@ def _templated_base(rng: random.Random) -> str:
     )
 
 
-def generate(count: int, seed: int, quora_questions: Sequence[str]) -> list[Example]:
-    """``count`` examples, about half hard negatives and half meaning-preserving positives."""
+MIXES = ("round1", "round2")
+
+
+def generate(
+    count: int,
+    seed: int,
+    quora_questions: Sequence[str],
+    words: frozenset[str] = frozenset(),
+    mix: str = "round1",
+) -> list[Example]:
+    """``count`` examples, about half hard negatives and half meaning-preserving positives.
+
+    ``mix`` "round1" is the mix the bundled model was trained on; "round2" adds direction
+    swaps with other prepositions and from training questions, typos onto real words (from
+    ``words``, real English words), identical pairs and other openings. (A model trained on
+    round 2 did no better on the tuning split: docs/semantic-correctness.md.)"""
+    if mix not in MIXES:
+        raise ValueError(f"unknown mix {mix!r}: choose from {MIXES}")
     rng = random.Random(seed)
     templated: list[Callable[[random.Random], Example]] = [
         neg_direction,
@@ -654,32 +784,16 @@ def generate(count: int, seed: int, quora_questions: Sequence[str]) -> list[Exam
         neg_number,
         neg_comparative,
     ]
+    if mix == "round2":
+        templated.append(neg_direction_mixed)
+    pick = _round1 if mix == "round1" else _round2
     out: list[Example] = []
     while len(out) < count:
         base = rng.choice(quora_questions) if rng.random() < 0.5 else _templated_base(rng)
         if len(base) > 200:
             continue
-        r = rng.random()
-        ex: Example | None
-        if r < 0.34:
-            ex = rng.choice(templated)(rng)
-        elif r < 0.42:
-            ex = neg_negation(rng, base) or neg_number_in(rng, base) or neg_from_to_in(base)
-        elif r < 0.47:
-            ex = neg_number_in(rng, base) or neg_from_to_in(base)
-        elif r < 0.70:
-            ex = pos_typos(rng, base)
-        elif r < 0.78:
-            ex = pos_wrap(rng, base)
-        elif r < 0.83:
-            ex = pos_contraction(rng, base) or pos_synonym(rng, base)
-        elif r < 0.88:
-            ex = pos_synonym(rng, base) or pos_plain(rng, base)
-        elif r < 0.95:
-            ex = pos_request(rng)
-        else:
-            ex = pos_reorder(rng)
-        if ex is None or ex.a == ex.b:
+        ex = pick(rng, rng.random(), base, templated, words)
+        if ex is None or (ex.a == ex.b and ex.kind != "identical"):
             continue
         # a typo on top of a hard negative is still a hard negative; teaches "typo != same"
         if not ex.same and rng.random() < 0.15:
@@ -690,3 +804,58 @@ def generate(count: int, seed: int, quora_questions: Sequence[str]) -> list[Exam
             ex = Example(ex.b, ex.a, ex.same, ex.kind)
         out.append(ex)
     return out
+
+
+Templated = Sequence[Callable[[random.Random], Example]]
+
+
+def _round1(
+    rng: random.Random, r: float, base: str, templated: Templated, words: frozenset[str]
+) -> Example | None:
+    if r < 0.34:
+        return rng.choice(templated)(rng)
+    if r < 0.42:
+        return neg_negation(rng, base) or neg_number_in(rng, base) or neg_from_to_in(base)
+    if r < 0.47:
+        return neg_number_in(rng, base) or neg_from_to_in(base)
+    if r < 0.70:
+        return pos_typos(rng, base)
+    if r < 0.78:
+        return pos_wrap(rng, base)
+    if r < 0.83:
+        return pos_contraction(rng, base) or pos_synonym(rng, base)
+    if r < 0.88:
+        return pos_synonym(rng, base) or pos_plain(rng, base)
+    if r < 0.95:
+        return pos_request(rng)
+    return pos_reorder(rng)
+
+
+def _round2(
+    rng: random.Random, r: float, base: str, templated: Templated, words: frozenset[str]
+) -> Example | None:
+    if r < 0.30:
+        return rng.choice(templated)(rng)
+    if r < 0.36:
+        return neg_negation(rng, base) or neg_number_in(rng, base) or neg_from_to_in(base)
+    if r < 0.39:
+        return neg_number_in(rng, base) or neg_from_to_in(base)
+    if r < 0.45:
+        return neg_swap_around_in(base) or neg_from_to_in(base) or neg_direction_mixed(rng)
+    if r < 0.63:
+        return pos_typos(rng, base)
+    if r < 0.66:
+        return pos_real_word_typo(rng, base, words) if words else None
+    if r < 0.69:
+        return pos_identical(rng, base)
+    if r < 0.75:
+        return pos_frame(rng, base) or pos_wrap(rng, base)
+    if r < 0.80:
+        return pos_wrap(rng, base)
+    if r < 0.84:
+        return pos_contraction(rng, base) or pos_synonym(rng, base)
+    if r < 0.88:
+        return pos_synonym(rng, base) or pos_plain(rng, base)
+    if r < 0.95:
+        return pos_request(rng)
+    return pos_reorder(rng)

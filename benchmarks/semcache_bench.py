@@ -41,6 +41,7 @@ import orjson
 from benchmarks.report import SHARED_DATA, SummaryRow, machine, write_result
 from embedders.sentence_tf import SentenceTransformerEmbedder
 from sidecar.cache.eval_cli import Pair, describe, evaluate, load_pairs, pair_vectors, summarise
+from sidecar.cache.layer import NEAR_REPEAT_FLOOR
 from sidecar.cache.match import verify
 from sidecar.cache.match.features import analyse
 from sidecar.config import CacheConfig, SidecarConfig
@@ -109,11 +110,19 @@ class Scored:
         ]
         self.accepted = np.array([v.accept for v in verdicts])
         self.reasons = [v.reason for v in verdicts]
+        # offered below the threshold too, as the cache does (DualCache._semantic)
+        self.near = np.array(
+            [
+                s >= NEAR_REPEAT_FLOOR and verifier.near_repeat(b, a)
+                for (b, a), s in zip(questions, sims, strict=True)
+            ],
+            dtype=bool,
+        )
 
     def hits(self, threshold: float, verified: bool) -> np.ndarray:
         served = self.sims >= threshold
         if verified:
-            served &= self.accepted
+            served = (served | self.near) & self.accepted
         return np.asarray(self.exact | served)
 
     def point(self, threshold: float, verified: bool) -> dict[str, Any]:

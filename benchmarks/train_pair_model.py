@@ -41,9 +41,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from benchmarks.pair_training_data import Example, generate
+from benchmarks.pair_training_data import MIXES, Example, generate
 from benchmarks.semcache_bench import QQP_PAIRS, QQP_SAMPLE, QQP_SEED, load_qqp
 from embedders.sentence_tf import packaged_model_path
+from sidecar.cache.match.words import english_words
 
 RESULTS = Path(__file__).resolve().parent / "results"
 OUT_DIR = (
@@ -117,9 +118,11 @@ def train(args: argparse.Namespace) -> None:
     rng.shuffle(qqp_train)
     train_questions = [q for e in qqp_train for q in (e.a, e.b)]
     tune_questions = [q for e in qqp_tune for q in (e.a, e.b)]
-    synthetic = generate(args.synthetic, 1, train_questions)
+    words = english_words()
+    synthetic = generate(args.synthetic, 1, train_questions, words, args.mix)
     examples = qqp_train[: args.qqp] + synthetic
-    tuning = qqp_tune[: args.tune_qqp] + generate(args.tune_synthetic, 2, tune_questions)
+    tuning_synthetic = generate(args.tune_synthetic, 2, tune_questions, words, args.mix)
+    tuning = qqp_tune[: args.tune_qqp] + tuning_synthetic
     print(f"training on {len(examples)} pairs ({len(synthetic)} synthetic)", flush=True)
     model, tokenizer = build_model(args.layers)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -133,9 +136,13 @@ def train(args: argparse.Namespace) -> None:
     losses: list[float] = []
     step = 0
     for step, batch in enumerate(plan, start=1):
-        if step == 30:  # fit the schedule to the time budget once the speed is known
-            per_step = (time.perf_counter() - started) / 29
-            total = min(total, max(step + 10, int(budget / per_step)))
+        if step == 30 or (step > 30 and step % 50 == 0):
+            # fit the schedule to the time budget; again every 50 steps, because the speed
+            # on a shared machine changes with the other work on it
+            elapsed = time.perf_counter() - started
+            per_step = elapsed / (step - 1)
+            fitted = step + int(max(0.0, budget - elapsed) / per_step)
+            total = min(len(plan), max(step + 10, fitted))
             print(f"{per_step:.2f} s/step: {total} steps of {len(plan)}", flush=True)
         if step > total:
             break
@@ -189,7 +196,8 @@ def export(model: Any, tokenizer: Any, args: argparse.Namespace, stats: dict[str
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
     enc = tokenizer(["a question"], ["another question"], return_tensors="pt")
     fp32 = RESULTS / "pair_model.fp32.onnx"
     torch.onnx.export(
@@ -202,10 +210,10 @@ def export(model: Any, tokenizer: Any, args: argparse.Namespace, stats: dict[str
         opset_version=17,
         dynamo=False,
     )
-    onnx_path = OUT_DIR / "model.int8.onnx"
+    onnx_path = out_dir / "model.int8.onnx"
     quantize_dynamic(str(fp32), str(onnx_path), weight_type=QuantType.QInt8, per_channel=True)
     source = Path(packaged_model_path())
-    shutil.copyfile(source / "tokenizer.json", OUT_DIR / "tokenizer.json")
+    shutil.copyfile(source / "tokenizer.json", out_dir / "tokenizer.json")
     manifest = {
         "format": 1,
         "model": f"pair-model-minilm-l{args.layers}",
@@ -215,7 +223,7 @@ def export(model: Any, tokenizer: Any, args: argparse.Namespace, stats: dict[str
         "sha256": _sha256(onnx_path),
         "tokenizer": {
             "file": "tokenizer.json",
-            "sha256": _sha256(OUT_DIR / "tokenizer.json"),
+            "sha256": _sha256(out_dir / "tokenizer.json"),
             "kind": "bert-wordpiece-uncased",
             "pair_template": "[CLS] a [SEP] b [SEP]",
         },
@@ -228,7 +236,7 @@ def export(model: Any, tokenizer: Any, args: argparse.Namespace, stats: dict[str
             "command": "nice -n 10 python -m benchmarks.train_pair_model " + " ".join(sys.argv[1:]),
             "data": "QQP (../shared/data/semcache/qqp_pairs.json.gz), shuffle seed "
             f"{QQP_SEED}, the first {QQP_SAMPLE} (benchmark sample) skipped, 80% split; "
-            "synthetic pairs from benchmarks/pair_training_data.py (seed 1)",
+            f"synthetic pairs from benchmarks/pair_training_data.py (seed 1, mix {args.mix})",
             "tuning_split": "the other 20% of those QQP pairs and synthetic pairs (seed 2)",
             "never_used": "the benchmark's QQP sample, benchmarks/data/dev_pairs.jsonl, "
             "benchmarks/data/trap_pairs.jsonl",
@@ -237,7 +245,7 @@ def export(model: Any, tokenizer: Any, args: argparse.Namespace, stats: dict[str
             **stats,
         },
     }
-    (OUT_DIR / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
+    (out_dir / "manifest.json").write_bytes(orjson.dumps(manifest, option=orjson.OPT_INDENT_2))
     print(f"wrote {onnx_path} ({onnx_path.stat().st_size / 1e6:.1f} MB)", flush=True)
 
 
@@ -264,7 +272,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=8e-5)
     parser.add_argument("--max-len", type=int, default=64)
     parser.add_argument("--serve-max-len", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    # one thread: the machine is shared (training is run with nice -n 10 as well)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", default=str(OUT_DIR), help="where to write the model")
+    parser.add_argument("--mix", choices=MIXES, default="round1", help="synthetic pair mix")
     args = parser.parse_args(argv)
     if math.isnan(args.minutes) or args.minutes <= 0:
         parser.error("--minutes must be positive")

@@ -76,6 +76,39 @@ def test_long_questions_are_truncated_to_the_manifest_length(model: PairModel) -
     assert model.score(long_question, [long_question + " again"]).shape == (1,)
 
 
+def test_pairs_are_encoded_as_the_tokenizer_encodes_them(model: PairModel) -> None:
+    # the runtime assembles [CLS] a [SEP] b [SEP] from each text's cached pieces; the ids,
+    # types and mask must be what the model was trained on (the tokenizer's pair encoding)
+    texts = [
+        "How do I undo my last commit in git?",
+        "Why does my build fail? " * 9,
+        "Why does my build fail? " * 40,
+        "Résumé tips for a café job — naïve question",
+        "x",
+        "How do I undo my last commit in git? " * 3,
+        "短い質問ですか？ and some English words after it",
+    ]
+    pairs = [(a, b) for a in texts for b in texts]
+    batch = model.encode_pairs(pairs)
+    width = batch["input_ids"].shape[1]
+    assert width <= model.max_len
+    for row, (a, b) in enumerate(pairs):
+        expected = model.tokenizer.encode(a, b)
+        n = sum(expected.attention_mask)
+        assert batch["input_ids"][row, :n].tolist() == expected.ids[:n]
+        assert batch["token_type_ids"][row, :n].tolist() == expected.type_ids[:n]
+        assert batch["attention_mask"][row].tolist() == [1] * n + [0] * (width - n)
+
+
+def test_the_pieces_cache_is_bounded(model: PairModel) -> None:
+    for i in range(model.pieces.size + 50):
+        model.pieces(f"question number {i}")
+    assert len(model.pieces.entries) == model.pieces.size
+    huge = "word " * 100_000  # cut to 8 x max_len words before tokenising
+    ids, count = model.pieces(huge)
+    assert len(ids) == model.max_len and count == 8 * model.max_len
+
+
 @pytest.mark.parametrize(
     ("question", "cached"),
     [

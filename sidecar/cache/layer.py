@@ -39,6 +39,10 @@ OVERLOADED = "overloaded: semantic lookup skipped"
 STORE_SHED = "overloaded: not stored"
 #: how long a lookup waits for its scope's late vectors when no queue budget applies
 _SETTLE_S = 5.0
+#: below the threshold, a candidate this similar is still offered when the verifier finds it
+#: to be the same question but for typos (MatchVerifier.near_repeat): misspelt words move a
+#: question's vector (to 0.44-0.7 on typo'd repeats), not its meaning
+NEAR_REPEAT_FLOOR = 0.4
 
 
 class CacheStatus(enum.StrEnum):
@@ -87,6 +91,11 @@ class MatchVerifier(Protocol):
         model stage can score them in one batch."""
         ...
 
+    def near_repeat(self, question: str, candidate: str) -> bool:
+        """Is ``candidate`` the same question but for typos? Then the cache offers it even
+        below the similarity threshold (down to ``NEAR_REPEAT_FLOOR``), still to be verified."""
+        ...
+
 
 class AcceptAll:
     """The null verifier: the similarity threshold alone decides."""
@@ -102,6 +111,9 @@ class AcceptAll:
 
     def verify_batch(self, question: str, candidates: Sequence[Candidate]) -> list[Verdict]:
         return [Verdict(True) for _ in candidates]
+
+    def near_repeat(self, question: str, candidate: str) -> bool:
+        return False  # without a verifier the threshold alone decides
 
 
 @dataclass(slots=True)
@@ -367,11 +379,14 @@ class DualCache:
         offered: list[tuple[CacheEntry, float]] = []
         for n in neighbours:
             best = n.similarity if best is None else max(best, n.similarity)
-            if n.similarity < plan.threshold:
+            below = n.similarity < plan.threshold
+            if below and (n.similarity < NEAR_REPEAT_FLOOR or isinstance(self.verifier, AcceptAll)):
                 break  # best first: the rest are further away
             entry = await self.exact.get(n.id, plan.partition)
             if entry is None or entry.scope != plan.scope:
                 continue  # expired or evicted since it was indexed
+            if below and not self.verifier.near_repeat(plan.question, entry.question):
+                continue  # below the threshold only a typo'd repeat is offered
             offered.append((entry, n.similarity))
         candidates = [
             Candidate(
@@ -434,9 +449,15 @@ class DualCache:
                     miss.explored = decision.explored
                     return miss
             self.metrics.lookup_seconds.labels("semantic").observe(time.perf_counter() - started)
+            why = f"similarity {similarity:.4f} >= threshold {plan.threshold:.4f}"
+            if similarity < plan.threshold:
+                why = (
+                    f"near-repeat by spelling, similarity {similarity:.4f} < threshold "
+                    f"{plan.threshold:.4f}"
+                )
             return Lookup(
                 CacheStatus.HIT_SEMANTIC,
-                f"similarity {similarity:.4f} >= threshold {plan.threshold:.4f}",
+                why,
                 entry,
                 similarity,
                 vector,

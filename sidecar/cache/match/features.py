@@ -172,6 +172,7 @@ class QuestionFeatures:
     moves: tuple[str, str]  # first content words after "from" and after "to"
     than: str  # first content word after "than"
     before_than: frozenset[str]  # words before "than"
+    directions: tuple[frozenset[str], frozenset[str]]  # (source words, target words)
     focus: str  # what the question asks for: "reason", "amount", ... or ""
     poles: dict[int, int]  # antonym axis -> the one pole this question uses
     prefixed: tuple[tuple[str, str], ...]  # ("unlock", "lock"), ("download", "upload")
@@ -396,6 +397,52 @@ def _prefixed(tokens: Sequence[str]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+_TOWARDS = frozenset({"to", "into", "onto", "toward", "towards"})
+#: words that end the stretch of words a "from" or "to" governs
+_STRETCH_ENDS = _TOWARDS | frozenset(
+    "from than in on at with using via for by and or but so because when if while then".split()
+)
+#: a "to" after these words starts an infinitive ("how to", "a way to", "want to"), not a target
+_INFINITIVE_LEADS = frozenset(
+    "way ways want wants wanted need needs needed like love able unable going trying try tried "
+    "used plan planning wish order possible best easiest fastest simplest better steps step "
+    "command commands script code function method tool tools time decide learn start begin "
+    "ready easy hard difficult safe good bad important necessary allowed supposed reason "
+    "tips help".split()
+)
+
+
+def _stretch(tokens: Sequence[str], start: int, step: int) -> list[str]:
+    """Content words from ``start`` on (``step`` 1 forward, -1 backward) up to a stretch end."""
+    out: list[str] = []
+    j = start
+    while 0 <= j < len(tokens) and tokens[j] not in _STRETCH_ENDS:
+        if tokens[j] not in lex.STOPWORDS:
+            word = tokens[j]
+            out.append(word[:-1] if word.endswith("s") and len(word) > 3 else word)
+        j += step
+    return out
+
+
+def _directions(tokens: Sequence[str]) -> tuple[frozenset[str], frozenset[str]]:
+    """(source words, target words): the content words after "from" or before a "to" that
+    points somewhere, and the content words after it. "convert a list to a string": source
+    {convert, list}, target {string}; "copy from the host into the container": source {host},
+    target {container}. An infinitive "to" ("how to", "a way to") points nowhere."""
+    sources: set[str] = set()
+    targets: set[str] = set()
+    for j, tok in enumerate(tokens):
+        if tok == "from":
+            sources.update(_stretch(tokens, j + 1, 1))
+        elif tok in _TOWARDS and j > 0:
+            before = tokens[j - 1]
+            if before in lex.STOPWORDS or before in _INFINITIVE_LEADS:
+                continue
+            sources.update(_stretch(tokens, j - 1, -1))
+            targets.update(_stretch(tokens, j + 1, 1))
+    return frozenset(sources), frozenset(targets)
+
+
 @lru_cache(maxsize=8192)
 def analyse(text: str) -> QuestionFeatures:
     """Structure of one (normalised) question. Cached: a cached question is analysed once."""
@@ -445,6 +492,7 @@ def analyse(text: str) -> QuestionFeatures:
         moves=(_object_after(tokens, "from")[0], _object_after(tokens, "to")[0]),
         than=than,
         before_than=frozenset(_name_form(t) for t in tokens[: max(than_at, 0)]),
+        directions=_directions(tokens),
         focus=_focus(tokens),
         poles=_poles(tokens),
         prefixed=_prefixed(tokens),

@@ -9,7 +9,11 @@ Runtime, int8, from files inside the package; nothing is downloaded.
 
 Cost: it runs only on candidates that passed the threshold and the rule checks, all of them in
 one batch, and never on exact hits. Questions are truncated so a pair has at most the
-manifest's ``max_len`` tokens.
+manifest's ``max_len`` tokens. Each text is tokenised once (the new question once per batch,
+not once per candidate; a cached question's word pieces are kept in a small LRU), and the
+pairs are assembled here, truncated exactly as the tokenizer's own ``longest_first`` pair
+encoding would. ONNX Runtime runs with full graph optimisation and without spin-waiting
+threads: on a shared 2-core machine a spinning thread burns the CPU another process needs.
 
 The directory holds ``manifest.json`` (model, tokenizer, input signature, provenance, the
 training command), the ONNX file and ``tokenizer.json``. ``PairModel.load`` checks all three
@@ -20,10 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from threading import Lock
 from typing import Any
 
 import numpy as np
@@ -38,10 +44,61 @@ FORMAT = 1
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 OUTPUT = "logits"
 _ONNX_INT64 = "tensor(int64)"
+#: word pieces of this many recently seen texts are kept (a few hundred bytes each)
+PIECES_CACHE = 2048
 
 
 class PairModelError(Exception):
     """A pair-model directory that cannot be used; the message names the file and problem."""
+
+
+class _Pieces:
+    """Word pieces of a text (no special tokens): the first ``keep`` of them and how many the
+    text has, counted up to ``8 * keep`` (the count decides which question of a pair gives
+    way); LRU-cached.
+
+    A text is first cut to ``8 * keep`` words and ``100`` characters per word: every word
+    gives at least one word piece, so the pieces kept are the same, and a huge question
+    costs no more than a long one. (A small LRU of our own rather than
+    ``functools.lru_cache``: the bound must hold per model, and the key is the cut text.)"""
+
+    def __init__(self, tokenizer: Any, keep: int, size: int = PIECES_CACHE) -> None:
+        self.tokenizer = tokenizer
+        self.keep = keep
+        self.words = 8 * keep
+        self.size = size
+        self.entries: OrderedDict[str, tuple[tuple[int, ...], int]] = OrderedDict()
+        self.lock = Lock()
+
+    def __call__(self, text: str) -> tuple[tuple[int, ...], int]:
+        key = " ".join(text.split(maxsplit=self.words)[: self.words])[: 100 * self.words]
+        with self.lock:
+            found = self.entries.get(key)
+            if found is not None:
+                self.entries.move_to_end(key)
+                return found
+        ids = self.tokenizer.encode(key, add_special_tokens=False).ids
+        entry = (tuple(ids[: self.keep]), len(ids))
+        with self.lock:
+            self.entries[key] = entry
+            if len(self.entries) > self.size:
+                self.entries.popitem(last=False)
+        return entry
+
+
+def truncate_pair(first: int, second: int, room: int) -> tuple[int, int]:
+    """How many word pieces of each question a pair keeps, with ``room`` for both: the
+    tokenizer's ``longest_first`` rule (the shorter one whole when it fits in half; otherwise
+    half each, the odd piece to the longer, to the second on a tie)."""
+    if first + second <= room:
+        return first, second
+    swap = first > second
+    short, long_ = (second, first) if swap else (first, second)
+    long_ = short if short > room else max(short, room - short)
+    if short + long_ > room:
+        short = room // 2
+        long_ = short + room % 2
+    return (long_, short) if swap else (short, long_)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,14 +110,17 @@ class PairModel:
     session: Any  # onnxruntime.InferenceSession
     tokenizer: Any  # tokenizers.Tokenizer
     max_len: int
+    pieces: _Pieces
+    specials: tuple[int, int, int]  # [CLS], [SEP], [PAD]
 
     @property
     def name(self) -> str:
         return str(self.manifest.get("model", "pair-model"))
 
     @classmethod
-    def load(cls, location: str | Path, threads: int = 2) -> PairModel:
-        """Load a pair-model directory (or its ``manifest.json``) and check it fits."""
+    def load(cls, location: str | Path, threads: int = 2, spinning: bool = False) -> PairModel:
+        """Load a pair-model directory (or its ``manifest.json``) and check it fits.
+        (``spinning`` lets ONNX Runtime's idle threads spin-wait: for the benchmark.)"""
         path = Path(location)
         directory = path.parent if path.name == MANIFEST else path
         manifest_path = directory / MANIFEST
@@ -73,26 +133,46 @@ class PairModel:
             (tokenizer_file, tokenizer_spec.get("sha256")),
         ):
             _check_digest(file, digest, manifest_path)
-        tokenizer = _load_tokenizer(tokenizer_file, int(manifest["max_len"]))
-        session = _load_session(model_file, threads)
+        max_len = int(manifest["max_len"])
+        tokenizer = _load_tokenizer(tokenizer_file, max_len)
+        specials = _special_ids(tokenizer, tokenizer_file)
+        session = _load_session(model_file, threads, spinning)
         _check_signature(session, manifest, model_file)
-        return cls(directory, manifest, session, tokenizer, int(manifest["max_len"]))
+        pieces = _Pieces(_load_tokenizer(tokenizer_file, None), max_len)
+        return cls(directory, manifest, session, tokenizer, max_len, pieces, specials)
 
     def score(self, question: str, candidates: Sequence[str]) -> np.ndarray:
         """One probability per candidate, all scored in one batch."""
         return self.score_pairs([(question, c) for c in candidates])
 
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> dict[str, np.ndarray]:
+        """The model's inputs for ``[CLS] a [SEP] b [SEP]`` per pair, padded to the longest,
+        each pair at most ``max_len`` pieces: the same ids the tokenizer's pair encoding gives
+        (``tests/test_pair_model.py`` compares them), except that for two questions of over
+        ``8 * max_len`` pieces each the odd piece may go to the other one."""
+        cls_id, sep_id, pad_id = self.specials
+        room = self.max_len - 3
+        rows: list[tuple[list[int], int]] = []
+        for a, b in pairs:
+            (ids_a, count_a), (ids_b, count_b) = self.pieces(a), self.pieces(b)
+            keep_a, keep_b = truncate_pair(count_a, count_b, room)
+            ids = [cls_id, *ids_a[:keep_a], sep_id, *ids_b[:keep_b], sep_id]
+            rows.append((ids, keep_a + 2))
+        width = max(len(ids) for ids, _ in rows)
+        input_ids = np.full((len(rows), width), pad_id, dtype=np.int64)
+        attention = np.zeros((len(rows), width), dtype=np.int64)
+        types = np.zeros((len(rows), width), dtype=np.int64)
+        for row, (ids, first) in enumerate(rows):
+            input_ids[row, : len(ids)] = ids
+            attention[row, : len(ids)] = 1
+            types[row, first : len(ids)] = 1
+        return {"input_ids": input_ids, "attention_mask": attention, "token_type_ids": types}
+
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
         """One probability per (new question, cached question), in one batch."""
         if not pairs:
             return np.zeros(0, dtype=np.float32)
-        encodings = self.tokenizer.encode_batch(list(pairs))
-        feed = {
-            "input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
-            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
-            "token_type_ids": np.array([e.type_ids for e in encodings], dtype=np.int64),
-        }
-        (logits,) = self.session.run([OUTPUT], feed)
+        (logits,) = self.session.run([OUTPUT], self.encode_pairs(pairs))
         logits = np.clip(np.asarray(logits, dtype=np.float32).reshape(-1), -50.0, 50.0)
         return np.asarray(1.0 / (1.0 + np.exp(-logits)), dtype=np.float32)
 
@@ -146,15 +226,21 @@ def _check_digest(file: Path, expected: object, manifest: Path) -> None:
         )
 
 
-def _load_tokenizer(file: Path, max_len: int) -> Any:
+def _load_tokenizer(file: Path, max_len: int | None) -> Any:
+    """The pair tokenizer, truncating pairs to ``max_len`` and padding; with ``None``, plain
+    (it counts every piece of a text)."""
     from tokenizers import Tokenizer
 
     try:
         tokenizer = Tokenizer.from_file(str(file))
     except Exception as exc:  # tokenizers raises its own Exception subclass
         raise PairModelError(f"pair model tokenizer {file}: cannot load: {exc}") from exc
-    tokenizer.enable_truncation(max_length=max_len, strategy="longest_first")
-    tokenizer.enable_padding()
+    if max_len is None:
+        tokenizer.no_truncation()
+        tokenizer.no_padding()
+    else:
+        tokenizer.enable_truncation(max_length=max_len, strategy="longest_first")
+        tokenizer.enable_padding()
     probe = tokenizer.encode("a", "b")
     if len(set(probe.type_ids)) != 2:
         raise PairModelError(
@@ -164,12 +250,23 @@ def _load_tokenizer(file: Path, max_len: int) -> Any:
     return tokenizer
 
 
-def _load_session(file: Path, threads: int) -> Any:
+def _special_ids(tokenizer: Any, file: Path) -> tuple[int, int, int]:
+    ids = [tokenizer.token_to_id(token) for token in ("[CLS]", "[SEP]", "[PAD]")]
+    if any(i is None for i in ids):
+        raise PairModelError(f"pair model tokenizer {file}: no [CLS], [SEP] or [PAD] token")
+    return ids[0], ids[1], ids[2]
+
+
+def _load_session(file: Path, threads: int, spinning: bool = False) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # idle threads sleep instead of spinning: on a busy shared machine the spin costs CPU
+    # that other work (and the other intra-op thread) needs; measured in pair_model_bench
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.log_severity_level = 3
     try:
         return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])

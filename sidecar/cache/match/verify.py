@@ -14,7 +14,7 @@ something that changes an answer:
 - entity: another name, product, code identifier or version ("Salesforce" vs "HubSpot");
 - scope: other quantifiers ("all" vs "some") or a downward comparative ("less", "fewest");
 - order: the same words in swapped roles ("from Friday to Sunday" vs the reverse,
-  "X better than Y" vs "Y better than X");
+  "X better than Y" vs "Y better than X", "a list to a string" vs "a string to a list");
 - focus: the questions ask for different things ("why" vs "how many");
 - edit: the questions are the same but for one or two words, and a replaced word is not a
   synonym, an inflection or a typo of its counterpart ("create" vs "delete a volume").
@@ -42,10 +42,17 @@ from sidecar.cache.match import lexicon as lex
 from sidecar.cache.match.features import QuestionFeatures, analyse
 from sidecar.cache.match.head import DuplicateHead, head_for
 from sidecar.cache.match.pair_model import PairModel, pair_model_for
-from sidecar.cache.match.words import close_spelling, english_words, repair_typos
+from sidecar.cache.match.words import (
+    close_spelling,
+    english_words,
+    repair_typos,
+    spelling_repeat,
+)
 from sidecar.config import CacheConfig, EmbedderConfig, VerifierCheck, VerifierStrictness
 
 ALL_CHECKS: tuple[VerifierCheck, ...] = get_args(VerifierCheck)
+#: the pair model's score that serves a slip onto another real word ("rest" / "reset")
+SLIP_MIN = 0.5
 #: the checks whose strict verdicts the match head was trained on (its 14 text features)
 HEAD_CHECKS: tuple[VerifierCheck, ...] = ALL_CHECKS[:9]
 
@@ -227,6 +234,13 @@ class _Comparison:
             and b.than in a.before_than
         ):
             return "the two sides of a comparison swapped"
+        (sources_a, targets_a), (sources_b, targets_b) = a.directions, b.directions
+        # a word that is only a source on one side and only a target on the other, and one
+        # the other way round: "a list to a string" / "a string to a list"
+        if (sources_a - targets_a) & (targets_b - sources_b) and (targets_a - sources_a) & (
+            sources_b - targets_b
+        ):
+            return "source and target swapped"
         return None
 
     def edit(self) -> str | None:
@@ -381,18 +395,27 @@ class AnswerChangeVerifier:
     ) -> Verdict:
         return self.verify_batch(question, [Candidate(candidate, similarity, vectors)])[0]
 
+    def near_repeat(self, question: str, candidate: str) -> bool:
+        """Is ``candidate`` the same question but for slips of the keyboard
+        (``words.spelling_repeat``)? The cache offers such a candidate even below the
+        similarity threshold: a misspelt word moves the vector, not the question."""
+        return spelling_repeat(question, candidate)
+
     def verify_batch(self, question: str, candidates: Sequence[Candidate]) -> list[Verdict]:
         """The rule checks and the match head per candidate; then the pair model on the
-        candidates still standing, all in one batch. A rule refusal is final. The pair model
-        refuses a candidate below ``pair_min``, and overrides a refusal of the match head at
-        ``pair_rescue`` or above (a typo or a reworded paraphrase the vectors drift on)."""
+        candidates still standing, all in one batch. A rule refusal is final, with one
+        exception: a near-repeat by spelling whose only objection (``edit``) is a word swapped
+        for a real word a letter or two away ("rest my password" / "reset") is a slip or a
+        real change, and the pair model decides (at ``SLIP_MIN``; without the model the
+        refusal stands). A near-repeat by spelling skips the match head (a typo moves the
+        vectors). The pair model refuses a candidate below ``pair_min``, and overrides a
+        refusal of the match head at ``pair_rescue`` or above (a typo or a reworded
+        paraphrase the vectors drift on)."""
         first = [self._first_stage(question, c) for c in candidates]
         verdicts = [verdict for verdict, _ in first]
         if self.pair_model is None:
             return verdicts
-        standing = [
-            i for i, (verdict, head_only) in enumerate(first) if verdict.accept or head_only
-        ]
+        standing = [i for i, (verdict, route) in enumerate(first) if verdict.accept or route]
         if not standing:
             return verdicts
         scores = pair_model_scores(
@@ -400,34 +423,45 @@ class AnswerChangeVerifier:
         )
         for i, score in zip(standing, scores, strict=True):
             head, pair = verdicts[i].head_score, float(score)
-            if score < self.pair_min:
+            route = first[i][1]
+            minimum = max(self.pair_min, SLIP_MIN) if route == "slip" else self.pair_min
+            if score < minimum:
                 verdicts[i] = Verdict(
                     False,
-                    f"pair_model: same-answer score {score:.2f} < {self.pair_min:.2f}",
+                    f"pair_model: same-answer score {score:.2f} < {minimum:.2f}",
                     head,
                     pair,
                 )
-            elif first[i][1] and score >= self.pair_rescue:
-                verdicts[i] = Verdict(True, "", head, pair)  # the pair model overrides the head
+            elif route == "slip" or (route == "head" and score >= self.pair_rescue):
+                # the pair model overrides the head or the slip
+                verdicts[i] = Verdict(True, "", head, pair)
             else:
                 verdicts[i] = Verdict(verdicts[i].accept, verdicts[i].reason, head, pair)
         return verdicts
 
-    def _first_stage(self, question: str, candidate: Candidate) -> tuple[Verdict, bool]:
-        """(the rules' and the head's verdict, whether only the head refused)."""
-        refused = self.refusals(question, candidate.question, first_only=True)
-        if refused:
-            return Verdict(False, refused[0]), False
+    def _first_stage(self, question: str, candidate: Candidate) -> tuple[Verdict, str]:
+        """The rules' and the head's verdict, and what the pair model may still do about a
+        refusal: "head" (only the head refused), "slip" (a near-repeat by spelling that only
+        the ``edit`` check refused: a word swapped for a real word a letter or two away) or
+        "" (final)."""
         text = candidate.question
+        refused = self.refusals(question, text, first_only=True)
+        near = question != text and spelling_repeat(question, text)
+        if refused:
+            # spelling_repeat holds: the replaced words are all within a letter or two
+            slip = near and refused[0].startswith("edit:")
+            return Verdict(False, refused[0]), "slip" if slip else ""
         if self.head is not None and candidate.vectors is not None and question != text:
+            if near:
+                return Verdict(True), ""  # a typo moves the vectors: the head cannot judge it
             u, v = candidate.vectors
             features = pair_text_features(question, text)
             score = self.head.score(u, v, candidate.similarity, features)
             if score < self.head_min:
                 reason = f"match_head: duplicate score {score:.2f} < {self.head_min:.2f}"
-                return Verdict(False, reason, float(score)), True
-            return Verdict(True, "", float(score)), False
-        return Verdict(True), False
+                return Verdict(False, reason, float(score)), "head"
+            return Verdict(True, "", float(score)), ""
+        return Verdict(True), ""
 
 
 def pair_model_scores(model: PairModel, pairs: Sequence[tuple[str, str]]) -> np.ndarray:

@@ -133,3 +133,40 @@ def repair_typos(question: str, candidate: str) -> tuple[str, str]:
         return right[0].upper() + right[1:] if word[0].isupper() else right
 
     return _WORD.sub(fix, question), _WORD.sub(fix, candidate)
+
+
+_SPELLING_TOKEN = re.compile(r"[a-z0-9]+")
+
+
+def spelling_repeat(question: str, candidate: str) -> bool:
+    """Is ``question`` the same text as ``candidate`` but for a few slips of the keyboard?
+
+    Compared character by character on the whole question, as a person would read it: both
+    are lower-cased and cut into words (punctuation dropped); the two must have the same words
+    in the same order, every number the same, and the words that differ each within a
+    Damerau-Levenshtein distance of 1 (2 from 6 letters), with at most ``len // 20 + 1``
+    letters edited in all (1 in a question under 20 characters, 2 under 40, ...).
+
+    Unlike ``typo_pairs`` this also holds when a slip lands on another real word ("How do I
+    rest my password" / "reset"): whether that is a slip or a real change is for the pair
+    model to say (``verify.py``), not this function."""
+    a = _SPELLING_TOKEN.findall(question.lower())
+    b = _SPELLING_TOKEN.findall(candidate.lower())
+    if len(a) != len(b) or len(a) < 3:
+        return False
+    budget = min(len(question), len(candidate)) // 20 + 1
+    for x, y in zip(a, b, strict=True):
+        if x == y:
+            continue
+        if x.isdigit() or y.isdigit() or any(c.isdigit() for c in x + y):
+            return False  # "2 tickets" / "4 tickets", "v2" / "v3": never a slip
+        if x.endswith(y) or y.endswith(x):
+            return False  # a prefix added: "subscribe" / "unsubscribe"
+        limit = 2 if min(len(x), len(y)) >= 6 else 1
+        if min(len(x), len(y)) < 3 or abs(len(x) - len(y)) > limit:
+            return False
+        cost = _distance(x, y, limit)
+        budget -= cost
+        if cost > limit or budget < 0:
+            return False
+    return True
