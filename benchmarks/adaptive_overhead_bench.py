@@ -88,7 +88,7 @@ async def _run(rounds: int, memo: bool, pair_model: str) -> dict[str, Any]:
     from embedders import build_embedder
     from sidecar.cache.adaptive import Observation, Ticket
     from sidecar.config import SidecarConfig
-    from sidecar.pipeline import HookRequest
+    from sidecar.context import HookRequest
     from sidecar.services import Sidecar
 
     embedder: Any = build_embedder("sentence-transformers", model="all-MiniLM-L6-v2")

@@ -84,7 +84,7 @@ async def time_input_set(prompts: list[str], rounds: int) -> dict[str, Any]:
     by default (check workers on; a 1 KB prompt still runs inline), in alternating rounds
     (cache off: guardrails only)."""
     from sidecar.config import SidecarConfig
-    from sidecar.pipeline import HookRequest
+    from sidecar.context import HookRequest
     from sidecar.services import Sidecar
 
     base = {"cache": {"enabled": False, "data_dir": ":memory:"}}

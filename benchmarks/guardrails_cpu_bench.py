@@ -108,7 +108,7 @@ async def wait_idle(cpu: Any, limit_s: float) -> tuple[float, float]:
 async def load_run(workers: str | int, concurrency: int, idle_limit_s: float) -> dict[str, Any]:
     from guardrails.workers import process_tree_cpu_s
     from sidecar.config import SidecarConfig
-    from sidecar.pipeline import HookRequest
+    from sidecar.context import HookRequest
     from sidecar.services import Sidecar
 
     config = {

@@ -132,8 +132,8 @@ async def run_sidecar(
     from sidecar.cache.keys import plan_request
     from sidecar.cache.model import CachedAnswer
     from sidecar.config import SidecarConfig
+    from sidecar.context import HookRequest
     from sidecar.formats import parse_request
-    from sidecar.pipeline import HookRequest
     from sidecar.services import Sidecar
 
     config = SidecarConfig.model_validate(

@@ -22,10 +22,11 @@ import redis
 
 from benchmarks.report import SummaryRow, latency_stats, machine, write_result
 from sidecar.config import SidecarConfig
+from sidecar.context import HookRequest, RequestContext
 from sidecar.metrics import Metrics
 from sidecar.pending import build_pending, context_bytes
 from sidecar.pending_redis import ContextSeal
-from sidecar.pipeline import HookRequest, Pipeline, RequestContext
+from sidecar.pipeline import Pipeline
 
 REDIS_URL = "redis://127.0.0.1:6379"
 SIZES_KB = (1, 100)

@@ -50,7 +50,7 @@ async def _worker(
     variant: str, n: int, endpoint: str, tmp: str, deferred_ms: list[float]
 ) -> list[float]:
     from sidecar.config import SidecarConfig
-    from sidecar.pipeline import HookRequest
+    from sidecar.context import HookRequest
     from sidecar.services import Sidecar
 
     data: dict[str, Any] = {

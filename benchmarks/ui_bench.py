@@ -92,7 +92,7 @@ def _config(workdir: Path, name: str, port: int) -> dict[str, Any]:
 async def _prefill(config: dict[str, Any], entries: int) -> float:
     """Store ``entries`` answers through the pipeline (in this process); returns seconds."""
     from sidecar.config import SidecarConfig
-    from sidecar.pipeline import HookRequest
+    from sidecar.context import HookRequest
     from sidecar.services import Sidecar
 
     data = {**config, "guardrails": {}, "server": {"log_level": "warning"}, "ui": {}}

@@ -20,8 +20,8 @@ from typing import Any
 
 import orjson
 
+from sidecar.context import RequestContext
 from sidecar.metrics import partition_hash
-from sidecar.pipeline import RequestContext
 
 
 def access_record(ctx: RequestContext) -> dict[str, Any]:

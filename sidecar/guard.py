@@ -15,7 +15,7 @@ from guardrails.reload import RuleSetHolder
 from guardrails.stream import StreamGuard
 from guardrails.workers import DEFAULT_WORKERS, WorkerPool
 from sidecar.config import SidecarConfig
-from sidecar.pipeline import RequestContext, StageVerdict
+from sidecar.context import RequestContext, StageVerdict
 from sidecar.streaming import GuardStep, TextGuard
 
 

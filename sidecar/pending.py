@@ -35,7 +35,7 @@ import orjson
 from sidecar.cache.stores.backends import BackendConfigError
 from sidecar.cache.stores.base import StoreUnavailable
 from sidecar.config import SidecarConfig
-from sidecar.pipeline import HookError, RequestContext
+from sidecar.context import HookError, RequestContext
 
 log = logging.getLogger("sidecar.pending")
 

@@ -52,6 +52,7 @@ from sidecar.cache.stores.redis_conn import (
     unavailable,
 )
 from sidecar.config import SidecarConfig
+from sidecar.context import HookError, RequestContext
 from sidecar.pending import (
     PendingConfigError,
     PendingConflict,
@@ -61,7 +62,6 @@ from sidecar.pending import (
     overloaded_by_count,
     secrets_match,
 )
-from sidecar.pipeline import HookError, RequestContext
 
 log = logging.getLogger("sidecar.pending")
 

@@ -20,11 +20,12 @@ from sidecar.cache.layer import DualCache, MatchVerifier
 from sidecar.cache.match.verify import build_verifier
 from sidecar.cache.stores.backends import build_exact_store, build_single_flight, build_vector_index
 from sidecar.config import ConfigError, SidecarConfig
+from sidecar.context import Guardrails, RequestContext
 from sidecar.guard import build_guardrails
 from sidecar.metrics import Metrics
 from sidecar.overload import LoadGovernor
 from sidecar.pending import build_pending
-from sidecar.pipeline import Guardrails, Pipeline, RequestContext
+from sidecar.pipeline import Pipeline
 from sidecar.pricing import load_prices
 
 if TYPE_CHECKING:

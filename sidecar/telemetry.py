@@ -32,8 +32,8 @@ from opentelemetry.trace import Span, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from sidecar.config import TelemetryConfig
+from sidecar.context import RequestContext
 from sidecar.metrics import partition_hash
-from sidecar.pipeline import RequestContext
 
 log = logging.getLogger("sidecar.telemetry")
 _PREFIX = "sidecar."

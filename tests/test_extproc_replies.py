@@ -3,7 +3,7 @@ stored answer), within a byte bound, and each is exactly what building it afresh
 
 from __future__ import annotations
 
-from sidecar.pipeline import HttpAnswer
+from sidecar.context import HttpAnswer
 from sidecar.transports.extproc.messages import _build_immediate, _ReplyMemo
 
 

@@ -12,9 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from guardrails.base import Stage
 from guardrails.engine import Outcome, RuleDecision
 from guardrails.rules import Action
+from sidecar.context import HookRequest
 from sidecar.labels import OTHER, BoundedLabels
 from sidecar.metrics import Metrics, partition_hash
-from sidecar.pipeline import HookRequest, Pipeline
+from sidecar.pipeline import Pipeline
 from sidecar.services import Sidecar
 
 

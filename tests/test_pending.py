@@ -11,8 +11,8 @@ import pytest
 from conftest import FakeClock, make_config
 from hookclient import chat_body, openai_answer, request_hook, response_hook
 
+from sidecar.context import RequestContext
 from sidecar.pending import MemoryPendingStore, PendingConflict, PendingOverloaded, PendingUnknown
-from sidecar.pipeline import RequestContext
 
 TOKEN = re.compile(r"[A-Za-z0-9_-]{22}")
 

@@ -19,6 +19,7 @@ from guardrails.pii.redaction import VAULT_KEY, PlaceholderVault
 from sidecar.cache.keys import CachePlan
 from sidecar.cache.layer import CacheStatus, Lookup
 from sidecar.cache.single_flight import HeldLock
+from sidecar.context import HookError, RequestContext
 from sidecar.pending import (
     PendingConfigError,
     PendingConflict,
@@ -30,7 +31,6 @@ from sidecar.pending import (
     pending_config_errors,
 )
 from sidecar.pending_redis import RedisPendingStore, load_keys
-from sidecar.pipeline import HookError, RequestContext
 
 SHARED_REDIS = "redis://127.0.0.1:6379"
 PII = "dana.keller@example.com"

@@ -12,8 +12,9 @@ from conftest import make_config
 from hookclient import chat_body, openai_answer, request_hook, round_trip
 from otlp_receiver import OtlpReceiver
 
+from sidecar.context import HookRequest
 from sidecar.metrics import Metrics
-from sidecar.pipeline import HookRequest, Pipeline
+from sidecar.pipeline import Pipeline
 
 RULES = r"""
 profiles:

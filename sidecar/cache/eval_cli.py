@@ -38,8 +38,8 @@ from sidecar.cache.match.verify import (
     pair_text_features,
 )
 from sidecar.config import ConfigError, SidecarConfig, VerifierStrictness, load_config
+from sidecar.context import HookRequest
 from sidecar.formats import normalise_text
-from sidecar.pipeline import HookRequest
 from sidecar.services import Sidecar
 
 TRANSPORT = "eval"

@@ -8,8 +8,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import Response
 
+from sidecar.context import HookError
 from sidecar.metrics import partition_hash
-from sidecar.pipeline import HookError
 from sidecar.services import Sidecar
 from sidecar.transports.http_models import FeedbackEnvelope, validation_error
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
-from sidecar.pipeline import HookError
+from sidecar.context import HookError
 
 
 class _Envelope(BaseModel):

@@ -22,8 +22,8 @@ import time
 from collections import deque
 from typing import Any, NamedTuple
 
+from sidecar.context import RequestContext
 from sidecar.metrics import partition_hash
-from sidecar.pipeline import RequestContext
 
 #: longest reason phrase kept (the sidecar's own phrases are shorter)
 MAX_REASON_CHARS = 200

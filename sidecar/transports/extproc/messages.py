@@ -26,7 +26,7 @@ from sidecar.cache.keys import (
     HEADER_TTL,
     HEADER_TYPE,
 )
-from sidecar.pipeline import HookError, HttpAnswer
+from sidecar.context import HookError, HttpAnswer
 
 __all__ = ["HttpBody", "HttpHeaders", "ProcessingRequest", "ProcessingResponse"]
 

@@ -20,15 +20,9 @@ import orjson
 
 from guardrails.base import Stage
 from sidecar.cache.layer import CacheStatus
+from sidecar.context import ENTRY_HEADER, HookError, HookRequest, RequestContext, RequestOutcome
 from sidecar.formats import request_type_for
-from sidecar.pipeline import (
-    ENTRY_HEADER,
-    HookError,
-    HookRequest,
-    Pipeline,
-    RequestContext,
-    RequestOutcome,
-)
+from sidecar.pipeline import Pipeline
 from sidecar.streaming import StreamProcessor
 from sidecar.transports.extproc.messages import (
     REQUEST_BODY,
