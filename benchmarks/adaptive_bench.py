@@ -36,6 +36,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,16 @@ import orjson
 import yaml
 
 from benchmarks.adaptive_provider import class_answer
-from benchmarks.adaptive_sim import Lane, class_map, differences, figures, replay, windows
+from benchmarks.adaptive_sim import (
+    Lane,
+    class_map,
+    differences,
+    figures,
+    kinds_of_wrong,
+    replay,
+    similarity_histogram,
+    windows,
+)
 from benchmarks.adaptive_stream import (
     LabelledPair,
     build_classes,
@@ -53,7 +63,7 @@ from benchmarks.adaptive_stream import (
     select_traps,
     stream_digest,
 )
-from benchmarks.report import RESULTS_DIR, SummaryRow, machine, write_result
+from benchmarks.report import RESULTS_DIR, machine, write_result
 from benchmarks.stack import SIDECAR_READY_S
 from sidecar.demo.processes import ManagedProcess, free_port, sidecar_command
 
@@ -70,7 +80,10 @@ DEFAULT_THRESHOLD = 0.7  # cache.threshold's default: the "defaults" lane is thi
 EXPLORE_RATE = 0.05
 REPORT_SHARE = 0.3
 HIT_RATE_SHARE = 0.9  # of the best static threshold's hit rate, chosen in hindsight
-GROUP = "adaptive cache (simulation)"
+#: every sidecar's embedder: the default model through ONNX Runtime fp32, the same vectors as
+#: the default sentence-transformers backend (docs/benchmarks.md "embedding": the same hit
+#: decision on 1000 pairs, max |d cosine| 0.0) at about a third of the CPU time
+EMBEDDER = {"backend": "onnx", "onnx_quantize": False}
 
 
 # ---------------------------------------------------------------------------- data
@@ -128,7 +141,8 @@ def answer_similarity(classes: int = 60) -> dict[str, Any]:
     matrix = np.array([vectors[t] for t in texts])
     sims = matrix @ matrix.T
     per = len(TEMPLATES)
-    same, other = [], []
+    same: list[float] = []
+    other: list[float] = []
     for i in range(len(texts)):
         for j in range(i + 1, len(texts)):
             (same if i // per == j // per else other).append(float(sims[i, j]))
@@ -158,7 +172,7 @@ def _config(path: Path, http_port: int, cache: dict[str, Any]) -> Path:
         },
         "cache": {"data_dir": ":memory:", "default_cache_key": "bench", "ttl": "48h", **cache},
         # No lookup skipped for load: decisions depend on the stream, not on the machine.
-        "embedder": {"max_queue_ms": 600_000},
+        "embedder": {**EMBEDDER, "max_queue_ms": 600_000},
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
@@ -194,9 +208,7 @@ class Sidecars:
                 "runpy.run_module('sidecar', run_name='__main__')"
             )
             command = [sys.executable, "-c", boot, *command[3:]]
-        self.processes.append(
-            ManagedProcess(name, command, self.workdir / f"{name}.log").start()
-        )
+        self.processes.append(ManagedProcess(name, command, self.workdir / f"{name}.log").start())
         self.urls[name] = f"http://127.0.0.1:{port}"
 
     def wait_ready(self) -> None:
@@ -219,16 +231,17 @@ def hindsight(static: dict[float, dict[str, Any]], max_wrong: float) -> dict[str
     return max(eligible, key=lambda f: f["hit_rate"] or 0.0, default=None)
 
 
-def checks(
-    lanes: dict[str, Lane], evaluated: dict[str, dict[str, Any]], explore_rate: float
-) -> dict[str, Any]:
+def checks(lanes: dict[str, Any], explore_rate: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    static = {DEFAULT_THRESHOLD: evaluated["defaults"]} | {
+    evaluated = {name: lane["after_warmup"] for name, lane in lanes.items()}
+    # today's defaults: the baseline's, else this checkout's without a target
+    default = evaluated.get("main-defaults") or evaluated.get("defaults")
+    static = ({DEFAULT_THRESHOLD: default} if default else {}) | {
         float(n.removeprefix("static-")): f for n, f in evaluated.items() if n.startswith("static-")
     }
     out["hindsight_sweep"] = {f"{t:.2f}": static[t] for t in sorted(static)}
-    if "main-defaults" in lanes:
-        same = differences(lanes["main-defaults"], lanes["defaults"])
+    if "main-defaults" in lanes and "defaults" in lanes:
+        same = differences(lanes["main-defaults"]["raw"], lanes["defaults"]["raw"])
         out["unset_target_same_as_baseline"] = {**same, "met": same["different"] == 0}
     target = evaluated.get(f"target-{CHECK_TARGET}")
     if target is None:
@@ -237,7 +250,11 @@ def checks(
     wrong = target["wrong_hit_rate"] or 0.0
     best = hindsight(static, CHECK_TARGET)
     best_same = hindsight(static, wrong)
-    out["target_wrong_rate"] = {"target": CHECK_TARGET, "measured": wrong, "met": wrong <= CHECK_TARGET}
+    out["target_wrong_rate"] = {
+        "target": CHECK_TARGET,
+        "measured": wrong,
+        "met": wrong <= CHECK_TARGET,
+    }
     out["best_static_in_hindsight"] = best
     out["best_static_at_measured_wrong_rate"] = best_same
     if best is not None:
@@ -264,6 +281,69 @@ def checks(
 
 
 # ---------------------------------------------------------------------------- run
+@dataclass(frozen=True, slots=True)
+class LaneSpec:
+    name: str
+    code: str  # "baseline" or "checkout"
+    cache: tuple[tuple[str, Any], ...] = ()  # cache settings of its sidecar
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def lane_specs(args: argparse.Namespace, adaptive: bool) -> list[LaneSpec]:
+    """Every lane of the run. The static sweep runs on the baseline's code when there is one:
+    the best static threshold in hindsight is today's behaviour."""
+    static_code = "checkout" if args.baseline == "none" else "baseline"
+    specs = [LaneSpec("defaults", "checkout")]
+    if args.baseline != "none":
+        specs.insert(0, LaneSpec("main-defaults", "baseline"))
+    specs += [
+        LaneSpec(f"static-{t:.2f}", static_code, headers=(("x-bf-cache-threshold", str(t)),))
+        for t in args.sweep
+    ]
+    if adaptive:
+        specs += [
+            LaneSpec(
+                f"target-{t}",
+                "checkout",
+                cache=(
+                    ("target_wrong_rate", t),
+                    ("explore_rate", args.explore_rate),
+                    ("explore_seed", args.seed),
+                ),
+            )
+            for t in args.targets
+        ]
+    wanted = set(args.lanes or [s.name for s in specs])
+    return [s for s in specs if s.name in wanted]
+
+
+def _sidecar_groups(specs: Sequence[LaneSpec], per_sidecar: int) -> list[list[LaneSpec]]:
+    """Lanes that share code and settings share a sidecar, ``per_sidecar`` at most: one
+    sidecar's event loop is the bottleneck of a sequential lane on a busy machine."""
+    groups: list[list[LaneSpec]] = []
+    for spec in specs:
+        for group in groups:
+            same = group[0].code == spec.code and group[0].cache == spec.cache
+            if same and len(group) < per_sidecar:
+                group.append(spec)
+                break
+        else:
+            groups.append([spec])
+    return groups
+
+
+def _previous(path: str | None, digest: str) -> dict[str, Any]:
+    """Lanes of an earlier run of the same stream, to reuse (decisions do not depend on
+    timing: a lane's outcome is a function of the stream and the code)."""
+    if not path:
+        return {}
+    data = orjson.loads(Path(path).read_bytes())
+    if data.get("stream", {}).get("digest") != digest:
+        raise SystemExit(f"{path}: another stream (digest differs); cannot reuse its lanes")
+    lanes: dict[str, Any] = data["lanes"]
+    return lanes
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     loaded = load_pairs()
     if loaded is None:
@@ -275,8 +355,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     traps = select_traps(across, lambda ps: [by_pair[p] for p in ps], TRAP_MIN_SIMILARITY)
     stream = generate_stream(classes, traps, args.requests, args.seed)
     warmup = min(args.warmup, len(stream))
+    digest = stream_digest(stream)
     print(f"[adaptive] stream {kind_counts(stream)}, {len(traps)} traps", flush=True)
-    data = {
+    data: dict[str, Any] = {
         "source": source,
         "classes": len(classes.members),
         "classes_with_paraphrases": len(classes.paraphrase_classes()),
@@ -287,10 +368,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "seed": args.seed,
             "kinds": kind_counts(stream),
             "kinds_after_warmup": kind_counts(stream[warmup:]),
-            "digest": stream_digest(stream),
+            "digest": digest,
         },
         "answer_similarity": answer_similarity(),
+        "embedder": EMBEDDER,
     }
+    previous = _previous(args.reuse, digest)
+    adaptive = adaptive_available()
+    specs = [s for s in lane_specs(args, adaptive) if s.name not in previous]
     workdir = Path(tempfile.mkdtemp(prefix="adaptive-bench-"))
     (workdir / "classes.json").write_bytes(orjson.dumps(class_map(stream)))
     provider_port = free_port()
@@ -308,38 +393,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ).start()
     sidecars = Sidecars(workdir)
     lanes: list[Lane] = []
-    adaptive = adaptive_available()
+    baseline_commit = None
     try:
         provider.wait_ready(f"http://127.0.0.1:{provider_port}/healthz", 30)
-        baseline_commit = None
-        if args.baseline != "none":
+        tree = None
+        if args.baseline != "none" and any(s.code == "baseline" for s in specs):
             tree, baseline_commit = _baseline_tree(workdir, args.baseline)
-            sidecars.add("main", {}, tree)
-        sidecars.add("branch", {})
-        targets = args.targets if adaptive else []
-        for target in targets:
-            sidecars.add(
-                f"target-{target}",
-                {
-                    "target_wrong_rate": target,
-                    "explore_rate": args.explore_rate,
-                    "explore_seed": args.seed,
-                },
-            )
-        sidecars.wait_ready()
-        if baseline_commit:
-            lanes.append(Lane("main-defaults", sidecars.urls["main"], "sim"))
-        lanes.append(Lane("defaults", sidecars.urls["branch"], "sim-defaults"))
-        for t in args.sweep:
-            lanes.append(
-                Lane(
-                    f"static-{t:.2f}",
-                    sidecars.urls["branch"],
-                    f"sim-static-{t:.2f}",
-                    {"x-bf-cache-threshold": str(t)},
+        for i, group in enumerate(_sidecar_groups(specs, args.lanes_per_sidecar)):
+            name = f"sidecar-{i}-{group[0].code}"
+            sidecars.add(name, dict(group[0].cache), tree if group[0].code == "baseline" else None)
+            for spec in group:
+                lanes.append(
+                    Lane(spec.name, sidecars.urls[name], f"sim-{spec.name}", dict(spec.headers))
                 )
-            )
-        lanes += [Lane(f"target-{t}", sidecars.urls[f"target-{t}"], "sim") for t in targets]
+        sidecars.wait_ready()
         started = time.time()
         provider_url = f"http://127.0.0.1:{provider_port}"
 
@@ -357,9 +424,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         sidecars.stop()
         provider.stop()
-    by_name = {lane.name: lane for lane in lanes}
+    kinds = [r.kind for r in stream]
     end = len(stream)
-    evaluated = {lane.name: figures(lane, warmup, end) for lane in lanes}
+    results: dict[str, Any] = {}
+    for lane in lanes:
+        results[lane.name] = {
+            "ran_in": "this run",
+            "raw": lane.to_raw(),
+            "seconds": lane.seconds,
+            "feedback_status": lane.feedback_status,
+            "errors": lane.errors[:20],
+            "error_count": len(lane.errors),
+        }
+    for name, old in previous.items():
+        results[name] = {
+            **old,
+            "ran_in": old.get("ran_in", "this run").replace(
+                "this run", f"reused from {args.reuse}"
+            ),
+        }
+    for name, result in results.items():
+        lane = Lane.from_raw(name, result["raw"], result.get("seconds", 0.0))
+        result["after_warmup"] = figures(lane, warmup, end)
+        result["whole_stream"] = figures(lane)
+        result["windows"] = windows(lane, args.window)
+        result["similarity_histogram"] = similarity_histogram(lane, warmup)
+        result["wrong_by_kind"] = kinds_of_wrong(lane, kinds, warmup)
+    order = [s.name for s in lane_specs(args, adaptive)]
     data |= {
         "adaptive_available": adaptive,
         "baseline": {"ref": args.baseline, "commit": baseline_commit},
@@ -369,24 +460,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "window": args.window,
             "explore_rate": args.explore_rate,
             "report_share": args.report_share,
-            "targets": list(targets),
+            "targets": [t for t in args.targets if f"target-{t}" in results],
             "sweep": [DEFAULT_THRESHOLD, *args.sweep],
         },
-        "lanes": {
-            lane.name: {
-                "after_warmup": evaluated[lane.name],
-                "whole_stream": figures(lane),
-                "windows": windows(lane, args.window),
-                "seconds": lane.seconds,
-                "feedback_status": lane.feedback_status,
-                "errors": lane.errors[:20],
-                "error_count": len(lane.errors),
-            }
-            for lane in lanes
-        },
+        "lanes": dict(sorted(results.items(), key=lambda kv: _rank(order, kv[0]))),
     }
-    data["checks"] = checks(by_name, evaluated, args.explore_rate)
+    data["checks"] = checks(data["lanes"], args.explore_rate)
     return data
+
+
+def _rank(order: list[str], name: str) -> int:
+    return order.index(name) if name in order else len(order)
 
 
 def _stats(sidecars: Sidecars) -> dict[str, Any]:
@@ -420,6 +504,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--baseline", default="main", help="git ref to compare with, or none")
     parser.add_argument("--plot-dir", default=str(ROOT / "docs" / "img"))
     parser.add_argument("--out", default=None, help="result file (default results/adaptive.json)")
+    parser.add_argument("--lanes", nargs="*", help="run only these lanes (default: all)")
+    parser.add_argument("--lanes-per-sidecar", type=int, default=2)
+    parser.add_argument(
+        "--reuse", help="an earlier result of the same stream: its lanes are not run again"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.requests, args.warmup, args.window = 1_500, 300, 150
@@ -431,7 +520,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         data["plots"] = plot(data, Path(args.plot_dir))
     path = write_result("adaptive", data, args.out)
-    print(orjson.dumps(data.get("checks", data.get("skipped")), option=orjson.OPT_INDENT_2).decode())
+    print(
+        orjson.dumps(data.get("checks", data.get("skipped")), option=orjson.OPT_INDENT_2).decode()
+    )
     print(f"wrote {path}")
     return 0
 

@@ -139,7 +139,9 @@ class _ClassProvider(_Connection):
             question = request["messages"][-1]["content"]
         except (orjson.JSONDecodeError, KeyError, IndexError, TypeError):
             return _http(400, b'{"error":{"message":"expected a chat completion request"}}')
-        text = answer_for(question, self.class_map, self.seed) if isinstance(question, str) else None
+        text = (
+            answer_for(question, self.class_map, self.seed) if isinstance(question, str) else None
+        )
         if text is None:
             return _http(400, b'{"error":{"message":"question not in the class map"}}')
         _ClassProvider.served += 1

@@ -27,7 +27,9 @@ def _share(value: float | None) -> float:
 def summary_rows(data: dict[str, Any]) -> list[SummaryRow]:
     lanes = data["lanes"]
     settings = data["settings"]
-    span = f"requests {settings['warmup']:,}-{settings['warmup'] + settings['evaluated_requests']:,}"
+    span = (
+        f"requests {settings['warmup']:,}-{settings['warmup'] + settings['evaluated_requests']:,}"
+    )
     checks = data["checks"]
     rows: list[SummaryRow] = []
     base = lanes["defaults"]["after_warmup"]

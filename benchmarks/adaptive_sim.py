@@ -10,6 +10,7 @@ reports a share of the wrong semantic hits through ``POST /v1/cache/feedback``.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import time
 from collections.abc import Sequence
@@ -44,6 +45,28 @@ class Lane:
     feedback_status: dict[str, int] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def to_raw(self) -> dict[str, Any]:
+        """Every request's outcome, compactly (a later run may reuse the lane: ``from_raw``)."""
+        return {
+            "statuses": "".join(self.statuses),
+            "wrong": "".join("1" if w else "0" for w in self.wrong),
+            "reported": "".join("1" if r else "0" for r in self.reported),
+            # a short digest of each answer: enough to tell two lanes' answers apart
+            "answers": [hashlib.sha256(a.encode()).hexdigest()[:10] for a in self.answers],
+            "similarities": self.similarities,
+        }
+
+    @classmethod
+    def from_raw(cls, name: str, raw: dict[str, Any], seconds: float) -> Lane:
+        lane = cls(name, "", "")
+        lane.statuses = list(raw["statuses"])
+        lane.wrong = [c == "1" for c in raw["wrong"]]
+        lane.reported = [c == "1" for c in raw["reported"]]
+        lane.answers = list(raw["answers"])
+        lane.similarities = list(raw["similarities"])
+        lane.seconds = seconds
+        return lane
 
     def record(self, status: str, answer: str, wrong: bool, similarity: float | None) -> None:
         self.statuses.append(status)
@@ -217,20 +240,47 @@ def windows(lane: Lane, size: int) -> list[dict[str, Any]]:
     return out
 
 
-def differences(a: Lane, b: Lane) -> dict[str, Any]:
-    """Requests where two lanes decided differently (status or answer served)."""
+def differences(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Requests where two lanes (``Lane.to_raw``) decided differently: status or answer."""
     differ = [
         i
         for i, (sa, sb, ta, tb) in enumerate(
-            zip(a.statuses, b.statuses, a.answers, b.answers, strict=False)
+            zip(a["statuses"], b["statuses"], a["answers"], b["answers"], strict=False)
         )
         if sa != sb or (sa in (EXACT, SEMANTIC) and ta != tb)
     ]
     return {
-        "compared": min(len(a.statuses), len(b.statuses)),
+        "compared": min(len(a["statuses"]), len(b["statuses"])),
         "different": len(differ),
         "first_different": differ[:10],
     }
+
+
+def similarity_histogram(lane: Lane, start: int, bins: int = 30) -> dict[str, Any]:
+    """Served semantic hits after ``start`` by similarity (bins of 0.01 from 0.70), good and
+    wrong: what a static threshold would have kept, roughly, in hindsight."""
+    good, wrong = [0] * bins, [0] * bins
+    for status, is_wrong, sim in zip(
+        lane.statuses[start:], lane.wrong[start:], lane.similarities[start:], strict=True
+    ):
+        if status != SEMANTIC or sim is None:
+            continue
+        slot = min(bins - 1, max(0, int((sim - 0.7) * 100)))
+        (wrong if is_wrong else good)[slot] += 1
+    return {"from": [round(0.7 + i / 100, 2) for i in range(bins)], "good": good, "wrong": wrong}
+
+
+def kinds_of_wrong(lane: Lane, kinds: Sequence[str], start: int) -> dict[str, dict[str, int]]:
+    """Semantic hits after ``start`` per request kind of the stream: served and wrong."""
+    out: dict[str, dict[str, int]] = {}
+    for kind, status, is_wrong in zip(
+        kinds[start:], lane.statuses[start:], lane.wrong[start:], strict=False
+    ):
+        if status == SEMANTIC:
+            row = out.setdefault(kind, {"semantic_hits": 0, "wrong": 0})
+            row["semantic_hits"] += 1
+            row["wrong"] += int(is_wrong)
+    return out
 
 
 def class_map(stream: Sequence[Request]) -> dict[str, int]:

@@ -182,9 +182,7 @@ def generate_stream(
     # New classes come from three pools: classes with paraphrases (so that paraphrases can
     # follow), classes with a trap question (so that traps can follow), the rest.
     with_paraphrases = classes.paraphrase_classes()
-    with_traps = sorted(
-        {classes.class_of[q] for q in trap_partners} - set(with_paraphrases)
-    )
+    with_traps = sorted({classes.class_of[q] for q in trap_partners} - set(with_paraphrases))
     others = sorted(set(range(len(classes.members))) - set(with_paraphrases) - set(with_traps))
     pools = [with_paraphrases, with_traps, others]
     for pool in pools:
@@ -258,13 +256,13 @@ def generate_stream(
                 kind = "new"
             if kind == "trap":
                 continue
-        class_id = next_new_class()
-        if class_id is None:
+        new_class = next_new_class()
+        if new_class is None:
             raise ValueError(
                 f"the classes ran out after {len(out)} of {length} requests: "
                 "give more question pairs or a shorter stream"
             )
-        ask_class(rng.choice(classes.members[class_id]), "new")
+        ask_class(rng.choice(classes.members[new_class]), "new")
     return out
 
 
