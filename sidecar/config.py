@@ -147,6 +147,14 @@ class ServerConfig(_Section):
         return self
 
 
+class PartitionPolicy(_Section):
+    """Per-partition overrides of the adaptive settings (``cache.partitions``)."""
+
+    #: as ``cache.target_wrong_rate``; an explicit null turns the target off for the partition
+    target_wrong_rate: float | None = Field(None, gt=0.0, lt=1.0)
+    explore_rate: float | None = Field(None, ge=0.0, le=1.0)
+
+
 class CacheConfig(_Section):
     enabled: bool = True
     default_cache_key: str = ""
@@ -225,10 +233,39 @@ class CacheConfig(_Section):
     #: at shutdown, how long to wait for the backlog's vectors before reporting the rest lost
     vector_drain_s: float = Field(10.0, ge=0, le=3600)
 
-    @field_validator("ttl", "max_ttl", mode="before")
+    #: adaptive semantic hits (docs/adaptive.md): the share of served semantic hits that may be
+    #: wrong, bounded with 95% confidence from checks on live traffic; null: the static
+    #: threshold and verifier alone decide (no adaptive code runs)
+    target_wrong_rate: float | None = Field(None, gt=0.0, lt=1.0)
+    #: with a target: the share of would-be semantic hits sent upstream anyway to check them
+    explore_rate: float = Field(0.1, ge=0.0, le=1.0)
+    #: seed of the exploration sampling (reproducible runs); null: random
+    explore_seed: int | None = None
+    #: two answers whose embeddings' cosine is at least this agree (exploration); calibrated
+    #: by benchmarks/calibrate_answer_agreement.py
+    answer_agree_min: float = Field(0.63, ge=-1.0, le=1.0)
+    #: ... at most this: they disagree; in between the check is not counted
+    answer_disagree_max: float = Field(0.57, ge=-1.0, le=1.0)
+    #: per partition (an x-bf-cache-key value): ``{target_wrong_rate: .., explore_rate: ..}``
+    partitions: dict[str, PartitionPolicy] = Field(default_factory=dict)
+    #: served semantic hits remembered for feedback (POST /v1/cache/feedback), at most ...
+    feedback_max_hits: int = Field(100_000, ge=1, le=10_000_000)
+    #: ... and for this long
+    feedback_window: float = 3600.0
+
+    @field_validator("ttl", "max_ttl", "feedback_window", mode="before")
     @classmethod
     def _ttl(cls, v: Any) -> float:
         return parse_duration(v)
+
+    @model_validator(mode="after")
+    def _answer_band(self) -> CacheConfig:
+        if self.answer_disagree_max >= self.answer_agree_min:
+            raise ValueError(
+                f"cache.answer_disagree_max {self.answer_disagree_max} must be below "
+                f"cache.answer_agree_min {self.answer_agree_min}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _ttl_within_max(self) -> CacheConfig:

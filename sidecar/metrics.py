@@ -49,6 +49,13 @@ class Metrics:
         self.partition_label = BoundedLabels(max_label_values)
         self.model_label = BoundedLabels(max_label_values)
         self.rule_label = BoundedLabels(max_label_values)
+        self.adaptive_checks = Counter(
+            "sidecar_adaptive_checks",
+            "Explored or rejected semantic candidates whose fresh answer was compared with the "
+            "cached one, by outcome (agree, disagree, unknown)",
+            ["outcome"],
+            registry=r,
+        )
         self.partition_requests = Counter(
             "sidecar_partition_requests",
             "Requests per partition (label: partition hash, bounded) and cache status",

@@ -9,6 +9,7 @@ its reason; the cache's own reasons come from ``sidecar.cache.layer``.
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,8 +46,19 @@ log = logging.getLogger("sidecar.pipeline")
 STATUS_HEADER = "x-bf-cache-status"
 SIMILARITY_HEADER = "x-bf-cache-similarity"
 ENTRY_HEADER = "x-bf-cache-entry-id"
+#: on every answer served or passed: the id to report a wrong hit with (POST /v1/cache/feedback)
+REQUEST_ID_HEADER = "x-bf-cache-request-id"
 # Headers of a cached answer worth replaying; hop-by-hop and per-response ones are dropped.
 _REPLAYED_HEADERS = ("content-type", "openai-model", "anthropic-model", "x-request-model")
+
+
+_HEADER_SAFE = re.compile(r"^[\x21-\x7e]{1,256}$")
+
+
+def header_safe_id(request_id: str) -> str | None:
+    """The request id when it can travel as a header value (visible ASCII, at most 256
+    characters); a proxy-chosen id that cannot is only in the JSON replies."""
+    return request_id if _HEADER_SAFE.match(request_id) else None
 
 
 def new_request_id() -> str:
@@ -89,9 +101,12 @@ class CacheInfo:
     similarity: float | None = None
     entry_id: str | None = None
     not_stored: str | None = None  # after the answer: why it was not stored (a fixed phrase)
+    request_id: str | None = None
 
     def headers(self) -> dict[str, str]:
         out = {STATUS_HEADER: self.status.value}
+        if self.request_id is not None:
+            out[REQUEST_ID_HEADER] = self.request_id
         if self.similarity is not None and self.status in (
             CacheStatus.HIT_EXACT,
             CacheStatus.HIT_SEMANTIC,
@@ -256,7 +271,24 @@ class Pipeline:
         finally:
             if token is not None:
                 CURRENT.reset(token)
+        outcome.cache.request_id = header_safe_id(ctx.request_id)
+        if outcome.response is not None and outcome.cache.request_id is not None:
+            outcome.response.headers[REQUEST_ID_HEADER] = outcome.cache.request_id
         ctx.cache = outcome.cache
+        adaptive = self.cache.adaptive if self.cache is not None else None
+        if adaptive is not None and ctx.plan is not None and ctx.plan.partition:
+            lookup = ctx.lookup
+            adaptive.count(
+                ctx.plan.partition,
+                outcome.cache.status.value,
+                lookup is not None and lookup.explored,
+            )
+            if (
+                lookup is not None
+                and lookup.ticket is not None
+                and outcome.cache.status is CacheStatus.HIT_SEMANTIC
+            ):
+                await adaptive.remember_served(ctx.request_id, lookup.ticket)
         self.metrics.requests.labels(transport, outcome.cache.status.value).inc()
         status = outcome.cache.status
         timer = self._request_timers.get(status)
@@ -455,7 +487,33 @@ class Pipeline:
         stage_end(mark, "output_rules", blocked=result.response is not None)
         if result.response is None:
             result.stored_entry_id = await self._store(ctx, status, headers, body, streamed)
+        await self._observe(ctx, status, body, streamed)
         return result
+
+    async def _observe(self, ctx: RequestContext, status: int, body: bytes, streamed: bool) -> None:
+        """Adaptive cache: an explored (or rejected) candidate's answer against the fresh one.
+        Never fails the answer: a failed check is only not counted."""
+        lookup, parsed = ctx.lookup, ctx.parsed
+        if (
+            self.cache is None
+            or self.cache.adaptive is None
+            or lookup is None
+            or lookup.ticket is None
+            or lookup.status is not CacheStatus.MISS
+            or parsed is None
+            or ctx.blocked
+            or not 200 <= status < 300
+        ):
+            return
+        ticket, lookup.ticket = lookup.ticket, None
+        try:
+            entry = await self.cache.exact.get(ticket.entry_id, ticket.partition)
+            outcome = await self.cache.adaptive.observe(
+                ticket, entry, parsed.api, parsed.request_type, body, streamed
+            )
+            ctx.note(f"adaptive check of {ticket.entry_id}: {outcome}")
+        except Exception:
+            log.exception("adaptive answer check failed; not counted")
 
     async def _output(
         self, ctx: RequestContext, status: int, body: bytes, streamed: bool
@@ -633,7 +691,9 @@ class Pipeline:
             self._not_stored(ctx, "too_large", "stream over max_body_bytes")
             return None
         body = b"".join(e.raw for e in processor.events)
-        return await self._store(ctx, status, headers, body, True)
+        stored = await self._store(ctx, status, headers, body, True)
+        await self._observe(ctx, status, body, True)
+        return stored
 
 
 def _is_event_stream(headers: Mapping[str, str]) -> bool:

@@ -15,6 +15,7 @@ from typing import Any
 from embedders import Embedder, build_embedder
 from guardrails.engine import GuardrailEngine
 from guardrails.reload import RuleSetHolder
+from sidecar.cache.adaptive_runtime import build_adaptive
 from sidecar.cache.layer import DualCache, MatchVerifier
 from sidecar.cache.match.verify import build_verifier
 from sidecar.cache.stores.backends import build_exact_store, build_single_flight, build_vector_index
@@ -120,6 +121,7 @@ class Sidecar:
                 backlog_items=cfg.cache.vector_backlog,
                 backlog_bytes=cfg.cache.vector_backlog_bytes,
                 drain_s=cfg.cache.vector_drain_s,
+                adaptive=build_adaptive(cfg.cache, exact, self.embedder, self.metrics),
             )
             await self.cache.start()
             self._sweeper = asyncio.create_task(self._sweep_loop())

@@ -442,7 +442,7 @@ async def _calibrate(
 
 # -------------------------------------------------------------------- command line
 def add_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``cache eval`` and ``cache calibrate`` to the sidecar's sub-commands."""
+    """Add ``cache eval``, ``cache calibrate`` and ``cache stats`` to the sidecar's sub-commands."""
     cache = subparsers.add_parser("cache", help="semantic-cache quality tools")
     actions = cache.add_subparsers(dest="cache_command", required=True)
     ev = actions.add_parser("eval", help="hit rates on labelled pairs through the real path")
@@ -462,6 +462,12 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         required=True,
         help="highest acceptable share of different-answer pairs served from the cache",
     )
+    stats = actions.add_parser(
+        "stats", help="the adaptive cache's figures per partition, from a running sidecar"
+    )
+    from sidecar.cache.stats_cli import add_arguments
+
+    add_arguments(stats)
     cache.set_defaults(func=run)
     parser: argparse.ArgumentParser = cache
     return parser
@@ -469,6 +475,10 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     """Exit codes: 0 done (calibrate: target met), 1 calibrate target not met, 2 bad input."""
+    if args.cache_command == "stats":
+        from sidecar.cache.stats_cli import run_stats
+
+        return run_stats(args)
     try:
         config = load_config(args.config)
         pairs = load_pairs(args.pairs)

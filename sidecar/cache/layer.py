@@ -11,17 +11,21 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from embedders.base import Embedder, EmbedderError, EmbedderOverloaded
+from sidecar.cache.adaptive import Ticket
 from sidecar.cache.keys import CachePlan
 from sidecar.cache.model import CachedAnswer, CacheEntry
 from sidecar.cache.single_flight import HeldLock, SingleFlight
 from sidecar.cache.stores.base import ExactStore, StoreUnavailable, VectorIndex
 from sidecar.cache.vector_backlog import PendingVector, VectorBacklog
 from sidecar.metrics import Metrics
+
+if TYPE_CHECKING:
+    from sidecar.cache.adaptive_runtime import AdaptiveCache
 from sidecar.stages import stage_end, stage_start
 
 log = logging.getLogger("sidecar.cache")
@@ -45,6 +49,10 @@ class CacheStatus(enum.StrEnum):
 class Verdict:
     accept: bool
     reason: str = ""
+    #: the match head's and the pair model's scores, when they scored the pair (adaptive
+    #: observations record them)
+    head_score: float | None = None
+    pair_score: float | None = None
 
 
 #: the new question's vector and the candidate's stored one
@@ -105,6 +113,10 @@ class Lookup:
     lock: HeldLock | None = None
     # a skipped embedding already started in the background, for the store to pick up
     pending: PendingVector | None = None
+    # adaptive (cache.target_wrong_rate): the eligible candidate, when its answer is to be
+    # compared with the fresh one (explored or rejected) or may be reported (served)
+    ticket: Ticket | None = None
+    explored: bool = False  # a would-be semantic hit sent upstream to check it
 
     @property
     def hit(self) -> bool:
@@ -126,8 +138,11 @@ class DualCache:
         backlog_items: int = 10_000,
         backlog_bytes: int = 16 * 1024 * 1024,
         drain_s: float = 10.0,
+        adaptive: AdaptiveCache | None = None,
     ) -> None:
         self.clock = clock
+        #: learned per-entry thresholds (cache.target_wrong_rate); None: static threshold only
+        self.adaptive = adaptive
         self.single_flight = single_flight
         self.exact = exact
         self.vectors = vectors
@@ -159,6 +174,8 @@ class DualCache:
             namespace = f"{self.embedder.model_id}:{self.embedder.dimension}"
             await self.vectors.start(namespace, self.embedder.dimension)
             await self._rebuild_vectors()
+        if self.adaptive is not None:
+            await self.adaptive.start()  # after the exact store: SQLite evidence joins its rows
         await self._refresh_entries()
 
     async def _refresh_entries(self) -> None:
@@ -190,6 +207,8 @@ class DualCache:
             await self.backlog.drain(self.drain_s)
         if self.vectors is not None:
             await self.vectors.close()
+        if self.adaptive is not None:
+            await self.adaptive.close()
         await self.exact.close()
 
     @property
@@ -348,6 +367,43 @@ class DualCache:
                 refused.append(verdict.reason)
                 self.metrics.verifier_refusals.labels(verdict.reason.split(":")[0]).inc()
                 continue
+            if self.adaptive is not None:
+                policy = self.adaptive.policy(plan.partition)
+                if policy is not None:
+                    # With a target, adaptive.py decides whether this eligible candidate serves.
+                    decision, ticket = await self.adaptive.judge(
+                        policy,
+                        plan.partition,
+                        entry,
+                        similarity,
+                        plan.threshold,
+                        verdict.head_score,
+                        verdict.pair_score,
+                    )
+                    self.metrics.lookup_seconds.labels("semantic").observe(
+                        time.perf_counter() - started
+                    )
+                    if decision.serve:
+                        hit = Lookup(
+                            CacheStatus.HIT_SEMANTIC,
+                            decision.reason,
+                            entry,
+                            similarity,
+                            vector,
+                            refused,
+                        )
+                        hit.ticket = ticket
+                        return hit
+                    miss = Lookup(
+                        CacheStatus.MISS,
+                        decision.reason,
+                        vector=vector,
+                        similarity=similarity,
+                        refused=refused,
+                    )
+                    miss.ticket = ticket if decision.observe else None
+                    miss.explored = decision.explored
+                    return miss
             self.metrics.lookup_seconds.labels("semantic").observe(time.perf_counter() - started)
             return Lookup(
                 CacheStatus.HIT_SEMANTIC,
@@ -481,11 +537,17 @@ class DualCache:
         self.metrics.stores.inc()
         if evicted:
             self.metrics.evictions.inc(len(evicted))
+            if self.adaptive is not None:
+                await self.adaptive.store.forget(evicted, None)
         await self._refresh_entries()
         return entry
 
     # ------------------------------------------------------------------ invalidation
     async def delete(self, entry_id: str) -> bool:
+        if self.adaptive is not None:
+            gone = await self.exact.get(entry_id)
+            if gone is not None:
+                await self.adaptive.store.forget([entry_id], gone.partition)
         found = await self.exact.delete(entry_id)
         if self.vectors is not None:
             await self.vectors.remove([entry_id])
@@ -496,6 +558,9 @@ class DualCache:
 
     async def delete_partition(self, partition: str) -> int:
         ids = await self.exact.delete_partition(partition)
+        if self.adaptive is not None:
+            await self.adaptive.store.forget(ids, partition)
+            await self.adaptive.store.forget_partition(partition)
         if self.vectors is not None:
             await self.vectors.remove_partition(partition)
             if ids:
@@ -518,6 +583,8 @@ class DualCache:
         if sweep is None:
             return
         ids: Sequence[str] = await sweep()
+        if self.adaptive is not None and ids:
+            await self.adaptive.store.forget(ids, None)
         if ids and self.vectors is not None:
             await self.vectors.remove(ids)
         self.metrics.entries.set(await self.exact.count())

@@ -29,12 +29,21 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sidecar.auth import load_tokens
 from sidecar.cache.stores.base import StoreUnavailable
-from sidecar.pipeline import HookError, HookRequest, HttpAnswer
+from sidecar.metrics import partition_hash
+from sidecar.pipeline import (
+    REQUEST_ID_HEADER,
+    HookError,
+    HookRequest,
+    HttpAnswer,
+    header_safe_id,
+)
 from sidecar.services import Sidecar
 from sidecar.transports.http_auth import OPEN_PATHS, BearerAuth
 from sidecar.transports.http_models import (
     EntryDeleted,
     ErrorReply,
+    FeedbackEnvelope,
+    FeedbackReply,
     HealthReply,
     PartitionDeleted,
     ReadinessReply,
@@ -42,6 +51,7 @@ from sidecar.transports.http_models import (
     RequestHookReply,
     ResponseHookEnvelope,
     ResponseHookReply,
+    StatsReply,
     validation_error,
 )
 
@@ -164,6 +174,11 @@ async def _answer(
         return response
 
 
+def _id_header(request_id: str) -> dict[str, str]:
+    safe = header_safe_id(request_id)
+    return {} if safe is None else {REQUEST_ID_HEADER: safe}
+
+
 async def request_hook(request: Request, sidecar: Sidecar) -> Response:
     envelope = await _read_envelope(request, sidecar, RequestHookEnvelope)
     request_id = envelope.request_id
@@ -194,7 +209,7 @@ async def request_hook(request: Request, sidecar: Sidecar) -> Response:
         reply["body"] = outcome.body
     if outcome.response is not None:
         reply["response"] = _answer_json(outcome.response)
-    return JSONResponse(reply)
+    return JSONResponse(reply, headers=_id_header(ctx.request_id))
 
 
 async def response_hook(request: Request, sidecar: Sidecar) -> Response:
@@ -221,7 +236,69 @@ async def response_hook(request: Request, sidecar: Sidecar) -> Response:
         reply["body"] = text if isinstance(body, str) else orjson.loads(outcome.body)
     if outcome.response is not None:
         reply["response"] = _answer_json(outcome.response)
-    return JSONResponse(reply)
+    return JSONResponse(reply, headers=_id_header(request_id))
+
+
+async def cache_feedback(request: Request, sidecar: Sidecar) -> Response:
+    """A served semantic hit reported wrong (or right): see docs/adaptive.md."""
+    raw = await _read_body(request, sidecar)
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise HookError(400, "malformed_json", f"feedback is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise HookError(400, "bad_request", "feedback must be a JSON object")
+    try:
+        report = FeedbackEnvelope.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    by_request = report.request_id is not None
+    if by_request == (report.entry_id is not None or report.question is not None):
+        raise HookError(
+            400,
+            "bad_request",
+            "give either 'request_id', or 'entry_id' and 'question' (not both)",
+        )
+    if not by_request and (report.entry_id is None or report.question is None):
+        missing = "question" if report.question is None else "entry_id"
+        raise HookError(400, "missing_field", f"missing field {missing!r}")
+    cache = sidecar.cache
+    if cache is None:
+        raise HookError(409, "cache_disabled", "the cache is disabled")
+    if cache.adaptive is None:
+        raise HookError(
+            409, "adaptive_off", "feedback needs cache.target_wrong_rate (docs/adaptive.md)"
+        )
+    if report.request_id is not None:
+        ticket = await cache.adaptive.take_served(report.request_id)
+        if ticket is None:
+            raise HookError(
+                404,
+                "not_found",
+                "no semantic hit served under this request_id (unknown, expired, "
+                "already reported, or not a semantic hit)",
+            )
+    else:
+        assert report.entry_id is not None and report.question is not None
+        entry = await cache.exact.get(report.entry_id)
+        if entry is None:
+            raise HookError(404, "not_found", f"no cache entry {report.entry_id!r}")
+        ticket = await cache.adaptive.ticket_for(entry, report.question)
+    await cache.adaptive.report(ticket, report.correct)
+    return JSONResponse(
+        {
+            "recorded": not report.correct,
+            "partition_hash": partition_hash(ticket.partition),
+            "entry_id": ticket.entry_id,
+            "similarity": round(ticket.similarity, 6),
+        }
+    )
+
+
+async def cache_stats(request: Request, sidecar: Sidecar) -> Response:
+    adaptive = sidecar.cache.adaptive if sidecar.cache is not None else None
+    partitions = await adaptive.stats() if adaptive is not None else {}
+    return JSONResponse({"partitions": partitions})
 
 
 async def delete_entry(request: Request, sidecar: Sidecar) -> Response:
@@ -410,6 +487,33 @@ def _add_routes(app: FastAPI, sidecar: Sidecar, listener: Listener) -> None:
                 200: {"content": {"text/plain": {"schema": {"type": "string"}}}},
                 401: {**_ERRORS, "description": "missing or wrong bearer token"},
             },
+        )
+
+        async def feedback_route(request: Request) -> Response:
+            """Report a served semantic hit as wrong (docs/adaptive.md)."""
+            return await _answer(sidecar, cache_feedback, request)
+
+        async def stats_route(request: Request) -> Response:
+            """Per-partition figures of the adaptive cache (docs/adaptive.md)."""
+            return await _answer(sidecar, cache_stats, request)
+
+        app.add_api_route(
+            "/v1/cache/feedback",
+            feedback_route,
+            methods=["POST"],
+            openapi_extra=_json_body(FeedbackEnvelope),
+            responses={
+                200: {"model": FeedbackReply},
+                400: {**_ERRORS, "description": "malformed feedback"},
+                404: {**_ERRORS, "description": "unknown request_id or entry_id"},
+                **_ADMIN_ERRORS,
+            },
+        )
+        app.add_api_route(
+            "/v1/cache/stats",
+            stats_route,
+            methods=["GET"],
+            responses={200: {"model": StatsReply}, **_ADMIN_ERRORS},
         )
         app.add_api_route(
             "/v1/cache/entries/{entry_id}",

@@ -119,12 +119,51 @@ class PartitionDeleted(BaseModel):
     deleted: int
 
 
+class FeedbackEnvelope(BaseModel):
+    """``POST /v1/cache/feedback``: a served semantic hit was wrong (or right). Give the
+    ``request_id`` the answer carried (header ``x-bf-cache-request-id``), or the ``entry_id``
+    (header ``x-bf-cache-entry-id``) and the question it was wrong for."""
+
+    model_config = ConfigDict(strict=True, extra="forbid")
+    request_id: str | None = Field(None, min_length=1, max_length=256)
+    entry_id: str | None = Field(None, min_length=1, max_length=256)
+    question: str | None = Field(None, min_length=1, max_length=65536)
+    correct: bool
+
+
+class FeedbackReply(BaseModel):
+    recorded: bool
+    partition_hash: str
+    entry_id: str
+    similarity: float
+
+
+class PartitionStats(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    partition_hash: str
+    lookups: int
+    exact_hits: int
+    semantic_hits: int
+    explored: int
+    observed_wrong: int
+    estimated_wrong_rate: float | None
+    wrong_rate_upper_bound: float | None
+    learned_threshold: float | None
+
+
+class StatsReply(BaseModel):
+    partitions: dict[str, PartitionStats]
+
+
 _WHAT = {
     "method": "a string",
     "path": "a string",
     "request_id": "a string",
     "status": "an integer HTTP status",
     "headers": "an object of header names to string values",
+    "entry_id": "a non-empty string",
+    "question": "a non-empty string",
+    "correct": "true or false",
 }
 
 
@@ -135,6 +174,8 @@ def validation_error(exc: ValidationError) -> HookError:
     if not loc:
         return HookError(400, "bad_request", "hook payload must be a JSON object")
     name = str(loc[0])
+    if error["type"] == "extra_forbidden":
+        return HookError(400, "unknown_field", f"unknown field {name!r}")
     if error["type"] == "missing":
         return HookError(400, "missing_field", f"missing field {name!r}")
     if name == "headers" and len(loc) > 1:

@@ -399,12 +399,18 @@ class AnswerChangeVerifier:
             self.pair_model, [(question, candidates[i].question) for i in standing]
         )
         for i, score in zip(standing, scores, strict=True):
+            head, pair = verdicts[i].head_score, float(score)
             if score < self.pair_min:
                 verdicts[i] = Verdict(
-                    False, f"pair_model: same-answer score {score:.2f} < {self.pair_min:.2f}"
+                    False,
+                    f"pair_model: same-answer score {score:.2f} < {self.pair_min:.2f}",
+                    head,
+                    pair,
                 )
             elif first[i][1] and score >= self.pair_rescue:
-                verdicts[i] = Verdict(True)  # the pair model overrides the head
+                verdicts[i] = Verdict(True, "", head, pair)  # the pair model overrides the head
+            else:
+                verdicts[i] = Verdict(verdicts[i].accept, verdicts[i].reason, head, pair)
         return verdicts
 
     def _first_stage(self, question: str, candidate: Candidate) -> tuple[Verdict, bool]:
@@ -419,7 +425,8 @@ class AnswerChangeVerifier:
             score = self.head.score(u, v, candidate.similarity, features)
             if score < self.head_min:
                 reason = f"match_head: duplicate score {score:.2f} < {self.head_min:.2f}"
-                return Verdict(False, reason), True
+                return Verdict(False, reason, float(score)), True
+            return Verdict(True, "", float(score)), False
         return Verdict(True), False
 
 

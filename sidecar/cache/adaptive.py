@@ -1,0 +1,340 @@
+"""Adaptive semantic hits: each entry learns, from checks on live traffic, how close a question
+must be before the entry may answer it, so the wrong-hit rate stays under
+``cache.target_wrong_rate`` (docs/adaptive.md).
+
+Every adaptive decision and its reason is made here (``Adaptive.decide``); the cache layer
+only asks. With no target for a partition, nothing here runs and the cache behaves as before.
+
+How a candidate is judged. A candidate that passed the static threshold (``cache.threshold``
+or ``x-bf-cache-threshold``) and the verifier is *eligible*. It serves when its similarity is
+at or above the learned threshold of its entry, and, when the entry was ever found wrong, above
+the highest similarity at which it was wrong. Otherwise it is a miss (``adaptive: ...``).
+
+Observations. An eligible candidate that would serve is sampled for exploration with
+probability ``explore_rate``: the request goes upstream (``explore: sampled ...``), and the
+fresh answer is compared with the entry's (``compare_answers``). An eligible candidate that the
+learned threshold rejects goes upstream anyway, so it is always observed, at no extra upstream
+call. Each observation keeps the probability it was sampled with; estimates weight it by the
+inverse (so the observed mix is the mix of all eligible candidates).
+
+The learned threshold (``learned_threshold``): the lowest similarity t such that, among the
+observations at or above t, the one-sided 95% Wilson upper bound of the weighted wrong share
+is at most the target (effective sample size after Kish). An entry with enough observations of
+its own uses them; otherwise its partition's; a partition with fewer than
+``PARTITION_MIN_OBSERVATIONS`` uses the static threshold. A partition with enough observations
+where no t meets the bound serves no semantic hits until the evidence allows it.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import re
+import unicodedata
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sidecar.config import CacheConfig
+
+#: one-sided 95% normal quantile (the Wilson bound's confidence)
+Z_95 = 1.6448536269514722
+#: a partition's learned threshold needs this many observations; fewer: static threshold
+PARTITION_MIN_OBSERVATIONS = 20
+#: an entry's own learned threshold needs this many of its own observations
+ENTRY_MIN_OBSERVATIONS = 16
+#: observations kept per entry and per partition (the most recent)
+ENTRY_MAX_OBSERVATIONS = 64
+PARTITION_MAX_OBSERVATIONS = 4000
+
+Source = Literal["entry", "partition", "static", "reported"]
+
+
+def wilson_upper(wrong: float, n: float, z: float = Z_95) -> float:
+    """One-sided upper confidence bound of a proportion (Wilson score interval)."""
+    if n <= 0:
+        return 1.0
+    p = min(max(wrong / n, 0.0), 1.0)
+    z2 = z * z
+    centre = p + z2 / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    return min(1.0, (centre + spread) / (1 + z2 / n))
+
+
+@dataclass(slots=True)
+class Observation:
+    """One check of an entry against a fresh answer (or a user's report)."""
+
+    similarity: float
+    agreed: bool
+    weight: float = 1.0  # 1 / the probability it was sampled with
+    head: float | None = None  # match-head score of the pair, when the head scored it
+    pair: float | None = None  # pair-model score, when the pair model scored it
+    source: Literal["explore", "feedback"] = "explore"
+
+    def to_json(self) -> list[Any]:
+        return [
+            round(self.similarity, 6),
+            int(self.agreed),
+            round(self.weight, 6),
+            self.head,
+            self.pair,
+            self.source[0],
+        ]
+
+    @classmethod
+    def from_json(cls, data: Any) -> Observation:
+        if not isinstance(data, list) or len(data) != 6:
+            raise ValueError("observation is not a list of 6 fields")
+        sim, agreed, weight, head, pair, source = data
+        return cls(
+            float(sim),
+            bool(agreed),
+            float(weight),
+            None if head is None else float(head),
+            None if pair is None else float(pair),
+            "feedback" if source == "f" else "explore",
+        )
+
+
+@dataclass(slots=True)
+class EntryEvidence:
+    """What is known of one entry (of one stored version: ``created_at``)."""
+
+    created_at: float
+    observations: list[Observation] = field(default_factory=list)
+    #: the highest similarity at which it served (or would have served) a wrong answer
+    wrong_at: float | None = None
+
+    def add(self, obs: Observation) -> None:
+        self.observations.append(obs)
+        del self.observations[:-ENTRY_MAX_OBSERVATIONS]
+        if not obs.agreed:
+            self.wrong_at = max(obs.similarity, self.wrong_at or -1.0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "c": self.created_at,
+            "w": self.wrong_at,
+            "o": [o.to_json() for o in self.observations],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> EntryEvidence:
+        if not isinstance(data, dict):
+            raise ValueError("entry evidence is not an object")
+        wrong = data.get("w")
+        return cls(
+            float(data["c"]),
+            [Observation.from_json(o) for o in data.get("o", [])][-ENTRY_MAX_OBSERVATIONS:],
+            None if wrong is None else float(wrong),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Learned:
+    """A learned threshold (None: no similarity meets the target) and the figures behind it."""
+
+    threshold: float | None
+    observations: int
+    wrong_rate: float  # weighted wrong share at that threshold (or over all, when None)
+    upper: float  # its upper bound
+
+
+def learned_threshold(observations: Iterable[Observation], target: float) -> Learned:
+    """The lowest similarity t with wilson_upper(wrong share of observations >= t) <= target.
+    One pass over the observations sorted by similarity, best first."""
+    ordered = sorted(observations, key=lambda o: o.similarity, reverse=True)
+    w_sum = w_sq = w_wrong = 0.0
+    best: Learned | None = None
+    for i, obs in enumerate(ordered):
+        w_sum += obs.weight
+        w_sq += obs.weight * obs.weight
+        if not obs.agreed:
+            w_wrong += obs.weight
+        if i + 1 < len(ordered) and ordered[i + 1].similarity == obs.similarity:
+            continue  # a threshold admits all observations of equal similarity together
+        n_eff = w_sum * w_sum / w_sq
+        rate = w_wrong / w_sum
+        upper = wilson_upper(rate * n_eff, n_eff)
+        if upper <= target:
+            best = Learned(obs.similarity, i + 1, rate, upper)
+    if best is not None:
+        return best
+    if not ordered:
+        return Learned(None, 0, 0.0, 1.0)
+    rate = w_wrong / w_sum
+    n_eff = w_sum * w_sum / w_sq
+    return Learned(None, len(ordered), rate, wilson_upper(rate * n_eff, n_eff))
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    target: float
+    explore_rate: float
+
+
+@dataclass(slots=True)
+class PartitionEvidence:
+    observations: deque[Observation] = field(
+        default_factory=lambda: deque(maxlen=PARTITION_MAX_OBSERVATIONS)
+    )
+    _learned: dict[float, Learned] = field(default_factory=dict)  # by target, until a change
+
+    def add(self, obs: Observation) -> None:
+        self.observations.append(obs)
+        self._learned.clear()
+
+    def replace(self, observations: Sequence[Observation]) -> None:
+        self.observations = deque(observations, maxlen=PARTITION_MAX_OBSERVATIONS)
+        self._learned.clear()
+
+    def learned(self, target: float) -> Learned:
+        cached = self._learned.get(target)
+        if cached is None:
+            cached = self._learned[target] = learned_threshold(self.observations, target)
+        return cached
+
+
+@dataclass(frozen=True, slots=True)
+class Ticket:
+    """An eligible candidate as the cache saw it: kept on the request (explored or rejected: to
+    compare answers in the response hook; served: for feedback)."""
+
+    partition: str
+    entry_id: str
+    created_at: float
+    expires_at: float
+    similarity: float
+    head: float | None
+    pair: float | None
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    serve: bool
+    reason: str
+    threshold: float | None
+    source: Source
+    explored: bool = False  # a would-be hit sent upstream (an extra upstream call)
+    observe: bool = False  # compare the fresh answer with the entry's
+
+
+def threshold_for(
+    entry: EntryEvidence | None, partition: PartitionEvidence, policy: Policy, floor: float
+) -> tuple[float | None, Source]:
+    """The similarity an entry needs (None: it may not serve semantically) and whose evidence
+    set it. Never below the static floor: observations exist only at or above it."""
+    learned: float | None
+    source: Source
+    own = (
+        entry.observations
+        if entry is not None and len(entry.observations) >= ENTRY_MIN_OBSERVATIONS
+        else None
+    )
+    own_learned = learned_threshold(own, policy.target) if own is not None else None
+    if own_learned is not None and own_learned.threshold is not None:
+        learned, source = own_learned.threshold, "entry"
+    elif len(partition.observations) >= PARTITION_MIN_OBSERVATIONS:
+        learned, source = partition.learned(policy.target).threshold, "partition"
+    else:
+        learned, source = floor, "static"
+    if learned is not None:
+        learned = max(learned, floor)
+    return learned, source
+
+
+class Adaptive:
+    """The decisions. Evidence lives in an ``EvidenceStore`` (sidecar/cache/adaptive_store.py)."""
+
+    def __init__(self, config: CacheConfig) -> None:
+        self.config = config
+        self.rng = random.Random(config.explore_seed)
+
+    def policy(self, partition: str) -> Policy | None:
+        cfg = self.config
+        override = cfg.partitions.get(partition)
+        target = cfg.target_wrong_rate
+        explore = cfg.explore_rate
+        if override is not None:
+            if "target_wrong_rate" in override.model_fields_set:
+                target = override.target_wrong_rate
+            if override.explore_rate is not None:
+                explore = override.explore_rate
+        return None if target is None else Policy(target, explore)
+
+    def decide(
+        self,
+        policy: Policy,
+        similarity: float,
+        floor: float,
+        entry: EntryEvidence | None,
+        partition: PartitionEvidence,
+    ) -> Decision:
+        threshold, source = threshold_for(entry, partition, policy, floor)
+        if entry is not None and entry.wrong_at is not None and similarity <= entry.wrong_at:
+            reported = any(o.source == "feedback" for o in entry.observations)
+            return Decision(
+                False,
+                f"adaptive: below learned threshold {entry.wrong_at:.4f} (entry: "
+                f"{'reported' if reported else 'observed'} wrong at that similarity)",
+                entry.wrong_at,
+                "entry",
+                observe=True,
+            )
+        if threshold is None:
+            return Decision(
+                False,
+                f"adaptive: no similarity meets target {policy.target:g} yet ({source}, "
+                f"{len(partition.observations)} observations)",
+                None,
+                source,
+                observe=True,
+            )
+        if similarity < threshold:
+            return Decision(
+                False,
+                f"adaptive: below learned threshold {threshold:.4f} ({source})",
+                threshold,
+                source,
+                observe=True,
+            )
+        if policy.explore_rate > 0 and self.rng.random() < policy.explore_rate:
+            return Decision(
+                False,
+                f"explore: sampled (similarity {similarity:.4f} >= threshold {threshold:.4f}, "
+                f"{source}; rate {policy.explore_rate:g})",
+                threshold,
+                source,
+                explored=True,
+                observe=True,
+            )
+        return Decision(
+            True,
+            f"similarity {similarity:.4f} >= learned threshold {threshold:.4f} ({source})",
+            threshold,
+            source,
+        )
+
+
+# ---------------------------------------------------------------------- answers
+_SPACE = re.compile(r"\s+")
+_EDGE_PUNCT = " \t\n.!?,;:'\"()[]"
+
+
+def normalise_answer(text: str) -> str:
+    """Case, Unicode form, runs of whitespace and edge punctuation do not make answers differ."""
+    return _SPACE.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip(_EDGE_PUNCT)
+
+
+Agreement = Literal["agree", "disagree", "unknown"]
+
+
+def agreement(cosine: float, agree_min: float, disagree_max: float) -> Agreement:
+    if cosine >= agree_min:
+        return "agree"
+    if cosine <= disagree_max:
+        return "disagree"
+    return "unknown"
