@@ -32,7 +32,8 @@ def summary_rows(data: dict[str, Any]) -> list[SummaryRow]:
     )
     checks = data["checks"]
     rows: list[SummaryRow] = []
-    base = lanes["defaults"]["after_warmup"]
+    base_lane = lanes.get("main-defaults") or lanes.get("defaults")
+    base = base_lane["after_warmup"] if base_lane else {"wrong_hit_rate": None, "hit_rate": None}
     for name in [n for n in lanes if n.startswith("target-")]:
         f = lanes[name]["after_warmup"]
         target = float(name.removeprefix("target-"))
