@@ -342,16 +342,43 @@ def _sidecar_groups(specs: Sequence[LaneSpec], per_sidecar: int) -> list[list[La
     return groups
 
 
-def _previous(path: str | None, digest: str) -> dict[str, Any]:
-    """Lanes of an earlier run of the same stream, to reuse (decisions do not depend on
-    timing: a lane's outcome is a function of the stream and the code)."""
+def _previous(path: str | None, stream: Sequence[Any], regenerate: Any) -> dict[str, Any]:
+    """Lanes of an earlier run (or checkpoint) of the same stream, to reuse: decisions do not
+    depend on timing, a lane's outcome is a function of the stream and the code. A longer
+    earlier stream is cut to this one's length (the generator makes prefixes); a lane
+    shorter than this stream is not reused."""
     if not path:
         return {}
     data = orjson.loads(Path(path).read_bytes())
-    if data.get("stream", {}).get("digest") != digest:
+    old = data.get("stream", {})
+    same = old.get("digest") == stream_digest(stream)
+    if not same and old.get("requests", 0) > len(stream) and old.get("seed") is not None:
+        same = stream_digest(regenerate(old["requests"], old["seed"])) == old.get("digest")
+        same = same and regenerate(old["requests"], old["seed"])[: len(stream)] == list(stream)
+    if not same:
         raise SystemExit(f"{path}: another stream (digest differs); cannot reuse its lanes")
-    lanes: dict[str, Any] = data["lanes"]
+    lanes: dict[str, Any] = {}
+    for name, lane in data["lanes"].items():
+        raw = lane["raw"]
+        if len(raw["statuses"]) < len(stream) and name != "main-defaults":
+            print(f"[adaptive] {name} in {path}: {len(raw['statuses'])} requests, not reused")
+            continue
+        cut = {k: v[: len(stream)] for k, v in raw.items()}
+        lanes[name] = {k: v for k, v in lane.items() if k in ("raw", "seconds", "ran_in")}
+        lanes[name]["raw"] = cut
     return lanes
+
+
+def _checkpoint(path: Path, stream_info: dict[str, Any], lanes: Sequence[Lane]) -> None:
+    """The lanes so far, so that a run stopped early can still be analysed (``--reuse``)."""
+    data = {
+        "partial": True,
+        "stream": stream_info,
+        "lanes": {lane.name: {"raw": lane.to_raw(), "seconds": lane.seconds} for lane in lanes},
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(data))
+    tmp.replace(path)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -383,7 +410,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "answer_similarity": answer_similarity(),
         "embedder": EMBEDDER,
     }
-    previous = _previous(args.reuse, digest)
+    previous = _previous(
+        args.reuse,
+        stream,
+        lambda n, seed: generate_stream(classes, traps, n, seed),
+    )
     adaptive = adaptive_available()
     specs = [s for s in lane_specs(args, adaptive) if s.name not in previous]
     workdir = Path(tempfile.mkdtemp(prefix="adaptive-bench-"))
@@ -421,6 +452,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         provider_url = f"http://127.0.0.1:{provider_port}"
 
         baseline_stream = stream[: args.baseline_requests]
+        checkpoint = Path(args.out or RESULTS_DIR / "adaptive.json").with_suffix(".partial.json")
 
         async def all_lanes() -> None:
             await asyncio.gather(
@@ -432,6 +464,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                         args.report_share,
                         args.seed,
                         args.window,
+                        lambda: _checkpoint(checkpoint, data["stream"], lanes),
                     )
                     for lane in lanes
                 )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,6 +91,7 @@ async def replay(
     report_share: float,
     seed: int,
     progress_every: int = 0,
+    on_progress: Callable[[], None] | None = None,
 ) -> Lane:
     """Replay ``stream`` through ``lane``; returns it with one record per request."""
     # Every answer this lane fetched from the provider, and its class: a served answer's class.
@@ -125,6 +126,8 @@ async def replay(
             if progress_every and (request.index + 1) % progress_every == 0:
                 rate = (request.index + 1) / (time.perf_counter() - started)
                 print(f"[adaptive] {lane.name}: {request.index + 1} requests, {rate:.1f}/s")
+                if on_progress is not None:
+                    on_progress()
     lane.seconds = round(time.perf_counter() - started, 1)
     return lane
 
