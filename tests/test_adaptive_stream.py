@@ -1,21 +1,29 @@
 """The adaptive simulation's question classes and stream (benchmarks/adaptive_stream.py), on a
-small inline fixture: the benchmark feeds it the Quora pairs of the shared data."""
+small inline fixture (the benchmark feeds it the Quora pairs of the shared data), and its fake
+provider (benchmarks/adaptive_provider.py)."""
 
 from __future__ import annotations
 
 import itertools
+import sys
+from pathlib import Path
 
+import httpx
+import orjson
 import pytest
 
+from benchmarks.adaptive_provider import TEMPLATES, class_answer, class_facts, wording_of
 from benchmarks.adaptive_stream import (
     KINDS,
     LabelledPair,
     build_classes,
     generate_stream,
     kind_counts,
+    question_key,
     select_traps,
     stream_digest,
 )
+from sidecar.demo.processes import ManagedProcess, free_port
 
 
 def _fixture() -> list[LabelledPair]:
@@ -120,3 +128,49 @@ def test_each_class_question_is_asked_as_new_at_most_once() -> None:
     assert len(firsts) == len(set(firsts))
     for a, b in itertools.pairwise(stream):
         assert a.index + 1 == b.index
+
+
+def test_provider_answers_by_class_in_varied_words(tmp_path: Path) -> None:
+    """The simulation's fake provider, a real process on loopback: one class's answers share
+    their facts in different words, another class's name other facts, and a question outside
+    the class map is a 400 naming the problem."""
+    class_map = {
+        question_key("how do I fix thing 1 (a)"): 1,
+        question_key("how do I fix thing 1 (b)"): 1,
+        question_key("how do I break thing 1"): 2,
+    }
+    (tmp_path / "classes.json").write_bytes(orjson.dumps(class_map))
+    port = free_port()
+    command = [sys.executable, "-m", "benchmarks.adaptive_provider", str(port)]
+    command += [str(tmp_path / "classes.json"), "5"]
+    provider = ManagedProcess("provider", command, tmp_path / "provider.log").start()
+    try:
+        provider.wait_ready(f"http://127.0.0.1:{port}/healthz", 30)
+
+        def ask(question: str) -> httpx.Response:
+            body = {"model": "m", "messages": [{"role": "user", "content": question}]}
+            return httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=body)
+
+        answers = {}
+        for question in class_map:
+            reply = ask(question)
+            assert reply.status_code == 200
+            answers[question] = reply.json()["choices"][0]["message"]["content"]
+        assert (
+            ask("how do I fix thing 1 (a)").json()["choices"][0]["message"]["content"]
+            == (answers["how do I fix thing 1 (a)"])
+        ), "the same question, the same words"
+        unknown = ask("a question nobody mapped")
+        assert unknown.status_code == 400 and "class map" in unknown.text
+    finally:
+        provider.stop()
+    facts = class_facts(1, 5)
+    for wording in range(len(TEMPLATES)):
+        text = class_answer(1, 5, wording)
+        assert facts["person"] in text and str(facts["count"]) in text
+    other = class_facts(2, 5)
+    assert answers["how do I break thing 1"] == class_answer(
+        2, 5, wording_of("how do I break thing 1")
+    )
+    assert other["person"] != facts["person"] or other["count"] != facts["count"]
+    assert len({class_answer(1, 5, w) for w in range(len(TEMPLATES))}) == len(TEMPLATES)
