@@ -124,7 +124,7 @@ def _static_label(threshold: float) -> str:
 
 
 def plot(data: dict[str, Any], directory: Path) -> list[str] | str:
-    """Running wrong-hit rate, windowed hit rate and cumulative exploration calls per lane."""
+    """Wrong-hit rate and hit rate per window, cumulative exploration calls, per lane."""
     try:
         import matplotlib
 
@@ -148,7 +148,9 @@ def plot(data: dict[str, Any], directory: Path) -> list[str] | str:
         ends = [x["end"] for x in w]
         style = "--" if name.startswith("static") else "-"
         label = f"{name} (best static in hindsight)" if name.startswith("static") else name
-        axes[0].plot(ends, [_share(x["running_wrong_hit_rate"]) for x in w], style, label=label)
+        # a window without semantic hits served none wrong
+        wrong = [0.0 if not x["semantic_hits"] else _share(x["wrong_hit_rate"]) for x in w]
+        axes[0].plot(ends, wrong, style, marker=".", label=label)
         axes[1].plot(ends, [_share(x["hit_rate"]) for x in w], style, label=label)
         axes[2].plot(ends, [x["running_explored"] for x in w], style, label=label)
     for target in settings.get("targets", []):
@@ -156,7 +158,17 @@ def plot(data: dict[str, Any], directory: Path) -> list[str] | str:
     for ax in axes:
         ax.axvline(settings["warmup"], color="black", linewidth=0.6, linestyle=":")
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("running wrong-hit rate\n(wrong / served semantic hits)")
+    exact = data.get("exact_only")
+    if exact and exact.get("hit_rate") is not None:
+        axes[1].axhline(exact["hit_rate"], color="grey", linewidth=0.8, linestyle="--")
+        axes[1].annotate(
+            "exact hits only (after the warm-up)",
+            (settings["warmup"], exact["hit_rate"]),
+            fontsize=7,
+            xytext=(3, 3),
+            textcoords="offset points",
+        )
+    axes[0].set_ylabel("wrong-hit rate per window\n(wrong / served semantic hits)")
     axes[1].set_ylabel(f"hit rate per {settings['window']:,} requests")
     axes[2].set_ylabel("extra upstream calls\n(explored, cumulative)")
     axes[2].set_xlabel("requests (dotted: end of the warm-up)")
@@ -168,14 +180,17 @@ def plot(data: dict[str, Any], directory: Path) -> list[str] | str:
     plt.close(fig)
     sweep = data["checks"].get("hindsight_sweep", {})
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    xs = [_share(f["wrong_hit_rate"]) for f in sweep.values()]
+    # no semantic hit served: no wrong one either (the exact-only limit of the sweep)
+    xs = [0.0 if not f["semantic_hits"] else _share(f["wrong_hit_rate"]) for f in sweep.values()]
     ys = [_share(f["hit_rate"]) for f in sweep.values()]
     ax.plot(xs, ys, "o-", color="grey", label="static thresholds (hindsight sweep)")
     for t, x, y in zip(sweep, xs, ys, strict=True):
-        ax.annotate(t, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        text = "1.00 (exact only)" if t == "1.00" else t
+        ax.annotate(text, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
     for name in [n for n in lanes if n.startswith("target-")]:
         f = lanes[name]["after_warmup"]
-        ax.plot(_share(f["wrong_hit_rate"]), _share(f["hit_rate"]), "*", markersize=12, label=name)
+        x = 0.0 if not f["semantic_hits"] else _share(f["wrong_hit_rate"])
+        ax.plot(x, _share(f["hit_rate"]), "*", markersize=12, label=name)
     ax.set_xlabel("wrong-hit rate after the warm-up")
     ax.set_ylabel("hit rate after the warm-up")
     ax.grid(alpha=0.3)
