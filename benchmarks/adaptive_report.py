@@ -202,12 +202,79 @@ def plot(data: dict[str, Any], directory: Path) -> list[str] | str:
     return [str(path), str(trade)]
 
 
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """The results section of docs/adaptive_benchmark.md, from a result file."""
+    settings = data["settings"]
+    first, n = settings["warmup"], settings["evaluated_requests"]
+    lines = [
+        f"Stream of {data['stream']['requests']:,} requests (digest "
+        f"`{data['stream']['digest'][:12]}`), figures over requests {first:,} to {first + n:,} "
+        f"({n:,} after the warm-up). Machine: {data['machine'].get('cpus')} cores shared with "
+        f"other jobs, load average {data['machine'].get('load_average_1m')} when the analysis "
+        "ran (decisions do not depend on load).",
+        "",
+        "| lane | hit rate | semantic hits | wrong | wrong-hit rate | explored (share) | "
+        "reported | requests |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, lane in data["lanes"].items():
+        f = lane["after_warmup"]
+        lines.append(
+            f"| {name} | {_pct(f['hit_rate'])} | {f['semantic_hits']} | "
+            f"{f['wrong_semantic_hits']} | {_pct(f['wrong_hit_rate'])} | {f['explored']} "
+            f"({_pct(f['explore_share'])}) | {f['reported']} | {f['requests']:,} |"
+        )
+    exact = data.get("exact_only")
+    if exact:
+        lines.append(
+            f"| exact hits only (computed) | {_pct(exact['hit_rate'])} | 0 | 0 | - | 0 | 0 | "
+            f"{exact['requests']:,} |"
+        )
+    checks = data["checks"]
+    lines += ["", "Checks:", ""]
+    wrong = checks.get("target_wrong_rate")
+    if wrong:
+        lines.append(
+            f"- target 0.02, wrong-hit rate: {_pct(wrong['measured'])} "
+            f"({'met' if wrong['met'] else 'NOT met'})"
+        )
+    hit = checks.get("hit_rate_vs_best_static")
+    if hit:
+        lines.append(
+            f"- target 0.02, hit rate {_pct(hit['measured'])} beside the best static point in "
+            f"hindsight ({_static_label(hit['best_static_threshold'])}) "
+            f"{_pct(hit['best_static'])}: {hit['ratio']:.2f}x "
+            f"({'met' if hit['met'] else 'NOT met'}, needs 0.90x)"
+        )
+    for name, share in checks.get("explore_share", {}).items():
+        lines.append(
+            f"- {name}, explored share of would-be semantic hits: {_pct(share['measured'])} "
+            f"({share['explored']} of {share['would_be_semantic_hits']}), configured "
+            f"{_pct(share['configured'])} ({'met' if share['met'] else 'NOT met'})"
+        )
+    same = checks.get("unset_target_same_as_baseline")
+    if same:
+        lines.append(
+            f"- unset target: {same['different']} of {same['compared']:,} requests decided "
+            f"differently from main ({'met' if same['met'] else 'NOT met'})"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="plots of an adaptive simulation result")
     parser.add_argument("result", nargs="?", default=str(RESULTS_DIR / "adaptive.json"))
     parser.add_argument("--plot-dir", default=str(Path(__file__).resolve().parents[1] / "docs/img"))
+    parser.add_argument("--markdown", action="store_true", help="print the results section")
     args = parser.parse_args(argv)
     data = orjson.loads(Path(args.result).read_bytes())
+    if args.markdown:
+        print(markdown(data))
+        return 0
     print(plot(data, Path(args.plot_dir)))
     return 0
 
