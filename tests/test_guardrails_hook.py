@@ -115,7 +115,10 @@ async def test_input_redaction_reaches_provider_and_keys_cache(guarded: Any) -> 
         other = await request_hook(client, chat_body(q.replace(EMAIL, "bob@example.org")))
         assert other.json()["cache"]["status"] == "hit-exact"
         store: Any = sidecar.cache.exact if sidecar.cache else None
-        for entry in store._entries.values():
+        # every stored entry, read back from the store (SQLite holds them; memory a record)
+        entries = [await store.get(entry_id) for entry_id in list(store._rows)]
+        assert entries and None not in entries
+        for entry in entries:
             assert EMAIL not in entry.question and EMAIL not in entry.answer.body.decode()
     assert EMAIL not in audit.read_text()
 

@@ -58,7 +58,10 @@ async def test_reversible_round_trip_and_cache(pii_sidecar: Any) -> None:
         assert restored == "Sure, I will send it to alice.smith@example.com."
         assert resp.get("stored_entry_id")
         store: Any = sidecar.cache.exact if sidecar.cache else None
-        for entry in store._entries.values():
+        # every stored entry, read back from the store (SQLite holds them; memory a record)
+        entries = [await store.get(entry_id) for entry_id in list(store._rows)]
+        assert entries and None not in entries
+        for entry in entries:
             body = entry.answer.body.decode()
             assert "[EMAIL_ADDRESS_1]" in body and "alice" not in body
 

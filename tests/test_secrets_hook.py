@@ -57,7 +57,10 @@ async def test_input_redaction_keeps_prose(
         assert sent.endswith("] on my repo?")
         assert sidecar.cache is not None
         store: Any = sidecar.cache.exact
-        for entry in store._entries.values():
+        # every stored entry, read back from the store (SQLite holds them; memory a record)
+        entries = [await store.get(entry_id) for entry_id in list(store._rows)]
+        assert entries and None not in entries
+        for entry in entries:
             assert token not in entry.question and token not in entry.answer.body.decode()
         metrics = (await client.get("/metrics")).text
     assert token not in audit.read_text()
