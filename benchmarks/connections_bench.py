@@ -58,7 +58,7 @@ def _probe(port: int, probes: int) -> list[float]:
             while chunk := sock.recv(4096):
                 reply += chunk
         out.append(time.perf_counter() - started)
-        if not reply.startswith(b"HTTP/1.1 200") or not reply.endswith(b'{"status":"ok"}'):
+        if not reply.startswith(b"HTTP/1.1 200") or not reply.rstrip().endswith(b'{"status":"ok"}'):
             raise RuntimeError(f"unexpected /healthz answer: {reply[:200]!r}")
         time.sleep(0.01)  # probe spacing (a benchmark pace, not synchronisation)
     return out

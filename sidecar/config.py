@@ -272,6 +272,10 @@ class CacheConfig(_Section):
     #: a pair-model probability this high overrides a refusal of the match head (never one
     #: of the rule checks); above 1 turns the override off
     pair_model_rescue: float = Field(0.95, ge=0.0, le=1.01)
+    #: ONNX Runtime's idle threads spin-wait during a pair-model call: faster on a quiet
+    #: machine (3 candidates of 64 tokens: ~3.8 vs ~5.2 ms here); false on a crowded host,
+    #: where the spin takes CPU other work needs
+    pair_model_spin: bool = True
     #: namespace prefix for shared backends (Redis key prefix, collection name)
     namespace: str = "sidecar"
     #: single-flight: identical concurrent misses wait for the first one's answer (see

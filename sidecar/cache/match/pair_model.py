@@ -12,8 +12,10 @@ one batch, and never on exact hits. Questions are truncated so a pair has at mos
 manifest's ``max_len`` tokens. Each text is tokenised once (the new question once per batch,
 not once per candidate; a cached question's word pieces are kept in a small LRU), and the
 pairs are assembled here, truncated exactly as the tokenizer's own ``longest_first`` pair
-encoding would. ONNX Runtime runs with full graph optimisation and without spin-waiting
-threads: on a shared 2-core machine a spinning thread burns the CPU another process needs.
+encoding would. ONNX Runtime runs with full graph optimisation; its idle threads spin-wait
+by default (``cache.pair_model_spin``): on a quiet 2-core machine that takes 3 candidates of
+64 tokens from ~5.2 to ~3.8 ms median, while on a crowded one the spin burns CPU another
+process needs, so it can be turned off (pair_model_bench measures both).
 
 The directory holds ``manifest.json`` (model, tokenizer, input signature, provenance, the
 training command), the ONNX file and ``tokenizer.json``. ``PairModel.load`` checks all three
@@ -264,8 +266,8 @@ def _load_session(file: Path, threads: int, spinning: bool = False) -> Any:
     options.intra_op_num_threads = max(1, threads)
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # idle threads sleep instead of spinning: on a busy shared machine the spin costs CPU
-    # that other work (and the other intra-op thread) needs; measured in pair_model_bench
+    # spinning: idle threads spin-wait for the next parallel section (faster on a quiet
+    # machine); off, they sleep, leaving the CPU to other work on a crowded one
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.log_severity_level = 3
     try:
@@ -287,19 +289,20 @@ def _check_signature(session: Any, manifest: dict[str, Any], file: Path) -> None
         raise PairModelError(f"pair model file {file}: outputs {outputs}, expected [{OUTPUT!r}]")
 
 
-def pair_model_for(setting: str) -> PairModel | None:
+def pair_model_for(setting: str, spinning: bool = True) -> PairModel | None:
     """The pair model ``cache.pair_model`` asks for: ``off`` none, ``auto`` the bundled one,
-    or a path to a pair-model directory (or its manifest). A bad file fails start-up."""
+    or a path to a pair-model directory (or its manifest). A bad file fails start-up.
+    ``spinning``: ``cache.pair_model_spin``."""
     if setting == "off":
         return None
     location = DEFAULT_PAIR_MODEL if setting == "auto" else Path(setting)
-    return _loaded(str(location.resolve()))
+    return _loaded(str(location.resolve()), spinning)
 
 
 @lru_cache(maxsize=4)
-def _loaded(location: str) -> PairModel:
+def _loaded(location: str, spinning: bool) -> PairModel:
     """One session per model file per process: sidecars built in one process (tests, eval and
     calibrate) share it; an ONNX Runtime session may run from several threads."""
-    model = PairModel.load(location)
+    model = PairModel.load(location, spinning=spinning)
     log.info("pair model %s loaded from %s", model.name, model.directory)
     return model

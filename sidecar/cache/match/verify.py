@@ -531,7 +531,7 @@ def build_verifier(
         config.verifier_checks,
         head,
         config.match_head_min,
-        pair_model_for(config.pair_model),
+        pair_model_for(config.pair_model, config.pair_model_spin),
         config.pair_model_min,
         config.pair_model_rescue,
     )
