@@ -253,8 +253,15 @@ def markdown(data: dict[str, Any]) -> str:
     for name, share in checks.get("explore_share", {}).items():
         lines.append(
             f"- {name}, explored share of would-be semantic hits: {_pct(share['measured'])} "
-            f"({share['explored']} of {share['would_be_semantic_hits']}), configured "
+            f"({share['explored']} of {share['would_be_semantic_hits']}, "
+            f"{share.get('over', 'after the warm-up')}), configured "
             f"{_pct(share['configured'])} ({'met' if share['met'] else 'NOT met'})"
+            + (
+                f"; after the warm-up {_pct(share['after_warmup'])} "
+                f"({share['after_warmup_explored']} of {share['after_warmup_would_be']})"
+                if "after_warmup" in share
+                else ""
+            )
         )
     same = checks.get("unset_target_same_as_baseline")
     if same:
