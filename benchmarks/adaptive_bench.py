@@ -12,6 +12,12 @@ pairs; traps are non-duplicate pairs whose questions' embeddings are at least
 ``TRAP_MIN_SIMILARITY`` alike (``benchmarks/adaptive_stream.py``). A seeded stream mixes new
 questions, exact repeats, paraphrases of earlier classes and traps.
 
+``--stream clean`` (the default) first drops one question of each pair of different classes
+that are near-twins (cosine >= ``TWIN_MIN_COSINE``, or the same words) without being a labelled
+trap: QQP labels only the pairs it lists, so such a pair is often one question in two classes,
+and a hit between them would count as wrong when it is right. ``--stream qqp`` keeps every
+question (the earlier world, where wrong hits occur at every similarity).
+
 Every configuration replays the same stream through a real ``sidecar serve`` process's HTTP
 hook, one request at a time, with the fake provider ``benchmarks/adaptive_provider.py``
 answering misses by class in varied words (``benchmarks/adaptive_sim.py``); configurations run

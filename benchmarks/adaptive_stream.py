@@ -12,6 +12,9 @@ questions. Ground truth is the class: a served answer is right when it was writt
 question of the same class. The same classes, traps, length, mix and seed give the same
 stream (``stream_digest``).
 
+``drop_near_twins`` makes the clean variant: without one question of each unlabelled
+near-twin pair across classes, so that a different class means a different question.
+
 No I/O and no model here, so the generator's invariants are tested on a tiny inline fixture
 (tests/test_adaptive_stream.py); ``benchmarks/adaptive_bench.py`` feeds it the Quora pairs.
 """
