@@ -15,10 +15,11 @@ exploration with probability ``explore_rate``, within a budget: per partition, i
 only while ``explored + 1 <= explore_rate * would-be hits so far`` (``ExploreBudget``), so the
 extra upstream calls never exceed the rate, not merely on average. The request goes upstream
 (``explore: sampled ...``), and the fresh answer is compared with the entry's
-(``compare_answers``). An eligible candidate that the
-learned threshold rejects goes upstream anyway, so it is always observed, at no extra upstream
-call. Each observation keeps the probability it was sampled with; estimates weight it by the
-inverse (so the observed mix is the mix of all eligible candidates).
+(``compare_answers``). An eligible candidate that the learned threshold rejects goes upstream
+anyway, so it is always observed, at no extra upstream call. Each observation keeps the
+probability it was sampled with (``explore_rate``; the budget makes the true one a little
+lower); estimates weight it by the inverse (so the observed mix is the mix of all eligible
+candidates).
 
 The learned threshold (``learned_threshold``): the lowest similarity t such that, among the
 observations at or above t, the one-sided 95% Wilson upper bound of the weighted wrong share
