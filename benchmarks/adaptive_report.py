@@ -202,8 +202,8 @@ def plot(data: dict[str, Any], directory: Path) -> list[str] | str:
     return [str(path), str(trade)]
 
 
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}%"
+def _pct(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}%"
 
 
 def markdown(data: dict[str, Any]) -> str:
@@ -211,7 +211,8 @@ def markdown(data: dict[str, Any]) -> str:
     settings = data["settings"]
     first, n = settings["warmup"], settings["evaluated_requests"]
     lines = [
-        f"Stream of {data['stream']['requests']:,} requests (digest "
+        f"{'Clean' if data.get('stream_variant') == 'clean' else 'QQP'} stream of "
+        f"{data['stream']['requests']:,} requests (digest "
         f"`{data['stream']['digest'][:12]}`), figures over requests {first:,} to {first + n:,} "
         f"({n:,} after the warm-up). Machine: {data['machine'].get('cpus')} cores shared with "
         f"other jobs, load average {data['machine'].get('load_average_1m')} when the analysis "
@@ -252,9 +253,16 @@ def markdown(data: dict[str, Any]) -> str:
         )
     for name, share in checks.get("explore_share", {}).items():
         lines.append(
-            f"- {name}, explored share of would-be semantic hits: {_pct(share['measured'])} "
-            f"({share['explored']} of {share['would_be_semantic_hits']}), configured "
+            f"- {name}, explored share of would-be semantic hits: {_pct(share['measured'], 2)} "
+            f"({share['explored']} of {share['would_be_semantic_hits']}, "
+            f"{share.get('over', 'after the warm-up')}), configured "
             f"{_pct(share['configured'])} ({'met' if share['met'] else 'NOT met'})"
+            + (
+                f"; after the warm-up {_pct(share['after_warmup'], 2)} "
+                f"({share['after_warmup_explored']} of {share['after_warmup_would_be']})"
+                if "after_warmup" in share
+                else ""
+            )
         )
     same = checks.get("unset_target_same_as_baseline")
     if same:

@@ -12,6 +12,9 @@ questions. Ground truth is the class: a served answer is right when it was writt
 question of the same class. The same classes, traps, length, mix and seed give the same
 stream (``stream_digest``).
 
+``drop_near_twins`` makes the clean variant: without one question of each unlabelled
+near-twin pair across classes, so that a different class means a different question.
+
 No I/O and no model here, so the generator's invariants are tested on a tiny inline fixture
 (tests/test_adaptive_stream.py); ``benchmarks/adaptive_bench.py`` feeds it the Quora pairs.
 """
@@ -21,8 +24,10 @@ from __future__ import annotations
 import bisect
 import hashlib
 import random
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import orjson
 
@@ -118,6 +123,112 @@ def select_traps(
         for (a, b), s in zip(candidates, scores, strict=True)
         if s >= min_similarity
     ]
+
+
+# ---------------------------------------------------------------------------- clean variant
+# QQP labels only the pairs it lists: two questions of different classes that were never paired
+# may ask the same thing, and then the "wrong" answer a cache serves for one is right in truth.
+# The clean variant drops one question of every such near-twin pair, so that a different class
+# means a different question; labelled non-duplicates (the traps) stay, whatever their
+# similarity, since their ground truth is a person's judgement.
+_WORD = re.compile(r"\w+")
+
+
+def word_key(text: str) -> str:
+    """The question's words, case-folded, without punctuation, as a sorted multiset: two
+    questions with the same key use the same words (in any order)."""
+    return " ".join(sorted(_WORD.findall(text.casefold())))
+
+
+def same_words_twins(classes: Classes) -> list[tuple[str, str]]:
+    """Pairs of questions of different classes with the same ``word_key``."""
+    by_key: dict[str, list[str]] = {}
+    for members in classes.members:
+        for question in members:
+            by_key.setdefault(word_key(question), []).append(question)
+    out = []
+    for group in by_key.values():
+        for i, a in enumerate(group):
+            out += [(a, b) for b in group[i + 1 :] if classes.class_of[a] != classes.class_of[b]]
+    return out
+
+
+def near_twin_pairs(
+    questions: Sequence[str],
+    vectors: Any,
+    classes: Classes,
+    min_cosine: float,
+    block: int = 1024,
+) -> list[tuple[str, str, float]]:
+    """Pairs of questions of different classes whose unit vectors (``vectors[i]`` is the
+    embedding of ``questions[i]``) have a cosine of at least ``min_cosine``, each pair once.
+    Blocked all-pairs products: memory stays at ``block`` x len(questions) floats."""
+    import numpy as np
+
+    matrix = np.asarray(vectors, dtype=np.float32)
+    if matrix.shape[0] != len(questions):
+        raise ValueError(f"{matrix.shape[0]} vectors for {len(questions)} questions")
+    ids = np.array([classes.class_of[question_key(q)] for q in questions])
+    out: list[tuple[str, str, float]] = []
+    for start in range(0, len(questions), block):
+        sims = matrix[start : start + block] @ matrix.T
+        rows, cols = np.nonzero(sims >= min_cosine)
+        for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
+            i = start + r
+            if c > i and ids[i] != ids[c]:
+                out.append((questions[i], questions[c], round(float(sims[r, c]), 4)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Cleaned:
+    classes: Classes
+    traps: list[tuple[str, str, float]]
+    dropped: list[str]  # in the order they were dropped
+    twin_pairs: int  # near-twin pairs across classes that were not labelled traps
+
+
+def drop_near_twins(
+    classes: Classes,
+    traps: Sequence[tuple[str, str, float]],
+    twins: Iterable[tuple[str, str]],
+) -> Cleaned:
+    """``classes`` without one question of each near-twin pair (``twins``: pairs of questions
+    of different classes that look alike) unless the pair is a labelled trap. Of a pair, the
+    question that is not in a trap goes, else the one of the smaller class, else the later in
+    text order: deterministic, and it keeps traps and paraphrase classes where it can. Empty
+    classes disappear and classes are renumbered in their old order; traps that lost a
+    question are dropped."""
+    trap_pairs = {frozenset((a, b)) for a, b, _ in traps}
+    in_trap = {q for a, b, _ in traps for q in (a, b)}
+    dropped: set[str] = set()
+    order: list[str] = []
+    count = 0
+    for a, b in sorted({tuple(sorted((question_key(a), question_key(b)))) for a, b in twins}):
+        if a == b or frozenset((a, b)) in trap_pairs:
+            continue
+        if classes.class_of[a] == classes.class_of[b]:
+            continue
+        count += 1
+        if a in dropped or b in dropped:
+            continue
+
+        def rank(q: str) -> tuple[bool, int, str]:
+            # the question to drop sorts last: not in a trap, small class, later text
+            return (q not in in_trap, -len(classes.members[classes.class_of[q]]), q)
+
+        victim = max((a, b), key=rank)
+        dropped.add(victim)
+        order.append(victim)
+    kept = Classes(conflicting_pairs=classes.conflicting_pairs)
+    for members in classes.members:
+        rest = [q for q in members if q not in dropped]
+        if rest:
+            for q in rest:
+                kept.class_of[q] = len(kept.members)
+            kept.members.append(rest)
+    kept_traps = [t for t in traps if t[0] not in dropped and t[1] not in dropped]
+    return Cleaned(kept, kept_traps, order, count)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,7 @@ the real Redis for the shared part."""
 
 from __future__ import annotations
 
+import itertools
 import sqlite3
 import uuid
 from pathlib import Path
@@ -354,16 +355,45 @@ def test_decisions_and_their_reasons() -> None:
     assert not blocked.serve and blocked.reason.startswith("adaptive: no similarity meets")
 
 
-def test_exploration_share_is_the_configured_rate() -> None:
-    config = make_config(
-        cache={"target_wrong_rate": 0.05, "explore_rate": 0.1, "explore_seed": 3}
-    ).cache
-    adaptive = Adaptive(config)
-    decisions = [
-        adaptive.decide(Policy(0.05, 0.1), 0.9, 0.7, None, PartitionEvidence()) for _ in range(5000)
+def test_exploration_share_never_exceeds_the_configured_rate() -> None:
+    """The budget: at every point of the stream, in every seed, explored / would-be hits is at
+    most the rate (a plain coin exceeds it in about half of all runs), and still close to it."""
+    for seed in range(20):
+        config = make_config(
+            cache={"target_wrong_rate": 0.05, "explore_rate": 0.1, "explore_seed": seed}
+        ).cache
+        adaptive = Adaptive(config)
+        partition = PartitionEvidence()
+        explored = 0
+        for n in range(1, 3001):
+            decision = adaptive.decide(Policy(0.05, 0.1), 0.9, 0.7, None, partition)
+            explored += decision.explored
+            assert decision.explored != decision.serve
+            assert explored / n <= 0.1, (seed, n, explored)
+        assert explored / 3000 > 0.085, (seed, explored)
+    # Not periodic: the gaps between explored hits vary (the coin is still tossed).
+    adaptive = Adaptive(make_config(cache={"target_wrong_rate": 0.05, "explore_seed": 1}).cache)
+    partition = PartitionEvidence()
+    picks = [
+        i
+        for i in range(2000)
+        if adaptive.decide(Policy(0.05, 0.1), 0.9, 0.7, None, partition).explored
     ]
-    share = sum(d.explored for d in decisions) / len(decisions)
-    assert 0.085 < share < 0.115
+    assert len({b - a for a, b in itertools.pairwise(picks)}) > 5
+    # Per partition: another partition's exploration does not spend this one's budget.
+    other = PartitionEvidence()
+    first = [adaptive.decide(Policy(0.05, 0.5), 0.9, 0.7, None, other) for _ in range(400)]
+    assert 0 < sum(d.explored for d in first) <= 200
+    assert partition.budget.would_be == 2000 and other.budget.would_be == 400
+    # Rate 0 explores nothing; rate 1 explores every would-be hit.
+    assert not any(
+        adaptive.decide(Policy(0.05, 0.0), 0.9, 0.7, None, PartitionEvidence()).explored
+        for _ in range(100)
+    )
+    every = PartitionEvidence()
+    assert all(
+        adaptive.decide(Policy(0.05, 1.0), 0.9, 0.7, None, every).explored for _ in range(50)
+    )
 
 
 def test_config_validation(tmp_path: Path) -> None:

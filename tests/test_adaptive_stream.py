@@ -17,11 +17,15 @@ from benchmarks.adaptive_stream import (
     KINDS,
     LabelledPair,
     build_classes,
+    drop_near_twins,
     generate_stream,
     kind_counts,
+    near_twin_pairs,
     question_key,
+    same_words_twins,
     select_traps,
     stream_digest,
+    word_key,
 )
 from sidecar.demo.processes import ManagedProcess, free_port
 
@@ -128,6 +132,67 @@ def test_each_class_question_is_asked_as_new_at_most_once() -> None:
     assert len(firsts) == len(set(firsts))
     for a, b in itertools.pairwise(stream):
         assert a.index + 1 == b.index
+
+
+def test_same_words_twins_cross_classes_only() -> None:
+    assert word_key("How do I fix it?") == word_key("fix  it, how do i") == "do fix how i it"
+    assert word_key("How do I fix it?") != word_key("How do I fix them?")
+    pairs = [*_fixture(), LabelledPair("question 7, lone?", "yet another question 7", False)]
+    classes, _ = build_classes(pairs)
+    twins = same_words_twins(classes)
+    assert twins == [("lone question 7", "question 7, lone?")]
+    # the paraphrases of one class are not twins, however alike
+    assert all(classes.class_of[a] != classes.class_of[b] for a, b in twins)
+
+
+def test_near_twin_pairs_by_cosine_across_classes() -> None:
+    pairs = [LabelledPair("a", "d", True), LabelledPair("b", "c", False)]
+    classes, _ = build_classes(pairs)
+    b = [0.99, (1 - 0.99**2) ** 0.5]
+    vectors = {"a": [1.0, 0.0], "b": b, "c": [0.0, 1.0], "d": [1.0, 0.0]}
+    questions = ["a", "b", "c", "d"]
+    for block in (1, 3, 1024):  # block boundaries change nothing
+        found = near_twin_pairs(questions, [vectors[q] for q in questions], classes, 0.9, block)
+        # a~d is one class; b~c is far apart; each pair once
+        assert [(x, y) for x, y, _ in found] == [("a", "b"), ("b", "d")], block
+        assert all(abs(sim - 0.99) < 1e-3 for *_, sim in found)
+    with pytest.raises(ValueError, match="3 vectors for 4 questions"):
+        near_twin_pairs(questions, [vectors[q] for q in "abc"], classes, 0.9)
+
+
+def test_clean_variant_drops_unlabelled_twins_and_keeps_traps() -> None:
+    pairs = [*_fixture(), LabelledPair("question 7, lone?", "yet another question 7", False)]
+    classes, across = build_classes(pairs)
+    traps = select_traps(across, _similarity, 0.8)
+    twins = [
+        *same_words_twins(classes),  # two lone questions with the same words: unlabelled
+        ("how do I fix thing 3 (a)", "how do I break thing 3"),  # a labelled trap: both stay
+        # a trap question (class of 1) beside a paraphrase (class of 3): the one not in a trap
+        ("how do I break thing 5", "how do I fix thing 6 (b)"),
+        ("how do I fix thing 1 (a)", "how do I fix thing 1 (b)"),  # one class: not twins
+        # neither in a trap: the question of the smaller class goes, which also settles the
+        # same-words pair above (its other question stays)
+        ("lone question 7", "how do I fix thing 8 (c)"),
+    ]
+    cleaned = drop_near_twins(classes, traps, twins)
+    assert cleaned.dropped == ["how do I fix thing 6 (b)", "lone question 7"]
+    assert cleaned.twin_pairs == 3
+    assert drop_near_twins(classes, traps, reversed(twins)) == cleaned  # input order: no matter
+    kept = cleaned.classes
+    assert not set(cleaned.dropped) & set(kept.class_of)
+    assert len(kept.class_of) == len(classes.class_of) - 2
+    for class_id, members in enumerate(kept.members):
+        assert members and all(kept.class_of[q] == class_id for q in members)
+    # the classes are the same sets of questions, renumbered
+    before = {frozenset(m) - set(cleaned.dropped) for m in classes.members} - {frozenset()}
+    assert before == {frozenset(m) for m in kept.members}
+    assert cleaned.traps == traps  # no trap lost a question
+    # seeded and reproducible; dropped questions are never asked
+    first = generate_stream(kept, cleaned.traps, 120, seed=4)
+    assert first == generate_stream(kept, cleaned.traps, 120, seed=4)
+    assert not {r.text for r in first} & set(cleaned.dropped)
+    assert all(kept.class_of[r.text] == r.class_id for r in first)
+    assert kind_counts(first)["trap"] > 0
 
 
 def test_provider_answers_by_class_in_varied_words(tmp_path: Path) -> None:

@@ -10,12 +10,16 @@ or ``x-bf-cache-threshold``) and the verifier is *eligible*. It serves when its 
 at or above the learned threshold of its entry, and, when the entry was ever found wrong, above
 the highest similarity at which it was wrong. Otherwise it is a miss (``adaptive: ...``).
 
-Observations. An eligible candidate that would serve is sampled for exploration with
-probability ``explore_rate``: the request goes upstream (``explore: sampled ...``), and the
-fresh answer is compared with the entry's (``compare_answers``). An eligible candidate that the
-learned threshold rejects goes upstream anyway, so it is always observed, at no extra upstream
-call. Each observation keeps the probability it was sampled with; estimates weight it by the
-inverse (so the observed mix is the mix of all eligible candidates).
+Observations. An eligible candidate that would serve (a *would-be hit*) is sampled for
+exploration with probability ``explore_rate``, within a budget: per partition, it is explored
+only while ``explored + 1 <= explore_rate * would-be hits so far`` (``ExploreBudget``), so the
+extra upstream calls never exceed the rate, not merely on average. The request goes upstream
+(``explore: sampled ...``), and the fresh answer is compared with the entry's
+(``compare_answers``). An eligible candidate that the learned threshold rejects goes upstream
+anyway, so it is always observed, at no extra upstream call. Each observation keeps the
+probability it was sampled with (``explore_rate``; the budget makes the true one a little
+lower); estimates weight it by the inverse (so the observed mix is the mix of all eligible
+candidates).
 
 The learned threshold (``learned_threshold``): the lowest similarity t such that, among the
 observations at or above t, the one-sided 95% Wilson upper bound of the weighted wrong share
@@ -176,10 +180,38 @@ class Policy:
 
 
 @dataclass(slots=True)
+class ExploreBudget:
+    """A partition's exploration so far (this process). A would-be hit may be explored only
+    while ``(explored + 1) / would_be <= rate``: sampling stays random (a coin of probability
+    ``rate``, seeded), but the share never exceeds the rate at any point of the stream. A plain
+    coin lands above its rate in about half of all runs. The effective sampling probability is a
+    little under ``rate`` (the coin is skipped while the budget is spent), and at the start no
+    hit is explored until ``1 / rate`` would-be hits have been seen."""
+
+    would_be: int = 0
+    explored: int = 0
+
+    def sample(self, rate: float, rng: random.Random) -> bool:
+        """Count a would-be hit; True when it is to be explored."""
+        self.would_be += 1
+        # Division, not ``explored + 1 <= rate * would_be``: the same arithmetic as the share
+        # the stats report (explored / (explored + semantic hits)), so it holds to the last bit.
+        if rate <= 0 or (self.explored + 1) / self.would_be > rate:
+            return False
+        if rng.random() >= rate:
+            return False
+        self.explored += 1
+        return True
+
+
+@dataclass(slots=True)
 class PartitionEvidence:
     observations: deque[Observation] = field(
         default_factory=lambda: deque(maxlen=PARTITION_MAX_OBSERVATIONS)
     )
+    #: per process, not shared between replicas: each keeps its own share under the rate, so
+    #: their sum is too
+    budget: ExploreBudget = field(default_factory=ExploreBudget)
     _learned: dict[float, Learned] = field(default_factory=dict)  # by target, until a change
 
     def add(self, obs: Observation) -> None:
@@ -301,7 +333,7 @@ class Adaptive:
                 source,
                 observe=True,
             )
-        if policy.explore_rate > 0 and self.rng.random() < policy.explore_rate:
+        if partition.budget.sample(policy.explore_rate, self.rng):
             return Decision(
                 False,
                 f"explore: sampled (similarity {similarity:.4f} >= threshold {threshold:.4f}, "
