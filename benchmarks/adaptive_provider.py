@@ -111,29 +111,7 @@ class _ClassProvider(_Connection):
     seed = 0
     served = 0
 
-    def data_received(self, data: bytes) -> None:
-        self._buffer += data
-        while True:
-            end = self._buffer.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self._buffer[:end]
-            length = 0
-            for line in head.split(b"\r\n")[1:]:
-                name, _, value = line.partition(b":")
-                if name.strip().lower() == b"content-length":
-                    length = int(value)
-            if len(self._buffer) < end + 4 + length:
-                return
-            body = self._buffer[end + 4 : end + 4 + length]
-            self._buffer = self._buffer[end + 4 + length :]
-            assert self._transport is not None
-            if head.startswith(b"POST"):
-                self._transport.write(self._answer(body))
-            else:
-                self._transport.write(_http(200, b'{"status":"ok"}'))
-
-    def _answer(self, body: bytes) -> bytes:
+    def answer_post(self, body: bytes) -> bytes:
         try:
             request: Any = orjson.loads(body)
             question = request["messages"][-1]["content"]

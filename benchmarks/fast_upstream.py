@@ -95,7 +95,7 @@ class _Connection(asyncio.Protocol):
             self._buffer = self._buffer[end + 4 + length :]
             assert self._transport is not None
             if head.startswith(b"POST"):
-                answer = _answer(body)
+                answer = self.answer_post(body)
                 if self.delay_s > 0:
                     loop = asyncio.get_running_loop()
                     loop.call_later(self.delay_s, self._write, answer)
@@ -103,6 +103,10 @@ class _Connection(asyncio.Protocol):
                     self._transport.write(answer)
             else:
                 self._transport.write(_http(200, b'{"status":"ok"}'))
+
+    def answer_post(self, body: bytes) -> bytes:
+        """The whole HTTP answer to a POST with this body (a subclass answers otherwise)."""
+        return _answer(body)
 
     def _write(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
