@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import math
 import os
-from collections.abc import Iterable, Mapping
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 
 from sidecar.config import ServerConfig
 
@@ -75,6 +78,73 @@ class TokenSet:
         for token in self._tokens:  # no early exit: every token is compared
             found |= hmac.compare_digest(offered, token)
         return found
+
+
+class FailedAuthLimiter:
+    """Counts wrong or missing tokens per client address; past ``max_failures`` within
+    ``window`` seconds the address is refused (429) without its token being compared, until
+    its window ends. A guess costs a full window per ``max_failures`` tries, so a weak token
+    cannot be found by brute force through the hooks, the admin API or the login form.
+
+    The address is the TCP peer, never a forwarded-for header (a caller writes those). A
+    caller with the right token never fails, so the proxy beside the sidecar is only ever
+    locked out by failures from its own address. At most ``max_addresses`` windows are kept
+    (the oldest is forgotten first), so a flood of addresses cannot grow memory. Written by
+    hand: a fixed-window counter in a bounded ordered dict is smaller than any rate-limit
+    library's set-up, and the event loop is its only user (no lock).
+    """
+
+    def __init__(
+        self,
+        max_failures: int,
+        window: float,
+        max_addresses: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.max_failures = max_failures
+        self.window = window
+        self.max_addresses = max_addresses
+        self._clock = clock
+        self._windows: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def retry_after(self, address: str | None) -> int:
+        """Seconds until ``address`` may try again; 0 when it is not locked out."""
+        if self.max_failures <= 0 or address is None:
+            return 0
+        entry = self._windows.get(address)
+        if entry is None:
+            return 0
+        started, failures = entry
+        left = started + self.window - self._clock()
+        if left <= 0:
+            del self._windows[address]
+            return 0
+        return math.ceil(left) if failures >= self.max_failures else 0
+
+    def failed(self, address: str | None) -> None:
+        """Record one wrong or missing token from ``address``."""
+        if self.max_failures <= 0 or address is None:
+            return
+        now = self._clock()
+        entry = self._windows.pop(address, None)
+        if entry is None or entry[0] + self.window <= now:
+            entry = (now, 0)
+        self._windows[address] = (entry[0], entry[1] + 1)  # most recent failure last
+        while len(self._windows) > self.max_addresses:
+            self._windows.popitem(last=False)
+
+    def locked(self) -> int:
+        """Addresses locked out now (for tests and the dashboard)."""
+        now = self._clock()
+        return sum(
+            1
+            for started, failures in self._windows.values()
+            if failures >= self.max_failures and started + self.window > now
+        )
+
+
+def limiter_for(server: ServerConfig) -> FailedAuthLimiter:
+    return FailedAuthLimiter(server.auth_max_failures, server.auth_failure_window)
 
 
 def load_tokens(server: ServerConfig, environ: Mapping[str, str] | None = None) -> TokenSet | None:

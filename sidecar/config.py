@@ -110,6 +110,10 @@ class ServerConfig(_Section):
     #: the ext_proc stream must present; several tokens separated by commas are all accepted
     #: (rotation). Empty: no authentication (then only loopback binds, see ``allow_insecure``)
     auth_token_env: str = ""
+    #: wrong or missing tokens one client address may send within ``auth_failure_window``
+    #: seconds before it is refused (429, ``Retry-After``) until the window ends; 0: no limit
+    auth_max_failures: int = Field(20, ge=0)
+    auth_failure_window: float = Field(60.0, gt=0)
     #: listen beyond loopback without a token (``sidecar serve --insecure-no-auth``)
     allow_insecure: bool = False
     #: PEM certificate chain and private key: both listeners speak TLS (HTTPS, gRPC over TLS)

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_config
 from hookclient import chat_body, openai_answer
 
-from sidecar.auth import AuthConfigError, TokenSet, is_loopback, load_tokens
+from sidecar.auth import AuthConfigError, FailedAuthLimiter, TokenSet, is_loopback, load_tokens
 from sidecar.config import ServerConfig
 
 TOKEN_ENV = "SIDECAR_TEST_AUTH_TOKENS"
@@ -141,3 +141,77 @@ async def test_litellm_guardrail_endpoint_needs_the_token(
         _assert_unauthorized(await client.post(path, json=call))
         res = await client.post(path, json=call, headers={"authorization": f"Bearer {NEW}"})
         assert res.status_code == 200 and res.json()["action"] == "BLOCKED"
+
+
+# ---------------------------------------------------------------- failed-token limit
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_limiter_locks_an_address_for_the_rest_of_its_window() -> None:
+    clock = _Clock()
+    limiter = FailedAuthLimiter(max_failures=3, window=60.0, clock=clock)
+    for _ in range(2):
+        limiter.failed("10.0.0.1")
+    assert limiter.retry_after("10.0.0.1") == 0  # two of three: still allowed
+    limiter.failed("10.0.0.1")
+    assert limiter.retry_after("10.0.0.1") == 60
+    assert limiter.retry_after("10.0.0.2") == 0  # other addresses are untouched
+    clock.now += 45.5
+    assert limiter.retry_after("10.0.0.1") == 15  # rounded up: never "retry after 0"
+    clock.now += 15
+    assert limiter.retry_after("10.0.0.1") == 0 and limiter.locked() == 0
+    limiter.failed("10.0.0.1")  # a new window starts from one failure
+    assert limiter.retry_after("10.0.0.1") == 0
+
+
+def test_limiter_keeps_a_bounded_number_of_addresses_and_can_be_off() -> None:
+    limiter = FailedAuthLimiter(max_failures=1, window=60.0, max_addresses=100)
+    for i in range(1000):
+        limiter.failed(f"10.0.{i // 256}.{i % 256}")
+    assert limiter.locked() == 100  # the oldest windows were forgotten, not grown
+    assert limiter.retry_after("10.0.0.0") == 0 and limiter.retry_after("10.0.3.231") == 60
+    off = FailedAuthLimiter(max_failures=0, window=60.0)
+    for _ in range(50):
+        off.failed("10.0.0.1")
+    assert off.retry_after("10.0.0.1") == 0
+
+
+async def test_wrong_tokens_lock_the_address_out_and_missing_ones_do_not(
+    sidecar_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(TOKEN_ENV, NEW)
+    config = make_config(server={"auth_token_env": TOKEN_ENV, "auth_max_failures": 3})
+    good = {"authorization": f"Bearer {NEW}"}
+    async with sidecar_factory(config) as (sidecar, client):
+        for _ in range(10):  # no token at all: refused, but not a guess
+            _assert_unauthorized(await client.get("/readyz"))
+        assert (await client.get("/readyz", headers=good)).status_code == 200
+        for headers in ({"authorization": "Bearer guess-1"}, {"x-api-key": "guess-2"}):
+            _assert_unauthorized(await client.get("/readyz", headers=headers))
+        # the hook has its own fast path; it shares the same count
+        hook = await client.post(
+            "/v1/hooks/request",
+            json={"method": "POST", "path": "/v1/chat/completions"},
+            headers={"authorization": "Bearer guess-3"},
+        )
+        _assert_unauthorized(hook)
+        for path in ("/readyz", "/v1/hooks/request"):
+            locked = await client.request(
+                "GET" if path == "/readyz" else "POST", path, headers=good, json={}
+            )
+            # even the right token is not compared while the address is locked out
+            assert locked.status_code == 429, locked.text
+            assert locked.json()["error"]["kind"] == "too_many_failures"
+            assert 0 < int(locked.headers["retry-after"]) <= 60
+            assert NEW not in locked.text
+        assert (await client.get("/healthz")).status_code == 200  # probes stay open
+        metrics = sidecar.metrics.registry
+        value = metrics.get_sample_value(
+            "sidecar_hook_errors_total", {"kind": "auth_locked_out", "transport": "http"}
+        )
+        assert value == 2

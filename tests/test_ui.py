@@ -221,3 +221,30 @@ def test_summary_partitions_are_bounded() -> None:
         "miss": 99_900,
         "bypass": 0,
     }
+
+
+async def test_wrong_tokens_in_the_login_form_lock_the_address_out(
+    tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("UI_TOKEN", TOKEN)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    config = make_config(
+        server={"auth_token_env": "UI_TOKEN", "auth_max_failures": 2},
+        guardrails={"rules": [str(rules)], "reload_interval": 0, "audit_log": ""},
+    )
+    sidecar = Sidecar(config, embedder=embedder)
+    await sidecar.start()
+    try:
+        async with _app_client(sidecar) as client:
+            for _ in range(5):  # page loads without a session are not guesses
+                assert (await client.get("/ui")).status_code == 303
+            for guess in ("nope", "still-nope"):
+                wrong = await client.post("/ui/login", data={"token": guess})
+                assert wrong.status_code == 401
+            locked = await client.post("/ui/login", data={"token": TOKEN})
+            assert locked.status_code == 429 and "set-cookie" not in locked.headers
+            assert int(locked.headers["retry-after"]) > 0
+            assert (await client.get("/ui/api/summary")).status_code == 429
+    finally:
+        await sidecar.close()

@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import request_response as starlette_request_response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sidecar.auth import load_tokens
+from sidecar.auth import FailedAuthLimiter, limiter_for, load_tokens
 from sidecar.cache.stores.base import StoreUnavailable
 from sidecar.context import REQUEST_ID_HEADER, HookError, HookRequest, HttpAnswer, header_safe_id
 from sidecar.pipeline import OFF_LOOP_JSON_BYTES
@@ -517,11 +517,21 @@ def create_app(
     tokens = load_tokens(sidecar.config.server)
     dashboard = sidecar.dashboard if listener in ("all", "admin") else None
     middleware: list[Middleware] = []
+    limiter: FailedAuthLimiter | None = None
     if tokens is not None:
         rejected = sidecar.metrics.hook_errors.labels(TRANSPORT, "unauthorized")
+        locked = sidecar.metrics.hook_errors.labels(TRANSPORT, "auth_locked_out")
+        limiter = limiter_for(sidecar.config.server)
         gate = UiGate(dashboard.sessions) if dashboard is not None else None
         middleware.append(
-            Middleware(BearerAuth, tokens=tokens, on_reject=rejected.inc, ui_gate=gate)
+            Middleware(
+                BearerAuth,
+                tokens=tokens,
+                on_reject=rejected.inc,
+                ui_gate=gate,
+                limiter=limiter,
+                on_locked=locked.inc,
+            )
         )
     app = SidecarAPI(
         title="llm-cache-sidecar",
@@ -538,13 +548,15 @@ def create_app(
     if dashboard is not None:
         from sidecar.ui.routes import ui_routes
 
-        app.router.routes.extend(ui_routes(dashboard, tokens, sidecar.config.server))
+        app.router.routes.extend(ui_routes(dashboard, tokens, sidecar.config.server, limiter))
     app.hot_paths = {}
     for route in app.routes:
         if isinstance(route, RequestOnlyRoute):
             hot = _direct(route.endpoint)
             if tokens is not None and route.path not in OPEN_PATHS:
-                hot = BearerAuth(hot, tokens, on_reject=rejected.inc)
+                hot = BearerAuth(
+                    hot, tokens, on_reject=rejected.inc, limiter=limiter, on_locked=locked.inc
+                )
             for method in route.methods or ():
                 app.hot_paths[(method, route.path)] = hot
     if tokens is not None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sidecar.auth import TokenSet, tokens_from_request
+from sidecar.auth import FailedAuthLimiter, TokenSet, tokens_from_request
 from sidecar.ui.gate import UiGate, is_ui_path
 
 OPEN_PATHS = frozenset({"/healthz"})
@@ -36,6 +36,31 @@ _HEADERS = [
 ]
 
 
+def client_address(scope: Scope) -> str | None:
+    """The TCP peer's address (never a forwarded-for header, which the caller writes)."""
+    client = scope.get("client")
+    return str(client[0]) if client else None
+
+
+def too_many_failures(retry_after: int) -> tuple[list[tuple[bytes, bytes]], bytes]:
+    """Headers and body of the 429 a locked-out address gets."""
+    body = orjson.dumps(
+        {
+            "error": {
+                "kind": "too_many_failures",
+                "message": "too many wrong tokens from this address (server.auth_max_failures):"
+                f" retry after {retry_after} s",
+            }
+        }
+    )
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", str(retry_after).encode()),
+    ]
+    return headers, body
+
+
 class BearerAuth:
     def __init__(
         self,
@@ -43,15 +68,30 @@ class BearerAuth:
         tokens: TokenSet,
         on_reject: Callable[[], None] | None = None,
         ui_gate: UiGate | None = None,
+        limiter: FailedAuthLimiter | None = None,
+        on_locked: Callable[[], None] | None = None,
     ) -> None:
         self.app = app
         self.tokens = tokens
         self.on_reject = on_reject
         self.ui_gate = ui_gate
+        # shared by every BearerAuth of one app (the hot routes have their own instances)
+        self.limiter = limiter
+        self.on_locked = on_locked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
+            return
+        limiter = self.limiter
+        address = client_address(scope) if limiter is not None else None
+        if limiter is not None and (wait := limiter.retry_after(address)):
+            # refused before any comparison: a locked-out address learns nothing more
+            if self.on_locked is not None:
+                self.on_locked()
+            headers, body = too_many_failures(wait)
+            await send({"type": "http.response.start", "status": 429, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return
         offered = tokens_from_request(
             (name.decode("latin-1"), value.decode("latin-1"))
@@ -61,6 +101,10 @@ class BearerAuth:
         if self.tokens.accepts_any(offered):
             await self.app(scope, receive, send)
             return
+        if offered and limiter is not None:
+            # a presented wrong token is a guess; a missing one (a browser before login, a
+            # probe) is not counted, so an expired dashboard tab cannot lock its user out
+            limiter.failed(address)
         gate = self.ui_gate
         if gate is not None and is_ui_path(scope["path"]):
             if gate.allows(scope):

@@ -21,7 +21,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from sidecar.auth import TokenSet, is_loopback
+from sidecar.auth import FailedAuthLimiter, TokenSet, is_loopback
 from sidecar.config import ServerConfig
 from sidecar.ui.dashboard import MAX_DECISIONS_PER_READ, Dashboard
 from sidecar.ui.gate import LOGIN_PATH
@@ -100,10 +100,14 @@ def _error(status: int, kind: str, message: str) -> Response:
 
 
 def ui_routes(
-    dashboard: Dashboard, tokens: TokenSet | None, server: ServerConfig
+    dashboard: Dashboard,
+    tokens: TokenSet | None,
+    server: ServerConfig,
+    limiter: FailedAuthLimiter | None = None,
 ) -> list[BaseRoute]:
     """The routes of ``/ui``. With ``tokens`` None (no token configured: loopback only) the
-    page is open and the login form only sends the browser on to it."""
+    page is open and the login form only sends the browser on to it. ``limiter`` is the app's
+    failed-token limiter: a wrong token in the form counts like a wrong bearer token."""
     assets = {
         "dashboard.js": Asset(STATIC / "dashboard.js", _TYPES[".js"]),
         "style.css": Asset(STATIC / "style.css", _TYPES[".css"]),
@@ -124,6 +128,13 @@ def ui_routes(
     async def login(request: Request) -> Response:
         if tokens is None:
             return RedirectResponse("/ui", 303)
+        address = request.client.host if request.client else None
+        if limiter is not None and (wait := limiter.retry_after(address)):
+            response = _page(
+                "login.html", 429, f"Too many wrong tokens from this address: retry in {wait} s."
+            )
+            response.headers["retry-after"] = str(wait)
+            return response
         if request.url.query:
             # a token in a URL ends up in history, logs and referrers: never read from there
             return _page("login.html", 400, "The token is only accepted in the form's body.")
@@ -138,6 +149,8 @@ def ui_routes(
             return _page("login.html", 400, "The form could not be read.")
         offered = [t.strip() for t in fields.get("token", []) if t.strip()]
         if not offered or not tokens.accepts_any(offered):  # constant-time comparisons
+            if offered and limiter is not None:
+                limiter.failed(address)
             return _page("login.html", 401, "Wrong token.")
         session = dashboard.sessions.create()
         response = RedirectResponse("/ui", 303, headers=_SECURITY_HEADERS)
