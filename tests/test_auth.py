@@ -209,9 +209,13 @@ async def test_wrong_tokens_lock_the_address_out_and_missing_ones_do_not(
             assert locked.json()["error"]["kind"] == "too_many_failures"
             assert 0 < int(locked.headers["retry-after"]) <= 60
             assert NEW not in locked.text
+        # no token while locked: the plain 401 (nothing to compare, nothing counted)
+        _assert_unauthorized(await client.get("/readyz"))
         assert (await client.get("/healthz")).status_code == 200  # probes stay open
+        spec = (await client.get("/openapi.json", headers={"x-api-key": "x"})).status_code
+        assert spec == 429
         metrics = sidecar.metrics.registry
         value = metrics.get_sample_value(
             "sidecar_hook_errors_total", {"kind": "auth_locked_out", "transport": "http"}
         )
-        assert value == 2
+        assert value == 3  # the two above and the spec

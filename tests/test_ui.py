@@ -245,6 +245,8 @@ async def test_wrong_tokens_in_the_login_form_lock_the_address_out(
             locked = await client.post("/ui/login", data={"token": TOKEN})
             assert locked.status_code == 429 and "set-cookie" not in locked.headers
             assert int(locked.headers["retry-after"]) > 0
-            assert (await client.get("/ui/api/summary")).status_code == 429
+            bearer = {"authorization": f"Bearer {TOKEN}"}
+            assert (await client.get("/ui/api/summary", headers=bearer)).status_code == 429
+            assert (await client.get("/ui/api/summary")).status_code == 401  # no token: plain
     finally:
         await sidecar.close()

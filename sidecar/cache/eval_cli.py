@@ -137,6 +137,12 @@ def eval_config(config: SidecarConfig) -> SidecarConfig:
     # Quality, not latency: ``b`` must find ``a`` even when the vector of ``a`` was computed
     # after its store and 32 pairs queue for the model (the budget would skip lookups).
     cfg.embedder.max_queue_ms = 600_000
+    # Nor may the load governor shed a lookup because the machine is busy: the figures would
+    # then depend on what else runs (docs/overload.md).
+    cfg.embedder.max_inflight_lookups = 100_000
+    cfg.server.shed_loop_lag_ms = 0
+    cfg.server.shed_store_lag_ms = 0
+    cfg.server.shed_on_extproc_round_trip = False
     return cfg
 
 

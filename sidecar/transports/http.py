@@ -572,6 +572,9 @@ def _no_telemetry() -> dict[str, Any]:
     return {"telemetry": {"tracing": False, "metrics": False, "logs": False}}
 
 
+_ERROR_REF = "#/components/schemas/ErrorReply"
+
+
 def _declare_bearer_auth(app: FastAPI) -> None:
     """State in the OpenAPI document that every operation but /healthz needs the token."""
     build = app.openapi
@@ -582,6 +585,16 @@ def _declare_bearer_auth(app: FastAPI) -> None:
             components = schema.setdefault("components", {})
             components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
             schema["security"] = [{"bearer": []}]
+            locked = {
+                "description": "too many wrong tokens from this address "
+                "(server.auth_max_failures); see Retry-After",
+                "content": {"application/json": {"schema": {"$ref": _ERROR_REF}}},
+            }
+            for operations in schema.get("paths", {}).values():
+                for operation in operations.values():
+                    responses = operation.get("responses", {})
+                    if "401" in responses:
+                        responses.setdefault("429", locked)
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -83,21 +83,22 @@ class BearerAuth:
         if scope["type"] != "http" or scope["path"] in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
+        offered = tokens_from_request(
+            (name.decode("latin-1"), value.decode("latin-1"))
+            for name, value in scope["headers"]
+            if name in _TOKEN_HEADERS
+        )
         limiter = self.limiter
         address = client_address(scope) if limiter is not None else None
-        if limiter is not None and (wait := limiter.retry_after(address)):
-            # refused before any comparison: a locked-out address learns nothing more
+        if offered and limiter is not None and (wait := limiter.retry_after(address)):
+            # a locked-out address's tokens are not compared, so it learns nothing more; one
+            # that sends none gets the plain 401 below (there is nothing to guess)
             if self.on_locked is not None:
                 self.on_locked()
             headers, body = too_many_failures(wait)
             await send({"type": "http.response.start", "status": 429, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return
-        offered = tokens_from_request(
-            (name.decode("latin-1"), value.decode("latin-1"))
-            for name, value in scope["headers"]
-            if name in _TOKEN_HEADERS
-        )
         if self.tokens.accepts_any(offered):
             await self.app(scope, receive, send)
             return
