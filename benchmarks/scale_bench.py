@@ -65,6 +65,8 @@ SCOPE = "bench-scope"
 PARTITION = "bench"
 NAMESPACE = f"bench-model:{DIM}"
 TTL = 30 * 24 * 3600.0
+_BATCH = 10_000  # vectors generated and added per step
+_PROBE_EVERY = 50_000  # graph build: search probe every so many vectors
 
 
 def _rss_mb() -> float:
@@ -124,31 +126,65 @@ async def _put(exact: Any, index: Any, entry: Any) -> None:
 
 def child_graph(path: str, entries: int, expansion_add: int) -> dict[str, Any]:
     """The HNSW graph of the entries' vectors (labels 0..n-1 in write order), built with
-    ``EmbeddedVectorIndex``'s usearch settings and saved to ``path``, once per size. With
-    ``expansion_add`` below usearch's default (128) the build is several times faster and the
-    graph a little less precise; its file, memory and load are the same (same connectivity)."""
-    from usearch.index import Index
+    ``EmbeddedVectorIndex``'s usearch settings (``embedded_snapshot.new_graph``) the way its
+    rebuild does, in batches that usearch spreads over every core, and saved to ``path``, once
+    per size. With ``expansion_add`` below the sidecar's 128 the build is several times faster
+    and the graph less precise; its file, memory and load are the same (same connectivity)."""
+    from sidecar.cache.stores import embedded_snapshot as snapshot
 
-    graph = Index(ndim=DIM, metric="cos", dtype="f32", expansion_add=expansion_add)
+    graph = snapshot.new_graph(DIM, expansion_add)
     rng = np.random.default_rng(1)
-    started = time.perf_counter()
-    for first in range(0, entries, 10_000):
-        rows = _unit_rows(rng, min(10_000, entries - first))
-        graph.add(np.arange(first, first + len(rows), dtype=np.uint64), rows)
-        if first % 50_000 == 0:
-            print(
-                f"graph {first + len(rows):,} {time.perf_counter() - started:.0f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-    build_s = time.perf_counter() - started
+    progress = Path(path + ".progress.jsonl")  # survives a build stopped before the end
+    progress.unlink(missing_ok=True)
+    first_rows = np.zeros((0, DIM), dtype=np.float32)
+    started, cpu0 = time.perf_counter(), time.process_time()
+    for first in range(0, entries, _BATCH):
+        rows = _unit_rows(rng, min(_BATCH, entries - first))
+        first_rows = first_rows if len(first_rows) else rows
+        graph.add(np.arange(first, first + len(rows), dtype=np.uint64), rows, threads=0)
+        done = first + len(rows)
+        step = {
+            "vectors": done,
+            "seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(time.process_time() - cpu0, 1),
+            "load_average": os.getloadavg()[0],
+        }
+        if done % _PROBE_EVERY == 0 or done == entries:
+            step |= _probe(graph, first_rows)
+        with progress.open("ab") as f:
+            f.write(orjson.dumps(step) + b"\n")
+        print(f"graph {step}", file=sys.stderr, flush=True)
+    build_s, build_cpu_s = time.perf_counter() - started, time.process_time() - cpu0
     graph.save(path + ".tmp")
     os.replace(path + ".tmp", path)
     return {
         "entries": entries,
         "graph_build_seconds": round(build_s, 1),
+        "graph_build_cpu_seconds": round(build_cpu_s, 1),
         "expansion_add": expansion_add,
+        "connectivity": graph.connectivity,
         "load_average": os.getloadavg(),
+    }
+
+
+def _probe(graph: Any, stored: np.ndarray, queries: int = 500) -> dict[str, Any]:
+    """Search alone (usearch, k=3, one query at a time as the sidecar does) on the graph as
+    built so far: per-query CPU time and top-1 recall of stored vectors plus noise. Lets a
+    build stopped before its end still say how search cost and recall grow with the size."""
+    picks = np.random.default_rng(2).integers(0, len(stored), queries)
+    noise = np.random.default_rng(3).standard_normal((queries, DIM)).astype(np.float32) * 0.02
+    times, hits = [], 0
+    for q, pick in enumerate(picks):
+        vector = stored[pick] + noise[q]
+        vector /= np.linalg.norm(vector)
+        c = time.thread_time()
+        found = graph.search(vector, 3)
+        times.append(time.thread_time() - c)
+        hits += len(found.keys) > 0 and int(found.keys[0]) == int(pick)
+    return {
+        "search_cpu_p50_ms": round(float(np.percentile(times, 50)) * 1000, 3),
+        "search_cpu_p99_ms": round(float(np.percentile(times, 99)) * 1000, 3),
+        "top1_recall": round(hits / queries, 4),
     }
 
 
@@ -207,7 +243,10 @@ def child_manifest(data_dir: str, entries: int, graph_path: str) -> dict[str, An
     }
 
 
-async def child_start(data_dir: str, entries: int, queries: int) -> dict[str, Any]:
+async def child_start(data_dir: str, entries: int, queries: int, save: bool) -> dict[str, Any]:
+    """A restart on ``data_dir``: ready time, RSS, lookups and stores. With ``save`` (a restart
+    that rebuilt the index) the rebuilt index is saved once ready, as ``close`` would, so the
+    next restart loads the sidecar's own graph."""
     base_rss = _rss_mb()
     exact, index = _stores(data_dir, entries)
     t0 = time.perf_counter()
@@ -221,6 +260,11 @@ async def child_start(data_dir: str, entries: int, queries: int) -> dict[str, An
     ready_s = time.perf_counter() - t0
     ready_cpu_s = time.process_time() - cpu0
     rss = _rss_mb()
+    saved_s = None
+    if save:
+        t2 = time.perf_counter()
+        await index.save()
+        saved_s = round(time.perf_counter() - t2, 2)
     # lookups: stored vectors plus noise, the same rows the writer drew (same seed)
     rng = np.random.default_rng(1)
     stored = _unit_rows(rng, min(entries, 10_000))
@@ -228,11 +272,13 @@ async def child_start(data_dir: str, entries: int, queries: int) -> dict[str, An
     noise = np.random.default_rng(3).standard_normal((queries, DIM)).astype(np.float32) * 0.02
     lookups: list[float] = []
     lookups_cpu: list[float] = []  # CPU time of this thread: the lookup without the waits
+    searches_cpu: list[float] = []  # of which the k-NN search alone
     found = 0
     for q, pick in enumerate(picks):
         vector = (stored[pick] + noise[q]).tolist()
         s, c = time.perf_counter(), time.thread_time()
         neighbours = await index.search(SCOPE, vector, 3)
+        searches_cpu.append(time.thread_time() - c)
         entry = await exact.get(neighbours[0].id, PARTITION) if neighbours else None
         lookups.append(time.perf_counter() - s)
         lookups_cpu.append(time.thread_time() - c)
@@ -257,8 +303,10 @@ async def child_start(data_dir: str, entries: int, queries: int) -> dict[str, An
         "rss_bytes_per_entry": round((rss - base_rss) * 1024 * 1024 / entries),
         "lookup": latency_stats(lookups),
         "lookup_cpu": latency_stats(lookups_cpu),
+        "search_cpu": latency_stats(searches_cpu),
         "lookup_top1_recall": round(found / queries, 4),
         "store": latency_stats(stores),
+        "save_seconds": saved_s,
         "load_average": os.getloadavg(),
     }
 
@@ -274,19 +322,13 @@ def _child(args: list[str]) -> dict[str, Any]:
 def run_size(
     entries: int, queries: int, workdir: Path, expansion_add: int, rebuild: bool, keep: bool
 ) -> dict[str, Any]:
+    """One size. With ``rebuild`` the first restart rebuilds the index from SQLite (the
+    sidecar's own batched build, ``expansion_add`` 128) and saves it, and the second loads it;
+    without, a graph is prepared apart (``child_graph``, ``expansion_add`` as given) and saved
+    as the index would save it."""
     data = workdir / f"n{entries}"
     size = str(entries)
     result: dict[str, Any] = {"entries": entries}
-    graph = workdir / f"graph-{entries}-ea{expansion_add}.usearch"
-    graph_info = graph.with_suffix(".json")
-    if not graph.exists() or not graph_info.exists():
-        print(
-            f"{entries:,} entries: building the graph (expansion_add {expansion_add})", flush=True
-        )
-        built = _child(["--child", "graph", "--dir", str(graph), "--entries", size,
-                        "--expansion-add", str(expansion_add)])  # fmt: skip
-        graph_info.write_bytes(orjson.dumps(built))
-    result["graph"] = orjson.loads(graph_info.read_bytes())
     written = data / "written.json"
     if written.exists():
         print(f"{entries:,} entries: reusing the entries written in {data}", flush=True)
@@ -295,17 +337,29 @@ def run_size(
         print(f"{entries:,} entries: writing", flush=True)
         _child(["--child", "write", "--dir", str(data), "--entries", size])
     result["write"] = orjson.loads(written.read_bytes())
-    result["manifest"] = _child(
-        ["--child", "manifest", "--dir", str(data), "--entries", size, "--graph", str(graph)]
-    )
     start = ["--child", "start", "--dir", str(data), "--entries", size, "--queries", str(queries)]
     if rebuild:
-        saved, aside = data / "vector-index", workdir / f"n{entries}-saved-index"
-        os.replace(saved, aside)
+        shutil.rmtree(data / "vector-index", ignore_errors=True)
         print(f"{entries:,} entries: restart, rebuilding the index", flush=True)
-        result["rebuild"] = _child(start)
-        shutil.rmtree(data / "vector-index", ignore_errors=True)  # the rebuilt one, if saved
-        os.replace(aside, saved)
+        result["rebuild"] = _child([*start, "--save"])
+        result["graph"] = {
+            "built_by": "the sidecar's rebuild at start",
+            "graph_build_seconds": result["rebuild"]["index_restore_seconds"],
+            "expansion_add": 128,
+        }
+    else:
+        graph = workdir / f"graph-{entries}-ea{expansion_add}.usearch"
+        graph_info = graph.with_suffix(".json")
+        if not graph.exists() or not graph_info.exists():
+            print(f"{entries:,} entries: building the graph (expansion_add {expansion_add})",
+                  flush=True)  # fmt: skip
+            built = _child(["--child", "graph", "--dir", str(graph), "--entries", size,
+                            "--expansion-add", str(expansion_add)])  # fmt: skip
+            graph_info.write_bytes(orjson.dumps(built))
+        result["graph"] = orjson.loads(graph_info.read_bytes())
+        result["manifest"] = _child(
+            ["--child", "manifest", "--dir", str(data), "--entries", size, "--graph", str(graph)]
+        )
     print(f"{entries:,} entries: restart, loading the saved index", flush=True)
     result["load"] = _child(start)
     if not keep:
@@ -367,7 +421,7 @@ def _print_size(r: dict[str, Any]) -> None:
             f"  load average {m['load_average']}",
             flush=True,
         )
-    print(f"  graph {r['graph']}\n  write {r['write']}\n  saved {r['manifest']}", flush=True)
+    print(f"  graph {r['graph']}\n  write {r['write']}\n  saved {r.get('manifest')}", flush=True)
 
 
 def main() -> None:
@@ -399,6 +453,7 @@ def main() -> None:
     )
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     parser.add_argument("--graph", help=argparse.SUPPRESS)
+    parser.add_argument("--save", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--entries", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "graph":
@@ -412,7 +467,7 @@ def main() -> None:
         print(orjson.dumps(child_manifest(args.dir, args.entries, args.graph)).decode())
         return
     if args.child == "start":
-        result = asyncio.run(child_start(args.dir, args.entries, args.queries))
+        result = asyncio.run(child_start(args.dir, args.entries, args.queries, args.save))
         print(orjson.dumps(result).decode())
         return
     sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",")]
