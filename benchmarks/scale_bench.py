@@ -1,42 +1,49 @@
 """Scale benchmark: the embedded cache at 10k, 100k and 1M entries.
 
 Run: ``python -m benchmarks.scale_bench [--quick] [--sizes 10000,100000,1000000]
-[--expansion-add 128,128,8] [--workdir DIR]``. Writes ``benchmarks/results/scale.json`` and
-prints a table. The default is 10k and 100k; 1M needs about 6 GB of disk in the work directory
-(SQLite ~5.4 GB, graph 1.6 GB) and, on 2 shared cores, most of an hour to prepare.
+[--rebuild-max 100000] [--expansion-add 128] [--workdir DIR --keep]``. Writes
+``benchmarks/results/scale.json`` and prints a table. The default is 10k and 100k.
 
 Vectors are synthetic: random unit vectors of 384 dimensions (the default model's), one
-scope, so the scope is one HNSW graph: the worst case. Embedding 1M questions with the real
-model would take days on this machine, and what is measured here (loading, searching and
-adding to a graph, reading SQLite) does not depend on where the vectors came from. Answers
-are OpenAI-style JSON bodies of 0.5 to 3.7 KB (mean ~2.2 KB); ids are 64 hex digits like the
-sidecar's.
+scope, so the scope is one HNSW graph: the worst case, both for the graph's build (random
+high-dimensional vectors have no structure to help it) and for its search. Embedding 1M
+questions with the real model would take days on this machine, and what is measured here
+(loading, searching and adding to a graph, reading SQLite) does not depend on where the
+vectors came from. Answers are OpenAI-style JSON bodies of 0.5 to 3.7 KB (mean ~2.2 KB); ids
+are 64 hex digits like the sidecar's.
 
-Per size, in the work directory:
+Per size, in the work directory (``--keep`` keeps it; a later run reuses what it finds):
 
-* ``graph``: the HNSW graph of the vectors, built once per size with the sidecar's usearch
-  settings and reused by later runs. ``--expansion-add`` (usearch's construction breadth,
-  default 128 as in the sidecar) can be lowered to build a large graph in the time available:
-  the file, its load and the memory are the same, its recall is lower (reported);
-* ``write``: the entries into SQLite through the store (``put_many``), also reused;
-* ``manifest``: the saved index as ``EmbeddedVectorIndex.close`` leaves it (the prepared
-  graph, its manifest with ids and expiries).
+* ``write``: the entries into SQLite through the store (``put_many``, 10,000 per
+  transaction), once; ``written.json`` marks it done. About 0.13 ms of CPU per entry (2 to 3
+  minutes of CPU at 1M, 5.4 GB); the 37 minutes it once took at 1M were waiting for a core.
+* Sizes up to ``--rebuild-max``: a restart with no saved index, so the sidecar rebuilds its
+  graph from SQLite (``EmbeddedVectorIndex.restore``: batches of 50,000 vectors, one usearch
+  call each, spread over every core; ``expansion_add`` 128), then saves it once ready, as
+  ``close`` would (not timed in "ready"). The next restart loads that graph: the figures are
+  those of a graph the sidecar built.
+* Larger sizes: the graph is built apart (``graph``: the same batched build with the
+  sidecar's settings from ``embedded_snapshot.new_graph``, ``--expansion-add`` 128 unless
+  lowered), once, and saved as ``close`` saves it (``manifest``). Every 50,000 vectors the
+  build appends to ``graph-N-eaE.progress.jsonl`` its wall and CPU time and a probe of the
+  graph so far (search CPU p50/p99 and top-1 recall), so a build stopped early still shows how
+  they grow. The build is what is slow, not the way vectors are fed: with ``expansion_add``
+  128 an insertion takes about 1.2 ms of CPU at 20k vectors and 3 ms at 50-60k on this
+  2-core machine under load, so a 1M graph needs an hour or more of CPU (more than a
+  restart may ever spend: hence the saved index), and many hours on a shared machine.
+  ``expansion_add`` 8 is about 13 times cheaper and gives a graph of the same size and
+  load cost but poor recall (0.07 at 1M): lookup figures on such a graph are no evidence
+  for a sidecar-built one.
 
-Then restarts, each a new process on the same data directory:
-
-* ``rebuild`` (sizes up to ``--rebuild-max``): without the saved index, so start-up re-adds
-  every vector read from SQLite (the behaviour before the saved index). Above it the graph
-  build time of the ``graph`` step stands in for it;
-* ``load``: the saved graph loaded and checked against SQLite.
-
-Each restart reports: ready time (exact store start + vector index restore, as
-``DualCache.start`` does; wall clock, and the CPU time of the process: on a machine shared by
-other jobs the wall clock is mostly waiting for a core), the process RSS when ready, RSS per
-entry (over the RSS of the process before the stores opened), lookup p50/p99 excluding
-embedding (k-NN search for 3 candidates + fetch of the best from the exact store, i.e. from
-SQLite unless recently used; queries are stored vectors plus noise; wall clock and the
-thread's CPU time) and store p50 (put + add of 500 new entries, one at a time), with the load
-average.
+Each restart is a new process on the same data directory and reports: ready time (exact
+store start + vector index restore, as ``DualCache.start`` does; wall clock, and the CPU time
+of the process: on a machine shared by other jobs the wall clock is mostly waiting for a
+core), the process RSS when ready, RSS per entry (over the RSS of the process before the
+stores opened), lookup p50/p99 excluding embedding (k-NN search for 3 candidates + fetch of
+the best from the exact store, i.e. from SQLite unless recently used; queries are stored
+vectors plus noise; wall clock and the thread's CPU time, and the search's CPU alone), top-1
+recall of those lookups, and store p50 (put + add of 500 new entries, one at a time), with
+the load average.
 
 Targets (issue 16): 1M entries ready <= 15 s after restart, lookup p50 <= 2 ms.
 """
@@ -65,6 +72,8 @@ SCOPE = "bench-scope"
 PARTITION = "bench"
 NAMESPACE = f"bench-model:{DIM}"
 TTL = 30 * 24 * 3600.0
+_BATCH = 10_000  # vectors generated and added per step
+_PROBE_EVERY = 50_000  # graph build: search probe every so many vectors
 
 
 def _rss_mb() -> float:
@@ -124,31 +133,65 @@ async def _put(exact: Any, index: Any, entry: Any) -> None:
 
 def child_graph(path: str, entries: int, expansion_add: int) -> dict[str, Any]:
     """The HNSW graph of the entries' vectors (labels 0..n-1 in write order), built with
-    ``EmbeddedVectorIndex``'s usearch settings and saved to ``path``, once per size. With
-    ``expansion_add`` below usearch's default (128) the build is several times faster and the
-    graph a little less precise; its file, memory and load are the same (same connectivity)."""
-    from usearch.index import Index
+    ``EmbeddedVectorIndex``'s usearch settings (``embedded_snapshot.new_graph``) the way its
+    rebuild does, in batches that usearch spreads over every core, and saved to ``path``, once
+    per size. With ``expansion_add`` below the sidecar's 128 the build is several times faster
+    and the graph less precise; its file, memory and load are the same (same connectivity)."""
+    from sidecar.cache.stores import embedded_snapshot as snapshot
 
-    graph = Index(ndim=DIM, metric="cos", dtype="f32", expansion_add=expansion_add)
+    graph = snapshot.new_graph(DIM, expansion_add)
     rng = np.random.default_rng(1)
-    started = time.perf_counter()
-    for first in range(0, entries, 10_000):
-        rows = _unit_rows(rng, min(10_000, entries - first))
-        graph.add(np.arange(first, first + len(rows), dtype=np.uint64), rows)
-        if first % 50_000 == 0:
-            print(
-                f"graph {first + len(rows):,} {time.perf_counter() - started:.0f} s",
-                file=sys.stderr,
-                flush=True,
-            )
-    build_s = time.perf_counter() - started
+    progress = Path(path + ".progress.jsonl")  # survives a build stopped before the end
+    progress.unlink(missing_ok=True)
+    first_rows = np.zeros((0, DIM), dtype=np.float32)
+    started, cpu0 = time.perf_counter(), time.process_time()
+    for first in range(0, entries, _BATCH):
+        rows = _unit_rows(rng, min(_BATCH, entries - first))
+        first_rows = first_rows if len(first_rows) else rows
+        graph.add(np.arange(first, first + len(rows), dtype=np.uint64), rows, threads=0)
+        done = first + len(rows)
+        step = {
+            "vectors": done,
+            "seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(time.process_time() - cpu0, 1),
+            "load_average": os.getloadavg()[0],
+        }
+        if done % _PROBE_EVERY == 0 or done == entries:
+            step |= _probe(graph, first_rows)
+        with progress.open("ab") as f:
+            f.write(orjson.dumps(step) + b"\n")
+        print(f"graph {step}", file=sys.stderr, flush=True)
+    build_s, build_cpu_s = time.perf_counter() - started, time.process_time() - cpu0
     graph.save(path + ".tmp")
     os.replace(path + ".tmp", path)
     return {
         "entries": entries,
         "graph_build_seconds": round(build_s, 1),
+        "graph_build_cpu_seconds": round(build_cpu_s, 1),
         "expansion_add": expansion_add,
+        "connectivity": graph.connectivity,
         "load_average": os.getloadavg(),
+    }
+
+
+def _probe(graph: Any, stored: np.ndarray, queries: int = 500) -> dict[str, Any]:
+    """Search alone (usearch, k=3, one query at a time as the sidecar does) on the graph as
+    built so far: per-query CPU time and top-1 recall of stored vectors plus noise. Lets a
+    build stopped before its end still say how search cost and recall grow with the size."""
+    picks = np.random.default_rng(2).integers(0, len(stored), queries)
+    noise = np.random.default_rng(3).standard_normal((queries, DIM)).astype(np.float32) * 0.02
+    times, hits = [], 0
+    for q, pick in enumerate(picks):
+        vector = stored[pick] + noise[q]
+        vector /= np.linalg.norm(vector)
+        c = time.thread_time()
+        found = graph.search(vector, 3)
+        times.append(time.thread_time() - c)
+        hits += len(found.keys) > 0 and int(found.keys[0]) == int(pick)
+    return {
+        "search_cpu_p50_ms": round(float(np.percentile(times, 50)) * 1000, 3),
+        "search_cpu_p99_ms": round(float(np.percentile(times, 99)) * 1000, 3),
+        "top1_recall": round(hits / queries, 4),
     }
 
 
@@ -207,7 +250,10 @@ def child_manifest(data_dir: str, entries: int, graph_path: str) -> dict[str, An
     }
 
 
-async def child_start(data_dir: str, entries: int, queries: int) -> dict[str, Any]:
+async def child_start(data_dir: str, entries: int, queries: int, save: bool) -> dict[str, Any]:
+    """A restart on ``data_dir``: ready time, RSS, lookups and stores. With ``save`` (a restart
+    that rebuilt the index) the rebuilt index is saved once ready, as ``close`` would, so the
+    next restart loads the sidecar's own graph."""
     base_rss = _rss_mb()
     exact, index = _stores(data_dir, entries)
     t0 = time.perf_counter()
@@ -221,6 +267,11 @@ async def child_start(data_dir: str, entries: int, queries: int) -> dict[str, An
     ready_s = time.perf_counter() - t0
     ready_cpu_s = time.process_time() - cpu0
     rss = _rss_mb()
+    saved_s = None
+    if save:
+        t2 = time.perf_counter()
+        await index.save()
+        saved_s = round(time.perf_counter() - t2, 2)
     # lookups: stored vectors plus noise, the same rows the writer drew (same seed)
     rng = np.random.default_rng(1)
     stored = _unit_rows(rng, min(entries, 10_000))
@@ -228,11 +279,13 @@ async def child_start(data_dir: str, entries: int, queries: int) -> dict[str, An
     noise = np.random.default_rng(3).standard_normal((queries, DIM)).astype(np.float32) * 0.02
     lookups: list[float] = []
     lookups_cpu: list[float] = []  # CPU time of this thread: the lookup without the waits
+    searches_cpu: list[float] = []  # of which the k-NN search alone
     found = 0
     for q, pick in enumerate(picks):
         vector = (stored[pick] + noise[q]).tolist()
         s, c = time.perf_counter(), time.thread_time()
         neighbours = await index.search(SCOPE, vector, 3)
+        searches_cpu.append(time.thread_time() - c)
         entry = await exact.get(neighbours[0].id, PARTITION) if neighbours else None
         lookups.append(time.perf_counter() - s)
         lookups_cpu.append(time.thread_time() - c)
@@ -257,8 +310,10 @@ async def child_start(data_dir: str, entries: int, queries: int) -> dict[str, An
         "rss_bytes_per_entry": round((rss - base_rss) * 1024 * 1024 / entries),
         "lookup": latency_stats(lookups),
         "lookup_cpu": latency_stats(lookups_cpu),
+        "search_cpu": latency_stats(searches_cpu),
         "lookup_top1_recall": round(found / queries, 4),
         "store": latency_stats(stores),
+        "save_seconds": saved_s,
         "load_average": os.getloadavg(),
     }
 
@@ -274,19 +329,13 @@ def _child(args: list[str]) -> dict[str, Any]:
 def run_size(
     entries: int, queries: int, workdir: Path, expansion_add: int, rebuild: bool, keep: bool
 ) -> dict[str, Any]:
+    """One size. With ``rebuild`` the first restart rebuilds the index from SQLite (the
+    sidecar's own batched build, ``expansion_add`` 128) and saves it, and the second loads it;
+    without, a graph is prepared apart (``child_graph``, ``expansion_add`` as given) and saved
+    as the index would save it."""
     data = workdir / f"n{entries}"
     size = str(entries)
     result: dict[str, Any] = {"entries": entries}
-    graph = workdir / f"graph-{entries}-ea{expansion_add}.usearch"
-    graph_info = graph.with_suffix(".json")
-    if not graph.exists() or not graph_info.exists():
-        print(
-            f"{entries:,} entries: building the graph (expansion_add {expansion_add})", flush=True
-        )
-        built = _child(["--child", "graph", "--dir", str(graph), "--entries", size,
-                        "--expansion-add", str(expansion_add)])  # fmt: skip
-        graph_info.write_bytes(orjson.dumps(built))
-    result["graph"] = orjson.loads(graph_info.read_bytes())
     written = data / "written.json"
     if written.exists():
         print(f"{entries:,} entries: reusing the entries written in {data}", flush=True)
@@ -295,17 +344,29 @@ def run_size(
         print(f"{entries:,} entries: writing", flush=True)
         _child(["--child", "write", "--dir", str(data), "--entries", size])
     result["write"] = orjson.loads(written.read_bytes())
-    result["manifest"] = _child(
-        ["--child", "manifest", "--dir", str(data), "--entries", size, "--graph", str(graph)]
-    )
     start = ["--child", "start", "--dir", str(data), "--entries", size, "--queries", str(queries)]
     if rebuild:
-        saved, aside = data / "vector-index", workdir / f"n{entries}-saved-index"
-        os.replace(saved, aside)
+        shutil.rmtree(data / "vector-index", ignore_errors=True)
         print(f"{entries:,} entries: restart, rebuilding the index", flush=True)
-        result["rebuild"] = _child(start)
-        shutil.rmtree(data / "vector-index", ignore_errors=True)  # the rebuilt one, if saved
-        os.replace(aside, saved)
+        result["rebuild"] = _child([*start, "--save"])
+        result["graph"] = {
+            "built_by": "the sidecar's rebuild at start",
+            "graph_build_seconds": result["rebuild"]["index_restore_seconds"],
+            "expansion_add": 128,
+        }
+    else:
+        graph = workdir / f"graph-{entries}-ea{expansion_add}.usearch"
+        graph_info = graph.with_suffix(".json")
+        if not graph.exists() or not graph_info.exists():
+            print(f"{entries:,} entries: building the graph (expansion_add {expansion_add})",
+                  flush=True)  # fmt: skip
+            built = _child(["--child", "graph", "--dir", str(graph), "--entries", size,
+                            "--expansion-add", str(expansion_add)])  # fmt: skip
+            graph_info.write_bytes(orjson.dumps(built))
+        result["graph"] = orjson.loads(graph_info.read_bytes())
+        result["manifest"] = _child(
+            ["--child", "manifest", "--dir", str(data), "--entries", size, "--graph", str(graph)]
+        )
     print(f"{entries:,} entries: restart, loading the saved index", flush=True)
     result["load"] = _child(start)
     if not keep:
@@ -339,8 +400,9 @@ def summarise(sizes: list[dict[str, Any]]) -> list[SummaryRow]:
                 lookup["p50_ms"], "ms", rebuild["lookup"]["p50_ms"] if rebuild else None,
                 "after a rebuild" if rebuild else "",
                 "<= 2 ms at 1M" if big else "", lookup["p50_ms"] <= 2 if big else None,
-                f"p99 {lookup['p99_ms']:.3f} ms, CPU p50 {load['lookup_cpu']['p50_ms']:.3f} ms,"
-                f" top-1 recall {load['lookup_top1_recall']}",
+                f"p99 {lookup['p99_ms']:.3f} ms, CPU p50 {load['lookup_cpu']['p50_ms']:.3f} ms"
+                f" (search {load['search_cpu']['p50_ms']:.3f} ms), top-1 recall"
+                f" {load['lookup_top1_recall']}, graph expansion_add {r['graph']['expansion_add']}",
             ),
             SummaryRow(
                 "embedded scale", f"{n:,} entries: RSS per entry", load["rss_bytes_per_entry"],
@@ -367,7 +429,7 @@ def _print_size(r: dict[str, Any]) -> None:
             f"  load average {m['load_average']}",
             flush=True,
         )
-    print(f"  graph {r['graph']}\n  write {r['write']}\n  saved {r['manifest']}", flush=True)
+    print(f"  graph {r['graph']}\n  write {r['write']}\n  saved {r.get('manifest')}", flush=True)
 
 
 def main() -> None:
@@ -399,6 +461,7 @@ def main() -> None:
     )
     parser.add_argument("--dir", help=argparse.SUPPRESS)
     parser.add_argument("--graph", help=argparse.SUPPRESS)
+    parser.add_argument("--save", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--entries", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child == "graph":
@@ -412,7 +475,7 @@ def main() -> None:
         print(orjson.dumps(child_manifest(args.dir, args.entries, args.graph)).decode())
         return
     if args.child == "start":
-        result = asyncio.run(child_start(args.dir, args.entries, args.queries))
+        result = asyncio.run(child_start(args.dir, args.entries, args.queries, args.save))
         print(orjson.dumps(result).decode())
         return
     sizes = [10_000] if args.quick else [int(s) for s in args.sizes.split(",")]

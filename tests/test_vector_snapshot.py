@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from sidecar.cache.model import CachedAnswer, CacheEntry
+from sidecar.cache.stores import embedded
 from sidecar.cache.stores.embedded import EmbeddedExactStore, EmbeddedVectorIndex
 
 DIM = 16
@@ -92,6 +93,34 @@ async def test_a_saved_index_is_loaded_not_rebuilt(tmp_path: Path) -> None:
     assert await index.count() == 40
     for n in (0, 17, 39):
         assert await nearest(index, n) == f"id-{n}"
+    await exact.close()
+
+
+async def test_a_rebuild_in_batches_finds_what_adds_one_by_one_find(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a saved index a restart re-adds every stored vector from SQLite in batches, one
+    usearch call each (the first makes the graph, the next ones add to it): the rebuilt graph
+    must find what the graph built by adds one at a time finds, the exact nearest ones."""
+    monkeypatch.setattr(embedded, "_READ_BATCH", 100)  # 350 entries: four batches
+    clock = Clock()
+    exact, live = await open_stores(tmp_path, clock)
+    for i in range(350):
+        await store(exact, live, make_entry(i, clock))
+    await exact.close()  # ``live`` is not closed: nothing saved, the next start rebuilds
+
+    exact, rebuilt = await open_stores(tmp_path, clock)
+    restored = await rebuilt.restore_from(exact)
+    assert (restored.loaded, restored.stale, restored.added) == (0, 0, 350)
+    assert rebuilt._scopes["scope-a"].graph is not None  # a graph, not brute force
+    for n in range(350):
+        assert await nearest(rebuilt, n) == f"id-{n}"
+    stored = np.array([vector(n) for n in range(350)], dtype=np.float32)
+    for q in range(100):
+        query = vector(10_000 + q)
+        exact_top = [f"id-{n}" for n in np.argsort(-(stored @ np.array(query)))[:3]]
+        assert [m.id for m in await rebuilt.search("scope-a", query, 3)] == exact_top
+        assert [m.id for m in await live.search("scope-a", query, 3)] == exact_top
     await exact.close()
 
 

@@ -102,25 +102,21 @@ class _ScopeIndex:
                 self._build_graph()
         labels = np.arange(self._next_label, self._next_label + len(entry_ids), dtype=np.uint64)
         graph: Any = self.graph
-        graph.add(labels, vectors)
+        graph.add(labels, vectors, threads=0)  # 0: every core
         for entry_id, label in zip(entry_ids, labels.tolist(), strict=True):
             self.labels[entry_id] = label
             self.by_label[label] = entry_id
         self._next_label += len(entry_ids)
 
     def _new_graph(self) -> Any:
-        from usearch.index import Index
-
         self.matrix = np.zeros((0, self.dimension), dtype=np.float32)
-        return Index(ndim=self.dimension, metric="cos", dtype="f32")
+        return snapshot.new_graph(self.dimension)
 
     def _build_graph(self) -> None:
-        from usearch.index import Index
-
-        graph = Index(ndim=self.dimension, metric="cos", dtype="f32")
+        graph = snapshot.new_graph(self.dimension)
         n = len(self.ids)
         labels = np.arange(n, dtype=np.uint64)
-        graph.add(labels, self.matrix[:n])
+        graph.add(labels, self.matrix[:n], threads=0)
         self.labels = {entry_id: i for i, entry_id in enumerate(self.ids)}
         self.by_label = dict(enumerate(self.ids))
         self._next_label = n

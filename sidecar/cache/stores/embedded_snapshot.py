@@ -153,13 +153,34 @@ def read_manifest(directory: Path, namespace: str) -> tuple[int, list[SavedGraph
     return generation, graphs
 
 
+# The HNSW settings of every graph of the embedded index, pinned rather than left to usearch's
+# defaults (the values of usearch 2.x) so an upgrade cannot change them under a saved graph:
+# connectivity is stored in the file; the expansions are not, so a loaded graph gets them here.
+CONNECTIVITY = 16
+EXPANSION_ADD = 128
+EXPANSION_SEARCH = 64
+
+
+def new_graph(dimension: int, expansion_add: int = EXPANSION_ADD) -> Any:
+    """An empty usearch graph with the index's settings (``expansion_add`` lower only in the
+    scale benchmark, to compare)."""
+    from usearch.index import Index
+
+    return Index(
+        ndim=dimension,
+        metric="cos",
+        dtype="f32",
+        connectivity=CONNECTIVITY,
+        expansion_add=expansion_add,
+        expansion_search=EXPANSION_SEARCH,
+    )
+
+
 def load_graph(saved: SavedGraph, dimension: int) -> Any:
     """The usearch graph of ``saved``; raises ``SnapshotInvalid`` if usearch cannot read it or
     it does not hold exactly the saved vectors."""
-    from usearch.index import Index
-
     try:
-        graph = Index(ndim=dimension, metric="cos", dtype="f32")
+        graph = new_graph(dimension)
         graph.load(str(saved.path))
     except Exception as exc:  # usearch raises RuntimeError/ValueError for damaged files
         raise SnapshotInvalid(f"graph file {saved.path.name} unreadable: {exc}") from None
