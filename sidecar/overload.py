@@ -20,10 +20,11 @@ optional work is what is shed, before it is queued, so the work every request mu
   not stored either (``overloaded: not stored``): the answer then needs no trip back through
   the sidecar (ext_proc ends its stream after the request, unless output guardrails must see
   the answer), which halves a miss's cost on the loop.
-* **Streams, past the last mark.** While the lag stays over ``server.refuse_streams_lag_ms``
-  (100 ms), the ext_proc server refuses new streams at once (``admit_stream``): a refused
-  stream costs the loop one message instead of a request's whole exchange, so the queue in the
-  gRPC transport drains before Envoy's message timeout (200 ms) turns its requests into 504s.
+* **Streams, past the last mark.** After a probe later than ``server.refuse_streams_lag_ms``
+  (100 ms: one stall is enough, unlike the marks above), or while the round trips stay over
+  it, the ext_proc server refuses new streams at once (``admit_stream``): a refused stream
+  costs the loop one message instead of a request's whole exchange, so the queue in the gRPC
+  transport drains before Envoy's message timeout (200 ms) turns its requests into 504s.
 
 All are counted in ``sidecar_overload_shed_total{work, cause}``; the lag is exported as
 ``sidecar_event_loop_lag_seconds``. Nothing here fails a request: shedding turns optional work
@@ -126,6 +127,10 @@ class LoadGovernor:
         """One measurement of how late the loop ran a timer (from the probe)."""
         self.lag = lag
         self._recent.append(lag)
+        if lag > self.stream_lag_limit > 0:
+            # One stall is enough here: every stream that arrived during it has waited that
+            # long already, and those Envoy has not given up on yet are best refused at once.
+            self._refusing_until = time.monotonic() + HOLD_S
         if len(self._recent) < SUSTAINED_PROBES:
             return
         self._marks(min(self._recent))
@@ -152,7 +157,7 @@ class LoadGovernor:
             self._shedding_until = now + HOLD_S
         if sustained > self.store_lag_limit > 0:
             self._store_shedding_until = now + HOLD_S
-        if sustained > self.stream_lag_limit > 0:
+        if sustained > self.stream_lag_limit > 0:  # the round trips' (the probe's: above)
             self._refusing_until = now + HOLD_S
 
     @property
