@@ -20,11 +20,11 @@ optional work is what is shed, before it is queued, so the work every request mu
   not stored either (``overloaded: not stored``): the answer then needs no trip back through
   the sidecar (ext_proc ends its stream after the request, unless output guardrails must see
   the answer), which halves a miss's cost on the loop.
-* **Streams, past the last mark.** After a probe later than ``server.refuse_streams_lag_ms``
-  (100 ms: one stall is enough, unlike the marks above), or while the round trips stay over
-  it, the ext_proc server refuses new streams at once (``admit_stream``): a refused stream
-  costs the loop one message instead of a request's whole exchange, so the queue in the gRPC
-  transport drains before Envoy's message timeout (200 ms) turns its requests into 504s.
+* **Streams, past the last mark.** While the lag stays over ``server.refuse_streams_lag_ms``
+  (100 ms; failing open, after a single probe that late: one stall is enough), the ext_proc
+  server refuses new streams at once (``admit_stream``): a refused stream costs the loop one
+  message instead of a request's whole exchange, so the queue in the gRPC transport drains
+  before Envoy's message timeout (200 ms) turns its requests into 504s.
 
 All are counted in ``sidecar_overload_shed_total{work, cause}``; the lag is exported as
 ``sidecar_event_loop_lag_seconds``. Nothing here fails a request: shedding turns optional work
@@ -88,6 +88,8 @@ class LoadGovernor:
         #: ext_proc streams are refused while the lag stays over this (seconds); 0: never. Set
         #: by the ext_proc server (``refuse_streams_over``): no gRPC server, no refusal.
         self.stream_lag_limit = 0.0
+        #: whether one stall past it is enough (failing open) or the lag must last (closed)
+        self._refuse_on_stall = False
         self._shedding_until = 0.0
         self._store_shedding_until = 0.0
         self._refusing_until = 0.0
@@ -127,9 +129,9 @@ class LoadGovernor:
         """One measurement of how late the loop ran a timer (from the probe)."""
         self.lag = lag
         self._recent.append(lag)
-        if lag > self.stream_lag_limit > 0:
-            # One stall is enough here: every stream that arrived during it has waited that
-            # long already, and those Envoy has not given up on yet are best refused at once.
+        if self._refuse_on_stall and lag > self.stream_lag_limit > 0:
+            # Failing open, one stall is enough: every stream that arrived during it has waited
+            # that long already, and forwarding those uncached costs no request.
             self._refusing_until = time.monotonic() + HOLD_S
         if len(self._recent) < SUSTAINED_PROBES:
             return
@@ -157,7 +159,7 @@ class LoadGovernor:
             self._shedding_until = now + HOLD_S
         if sustained > self.store_lag_limit > 0:
             self._store_shedding_until = now + HOLD_S
-        if sustained > self.stream_lag_limit > 0:  # the round trips' (the probe's: above)
+        if sustained > self.stream_lag_limit > 0:
             self._refusing_until = now + HOLD_S
 
     @property
@@ -172,9 +174,12 @@ class LoadGovernor:
             return True
         return False
 
-    def refuse_streams_over(self, lag_ms: float) -> None:
-        """Turn stream refusal on at this sustained lag (milliseconds; 0: never)."""
+    def refuse_streams_over(self, lag_ms: float, on_stall: bool) -> None:
+        """Turn stream refusal on at this lag (milliseconds; 0: never). ``on_stall``: one
+        late probe is enough (failing open: a refused request goes on uncached); otherwise
+        the lag must last 50 ms (failing closed: a refused request is an error)."""
         self.stream_lag_limit = lag_ms / 1000.0
+        self._refuse_on_stall = on_stall
 
     def admit_stream(self) -> bool:
         """Whether a new ext_proc stream should be served; False (counted) while the loop or

@@ -36,14 +36,23 @@ def shed_count(metrics: Metrics, work: str) -> float:
     return value or 0.0
 
 
-def governor(refuse_ms: float) -> tuple[LoadGovernor, Metrics]:
+def governor(refuse_ms: float, on_stall: bool = True) -> tuple[LoadGovernor, Metrics]:
     metrics = Metrics()
     gov = LoadGovernor(metrics, 64, shed_loop_lag_ms=10, shed_store_lag_ms=40)
-    gov.refuse_streams_over(refuse_ms)
+    gov.refuse_streams_over(refuse_ms, on_stall)
     return gov, metrics
 
 
-def test_one_stall_past_the_mark_refuses_streams() -> None:
+def test_failing_closed_refuses_streams_only_once_the_lag_lasts() -> None:
+    gov, _ = governor(100, on_stall=False)
+    for _ in range(SUSTAINED_PROBES - 1):
+        gov.observe_lag(0.5)
+    assert gov.admit_stream()  # a stall alone: its requests may still make the timeout
+    gov.observe_lag(0.5)
+    assert not gov.admit_stream()
+
+
+def test_failing_open_one_stall_past_the_mark_refuses_streams() -> None:
     gov, metrics = governor(100)
     gov.observe_lag(0.09)
     assert gov.admit_stream()

@@ -80,7 +80,9 @@ def build_server(sidecar: Sidecar) -> ExtProcServer:
 
     server_config = sidecar.config.server
     # Streams are refused only where there is a gRPC server to refuse them.
-    sidecar.governor.refuse_streams_over(server_config.refuse_streams_lag_ms)
+    sidecar.governor.refuse_streams_over(
+        server_config.refuse_streams_lag_ms, on_stall=failure_mode == "open"
+    )
     tls = None
     if server_config.tls_cert_file:
         tls = (
