@@ -16,10 +16,12 @@ Load: ``wrk`` (Debian package ``wrk``), one thread, cycling through the seeded r
 round measures every listener, in an order rotated per round, at 1 connection (p50 latency)
 and at ``--connections`` (sustained rate). Ratios are taken per round, between listeners
 measured moments apart, and the median over rounds is reported: on a shared 2-core machine
-absolute figures drift between rounds much more than side-by-side ratios. The sidecar's
-``sidecar_requests_total`` counter checks that every measured request was an exact hit.
-Targets (issue 16): at most 0.15 ms added median over the floor; at least 85% of its rate at
-16 connections.
+absolute figures drift between rounds much more than side-by-side ratios. Beside the rates,
+the CPU time (user + system, ``/proc/PID/stat``) each ext_proc server process and Envoy spent
+during the loaded run, per request: where the time goes, whatever else the machine runs.
+The sidecar's ``sidecar_requests_total`` counter checks that every measured request was an
+exact hit. Targets (issue 16): at most 0.15 ms added median over the floor; at least 85% of
+its rate at 16 connections.
 """
 
 from __future__ import annotations
@@ -134,6 +136,8 @@ class Stack:
         self.processes: list[ManagedProcess] = []
         self.ports: dict[str, int] = {}
         self.sidecar_urls: dict[str, str] = {}
+        #: listener name -> the PID of its ext_proc server process; "envoy" -> Envoy's
+        self.pids: dict[str, int] = {}
 
     def _sidecar(self, name: str, tree: Path) -> int:
         http_port, grpc_port = free_port(), free_port()
@@ -147,6 +151,7 @@ class Stack:
             {"PYTHONPATH": str(tree)},
         ).start()
         self.processes.append(proc)
+        self.pids[name] = proc.pid
         self.sidecar_urls[name] = f"http://127.0.0.1:{http_port}"
         proc.wait_ready(f"{self.sidecar_urls[name]}/readyz", 300)
         return grpc_port
@@ -167,6 +172,7 @@ class Stack:
             self.workdir / "null-extproc.log",
         ).start()
         self.processes.append(floor)
+        self.pids["floor"] = floor.pid
         grpc_ports = {"floor": floor_port, "sidecar": self._sidecar("sidecar", ROOT)}
         if self.baseline is not None:
             grpc_ports["baseline"] = self._sidecar("baseline", self.baseline)
@@ -180,12 +186,23 @@ class Stack:
         )
         envoy = ManagedProcess("envoy", envoy_command(path), self.workdir / "envoy.log").start()
         self.processes.append(envoy)
+        self.pids["envoy"] = envoy.pid
         envoy.wait_ready(f"http://127.0.0.1:{admin}/ready", 60)
         self.ports = {spec.name: spec.port for spec in listeners}
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
             proc.stop()
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc/PID/stat."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def _hits(url: str) -> float:
@@ -223,7 +240,17 @@ def run(rounds: int, seconds: float, connections: int, baseline: Path | None) ->
             for name in order:
                 hits_before = _hits(stack.sidecar_urls[name]) if name != "floor" else 0.0
                 serial = run_wrk(stack.ports[name], script, 1, seconds)
+                pid, envoy = stack.pids[name], stack.pids["envoy"]
+                cpu_before = cpu_seconds(pid), cpu_seconds(envoy)
                 loaded = run_wrk(stack.ports[name], script, connections, seconds)
+                # wrk's count leaves out requests in flight at its end: a slight overestimate
+                served = max(1, loaded["requests"])
+                loaded["server_cpu_us_per_request"] = round(
+                    (cpu_seconds(pid) - cpu_before[0]) / served * 1e6, 1
+                )
+                loaded["envoy_cpu_us_per_request"] = round(
+                    (cpu_seconds(envoy) - cpu_before[1]) / served * 1e6, 1
+                )
                 measured: dict[str, Any] = {"serial": serial, "loaded": loaded}
                 if name != "floor":
                     # wrk's count leaves out requests still in flight when it stops
@@ -256,7 +283,8 @@ def _round_line(n: int, this_round: dict[str, Any], names: list[str]) -> str:
     for name in names:
         r = this_round[name]
         parts.append(
-            f"{name} p50 {r['serial']['p50_ms']:.3f} ms, {r['loaded']['rps']:,.0f} req/s"
+            f"{name} p50 {r['serial']['p50_ms']:.3f} ms, {r['loaded']['rps']:,.0f} req/s, "
+            f"{r['loaded']['server_cpu_us_per_request']:.0f} us CPU/req"
             + (f" (hits {r['hit_share']:.0%})" if "hit_share" in r else "")
         )
     return "  ".join(parts)
@@ -266,14 +294,25 @@ def _summary(per_round: list[dict[str, Any]], servers: list[str], connections: i
     out: dict[str, Any] = {}
     floor_p50 = [r["floor"]["serial"]["p50_ms"] for r in per_round]
     floor_rps = [r["floor"]["loaded"]["rps"] for r in per_round]
+
+    def cpu(name: str, key: str) -> float:
+        return round(statistics.median(r[name]["loaded"][key] for r in per_round), 1)
+
     out["floor"] = {
         "p50_ms_median": round(statistics.median(floor_p50), 3),
         "rps_median": round(statistics.median(floor_rps), 1),
+        "server_cpu_us_per_request_median": cpu("floor", "server_cpu_us_per_request"),
+        "envoy_cpu_us_per_request_median": cpu("floor", "envoy_cpu_us_per_request"),
     }
     for name in servers:
         added = [r[name]["serial"]["p50_ms"] - r["floor"]["serial"]["p50_ms"] for r in per_round]
         ratio = [r[name]["loaded"]["rps"] / r["floor"]["loaded"]["rps"] for r in per_round]
         added_median = statistics.median(added)
+        added_cpu = [
+            r[name]["loaded"]["server_cpu_us_per_request"]
+            - r["floor"]["loaded"]["server_cpu_us_per_request"]
+            for r in per_round
+        ]
         ratio_median = statistics.median(ratio)
         out[name] = {
             "p50_ms_median": round(
@@ -285,6 +324,9 @@ def _summary(per_round: list[dict[str, Any]], servers: list[str], connections: i
             "rate_ratio_per_round": [round(x, 3) for x in ratio],
             "rate_ratio_median": round(ratio_median, 3),
             "hit_share_min": min(r[name]["hit_share"] for r in per_round),
+            "server_cpu_us_per_request_median": cpu(name, "server_cpu_us_per_request"),
+            "added_server_cpu_us_per_request_median": round(statistics.median(added_cpu), 1),
+            "envoy_cpu_us_per_request_median": cpu(name, "envoy_cpu_us_per_request"),
             "added_target_met": added_median <= ADDED_MS_TARGET,
             f"rate_at_{connections}_target_met": ratio_median >= RATE_RATIO_TARGET,
         }

@@ -219,7 +219,7 @@ def _sidecar_counters(base: str) -> dict[str, float]:
     ):
         out[name.removeprefix("sidecar_")] = metric_value(base, name)
     out["semantic_hits"] = metric_value(base, "sidecar_cache_hits_total", '"semantic"')
-    for work in ("semantic_lookup", "early_vector", "store"):
+    for work in ("semantic_lookup", "early_vector", "store", "extproc_stream"):
         out[f"shed_{work}"] = metric_value(base, "sidecar_overload_shed_total", f'"{work}"')
     out["event_loop_lag_seconds"] = metric_value(base, "sidecar_event_loop_lag_seconds")
     out["extproc_round_trip_seconds"] = metric_value(base, "sidecar_extproc_round_trip_seconds")

@@ -164,6 +164,13 @@ class ServerConfig(_Section):
     #: while the lag stays over this, misses are not stored either (counted; ext_proc then
     #: ends the stream after the request, halving a miss's cost on the loop); 0: never
     shed_store_lag_ms: float = Field(40.0, ge=0, le=10_000)
+    #: while the lag stays over this (failing open: after one probe that late), new ext_proc
+    #: streams are refused at once (fail open: the stream closes cleanly and Envoy goes on
+    #: without the sidecar, uncached; fail closed: RESOURCE_EXHAUSTED, Envoy's
+    #: failure_mode_allow decides), counted; below Envoy's
+    #: message_timeout (200 ms by default) so requests are refused before they time out;
+    #: 0: never (docs/overload.md)
+    refuse_streams_lag_ms: float = Field(100.0, ge=0, le=10_000)
     #: also read the ext_proc round trip (headers reply until the body arrives, small bodies)
     #: as lag: it sees a backed-up gRPC transport, but also clients that send their body late
     #: (``Expect: 100-continue``); false: the event loop's lag only

@@ -154,8 +154,8 @@ class Metrics:
         )
         self.overload_shed = Counter(
             "sidecar_overload_shed",
-            "Optional work not done under overload (work: semantic_lookup, early_vector; "
-            "cause: inflight_limit, loop_lag)",
+            "Optional work not done under overload (work: semantic_lookup, early_vector, store, "
+            "extproc_stream; cause: inflight_limit, loop_lag)",
             ["work", "cause"],
             registry=r,
         )

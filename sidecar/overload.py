@@ -20,10 +20,15 @@ optional work is what is shed, before it is queued, so the work every request mu
   not stored either (``overloaded: not stored``): the answer then needs no trip back through
   the sidecar (ext_proc ends its stream after the request, unless output guardrails must see
   the answer), which halves a miss's cost on the loop.
+* **Streams, past the last mark.** While the lag stays over ``server.refuse_streams_lag_ms``
+  (100 ms; failing open, after a single probe that late: one stall is enough), the ext_proc
+  server refuses new streams at once (``admit_stream``): a refused stream costs the loop one
+  message instead of a request's whole exchange, so the queue in the gRPC transport drains
+  before Envoy's message timeout (200 ms) turns its requests into 504s.
 
-Both are counted in ``sidecar_overload_shed_total{work, cause}``; the lag is exported as
-``sidecar_event_loop_lag_seconds``. Nothing here refuses a request: shedding only ever turns
-optional work into a counted skip.
+All are counted in ``sidecar_overload_shed_total{work, cause}``; the lag is exported as
+``sidecar_event_loop_lag_seconds``. Nothing here fails a request: shedding turns optional work
+into a counted skip, and a refused stream (fail open) lets Envoy forward the request uncached.
 """
 
 from __future__ import annotations
@@ -80,8 +85,14 @@ class LoadGovernor:
         self.last_tick = time.monotonic()
         #: called on every probe tick (the liveness listener's heartbeat)
         self.on_tick: Callable[[], None] | None = None
+        #: ext_proc streams are refused while the lag stays over this (seconds); 0: never. Set
+        #: by the ext_proc server (``refuse_streams_over``): no gRPC server, no refusal.
+        self.stream_lag_limit = 0.0
+        #: whether one stall past it is enough (failing open) or the lag must last (closed)
+        self._refuse_on_stall = False
         self._shedding_until = 0.0
         self._store_shedding_until = 0.0
+        self._refusing_until = 0.0
         self._recent: deque[float] = deque(maxlen=SUSTAINED_PROBES)
         self.round_trip = 0.0  # the latest ext_proc round trip, seconds
         self._round_trips: deque[float] = deque(maxlen=SUSTAINED_PROBES)
@@ -118,13 +129,13 @@ class LoadGovernor:
         """One measurement of how late the loop ran a timer (from the probe)."""
         self.lag = lag
         self._recent.append(lag)
+        if self._refuse_on_stall and lag > self.stream_lag_limit > 0:
+            # Failing open, one stall is enough: every stream that arrived during it has waited
+            # that long already, and forwarding those uncached costs no request.
+            self._refusing_until = time.monotonic() + HOLD_S
         if len(self._recent) < SUSTAINED_PROBES:
             return
-        sustained = min(self._recent)
-        if sustained > self.lag_limit > 0:
-            self._shedding_until = time.monotonic() + HOLD_S
-        if sustained > self.store_lag_limit > 0:
-            self._store_shedding_until = time.monotonic() + HOLD_S
+        self._marks(min(self._recent))
 
     def observe_round_trip(self, seconds: float) -> None:
         if self.use_round_trip:
@@ -139,11 +150,17 @@ class LoadGovernor:
         self._round_trips.append(seconds)
         if len(self._round_trips) < SUSTAINED_PROBES:
             return
-        sustained = min(self._round_trips)
+        self._marks(min(self._round_trips))
+
+    def _marks(self, sustained: float) -> None:
+        """Start (or extend) shedding at every mark a sustained lag is over."""
+        now = time.monotonic()
         if sustained > self.lag_limit > 0:
-            self._shedding_until = time.monotonic() + HOLD_S
+            self._shedding_until = now + HOLD_S
         if sustained > self.store_lag_limit > 0:
-            self._store_shedding_until = time.monotonic() + HOLD_S
+            self._store_shedding_until = now + HOLD_S
+        if sustained > self.stream_lag_limit > 0:
+            self._refusing_until = now + HOLD_S
 
     @property
     def loop_lagging(self) -> bool:
@@ -156,6 +173,22 @@ class LoadGovernor:
             self.shed("store", LOOP_LAG)
             return True
         return False
+
+    def refuse_streams_over(self, lag_ms: float, on_stall: bool) -> None:
+        """Turn stream refusal on at this lag (milliseconds; 0: never). ``on_stall``: one
+        late probe is enough (failing open: a refused request goes on uncached); otherwise
+        the lag must last 50 ms (failing closed: a refused request is an error)."""
+        self.stream_lag_limit = lag_ms / 1000.0
+        self._refuse_on_stall = on_stall
+
+    def admit_stream(self) -> bool:
+        """Whether a new ext_proc stream should be served; False (counted) while the loop or
+        the transport lags past ``server.refuse_streams_lag_ms``. Checked once per stream,
+        before its first message is read."""
+        if self.stream_lag_limit > 0 and time.monotonic() < self._refusing_until:
+            self.shed("extproc_stream", LOOP_LAG)
+            return False
+        return True
 
     # -- admission
     def shed(self, work: str, cause: str) -> None:

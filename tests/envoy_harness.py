@@ -103,6 +103,7 @@ class EnvoyStack:
         server = {
             "shed_loop_lag_ms": 0,
             "shed_store_lag_ms": 0,
+            "refuse_streams_lag_ms": 0,
             **config.get("server", {}),
             "http_port": http_port,
             "grpc_port": grpc_port,

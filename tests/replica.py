@@ -37,6 +37,7 @@ class Replica:
             # load shedding depends on the machine's load: off here
             "shed_loop_lag_ms": 0,
             "shed_store_lag_ms": 0,
+            "refuse_streams_lag_ms": 0,
             **config.get("server", {}),
             "http_port": self.port,
             "grpc_port": free_port(),

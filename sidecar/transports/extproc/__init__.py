@@ -79,6 +79,10 @@ def build_server(sidecar: Sidecar) -> ExtProcServer:
         return PipelineProcessor(sidecar.pipeline)
 
     server_config = sidecar.config.server
+    # Streams are refused only where there is a gRPC server to refuse them.
+    sidecar.governor.refuse_streams_over(
+        server_config.refuse_streams_lag_ms, on_stall=failure_mode == "open"
+    )
     tls = None
     if server_config.tls_cert_file:
         tls = (
@@ -103,4 +107,5 @@ def build_server(sidecar: Sidecar) -> ExtProcServer:
             max_connection_age=server_config.grpc_max_connection_age,
             max_connection_age_grace=server_config.grpc_max_connection_age_grace,
         ),
+        admit=sidecar.governor.admit_stream,
     )

@@ -8,6 +8,12 @@ processor and applies the failure policy when the processor raises:
   through the pass-through processor, so the sidecar's own error never alters an answer;
 - ``closed``: the stream ends with gRPC INTERNAL, and Envoy (``failure_mode_allow: false``)
   answers 500 instead of letting an unchecked request or answer through.
+
+Under overload (``admit`` says no, see ``sidecar/overload.py``) a new stream is refused before
+its first message is read, by the same policy: fail open closes it cleanly (Envoy forwards the
+request unprocessed, uncached), fail closed ends it with RESOURCE_EXHAUSTED (Envoy's
+``failure_mode_allow`` decides). Either way Envoy learns at once instead of waiting its
+message timeout while the stream queues in the transport.
 """
 
 from __future__ import annotations
@@ -86,16 +92,22 @@ class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         new_processor: Callable[[], Processor],
         failure_mode: FailureMode,
         metrics: ExtProcMetrics | None,
+        admit: Callable[[], bool] | None = None,
     ) -> None:
         self._new_processor = new_processor
         self._failure_mode = failure_mode
         self._metrics = metrics
+        self._admit = admit
 
     async def Process(  # noqa: N802 - the gRPC method name
         self,
         request_iterator: AsyncIterator[ProcessingRequest],
         context: grpc.aio.ServicerContext[ProcessingRequest, ProcessingResponse],
     ) -> AsyncIterator[ProcessingResponse]:
+        if self._admit is not None and not self._admit():
+            if self._failure_mode == "closed":
+                await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, REFUSED)
+            return  # a clean close: Envoy goes on without the sidecar
         processor = self._new_processor()
         if self._metrics is not None:
             self._metrics.open_streams += 1
@@ -134,6 +146,7 @@ class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
 
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+REFUSED = "sidecar overloaded: stream refused (server.refuse_streams_lag_ms)"
 
 
 async def _unauthenticated(
@@ -231,11 +244,14 @@ class ExtProcServer:
         tokens: TokenSet | None = None,
         tls: tuple[bytes, bytes] | None = None,
         limits: ListenerLimits | None = None,
+        admit: Callable[[], bool] | None = None,
     ) -> None:
         """``tokens``: the bearer tokens streams must carry (None: no check); ``tls``: (PEM
         certificate chain, PEM private key) to serve gRPC over TLS; ``limits``: connection
-        and stream bounds (the defaults of ``server.grpc_*`` when None)."""
+        and stream bounds (the defaults of ``server.grpc_*`` when None); ``admit``: asked
+        once per new stream, False refuses it (overload; None: every stream is served)."""
         self._new_processor = new_processor
+        self._admit = admit
         self._limits = limits or ListenerLimits()
         self._tokens = tokens
         self._tls = tls
@@ -263,7 +279,8 @@ class ExtProcServer:
             ],
         )
         pb_grpc.add_ExternalProcessorServicer_to_server(
-            _ExternalProcessor(self._new_processor, self.failure_mode, self._metrics), server
+            _ExternalProcessor(self._new_processor, self.failure_mode, self._metrics, self._admit),
+            server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if self._tls is None:

@@ -1,0 +1,174 @@
+"""Stream refusal under overload (``server.refuse_streams_lag_ms``, issue 16): a sustained lag
+past the mark makes the ext_proc server refuse new streams before reading them, by the failure
+policy: fail open closes the stream cleanly (Envoy forwards the request uncached), fail closed
+answers RESOURCE_EXHAUSTED. Every refusal is counted.
+
+The governor's marks are fed measured lags directly; the end-to-end case sets the mark at 1
+microsecond, which the standard asyncio loop's 10 ms timers always pass, so every stream after
+the first five probes is refused. No timing is asserted.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import grpc
+import httpx
+import pytest
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+from envoy_harness import EnvoyStack, SidecarProcess, envoy_available
+from extproc_scenarios import chat
+from fakes.upstream import FakeLLMUpstream
+from test_extproc_limits import channel, headers_message
+
+from sidecar.metrics import Metrics
+from sidecar.overload import SUSTAINED_PROBES, LoadGovernor
+from sidecar.transports.extproc import ExtProcServer, FailureMode, PassThroughProcessor
+
+CHAT = "/v1/chat/completions"
+
+
+def shed_count(metrics: Metrics, work: str) -> float:
+    value = metrics.registry.get_sample_value(
+        "sidecar_overload_shed_total", {"work": work, "cause": "loop_lag"}
+    )
+    return value or 0.0
+
+
+def governor(refuse_ms: float, on_stall: bool = True) -> tuple[LoadGovernor, Metrics]:
+    metrics = Metrics()
+    gov = LoadGovernor(metrics, 64, shed_loop_lag_ms=10, shed_store_lag_ms=40)
+    gov.refuse_streams_over(refuse_ms, on_stall)
+    return gov, metrics
+
+
+def test_failing_closed_refuses_streams_only_once_the_lag_lasts() -> None:
+    gov, _ = governor(100, on_stall=False)
+    for _ in range(SUSTAINED_PROBES - 1):
+        gov.observe_lag(0.5)
+    assert gov.admit_stream()  # a stall alone: its requests may still make the timeout
+    gov.observe_lag(0.5)
+    assert not gov.admit_stream()
+
+
+def test_failing_open_one_stall_past_the_mark_refuses_streams() -> None:
+    gov, metrics = governor(100)
+    gov.observe_lag(0.09)
+    assert gov.admit_stream()
+    gov.observe_lag(0.5)  # one probe half a second late: a stall
+    assert not gov.admit_stream()
+    assert not gov.admit_stream()
+    assert shed_count(metrics, "extproc_stream") == 2
+    assert not gov.loop_lagging  # the lower marks still wait for a sustained lag
+
+
+def test_a_lag_between_the_store_mark_and_the_stream_mark_refuses_no_stream() -> None:
+    gov, metrics = governor(100)
+    for _ in range(SUSTAINED_PROBES):
+        gov.observe_lag(0.06)  # over the store mark (40 ms), under the stream mark
+    assert gov.shed_store()
+    assert gov.admit_stream()
+    assert shed_count(metrics, "extproc_stream") == 0
+
+
+def test_a_backed_up_transport_refuses_streams_once_its_round_trips_stay_slow() -> None:
+    gov, _ = governor(100)
+    for _ in range(SUSTAINED_PROBES - 1):
+        gov.observe_round_trip(0.15)
+    assert gov.admit_stream()  # four slow round trips may be slow clients
+    gov.observe_round_trip(0.15)
+    assert not gov.admit_stream()
+
+
+def test_mark_zero_never_refuses() -> None:
+    gov, metrics = governor(0)
+    for _ in range(SUSTAINED_PROBES * 2):
+        gov.observe_lag(5.0)
+    assert gov.admit_stream()
+    assert shed_count(metrics, "extproc_stream") == 0
+
+
+async def refusing(mode: FailureMode) -> AsyncIterator[ExtProcServer]:
+    server = ExtProcServer(PassThroughProcessor, port=0, failure_mode=mode, admit=lambda: False)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(0)
+
+
+async def test_fail_open_refusal_closes_the_stream_cleanly_without_reading_it() -> None:
+    async for server in refusing("open"):
+        async with channel(server.port) as ch:
+            call = pb_grpc.ExternalProcessorStub(ch).Process(timeout=30)
+            await call.write(headers_message())
+            assert await call.read() is grpc.aio.EOF  # no reply: Envoy goes on without it
+            assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_fail_closed_refusal_answers_resource_exhausted() -> None:
+    async for server in refusing("closed"):
+        async with channel(server.port) as ch:
+            call = pb_grpc.ExternalProcessorStub(ch).Process(timeout=30)
+            await call.write(headers_message())
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await call.read()
+            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "refuse_streams_lag_ms" in (refused.value.details() or "")
+
+
+Refusing = tuple[EnvoyStack, SidecarProcess, FakeLLMUpstream]
+
+
+@pytest.fixture(scope="module")
+def refusing_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Refusing]:
+    reason = envoy_available()
+    if reason is not None:
+        pytest.skip(f"Envoy unavailable: {reason}")
+    upstream = FakeLLMUpstream().start()
+    env = EnvoyStack(tmp_path_factory.mktemp("refusal-envoy"), upstream.port)
+    sidecar = env.add_sidecar(
+        "refusing",
+        {
+            "server": {"event_loop": "asyncio", "refuse_streams_lag_ms": 0.001},
+            "cache": {"data_dir": ":memory:", "default_cache_key": "e2e", "vector_store": "none"},
+        },
+    )
+    # failure_mode_allow false: a cleanly closed stream passes even where Envoy's errors do not
+    env.add_listener("refusing", sidecar.grpc_port)
+    try:
+        env.start()
+        yield env, sidecar, upstream
+    finally:
+        env.stop()
+        upstream.stop()
+
+
+def refused_streams(sidecar: SidecarProcess) -> float:
+    text = httpx.get(f"{sidecar.http_url}/metrics", timeout=10).text
+    for line in text.splitlines():
+        if line.startswith("sidecar_overload_shed_total{") and "extproc_stream" in line:
+            return float(line.rpartition(" ")[2])
+    return 0.0
+
+
+def test_a_refused_stream_lets_envoy_forward_the_request_uncached(
+    refusing_stack: Refusing,
+) -> None:
+    env, sidecar, upstream = refusing_stack
+    body = chat("Which planet is known as the red planet?")
+    deadline = time.monotonic() + 30
+    with httpx.Client(base_url=env.url("refusing"), timeout=30) as client:
+        # Bounded wait until the governor has seen five late probes: refusal is on.
+        while refused_streams(sidecar) == 0:
+            assert time.monotonic() < deadline, env.logs()
+            assert client.post(CHAT, json=body).status_code == 200
+        before, calls = refused_streams(sidecar), upstream.count()
+        answers = [client.post(CHAT, json=body) for _ in range(2)]
+    for answer in answers:
+        assert answer.status_code == 200, env.logs()
+        assert answer.json()["choices"][0]["message"]["content"]  # the provider's answer
+        assert "x-bf-cache-status" not in answer.headers  # the sidecar never saw it
+    assert upstream.count() == calls + 2
+    assert refused_streams(sidecar) == before + 2
