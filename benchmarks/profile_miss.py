@@ -36,7 +36,6 @@ import statistics
 import time
 import uuid
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -113,6 +112,9 @@ class _StageCollector:
     def finish(self, ctx: RequestContext) -> None:
         if ctx.stages is not None:
             self.logs.append(ctx.stages)
+
+    def close(self) -> None:
+        return None
 
 
 class _ThreadClock:
@@ -208,12 +210,12 @@ async def run(requests: int, profile: bool) -> dict[str, Any]:
             loop_cpu.append(marks[-2] - marks[0])
             other_cpu += time.process_time() - process_before - (marks[-1] - marks[0]) / 1e9
     finally:
-        sidecar.stages.time = original_clock  # type: ignore[assignment]
+        sidecar.stages.time = original_clock
         if profiler is not None and profiler.is_running:
             profiler.stop()
     counters = {
-        "stored": side.metrics.stores._value.get(),  # type: ignore[attr-defined]
-        "vectors_added_late": side.metrics.vectors_added_late._value.get(),  # type: ignore[attr-defined]
+        "stored": side.metrics.stores._value.get(),
+        "vectors_added_late": side.metrics.vectors_added_late._value.get(),
     }
     await side.close()
     if profiler is not None:

@@ -21,7 +21,7 @@ import bisect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from presidio_analyzer import AnalyzerEngine, EntityRecognizer, RecognizerRegistry, RecognizerResult
 from presidio_analyzer.nlp_engine import NlpEngine, NoOpNlpEngine, SpacyNlpEngine
@@ -116,15 +116,14 @@ class _Registry(RecognizerRegistry):
         ad_hoc_recognizers: list[EntityRecognizer] | None = None,
     ) -> list[EntityRecognizer]:
         if ad_hoc_recognizers:
-            return list(
-                super().get_recognizers(language, entities, all_fields, ad_hoc_recognizers)
-            )
+            return list(super().get_recognizers(language, entities, all_fields, ad_hoc_recognizers))
+        known = cast("list[EntityRecognizer]", self.recognizers)  # a list, typed Iterable
         key = (
             language,
             None if entities is None else tuple(entities),
             all_fields,
-            id(self.recognizers),
-            len(self.recognizers),
+            id(known),
+            len(known),
         )
         picked = self._picked.get(key)
         if picked is None:
