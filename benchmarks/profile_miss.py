@@ -2,8 +2,8 @@
 without gRPC or Envoy (issue 16: "at most 3 ms added median").
 
 Run: ``python -m benchmarks.profile_miss [--requests 2000] [--repeat 3] [--profile]
-[--json PATH]``. Builds a ``Sidecar`` like ``benchmarks/miss_bench.py``'s ``guarded`` one
-(memory store, default embedder, the default input guardrails of
+[--no-settle] [--json PATH]``. Builds a ``Sidecar`` like ``benchmarks/miss_bench.py``'s
+``guarded`` one (memory store, default embedder, the default input guardrails of
 ``benchmarks/data/default_input_rules.yaml``), then replays misses as Envoy sends them: request
 headers, the buffered 1 KB request body, response headers and the buffered answer, each parsed
 from its wire bytes, through the same stream loop the gRPC server runs
@@ -23,9 +23,12 @@ path; other jobs on a shared machine inflate wall time much more), split
 
 and the CPU of the other threads per miss (the deferred embedding, which runs after the
 answer). Between requests the backlog is allowed to settle, outside the timed span, so each
-miss is measured alone, as at 1 connection on a quiet machine. With ``--profile`` the first
-run's misses run under pyinstrument (PyPI ``pyinstrument``) and its call tree is printed
-(wall-clock samples of the loop thread: the embedding thread's GIL use shows in them).
+miss is measured alone, as at 1 connection on a quiet machine; ``--no-settle`` lets vectors
+pile up instead, the model embedding beside the misses as in ``miss_bench``'s serial run (what
+that costs the loop's CPU: caches and cores shared with the model's threads). With
+``--profile`` the first run's misses run under pyinstrument (PyPI ``pyinstrument``) and its
+call tree is printed (wall-clock samples of the loop thread: the embedding thread's GIL use
+shows in them).
 """
 
 from __future__ import annotations
@@ -146,7 +149,7 @@ def _config() -> SidecarConfig:
     )
 
 
-async def run(requests: int, profile: bool) -> dict[str, Any]:
+async def run(requests: int, profile: bool, settle: bool = True) -> dict[str, Any]:
     side = Sidecar(_config())
     await side.start()
     pipeline = side.pipeline
@@ -194,7 +197,7 @@ async def run(requests: int, profile: bool) -> dict[str, Any]:
             last = pb.ProcessingResponse.FromString(replies[-1])
             if len(replies) != 4 or not last.HasField("response_body"):
                 raise RuntimeError(f"miss {i} was not answered and stored: {last}")
-            if backlog is not None:  # the deferred vector, after the answer (not timed)
+            if backlog is not None and settle:  # the deferred vector (not timed)
                 if profiler is not None:
                     profiler.stop()
                 await backlog.settled()
@@ -246,9 +249,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--no-settle",
+        action="store_true",
+        help="let deferred vectors pile up: the model embeds beside the misses, as in "
+        "miss_bench's serial run (its CPU then shows in the loop's figures)",
+    )
     parser.add_argument("--json", help="result file (default benchmarks/results/profile_miss.json)")
     args = parser.parse_args(argv)
-    runs = [asyncio.run(run(args.requests, args.profile and i == 0)) for i in range(args.repeat)]
+    runs = [
+        asyncio.run(run(args.requests, args.profile and i == 0, not args.no_settle))
+        for i in range(args.repeat)
+    ]
     for r in runs:
         print(orjson.dumps(r).decode())
     mean = statistics.median(r["loop_cpu_us_mean"] for r in runs)
