@@ -62,6 +62,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: the piece kinds ``text_length`` counts (the conversation), computed once
+_CONVERSATION = scanned_kinds(DEFAULT_SCAN)
+
 
 class Outcome(enum.StrEnum):
     PASS = "pass"  # ran, found nothing
@@ -380,8 +383,7 @@ class GuardrailEngine:
         ctx = ctx if ctx.stage is stage else dataclasses.replace(ctx, stage=stage)
         # text_length stays the conversation's length: fields only a rule's ``scan`` opts into
         # (metadata, user, tool descriptions) do not count.
-        conversation = scanned_kinds(DEFAULT_SCAN)
-        length = sum(len(p.text) for p in pieces if p.kind in conversation)
+        length = sum(len(p.text) for p in pieces if p.kind in _CONVERSATION)
         selected, decisions, blocked = self.select(ruleset, stage, env, length)
         rewritten: dict[int, str] = {}
         if blocked is None and selected:
