@@ -23,9 +23,10 @@ path; other jobs on a shared machine inflate wall time much more), split
 
 and the CPU of the other threads per miss (the deferred embedding, which runs after the
 answer). Between requests the backlog is allowed to settle, outside the timed span, so each
-miss is measured alone, as at 1 connection on a quiet machine; ``--no-settle`` lets vectors
-pile up instead, the model embedding beside the misses as in ``miss_bench``'s serial run (what
-that costs the loop's CPU: caches and cores shared with the model's threads). With
+miss is measured alone, as at 1 connection on a quiet machine (each miss then follows the
+model's run: its caches are cold, as when the model embeds beside it in ``miss_bench``).
+``--no-settle`` leaves the vectors to the background lane, which a loop this busy barely lets
+start: the same misses back to back with warm caches and an idle model, for comparison. With
 ``--profile`` the first run's misses run under pyinstrument (PyPI ``pyinstrument``) and its
 call tree is printed (wall-clock samples of the loop thread: the embedding thread's GIL use
 shows in them).
@@ -259,8 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--no-settle",
         action="store_true",
-        help="let deferred vectors pile up: the model embeds beside the misses, as in "
-        "miss_bench's serial run (its CPU then shows in the loop's figures)",
+        help="do not wait for each deferred vector: misses back to back with warm caches "
+        "(the background lane barely starts)",
     )
     parser.add_argument("--json", help="result file (default benchmarks/results/profile_miss.json)")
     args = parser.parse_args(argv)
