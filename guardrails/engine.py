@@ -62,6 +62,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: the piece kinds ``text_length`` counts (the conversation), computed once
+_CONVERSATION = scanned_kinds(DEFAULT_SCAN)
+
 
 class Outcome(enum.StrEnum):
     PASS = "pass"  # ran, found nothing
@@ -353,6 +356,10 @@ class GuardrailEngine:
             "Audit records that could not be written",
             registry=registry,
         )
+        # Labelled children per (rule, action, outcome): prometheus_client's labels() takes a
+        # lock and checks its arguments on every call, several per request. Only rules whose
+        # label is their own id are kept, so the dict is bounded like the label.
+        self._children: dict[tuple[str, Action, Outcome], tuple[Any, Any]] = {}
 
     @property
     def ruleset(self) -> RuleSet:
@@ -376,8 +383,7 @@ class GuardrailEngine:
         ctx = ctx if ctx.stage is stage else dataclasses.replace(ctx, stage=stage)
         # text_length stays the conversation's length: fields only a rule's ``scan`` opts into
         # (metadata, user, tool descriptions) do not count.
-        conversation = scanned_kinds(DEFAULT_SCAN)
-        length = sum(len(p.text) for p in pieces if p.kind in conversation)
+        length = sum(len(p.text) for p in pieces if p.kind in _CONVERSATION)
         selected, decisions, blocked = self.select(ruleset, stage, env, length)
         rewritten: dict[int, str] = {}
         if blocked is None and selected:
@@ -449,6 +455,10 @@ class GuardrailEngine:
             budget -= max(0.0, time.monotonic() - ctx.received_at)
             if budget <= 0:
                 raise TimeoutError
+        if self.local is not None:
+            inline = self.local.inline(profiles, pieces, ctx)
+            if inline is not None:
+                return inline  # in the rule's profile order already
         async with asyncio.timeout(budget):
             runner = self.local
             if runner is None:
@@ -569,10 +579,20 @@ class GuardrailEngine:
     def record(self, decisions: Sequence[RuleDecision], stage: Stage, request_id: str) -> None:
         """Metrics and audit records for decisions (finding types and counts, never text)."""
         for d in decisions:
-            rule = self._rule_label(d.rule_id)
-            self._decisions_total.labels(rule, d.action.value, d.outcome.value).inc()
-            if d.outcome is not Outcome.SAMPLED_OUT:
-                self._latency.labels(rule).observe(d.latency_ms / 1000)
+            key = (d.rule_id, d.action, d.outcome)
+            children = self._children.get(key)
+            if children is None:
+                rule = self._rule_label(d.rule_id)
+                sampled_out = d.outcome is Outcome.SAMPLED_OUT  # no latency series for these
+                children = (
+                    self._decisions_total.labels(rule, d.action.value, d.outcome.value),
+                    None if sampled_out else self._latency.labels(rule),
+                )
+                if rule == d.rule_id:
+                    self._children[key] = children
+            children[0].inc()
+            if children[1] is not None:
+                children[1].observe(d.latency_ms / 1000)
             if self.audit is None:
                 continue
             try:

@@ -79,15 +79,39 @@ class LocalCheckRunner:
         self._specs_for: RuleSet | None = None  # the rule set whose checks workers prebuild
         self._prebuild(holder.current)
 
+    def inline(
+        self, profiles: Sequence[Profile], pieces: Sequence[TextPiece], ctx: CheckContext
+    ) -> list[tuple[Profile, CheckResult]] | None:
+        """``scan`` without a coroutine when every profile is local and the input is small
+        enough to run inline (None otherwise). Inline work never yields to the event loop, so
+        a rule's ``asyncio.timeout`` could not interrupt it anyway: the engine skips the timer
+        (a timer handle per rule per request, a tenth of a small input's rule cost)."""
+        if sum(len(p.text) for p in pieces) > self.inline_max_chars:
+            return None
+        for p in profiles:
+            if not is_local(p.check):
+                return None
+        if not profiles:
+            return []
+        self._check_budget(ctx)
+        return [
+            (p, check.complete(pieces, ctx, check.analyze(pieces, ctx.stage)))
+            for p, check in ((p, cast(LocalCheck, p.check)) for p in profiles)
+        ]
+
+    def _check_budget(self, ctx: CheckContext) -> float | None:
+        left = self.cpu_budget_left(ctx)
+        if left is not None and left <= 0:
+            raise CpuBudgetExceeded(self.cpu_used(ctx), self.cpu_budget_s or 0.0)
+        return left
+
     async def scan(
         self, profiles: Sequence[Profile], pieces: Sequence[TextPiece], ctx: CheckContext
     ) -> list[tuple[Profile, CheckResult]]:
         """Run local profiles' checks: inline for small inputs, else in one worker process."""
         if not profiles:
             return []
-        left = self.cpu_budget_left(ctx)
-        if left is not None and left <= 0:
-            raise CpuBudgetExceeded(self.cpu_used(ctx), self.cpu_budget_s or 0.0)
+        left = self._check_budget(ctx)
         checks = [cast(LocalCheck, p.check) for p in profiles]
         if sum(len(p.text) for p in pieces) <= self.inline_max_chars:
             analyses = [check.analyze(pieces, ctx.stage) for check in checks]

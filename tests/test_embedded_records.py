@@ -205,3 +205,23 @@ async def test_a_vector_attached_later_is_kept_with_the_entry(tmp_path: Path) ->
     assert entry is not None and entry.vector == first.vector and entry.meta == {}
     assert sorted(r[0] for r in await exact.vector_rows()) == ["id-1", "id-2"]
     await exact.close()
+
+
+async def test_in_memory_writes_not_awaited_are_read_and_deleted_in_order() -> None:
+    """In memory, ``put`` returns before its SQLite write (nothing outlives the process): a
+    read of an entry no longer parsed, a delete or a close issued at once must still queue
+    behind that write."""
+    clock = Clock()
+    exact = EmbeddedExactStore(":memory:", 1000, 1 << 30, clock, hot_entries=2)
+    await exact.start()
+    entries = [make_entry(n, clock) for n in range(20)]
+    for e in entries:
+        await exact.put(e)  # no turn of the loop between them: every write still unsent
+    for e in entries:  # most are beyond the two parsed ones: read back from SQLite
+        assert await exact.get(e.id) == e
+    await exact.put(make_entry(99, clock))
+    assert await exact.delete("id-99")
+    assert await exact.get("id-99") is None
+    assert await exact.count() == 20
+    await exact.put(make_entry(100, clock))
+    await exact.close()  # the write handed over before the connection closes: no error

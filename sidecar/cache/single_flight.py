@@ -15,6 +15,7 @@ shared by every replica (``SET NX PX``, see ``sidecar.cache.stores.redis_exact``
 from __future__ import annotations
 
 import asyncio
+import itertools
 import secrets
 import time
 from dataclasses import dataclass
@@ -78,6 +79,7 @@ class LocalMissLock:
 
     def __init__(self) -> None:
         self._slots: dict[str, _Slot] = {}
+        self._tokens = itertools.count(1)
 
     def _live(self, key: str) -> _Slot | None:
         slot = self._slots.get(key)
@@ -95,7 +97,9 @@ class LocalMissLock:
             # Owners whose answer never came back leave slots behind; drop the expired ones.
             for stale in [k for k, s in self._slots.items() if s.expires <= time.monotonic()]:
                 self._live(stale)
-        token = new_token()
+        # Tokens are only compared within this process: a counter is unique here, without
+        # the urandom read of new_token (a system call per miss).
+        token = str(next(self._tokens))
         self._slots[key] = _Slot(token, time.monotonic() + ttl)
         return token
 

@@ -31,7 +31,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Final
 
@@ -113,6 +113,13 @@ def _pending(entry: CacheEntry) -> int:
     )
 
 
+def _write_failed(done: Future[None]) -> None:
+    """A write nobody awaits (a store in memory): its failure is logged, never lost."""
+    exc = done.exception()
+    if exc is not None:
+        log.error("embedded cache: writing an entry in memory failed: %r", exc)
+
+
 class EmbeddedExactStore:
     name = "embedded"
     report_unreadable: UnreadableCounter = staticmethod(lambda n: None)  # set by the cache
@@ -146,6 +153,8 @@ class EmbeddedExactStore:
         self._db: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._written = 0  # the highest write sequence number in the table
+        # stores in memory not yet handed to the writing thread (see put)
+        self._unsent: list[tuple[CacheEntry, list[str]]] = []
         # One thread owns the writing connection: writes keep their order and stay off the
         # loop. A read on a hit uses its own connection on the event loop (WAL: it never waits
         # for a write): a read by primary key takes tens of microseconds, less than a hop to a
@@ -277,6 +286,7 @@ class EmbeddedExactStore:
         self._io.shutdown(wait=True)
 
     async def _run(self, fn: Any, *args: Any) -> Any:
+        self._send_writes()
         return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
 
     # ------------------------------------------------------------------ memory (under the lock)
@@ -447,6 +457,16 @@ class EmbeddedExactStore:
             self._start_scan_outdated()
             self._set_row(entry)
             evicted = self._evict()
+        if self._path is None:
+            # In memory nothing outlives the process, so the answer does not wait for the
+            # write (a thread hop: milliseconds on a busy machine, and the woken thread then
+            # contends for the GIL). The entry is served from the rows above at once, and any
+            # read of its data queues behind the write on the same thread. The hand-over
+            # itself waits for the loop's next turn, after the caller's reply has gone out.
+            self._unsent.append((entry, evicted))
+            if len(self._unsent) == 1:
+                asyncio.get_running_loop().call_soon(self._send_writes)
+            return evicted
         await self._run(self._write, entry, evicted)
         return evicted
 
@@ -469,6 +489,22 @@ class EmbeddedExactStore:
 
         await self._run(_write_all)
         return evicted
+
+    def _send_writes(self) -> None:
+        """Hand the writes ``put`` left for later to the writing thread, in order, ahead of
+        any other job (``_run`` calls this first, so a read or delete never overtakes them)."""
+        if not self._unsent:
+            return
+        batch, self._unsent = self._unsent, []
+
+        def _write_all() -> None:
+            for entry, evicted in batch:
+                self._write(entry, evicted)
+
+        try:
+            self._io.submit(_write_all).add_done_callback(_write_failed)
+        except RuntimeError:  # closed meanwhile: nothing in memory outlives the process
+            log.warning("embedded cache closed before %d entries were written", len(batch))
 
     def _write(self, entry: CacheEntry, evicted: list[str]) -> None:
         if self._db is None:
