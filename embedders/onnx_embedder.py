@@ -128,17 +128,29 @@ def export_onnx(model_dir: Path, target: Path) -> None:
             tmp.unlink()
 
 
+class _QuantizerChatter(logging.Filter):
+    """ONNX Runtime's quantiser logs a line per tensor at INFO on the root logger (36 lines
+    for this model): noise in the sidecar's log at a first start. Its warnings still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        quantiser = "onnxruntime" in record.pathname and "quantization" in record.pathname
+        return not quantiser or record.levelno >= logging.WARNING
+
+
 def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 quantisation of the weights (activations stay float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = _atomic_target(target)
+    chatter = _QuantizerChatter()
+    logging.getLogger().addFilter(chatter)
     try:
         # Per-channel scales keep cosine agreement with fp32 near 0.99 (per-tensor: ~0.97,
         # with short texts down to ~0.87).
         quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
         os.replace(tmp, target)
     finally:
+        logging.getLogger().removeFilter(chatter)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
 
@@ -186,12 +198,16 @@ def logged_step(what: str, every: float = 10.0) -> Iterator[None]:
     a first start that exports the model is slow, and must say so rather than look hung."""
     started = time.monotonic()
     done = threading.Event()
+    # Shown even at log_level warning: a start that pauses for a minute without a word looks
+    # hung, whatever the operator chose to hide.
+    level = logging.INFO if log.isEnabledFor(logging.INFO) else logging.WARNING
 
     def heartbeat() -> None:
         while not done.wait(every):
-            log.info("%s: still running, %.0f s so far", what, time.monotonic() - started)
+            log.log(level, "%s: still running, %.0f s so far", what, time.monotonic() - started)
 
-    log.info(
+    log.log(
+        level,
         "%s (once per model and cache directory; `sidecar embedder prepare` does it ahead of "
         "the first start)",
         what,
@@ -203,7 +219,7 @@ def logged_step(what: str, every: float = 10.0) -> Iterator[None]:
     finally:
         done.set()
         ticker.join()
-    log.info("%s: done in %.1f s", what, time.monotonic() - started)
+    log.log(level, "%s: done in %.1f s", what, time.monotonic() - started)
 
 
 def _export(model_dir: Path, fp32: Path, int8: Path, quantize: bool) -> None:

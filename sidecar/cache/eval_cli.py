@@ -34,6 +34,7 @@ from sidecar.cache.match.pair_model import pair_model_for
 from sidecar.cache.match.verify import (
     AnswerChangeVerifier,
     embedder_identity,
+    embedder_vectors,
     pair_model_scores,
     pair_text_features,
 )
@@ -382,7 +383,12 @@ async def _calibrate(
     # The match head as configured (None when off, or not made for this embedder). Its score
     # does not depend on the rules' strictness: computed once per pair, then cut at each
     # minimum of the grid.
-    head = head_for(config.cache.match_head, embedder_identity(config.embedder), embedder.dimension)
+    head = head_for(
+        config.cache.match_head,
+        embedder_identity(config.embedder),
+        embedder.dimension,
+        embedder_vectors(config.embedder),
+    )
     scores = np.ones(len(pairs))
     if head is not None:
         scores = np.array(
