@@ -1,8 +1,9 @@
 """all-MiniLM-L6-v2 on ONNX Runtime: exported once from the packaged model, then reused.
 
 The export (``torch.onnx.export``, the TorchScript-based exporter) and the optional dynamic
-int8 quantisation run on the first start only (about 40 s on 2 shared cores, logged with a
-progress line every 10 s), or ahead of it with ``sidecar embedder prepare``; the files are
+int8 quantisation run on the first start only (12 s of CPU; 88 s of wall time on a 2-core
+machine at load average 30), logged with a progress line every 10 s (at WARNING when the log
+level hides INFO), or ahead of it with ``sidecar embedder prepare``; the files are
 cached under ``cache_dir`` keyed by the model's identity, so later starts load them directly.
 Tokenisation uses the model's own ``tokenizer.json`` (``tokenizers``) and the pooling is
 sentence-transformers' exactly: mean over the attention mask, then L2 normalisation.
@@ -173,7 +174,7 @@ def ensure_onnx_file(model_dir: Path, cache_dir: Path, quantize: bool, name: str
     # Sidecars starting together export once: the others wait here, then find the file.
     with _export_lock(cache_dir / f"{stem}.lock"):
         if not wanted.is_file():
-            _export(model_dir, fp32, int8, quantize)
+            _export(model_dir, fp32, int8, quantize, label)
     return wanted
 
 
@@ -222,10 +223,11 @@ def logged_step(what: str, every: float = 10.0) -> Iterator[None]:
     log.log(level, "%s: done in %.1f s", what, time.monotonic() - started)
 
 
-def _export(model_dir: Path, fp32: Path, int8: Path, quantize: bool) -> None:
+def _export(model_dir: Path, fp32: Path, int8: Path, quantize: bool, label: str) -> None:
     try:
         if not fp32.is_file():
-            with logged_step(f"exporting {model_dir.name} to ONNX at {fp32}"):
+            # the model's name: the packaged model's directory is just "model"
+            with logged_step(f"exporting {label} to ONNX at {fp32}"):
                 export_onnx(model_dir, fp32)
         if quantize:
             with logged_step(f"quantising {fp32.name} to int8 at {int8}"):
@@ -279,17 +281,24 @@ class OnnxEmbedder:
         )
 
     async def start(self) -> None:
-        path = resolve_model_path(self._model_name, self._model_path)
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._load, Path(path))
+        model_dir = Path(resolve_model_path(self._model_name, self._model_path))
+        tokenizer_file = model_dir / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise EmbedderError(f"the ONNX backend needs {tokenizer_file} (a fast tokenizer)")
+        # Not in the embedder's own thread, which runs below the process's priority: on a busy
+        # host a first-start export there took 2.5 times as long (nothing is served yet).
+        onnx_file = await asyncio.to_thread(
+            ensure_onnx_file, model_dir, self._cache_dir, self._quantize, self._model_name
+        )
+        await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._load, model_dir, onnx_file
+        )
 
-    def _load(self, model_dir: Path) -> None:
+    def _load(self, model_dir: Path, onnx_file: Path) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         tokenizer_file = model_dir / "tokenizer.json"
-        if not tokenizer_file.is_file():
-            raise EmbedderError(f"the ONNX backend needs {tokenizer_file} (a fast tokenizer)")
-        onnx_file = ensure_onnx_file(model_dir, self._cache_dir, self._quantize, self._model_name)
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
         # sentence-transformers truncates at max_seq_length (tokenizer.json says 128 and pads
         # to 128); padding is done per length group in _encode.
