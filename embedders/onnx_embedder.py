@@ -286,7 +286,7 @@ class OnnxEmbedder:
         if not tokenizer_file.is_file():
             raise EmbedderError(f"the ONNX backend needs {tokenizer_file} (a fast tokenizer)")
         # Not in the embedder's own thread, which runs below the process's priority: on a busy
-        # host a first-start export there took 2.5 times as long (nothing is served yet).
+        # host a first-start export there took more than twice as long (nothing is served yet).
         onnx_file = await asyncio.to_thread(
             ensure_onnx_file, model_dir, self._cache_dir, self._quantize, self._model_name
         )
