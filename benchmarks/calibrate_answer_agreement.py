@@ -11,7 +11,8 @@ The thresholds are chosen so that at most ``--error`` of the disagreeing pairs s
 above ``agree_min`` and at most ``--error`` of the agreeing pairs score at or below
 ``disagree_max``. Every figure printed is IN-SAMPLE (the thresholds are tuned on these pairs).
 
-    python -m benchmarks.calibrate_answer_agreement [--error 0.01] [--out result.json]
+    python -m benchmarks.calibrate_answer_agreement [--error 0.01] [--vectors onnx-int8]
+        [--out result.json]
 """
 
 from __future__ import annotations
@@ -29,10 +30,19 @@ import numpy as np
 DATA = Path("/work/shared/data/semcache/gptcache_mock_pairs.json")
 
 
-async def _embed(texts: list[str]) -> np.ndarray:
+#: ``--vectors``: which backend embeds the answers (the one the sidecar will run)
+VECTORS = {
+    "torch": ("sentence-transformers", False),
+    "onnx-fp32": ("onnx", False),
+    "onnx-int8": ("onnx", True),
+}
+
+
+async def _embed(texts: list[str], vectors: str = "torch") -> np.ndarray:
     from embedders import build_embedder
 
-    embedder = build_embedder("sentence-transformers", model="all-MiniLM-L6-v2")
+    backend, quantize = VECTORS[vectors]
+    embedder = build_embedder(backend, model="all-MiniLM-L6-v2", onnx_quantize=quantize)
     await embedder.start()
     try:
         rows = [await embedder.embed(texts[i : i + 64]) for i in range(0, len(texts), 64)]
@@ -55,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--error", type=float, default=0.01)
     parser.add_argument("--seed", type=int, default=18)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--vectors", choices=sorted(VECTORS), default="torch")
     args = parser.parse_args(argv)
     if not args.data.exists():
         print(f"skipped: {args.data} not found", file=sys.stderr)
@@ -68,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         rng.shuffle(shuffled)
         if all(i != j for i, j in enumerate(shuffled)):
             break
-    a = asyncio.run(_embed(origins))
-    b = asyncio.run(_embed(similars))
+    a = asyncio.run(_embed(origins, args.vectors))
+    b = asyncio.run(_embed(similars, args.vectors))
     agree = np.einsum("ij,ij->i", a, b)
     disagree = np.einsum("ij,ij->i", a, b[shuffled])
     agree_min = _ceil2(float(np.quantile(disagree, 1 - args.error)))
@@ -79,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "data": str(args.data),
         "pairs": len(pairs),
+        "vectors": args.vectors,
         "in_sample": True,
         "error": args.error,
         "answer_agree_min": agree_min,
@@ -95,6 +107,17 @@ def main(argv: list[str] | None = None) -> int:
             "disagree": float(np.mean(disagree <= disagree_max)),
             "cosine_p50_p99": [float(np.median(disagree)), float(np.quantile(disagree, 0.99))],
         },
+    }
+    # The shipped defaults on these vectors: does another backend still meet --error with them?
+    from sidecar.config import CacheConfig
+
+    shipped = CacheConfig()
+    high, low = shipped.answer_agree_min, shipped.answer_disagree_max
+    result["at_shipped_defaults"] = {
+        "answer_agree_min": high,
+        "answer_disagree_max": low,
+        "agree_pairs_disagree": float(np.mean(agree <= low)),
+        "disagree_pairs_agree": float(np.mean(disagree >= high)),
     }
     text = json.dumps(result, indent=2)
     print(text)

@@ -39,6 +39,7 @@ import numpy as np
 import orjson
 
 from benchmarks.report import SHARED_DATA, SummaryRow, machine, write_result
+from embedders.base import Embedder
 from embedders.sentence_tf import SentenceTransformerEmbedder
 from sidecar.cache.eval_cli import Pair, describe, evaluate, load_pairs, pair_vectors, summarise
 from sidecar.cache.layer import NEAR_REPEAT_FLOOR
@@ -83,7 +84,7 @@ class Embedded:
     b: np.ndarray
 
     @classmethod
-    async def of(cls, embedder: SentenceTransformerEmbedder, pairs: Sequence[Pair]) -> Embedded:
+    async def of(cls, embedder: Embedder, pairs: Sequence[Pair]) -> Embedded:
         return cls(*await pair_vectors(embedder, pairs))
 
 

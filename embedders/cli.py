@@ -1,9 +1,9 @@
 """``sidecar embedder prepare``: build the ONNX file ahead of the first start (install time).
 
 With ``embedder.backend: onnx`` the first start exports the model to ONNX (and quantises it
-with ``onnx_quantize``): about 40 s on 2 shared cores. Running this once at install time (in a
-Dockerfile, a package's post-install step) moves that out of the first start; the sidecar then
-finds the file in ``embedder.onnx_cache_dir`` and loads it directly.
+with ``onnx_quantize``): 12 s of CPU, 1-2 minutes on a busy 2-core machine. Running this once
+at install time (in a Dockerfile, a package's post-install step) moves that out of the first
+start; the sidecar then finds the file in ``embedder.onnx_cache_dir`` and loads it directly.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """all-MiniLM-L6-v2 on ONNX Runtime: exported once from the packaged model, then reused.
 
 The export (``torch.onnx.export``, the TorchScript-based exporter) and the optional dynamic
-int8 quantisation run on the first start only (about 40 s on 2 shared cores, logged with a
-progress line every 10 s), or ahead of it with ``sidecar embedder prepare``; the files are
+int8 quantisation run on the first start only (12 s of CPU; 88 s of wall time on a 2-core
+machine at load average 30), logged with a progress line every 10 s (at WARNING when the log
+level hides INFO), or ahead of it with ``sidecar embedder prepare``; the files are
 cached under ``cache_dir`` keyed by the model's identity, so later starts load them directly.
 Tokenisation uses the model's own ``tokenizer.json`` (``tokenizers``) and the pooling is
 sentence-transformers' exactly: mean over the attention mask, then L2 normalisation.
@@ -128,17 +129,29 @@ def export_onnx(model_dir: Path, target: Path) -> None:
             tmp.unlink()
 
 
+class _QuantizerChatter(logging.Filter):
+    """ONNX Runtime's quantiser logs a line per tensor at INFO on the root logger (36 lines
+    for this model): noise in the sidecar's log at a first start. Its warnings still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        quantiser = "onnxruntime" in record.pathname and "quantization" in record.pathname
+        return not quantiser or record.levelno >= logging.WARNING
+
+
 def quantize_int8(source: Path, target: Path) -> None:
     """Dynamic int8 quantisation of the weights (activations stay float)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     tmp = _atomic_target(target)
+    chatter = _QuantizerChatter()
+    logging.getLogger().addFilter(chatter)
     try:
         # Per-channel scales keep cosine agreement with fp32 near 0.99 (per-tensor: ~0.97,
         # with short texts down to ~0.87).
         quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
         os.replace(tmp, target)
     finally:
+        logging.getLogger().removeFilter(chatter)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
 
@@ -161,7 +174,7 @@ def ensure_onnx_file(model_dir: Path, cache_dir: Path, quantize: bool, name: str
     # Sidecars starting together export once: the others wait here, then find the file.
     with _export_lock(cache_dir / f"{stem}.lock"):
         if not wanted.is_file():
-            _export(model_dir, fp32, int8, quantize)
+            _export(model_dir, fp32, int8, quantize, label)
     return wanted
 
 
@@ -186,12 +199,16 @@ def logged_step(what: str, every: float = 10.0) -> Iterator[None]:
     a first start that exports the model is slow, and must say so rather than look hung."""
     started = time.monotonic()
     done = threading.Event()
+    # Shown even at log_level warning: a start that pauses for a minute without a word looks
+    # hung, whatever the operator chose to hide.
+    level = logging.INFO if log.isEnabledFor(logging.INFO) else logging.WARNING
 
     def heartbeat() -> None:
         while not done.wait(every):
-            log.info("%s: still running, %.0f s so far", what, time.monotonic() - started)
+            log.log(level, "%s: still running, %.0f s so far", what, time.monotonic() - started)
 
-    log.info(
+    log.log(
+        level,
         "%s (once per model and cache directory; `sidecar embedder prepare` does it ahead of "
         "the first start)",
         what,
@@ -203,13 +220,14 @@ def logged_step(what: str, every: float = 10.0) -> Iterator[None]:
     finally:
         done.set()
         ticker.join()
-    log.info("%s: done in %.1f s", what, time.monotonic() - started)
+    log.log(level, "%s: done in %.1f s", what, time.monotonic() - started)
 
 
-def _export(model_dir: Path, fp32: Path, int8: Path, quantize: bool) -> None:
+def _export(model_dir: Path, fp32: Path, int8: Path, quantize: bool, label: str) -> None:
     try:
         if not fp32.is_file():
-            with logged_step(f"exporting {model_dir.name} to ONNX at {fp32}"):
+            # the model's name: the packaged model's directory is just "model"
+            with logged_step(f"exporting {label} to ONNX at {fp32}"):
                 export_onnx(model_dir, fp32)
         if quantize:
             with logged_step(f"quantising {fp32.name} to int8 at {int8}"):
@@ -263,17 +281,24 @@ class OnnxEmbedder:
         )
 
     async def start(self) -> None:
-        path = resolve_model_path(self._model_name, self._model_path)
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._load, Path(path))
+        model_dir = Path(resolve_model_path(self._model_name, self._model_path))
+        tokenizer_file = model_dir / "tokenizer.json"
+        if not tokenizer_file.is_file():
+            raise EmbedderError(f"the ONNX backend needs {tokenizer_file} (a fast tokenizer)")
+        # Not in the embedder's own thread, which runs below the process's priority: on a busy
+        # host a first-start export there took more than twice as long (nothing is served yet).
+        onnx_file = await asyncio.to_thread(
+            ensure_onnx_file, model_dir, self._cache_dir, self._quantize, self._model_name
+        )
+        await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._load, model_dir, onnx_file
+        )
 
-    def _load(self, model_dir: Path) -> None:
+    def _load(self, model_dir: Path, onnx_file: Path) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         tokenizer_file = model_dir / "tokenizer.json"
-        if not tokenizer_file.is_file():
-            raise EmbedderError(f"the ONNX backend needs {tokenizer_file} (a fast tokenizer)")
-        onnx_file = ensure_onnx_file(model_dir, self._cache_dir, self._quantize, self._model_name)
         tokenizer = Tokenizer.from_file(str(tokenizer_file))
         # sentence-transformers truncates at max_seq_length (tokenizer.json says 128 and pads
         # to 128); padding is done per length group in _encode.

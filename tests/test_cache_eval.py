@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 
-from sidecar.cache.eval_cli import THRESHOLD_GRID
+from sidecar.cache.eval_cli import THRESHOLD_GRID, eval_config
 from sidecar.cli import main
+from sidecar.config import SidecarConfig
 
 TRAP_FILE = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "trap_pairs.jsonl"
 PER_CATEGORY = 6
@@ -158,3 +159,14 @@ def test_wilson_interval_and_pairs_needed() -> None:
     validated = {"pairs": 200, "good_hits": 80, "wrong_hits": 0}
     assert sample_support(validated, 100, 0.05)["supported"] is True  # 0 of 100: <= 3.7%
     assert "warning" in sample_support(validated, 150, 0.05)  # 0 of 50: up to 7.1%
+
+
+def test_the_evaluation_sidecar_never_sheds_lookups() -> None:
+    # A lookup skipped because a busy machine delayed the event loop is a miss that says
+    # nothing about quality: under load it halved the development set's good hits.
+    config = SidecarConfig()
+    assert config.server.shed_loop_lag_ms > 0 and config.server.shed_store_lag_ms > 0
+    evaluated = eval_config(config)
+    assert evaluated.server.shed_loop_lag_ms == 0 and evaluated.server.shed_store_lag_ms == 0
+    assert evaluated.cache.data_dir == ":memory:"
+    assert config.server.shed_loop_lag_ms > 0  # the caller's configuration is left alone

@@ -124,6 +124,16 @@ def test_a_slow_step_is_logged_when_it_starts_and_ends(caplog: pytest.LogCapture
     assert lines[-1].startswith("exporting m: done in ")
 
 
+def test_a_slow_step_is_shown_at_log_level_warning_too(caplog: pytest.LogCaptureFixture) -> None:
+    # log_level: warning hides INFO; a first start that exports must still say so.
+    with caplog.at_level(logging.WARNING, logger="sidecar.embedder"), logged_step("exporting m"):
+        pass
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records]
+    assert [level for level, _ in lines] == [logging.WARNING, logging.WARNING]
+    assert lines[0][1].startswith("exporting m (once per model")
+    assert lines[-1][1].startswith("exporting m: done in ")
+
+
 async def test_export_is_cached_and_reused(onnx_cache: Path, onnx_fp32: OnnxEmbedder) -> None:
     assert onnx_fp32.onnx_path is not None and onnx_fp32.onnx_path.parent == onnx_cache
     before = os.stat(onnx_fp32.onnx_path)

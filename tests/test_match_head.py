@@ -13,8 +13,19 @@ import pytest
 from conftest import make_config
 from hookclient import chat_body, openai_answer, request_hook, round_trip
 
-from sidecar.cache.match.head import DEFAULT_HEAD, DuplicateHead, MatchHeadError, head_for
-from sidecar.cache.match.verify import AnswerChangeVerifier, build_verifier, pair_text_features
+from sidecar.cache.match.head import (
+    DEFAULT_HEAD,
+    DuplicateHead,
+    MatchHeadError,
+    bundled_head,
+    head_for,
+)
+from sidecar.cache.match.verify import (
+    AnswerChangeVerifier,
+    build_verifier,
+    embedder_vectors,
+    pair_text_features,
+)
 from sidecar.config import EmbedderConfig, SidecarConfig
 from sidecar.formats import normalise_text
 
@@ -130,3 +141,25 @@ async def test_match_head_off_serves_it(sidecar_factory: Any) -> None:
         await round_trip(client, chat_body(cached), openai_answer("Study statistics first."))
         reply = (await request_hook(client, chat_body(other))).json()
         assert reply["cache"]["status"] == "hit-semantic"
+
+
+def test_the_bundled_head_follows_the_backend_that_computes_the_vectors() -> None:
+    # int8 weights move the vectors a little; a head trained on them ships as its own file,
+    # and until one ships int8 falls back to torch's head. fp32 returns torch's vectors.
+    assert embedder_vectors(EmbedderConfig()) == "torch"
+    assert embedder_vectors(EmbedderConfig(backend="onnx")) == "onnx-fp32"
+    assert embedder_vectors(EmbedderConfig(backend="onnx", onnx_quantize=True)) == "onnx-int8"
+    assert bundled_head("torch") == bundled_head("onnx-fp32") == DEFAULT_HEAD
+    assert bundled_head("onnx-int8") != DEFAULT_HEAD
+    torch_head = head_for("auto", "all-MiniLM-L6-v2", 384, "torch")
+    int8_head = head_for("auto", "all-MiniLM-L6-v2", 384, "onnx-int8")
+    assert torch_head is not None and int8_head is not None
+    if bundled_head("onnx-int8").is_file():
+        assert int8_head.info["vectors"] == "onnx-int8"
+        assert not np.array_equal(int8_head.w1, torch_head.w1)
+    else:
+        assert np.array_equal(int8_head.w1, torch_head.w1)
+    int8 = EmbedderConfig(backend="onnx", onnx_quantize=True)
+    verifier = build_verifier(SidecarConfig().cache, int8, 384)
+    assert isinstance(verifier, AnswerChangeVerifier) and verifier.head is not None
+    assert np.array_equal(verifier.head.w1, int8_head.w1)

@@ -21,15 +21,27 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 log = logging.getLogger("sidecar.cache")
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
-#: the bundled head for the default embedder (sentence-transformers/all-MiniLM-L6-v2)
+#: the bundled head for the default embedder's model (all-MiniLM-L6-v2), on torch's vectors
 DEFAULT_HEAD = DATA_DIR / "duplicate_head_all-MiniLM-L6-v2.npz"
+#: which backend computed the vectors a head sees (``verify.embedder_vectors``)
+VectorKind = Literal["torch", "onnx-fp32", "onnx-int8"]
+
+
+def bundled_head(vectors: VectorKind = "torch") -> Path:
+    """The bundled head for vectors from ``vectors``: int8 weights move every vector a little
+    (cosine about 0.99 to torch's), and a head trained on torch's vectors refused more true
+    duplicates on them (docs/semantic-correctness.md), so int8 has its own file. ONNX fp32
+    returns torch's vectors up to rounding and shares torch's head."""
+    if vectors == "onnx-int8":
+        return DATA_DIR / "duplicate_head_all-MiniLM-L6-v2.onnx-int8.npz"
+    return DEFAULT_HEAD
 
 
 class MatchHeadError(Exception):
@@ -121,15 +133,23 @@ def _flushed(weights: np.ndarray) -> np.ndarray:
     return out
 
 
-def head_for(setting: str, model: str, dimension: int) -> DuplicateHead | None:
-    """The head ``cache.match_head`` asks for, for vectors of ``model``.
+def head_for(
+    setting: str, model: str, dimension: int, vectors: VectorKind = "torch"
+) -> DuplicateHead | None:
+    """The head ``cache.match_head`` asks for, for vectors of ``model`` computed by
+    ``vectors``.
 
     ``off``: none. ``auto``: the bundled head when the embedder is the model it was trained
-    for, else none (logged). A path: that file, which must match the embedder (an error).
+    for (the file for this backend's vectors when there is one), else none (logged). A path:
+    that file, which must match the embedder (an error).
     """
     if setting == "off":
         return None
-    path = DEFAULT_HEAD if setting == "auto" else Path(setting)
+    path = Path(setting)
+    if setting == "auto":
+        path = bundled_head(vectors)
+        if not path.is_file():
+            path = DEFAULT_HEAD
     head = DuplicateHead.load(path)
     fits = _same_model(head.model, model) and head.dimension == dimension
     if fits:

@@ -40,7 +40,7 @@ import numpy as np
 from sidecar.cache.layer import Candidate, MatchVerifier, VectorPair, Verdict
 from sidecar.cache.match import lexicon as lex
 from sidecar.cache.match.features import QuestionFeatures, analyse
-from sidecar.cache.match.head import DuplicateHead, head_for
+from sidecar.cache.match.head import DuplicateHead, VectorKind, head_for
 from sidecar.cache.match.pair_model import PairModel, pair_model_for
 from sidecar.cache.match.words import (
     close_spelling,
@@ -525,7 +525,9 @@ def build_verifier(
     english_words()  # read the word list at start-up, not on the first lookup
     head = None
     if embedder is not None and dimension:
-        head = head_for(config.match_head, embedder_identity(embedder), dimension)
+        head = head_for(
+            config.match_head, embedder_identity(embedder), dimension, embedder_vectors(embedder)
+        )
     return AnswerChangeVerifier(
         config.verifier_strictness,
         config.verifier_checks,
@@ -535,6 +537,13 @@ def build_verifier(
         config.pair_model_min,
         config.pair_model_rescue,
     )
+
+
+def embedder_vectors(embedder: EmbedderConfig) -> VectorKind:
+    """Which backend computes the vectors (the bundled head has one file per kind)."""
+    if embedder.backend == "onnx":
+        return "onnx-int8" if embedder.onnx_quantize else "onnx-fp32"
+    return "torch"
 
 
 def embedder_identity(embedder: EmbedderConfig) -> str:
