@@ -210,8 +210,11 @@ def markdown(data: dict[str, Any]) -> str:
     """The results section of docs/adaptive_benchmark.md, from a result file."""
     settings = data["settings"]
     first, n = settings["warmup"], settings["evaluated_requests"]
+    variant = "Clean" if data.get("stream_variant") == "clean" else "QQP"
+    if data.get("trap_share") is not None:
+        variant += f" (trap share {data['trap_share']:g})"
     lines = [
-        f"{'Clean' if data.get('stream_variant') == 'clean' else 'QQP'} stream of "
+        f"{variant} stream of "
         f"{data['stream']['requests']:,} requests (digest "
         f"`{data['stream']['digest'][:12]}`), figures over requests {first:,} to {first + n:,} "
         f"({n:,} after the warm-up). Machine: {data['machine'].get('cpus')} cores shared with "
