@@ -118,7 +118,7 @@ async def _run(rounds: int, memo: bool, pair_model: str) -> dict[str, Any]:
     assert adaptive.cache is not None and adaptive.cache.adaptive is not None
     runtime = adaptive.cache.adaptive
     entry = await adaptive.cache.exact.get(
-        next(iter(adaptive.cache.exact._entries))  # type: ignore[attr-defined]
+        next(iter(adaptive.cache.exact._rows))  # type: ignore[attr-defined]
     )
     assert entry is not None
     rng = random.Random(18)

@@ -142,6 +142,8 @@ def plot(data: dict[str, Any], directory: Path) -> list[str] | str:
         # the computed exact-only point has no lane to draw over time
         if name in lanes and name not in shown:
             shown.append(name)
+    # one colour per lane in both plots
+    colours = {name: f"C{i}" for i, name in enumerate(dict.fromkeys([*shown, *lanes]))}
     fig, axes = plt.subplots(3, 1, figsize=(8, 10), sharex=True)
     for name in shown:
         w = lanes[name]["windows"]
@@ -150,9 +152,10 @@ def plot(data: dict[str, Any], directory: Path) -> list[str] | str:
         label = f"{name} (best static in hindsight)" if name.startswith("static") else name
         # a window without semantic hits served none wrong
         wrong = [0.0 if not x["semantic_hits"] else _share(x["wrong_hit_rate"]) for x in w]
-        axes[0].plot(ends, wrong, style, marker=".", label=label)
-        axes[1].plot(ends, [_share(x["hit_rate"]) for x in w], style, label=label)
-        axes[2].plot(ends, [x["running_explored"] for x in w], style, label=label)
+        colour = colours[name]
+        axes[0].plot(ends, wrong, style, marker=".", label=label, color=colour)
+        axes[1].plot(ends, [_share(x["hit_rate"]) for x in w], style, label=label, color=colour)
+        axes[2].plot(ends, [x["running_explored"] for x in w], style, label=label, color=colour)
     for target in settings.get("targets", []):
         axes[0].axhline(target, color="grey", linewidth=0.6, linestyle=":")
     for ax in axes:
@@ -190,7 +193,7 @@ def plot(data: dict[str, Any], directory: Path) -> list[str] | str:
     for name in [n for n in lanes if n.startswith("target-")]:
         f = lanes[name]["after_warmup"]
         x = 0.0 if not f["semantic_hits"] else _share(f["wrong_hit_rate"])
-        ax.plot(x, _share(f["hit_rate"]), "*", markersize=12, label=name)
+        ax.plot(x, _share(f["hit_rate"]), "*", markersize=12, label=name, color=colours[name])
     ax.set_xlabel("wrong-hit rate after the warm-up")
     ax.set_ylabel("hit rate after the warm-up")
     ax.grid(alpha=0.3)
@@ -210,8 +213,11 @@ def markdown(data: dict[str, Any]) -> str:
     """The results section of docs/adaptive_benchmark.md, from a result file."""
     settings = data["settings"]
     first, n = settings["warmup"], settings["evaluated_requests"]
+    variant = "Clean" if data.get("stream_variant") == "clean" else "QQP"
+    if data.get("trap_share") is not None:
+        variant += f" (trap share {data['trap_share']:g})"
     lines = [
-        f"{'Clean' if data.get('stream_variant') == 'clean' else 'QQP'} stream of "
+        f"{variant} stream of "
         f"{data['stream']['requests']:,} requests (digest "
         f"`{data['stream']['digest'][:12]}`), figures over requests {first:,} to {first + n:,} "
         f"({n:,} after the warm-up). Machine: {data['machine'].get('cpus')} cores shared with "

@@ -34,6 +34,26 @@ import orjson
 KINDS = ("new", "repeat", "paraphrase", "trap")
 #: default share of each kind of request (the rest of the stream once the cache has content)
 DEFAULT_MIX: dict[str, float] = {"new": 0.30, "repeat": 0.35, "paraphrase": 0.20, "trap": 0.15}
+#: of the new questions: from classes with paraphrases, with a trap question, the rest
+DEFAULT_NEW_CLASS_SHARES = (0.6, 0.3, 0.1)
+
+
+def trap_world(trap_share: float) -> tuple[dict[str, float], tuple[float, float, float]]:
+    """The mix and new-class shares of a world whose requests are ``trap_share`` traps (the
+    share of the mix; fewer when no trap is armed). The other kinds keep their proportions;
+    classes with a trap question keep their default ratio to the trap share (twice it) among
+    new questions, the freed share going to classes without either, so that traps do not come
+    back as new questions next to their look-alike. ``DEFAULT_MIX`` is ``trap_share`` 0.15."""
+    if not 0.0 <= trap_share <= 0.45:
+        raise ValueError(f"trap share must be between 0 and 0.45, got {trap_share}")
+    if trap_share == DEFAULT_MIX["trap"]:
+        return dict(DEFAULT_MIX), DEFAULT_NEW_CLASS_SHARES  # exactly: the same streams as before
+    rest = {k: v for k, v in DEFAULT_MIX.items() if k != "trap"}
+    scale = (1.0 - trap_share) / sum(rest.values())
+    mix = {k: v * scale for k, v in rest.items()} | {"trap": trap_share}
+    with_paraphrases, with_traps, _ = DEFAULT_NEW_CLASS_SHARES
+    trap_classes = with_traps / DEFAULT_MIX["trap"] * trap_share
+    return mix, (with_paraphrases, trap_classes, 1.0 - with_paraphrases - trap_classes)
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,7 +282,7 @@ def generate_stream(
     seed: int,
     mix: dict[str, float] | None = None,
     popularity_alpha: float = 1.2,
-    new_class_shares: tuple[float, float, float] = (0.6, 0.3, 0.1),
+    new_class_shares: tuple[float, float, float] = DEFAULT_NEW_CLASS_SHARES,
 ) -> list[Request]:
     """``length`` requests drawn with ``random.Random(seed)``.
 

@@ -31,8 +31,10 @@ from sidecar.cache.adaptive import (
     Observation,
     PartitionEvidence,
     Policy,
+    binomial_cdf,
+    clopper_pearson_upper,
     learned_threshold,
-    wilson_upper,
+    tail_bounds_met,
 )
 from sidecar.config import ConfigError, load_config
 from sidecar.metrics import partition_hash
@@ -299,10 +301,40 @@ async def test_replicas_share_evidence_through_redis(
 
 
 # ------------------------------------------------------------------ deciding
-def test_wilson_upper_bound() -> None:
-    assert wilson_upper(0, 100) == pytest.approx(0.0264, abs=5e-4)
-    assert wilson_upper(5, 100) == pytest.approx(0.0979, abs=5e-3)
-    assert wilson_upper(0, 0) == 1.0
+def test_clopper_pearson_upper_bound() -> None:
+    # Reference values: the 0.95 quantile of Beta(k + 1, n - k) (scipy.stats.beta.ppf).
+    assert clopper_pearson_upper(0, 100) == pytest.approx(0.029513, abs=1e-6)
+    assert clopper_pearson_upper(1, 100) == pytest.approx(0.046560, abs=1e-6)
+    assert clopper_pearson_upper(5, 100) == pytest.approx(0.102253, abs=1e-6)
+    assert clopper_pearson_upper(40, 1568) == pytest.approx(0.033079, abs=1e-6)
+    assert clopper_pearson_upper(0, 0) == 1.0
+    assert clopper_pearson_upper(3, 3) == 1.0
+    # By definition: at the bound, k or fewer wrong in n happens with probability 5%.
+    assert binomial_cdf(5, 100, clopper_pearson_upper(5, 100)) == pytest.approx(0.05, abs=1e-9)
+    assert binomial_cdf(2, 10, 0.3) == pytest.approx(0.382783, abs=1e-6)
+    assert binomial_cdf(0, 4000, 0.5) == pytest.approx(0.0, abs=1e-300)  # no underflow error
+    # Zero wrong of n: the bound falls under 2% only from n = 149 on.
+    assert clopper_pearson_upper(0, 148) > 0.02 >= clopper_pearson_upper(0, 149)
+
+
+def test_running_tail_test_agrees_with_the_bound() -> None:
+    """``tail_bounds_met`` follows the binomial CDF by recurrences, one outcome at a time: at
+    every prefix it says what the bound computed afresh says."""
+    import random
+
+    rng = random.Random(3)
+    for target, rate in ((0.02, 0.01), (0.05, 0.04), (0.01, 0.0), (0.3, 0.2)):
+        outcomes = [rng.random() < rate for _ in range(1500)]
+        met = tail_bounds_met(outcomes, target, 0.95)
+        wrong = 0
+        for n, bad in enumerate(outcomes, 1):
+            wrong += bad
+            if n % 7 == 0:
+                bound = clopper_pearson_upper(wrong, n)
+                if abs(bound - target) > 1e-9:
+                    assert met[n - 1] == (bound <= target), (target, n, wrong, bound)
+    assert tail_bounds_met([False] * 3, 1.0, 0.95) == [True] * 3
+    assert tail_bounds_met([False] * 3, 0.0, 0.95) == [False] * 3
 
 
 def test_learned_threshold_moves_with_evidence() -> None:
@@ -319,12 +351,48 @@ def test_learned_threshold_moves_with_evidence() -> None:
     # A tighter target needs more similarity.
     tight = learned_threshold(obs, 0.003)
     assert tight.threshold is None or tight.threshold > second.threshold
-    # Weights: a would-be hit explored at rate 0.1 stands for ten.
+    # Counts, not inverse weights: an explored observation (weight 1 / explore_rate) counts
+    # once, like a rejected candidate's (docs/adaptive.md, "Deciding").
     base = [Observation(0.85 + (i % 100) * 0.001, True) for i in range(200)]
     light = learned_threshold([Observation(0.9, False, 1.0), *base], 0.05)
     heavy = learned_threshold([Observation(0.9, False, 10.0), *base], 0.05)
-    assert light.threshold == 0.85
-    assert heavy.threshold is None or heavy.threshold > 0.9
+    assert light.threshold == heavy.threshold == 0.85
+    assert light.wrong_rate == pytest.approx(1 / 201)
+    assert light.upper == pytest.approx(clopper_pearson_upper(1, 201))
+    # Equal similarities are admitted together: no threshold splits them.
+    tied = [Observation(0.9, True)] * 200 + [Observation(0.9, False)] * 3
+    assert learned_threshold(tied, 0.05).threshold == 0.9
+    assert learned_threshold(tied, 0.02).threshold is None
+
+
+def test_learned_threshold_is_the_lowest_whose_tail_bound_meets_the_target() -> None:
+    """Brute force over every candidate threshold on random evidence: the learned threshold is
+    the lowest observed similarity whose tail (observations at or above it) has a bound at or
+    under the target; its figures are that tail's."""
+    import random
+
+    rng = random.Random(11)
+    for trial in range(30):
+        obs = []
+        for _ in range(rng.randrange(50, 400)):
+            sim = round(rng.uniform(0.7, 1.0), 3)
+            wrong_p = 0.3 if sim < 0.85 else 0.1 if sim < 0.95 else 0.005
+            obs.append(Observation(sim, rng.random() >= wrong_p))
+        target = rng.choice((0.01, 0.02, 0.05, 0.1))
+        found = learned_threshold(obs, target)
+        best = None
+        for t in sorted({o.similarity for o in obs}):
+            tail = [o for o in obs if o.similarity >= t]
+            wrong = sum(not o.agreed for o in tail)
+            if clopper_pearson_upper(wrong, len(tail)) <= target:
+                best = (t, len(tail), wrong)
+                break
+        if best is None:
+            assert found.threshold is None, trial
+        else:
+            assert (found.threshold, found.observations) == best[:2], trial
+            assert found.wrong_rate == pytest.approx(best[2] / best[1])
+            assert found.upper <= target
 
 
 def test_decisions_and_their_reasons() -> None:

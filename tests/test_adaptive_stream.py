@@ -14,6 +14,8 @@ import pytest
 
 from benchmarks.adaptive_provider import TEMPLATES, class_answer, class_facts, wording_of
 from benchmarks.adaptive_stream import (
+    DEFAULT_MIX,
+    DEFAULT_NEW_CLASS_SHARES,
     KINDS,
     LabelledPair,
     build_classes,
@@ -25,6 +27,7 @@ from benchmarks.adaptive_stream import (
     same_words_twins,
     select_traps,
     stream_digest,
+    trap_world,
     word_key,
 )
 from sidecar.demo.processes import ManagedProcess, free_port
@@ -124,6 +127,28 @@ def test_running_out_of_classes_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="unknown request kind"):
         classes, across = build_classes(_fixture())
         generate_stream(classes, [], 10, 1, mix={"new": 1.0, "typo": 0.1})
+
+
+def test_trap_share_sets_the_mix_and_keeps_the_default_world() -> None:
+    # The default share gives the default mix exactly: the harsh world's streams are unchanged.
+    assert trap_world(DEFAULT_MIX["trap"]) == (DEFAULT_MIX, DEFAULT_NEW_CLASS_SHARES)
+    mix, shares = trap_world(0.02)
+    assert mix["trap"] == 0.02 and sum(mix.values()) == pytest.approx(1.0)
+    # the other kinds keep their proportions
+    assert mix["repeat"] / mix["new"] == pytest.approx(DEFAULT_MIX["repeat"] / DEFAULT_MIX["new"])
+    # classes with a trap question: twice the trap share of new questions, as by default
+    assert shares == pytest.approx((0.6, 0.04, 0.36))
+    with pytest.raises(ValueError, match="trap share"):
+        trap_world(0.5)
+    # Fewer traps in the stream at a lower share, same seed.
+    classes, across = build_classes(_fixture())
+    traps = select_traps(across, _similarity, 0.8)
+    streams = {}
+    for share in (0.02, 0.3):
+        mix, shares = trap_world(share)
+        streams[share] = generate_stream(classes, traps, 150, 5, mix, new_class_shares=shares)
+    few, many = streams[0.02], streams[0.3]
+    assert kind_counts(few)["trap"] < kind_counts(many)["trap"]
 
 
 def test_each_class_question_is_asked_as_new_at_most_once() -> None:

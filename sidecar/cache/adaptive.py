@@ -17,16 +17,15 @@ extra upstream calls never exceed the rate, not merely on average. The request g
 (``explore: sampled ...``), and the fresh answer is compared with the entry's
 (``compare_answers``). An eligible candidate that the learned threshold rejects goes upstream
 anyway, so it is always observed, at no extra upstream call. Each observation keeps the
-probability it was sampled with (``explore_rate``; the budget makes the true one a little
-lower); estimates weight it by the inverse (so the observed mix is the mix of all eligible
-candidates).
+probability it was sampled with (as a weight, for the record); the estimate counts
+observations (``learned_threshold`` says why that is conservative).
 
 The learned threshold (``learned_threshold``): the lowest similarity t such that, among the
-observations at or above t, the one-sided 95% Wilson upper bound of the weighted wrong share
-is at most the target (effective sample size after Kish). An entry with enough observations of
-its own uses them; otherwise its partition's; a partition with fewer than
-``PARTITION_MIN_OBSERVATIONS`` uses the static threshold. A partition with enough observations
-where no t meets the bound serves no semantic hits until the evidence allows it.
+observations at or above t, the one-sided 95% Clopper-Pearson (exact binomial) upper bound of
+the wrong share is at most the target. An entry with enough observations of its own uses them;
+otherwise its partition's; a partition with fewer than ``PARTITION_MIN_OBSERVATIONS`` uses the
+static threshold. A partition with enough observations where no t meets the bound serves no
+semantic hits until the evidence allows it.
 """
 
 from __future__ import annotations
@@ -42,10 +41,13 @@ from typing import Any, Literal
 
 from sidecar.config import CacheConfig
 
-#: one-sided 95% normal quantile (the Wilson bound's confidence)
-Z_95 = 1.6448536269514722
-#: a partition's learned threshold needs this many observations; fewer: static threshold
-PARTITION_MIN_OBSERVATIONS = 20
+#: confidence of the one-sided upper bound on the wrong-hit rate
+CONFIDENCE = 0.95
+#: a partition decides from its own evidence from this many observations on; before: the static
+#: threshold. One: the static start lasts only until the first check (about 1 / explore_rate
+#: would-be hits); a handful of observations cannot meet any useful target's bound anyway, so a
+#: larger minimum only prolonged the unchecked start (20: about 400 would-be hits at 5%)
+PARTITION_MIN_OBSERVATIONS = 1
 #: an entry's own learned threshold needs this many of its own observations
 ENTRY_MIN_OBSERVATIONS = 16
 #: observations kept per entry and per partition (the most recent)
@@ -55,15 +57,72 @@ PARTITION_MAX_OBSERVATIONS = 4000
 Source = Literal["entry", "partition", "static", "reported"]
 
 
-def wilson_upper(wrong: float, n: float, z: float = Z_95) -> float:
-    """One-sided upper confidence bound of a proportion (Wilson score interval)."""
-    if n <= 0:
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(X <= k) for X ~ Binomial(n, p), summed in log space (no underflow at large n)."""
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0.0:
         return 1.0
-    p = min(max(wrong / n, 0.0), 1.0)
-    z2 = z * z
-    centre = p + z2 / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
-    return min(1.0, (centre + spread) / (1 + z2 / n))
+    if p >= 1.0:
+        return 0.0
+    log_p, log_q = math.log(p), math.log1p(-p)
+    base = math.lgamma(n + 1)
+    logs = [
+        base - math.lgamma(j + 1) - math.lgamma(n - j + 1) + j * log_p + (n - j) * log_q
+        for j in range(k + 1)
+    ]
+    top = max(logs)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(x - top) for x in logs))
+
+
+def clopper_pearson_upper(wrong: int, n: int, confidence: float = CONFIDENCE) -> float:
+    """One-sided exact (Clopper-Pearson) upper confidence bound of a proportion: the p at which
+    P(X <= wrong) = 1 - confidence. Its coverage is at least ``confidence`` for every true rate
+    and sample size (the Wilson score bound's can fall below it at small rates, the case here)."""
+    if n <= 0 or wrong >= n:
+        return 1.0
+    alpha = 1.0 - confidence
+    if wrong == 0:
+        return 1.0 - alpha ** (1.0 / n)
+    lo, hi = wrong / n, 1.0
+    for _ in range(60):  # the CDF falls with p: bisection to ~1e-18
+        mid = (lo + hi) / 2
+        if binomial_cdf(wrong, n, mid) > alpha:
+            lo = mid
+        else:
+            hi = mid
+    return hi
+
+
+def tail_bounds_met(wrong: Sequence[bool], target: float, confidence: float) -> list[bool]:
+    """For each prefix of ``wrong`` (n = 1, 2, ...): whether the Clopper-Pearson upper bound of
+    its wrong share is at most ``target``. That bound is at most the target exactly when
+    P(X <= k) <= 1 - confidence for X ~ Binomial(n, target), and that probability follows each
+    added outcome in O(1) by the recurrences of the binomial's CDF and mass:
+    a right one: P_{n+1}(X <= k) = P_n(X <= k) - p P_n(X = k);
+    a wrong one: P_{n+1}(X <= k+1) = P_n(X <= k) + (1 - p) P_n(X = k+1)."""
+    if not 0.0 < target < 1.0:
+        return [target >= 1.0] * len(wrong)
+    alpha = 1.0 - confidence
+    p = target
+    log_p, log_q = math.log(p), math.log1p(-p)
+    n = k = 0
+    log_mass = 0.0  # log P_n(X = k)
+    cdf = 1.0  # P_n(X <= k)
+    out: list[bool] = []
+    for bad in wrong:
+        mass = math.exp(log_mass)
+        if bad:
+            cdf += mass * (n - k) / (k + 1) * p
+            log_mass += math.log((n + 1) / (k + 1)) + log_p
+            k += 1
+        else:
+            cdf -= p * mass
+            log_mass += math.log((n + 1) / (n + 1 - k)) + log_q
+        n += 1
+        cdf = min(max(cdf, 0.0), 1.0)
+        out.append(k < n and cdf <= alpha)
+    return out
 
 
 @dataclass(slots=True)
@@ -142,35 +201,57 @@ class Learned:
 
     threshold: float | None
     observations: int
-    wrong_rate: float  # weighted wrong share at that threshold (or over all, when None)
+    wrong_rate: float  # wrong share at that threshold (or over all, when None)
     upper: float  # its upper bound
 
 
-def learned_threshold(observations: Iterable[Observation], target: float) -> Learned:
-    """The lowest similarity t with wilson_upper(wrong share of observations >= t) <= target.
-    One pass over the observations sorted by similarity, best first."""
+def learned_threshold(
+    observations: Iterable[Observation], target: float, confidence: float = CONFIDENCE
+) -> Learned:
+    """The lowest similarity t at which the one-sided Clopper-Pearson upper bound of the wrong
+    share among the observations at or above t is at most ``target``. One pass over the
+    observations sorted by similarity, best first.
+
+    Counts, not weights: the outcome of a check depends on the similarity, never on whether the
+    candidate was sampled, and the sampling probability never rises with the similarity (below
+    the threshold every candidate is checked, above it a share ``explore_rate``). So within any
+    tail the observations over-represent its lower similarities, and when the wrong share does
+    not rise with similarity, the tail's observed wrong share is at least the wrong share of the
+    hits it would serve: a conservative estimate with the real sample size, where inverse
+    weights (Kish's effective size) cut the evidence above a threshold twentyfold."""
     ordered = sorted(observations, key=lambda o: o.similarity, reverse=True)
-    w_sum = w_sq = w_wrong = 0.0
-    best: Learned | None = None
-    for i, obs in enumerate(ordered):
-        w_sum += obs.weight
-        w_sq += obs.weight * obs.weight
-        if not obs.agreed:
-            w_wrong += obs.weight
-        if i + 1 < len(ordered) and ordered[i + 1].similarity == obs.similarity:
-            continue  # a threshold admits all observations of equal similarity together
-        n_eff = w_sum * w_sum / w_sq
-        rate = w_wrong / w_sum
-        upper = wilson_upper(rate * n_eff, n_eff)
-        if upper <= target:
-            best = Learned(obs.similarity, i + 1, rate, upper)
-    if best is not None:
-        return best
     if not ordered:
         return Learned(None, 0, 0.0, 1.0)
-    rate = w_wrong / w_sum
-    n_eff = w_sum * w_sum / w_sq
-    return Learned(None, len(ordered), rate, wilson_upper(rate * n_eff, n_eff))
+    wrong = [not o.agreed for o in ordered]
+    met = tail_bounds_met(wrong, target, confidence)
+    best: int | None = None  # the longest prefix that meets the bound
+    for i in range(len(ordered) - 1, -1, -1):
+        # a threshold admits all observations of equal similarity together
+        last_of_its_value = (
+            i + 1 == len(ordered) or ordered[i + 1].similarity != ordered[i].similarity
+        )
+        if met[i] and last_of_its_value:
+            best = i
+            break
+    if best is None:
+        bad = sum(wrong)
+        return Learned(
+            None,
+            len(ordered),
+            bad / len(ordered),
+            clopper_pearson_upper(bad, len(ordered), confidence),
+        )
+    n, bad = best + 1, sum(wrong[: best + 1])
+    return Learned(ordered[best].similarity, n, bad / n, clopper_pearson_upper(bad, n, confidence))
+
+
+def overall(observations: Sequence[Observation], confidence: float = CONFIDENCE) -> Learned:
+    """Every observation's wrong share and its upper bound (no threshold)."""
+    wrong = sum(1 for o in observations if not o.agreed)
+    n = len(observations)
+    if n == 0:
+        return Learned(None, 0, 0.0, 1.0)
+    return Learned(None, n, wrong / n, clopper_pearson_upper(wrong, n, confidence))
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,14 +294,22 @@ class PartitionEvidence:
     #: their sum is too
     budget: ExploreBudget = field(default_factory=ExploreBudget)
     _learned: dict[float, Learned] = field(default_factory=dict)  # by target, until a change
+    _overall: Learned | None = None
 
     def add(self, obs: Observation) -> None:
         self.observations.append(obs)
         self._learned.clear()
+        self._overall = None
 
     def replace(self, observations: Sequence[Observation]) -> None:
         self.observations = deque(observations, maxlen=PARTITION_MAX_OBSERVATIONS)
         self._learned.clear()
+        self._overall = None
+
+    def overall(self) -> Learned:
+        if self._overall is None:
+            self._overall = overall(self.observations)
+        return self._overall
 
     def learned(self, target: float) -> Learned:
         cached = self._learned.get(target)

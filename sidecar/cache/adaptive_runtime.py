@@ -28,7 +28,6 @@ from sidecar.cache.adaptive import (
     Policy,
     Ticket,
     agreement,
-    learned_threshold,
     normalise_answer,
 )
 from sidecar.cache.adaptive_store import MAX_PARTITIONS, EvidenceStore
@@ -242,8 +241,8 @@ class AdaptiveCache:
             return out
         learned = evidence.learned(policy.target)
         if learned.threshold is None or len(observations) < PARTITION_MIN_OBSERVATIONS:
-            overall = learned_threshold(observations, 2.0)  # every observation counts
-            rate, upper = overall.wrong_rate, overall.upper
+            everything = evidence.overall()
+            rate, upper = everything.wrong_rate, everything.upper
         else:
             rate, upper = learned.wrong_rate, learned.upper
         threshold: float | None
@@ -256,7 +255,7 @@ class AdaptiveCache:
             wrong_rate_upper_bound=upper if observations else None,
             learned_threshold=threshold,
             threshold_source=source,
-            confidence="one-sided 95% Wilson upper bound",
+            confidence="one-sided 95% Clopper-Pearson upper bound",
         )
         return out
 
@@ -283,7 +282,7 @@ _GAUGES = (
     ("explored", "Would-be semantic hits sent upstream to check them (this process)"),
     ("observed_wrong", "Wrong answers observed among the kept observations"),
     ("estimated_wrong_rate", "Estimated wrong-hit rate at the learned threshold"),
-    ("wrong_rate_upper_bound", "One-sided 95% Wilson upper bound of the wrong-hit rate"),
+    ("wrong_rate_upper_bound", "One-sided 95% upper bound of the wrong-hit rate"),
     ("learned_threshold", "Similarity a semantic hit needs in the partition"),
 )
 

@@ -84,5 +84,5 @@ def run_stats(args: argparse.Namespace) -> int:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
-    print("upper 95%: one-sided 95% Wilson upper bound of the wrong-hit rate")
+    print("upper 95%: one-sided 95% Clopper-Pearson upper bound of the wrong-hit rate")
     return 0
