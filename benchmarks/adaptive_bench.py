@@ -28,8 +28,9 @@ side by side:
 * ``target-R``: this checkout, ``cache.target_wrong_rate: R`` with ``cache.explore_rate``.
 A simulated user reports ``--report-share`` of the wrong semantic hits it is served.
 
-The embedder's queue budget (``embedder.max_queue_ms``) is raised to its maximum so that no
-lookup is skipped for load: decisions then depend on the stream alone, not on the machine.
+The embedder's queue budget (``embedder.max_queue_ms``) is raised to its maximum and the load
+governor's shedding is off (``server.shed_*``) so that no lookup is skipped for load: decisions
+then depend on the stream alone, not on the machine.
 """
 
 from __future__ import annotations
@@ -205,17 +206,26 @@ def adaptive_available() -> bool:
     return "target_wrong_rate" in CacheConfig.model_fields
 
 
-def _config(path: Path, http_port: int, cache: dict[str, Any]) -> Path:
+def _config(path: Path, http_port: int, cache: dict[str, Any], tree: Path | None = None) -> Path:
+    server: dict[str, Any] = {
+        "http_port": http_port,
+        "grpc_port": free_port(),
+        "grpc_enabled": False,
+        "log_level": "warning",
+    }
+    embedder: dict[str, Any] = {**EMBEDDER, "max_queue_ms": 600_000}
+    # No lookup skipped for load: decisions depend on the stream, not on the machine. The load
+    # governor (server.shed_*, embedder.max_inflight_lookups) skips lookups while the event
+    # loop lags, which ten sidecars on 2 cores make it do; a tree older than it has no keys.
+    source = ((tree or ROOT) / "sidecar" / "config.py").read_text(encoding="utf-8")
+    if "shed_loop_lag_ms" in source:
+        server.update(shed_loop_lag_ms=0, shed_store_lag_ms=0, shed_on_extproc_round_trip=False)
+    if "max_inflight_lookups" in source:
+        embedder["max_inflight_lookups"] = 100_000
     config = {
-        "server": {
-            "http_port": http_port,
-            "grpc_port": free_port(),
-            "grpc_enabled": False,
-            "log_level": "warning",
-        },
+        "server": server,
         "cache": {"data_dir": ":memory:", "default_cache_key": "bench", "ttl": "48h", **cache},
-        # No lookup skipped for load: decisions depend on the stream, not on the machine.
-        "embedder": {**EMBEDDER, "max_queue_ms": 600_000},
+        "embedder": embedder,
     }
     path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
@@ -244,7 +254,7 @@ class Sidecars:
 
     def add(self, name: str, cache: dict[str, Any], tree: Path | None = None) -> None:
         port = free_port()
-        command = sidecar_command(_config(self.workdir / f"{name}.yaml", port, cache))
+        command = sidecar_command(_config(self.workdir / f"{name}.yaml", port, cache, tree))
         if tree is not None:  # the baseline's packages first on the path, not this checkout's
             boot = (
                 f"import sys, runpy; sys.path.insert(0, {str(tree)!r}); "
