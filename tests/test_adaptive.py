@@ -6,6 +6,7 @@ the real Redis for the shared part."""
 from __future__ import annotations
 
 import itertools
+import random
 import sqlite3
 import uuid
 from pathlib import Path
@@ -566,3 +567,23 @@ def test_cache_stats_command_reads_the_endpoint_with_the_token(tmp_path: Path) -
         assert no_token.returncode == 2 and "ADAPT_TEST_TOKEN" in no_token.stderr
     finally:
         replica.stop()
+
+
+def test_partition_threshold_may_lag_right_checks_but_never_wrong_ones() -> None:
+    rng = random.Random(5)
+    evidence = PartitionEvidence()
+    fresh_count = 0
+    for _ in range(3000):
+        obs = Observation(similarity=0.7 + 0.3 * rng.random(), agreed=rng.random() > 0.1)
+        evidence.add(obs)
+        held = evidence.learned(0.05)
+        fresh = learned_threshold(evidence.observations, 0.05)
+        if not obs.agreed:
+            assert held == fresh  # a wrong check is counted at once
+            fresh_count += 1
+        elif fresh.threshold is not None:
+            # lagging only ever keeps a stricter threshold (or none)
+            assert held.threshold is None or held.threshold >= fresh.threshold
+        else:
+            assert held.threshold is None
+    assert fresh_count > 100

@@ -30,6 +30,7 @@ semantic hits until the evidence allows it.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
@@ -53,6 +54,8 @@ ENTRY_MIN_OBSERVATIONS = 16
 #: observations kept per entry and per partition (the most recent)
 ENTRY_MAX_OBSERVATIONS = 64
 PARTITION_MAX_OBSERVATIONS = 4000
+#: right checks a partition's learned thresholds may lag behind (``PartitionEvidence.add``)
+RECOMPUTE_AFTER_RIGHT = 32
 
 Source = Literal["entry", "partition", "static", "reported"]
 
@@ -92,6 +95,11 @@ def clopper_pearson_upper(wrong: int, n: int, confidence: float = CONFIDENCE) ->
         else:
             hi = mid
     return hi
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_upper(wrong: int, n: int, confidence: float) -> float:
+    return clopper_pearson_upper(wrong, n, confidence) if n else 1.0
 
 
 def tail_bounds_met(wrong: Sequence[bool], target: float, confidence: float) -> list[bool]:
@@ -201,8 +209,19 @@ class Learned:
 
     threshold: float | None
     observations: int
-    wrong_rate: float  # wrong share at that threshold (or over all, when None)
-    upper: float  # its upper bound
+    wrong: int  # wrong observations at that threshold (or over all, when None)
+    confidence: float = CONFIDENCE
+
+    @property
+    def wrong_rate(self) -> float:
+        return self.wrong / self.observations if self.observations else 0.0
+
+    @property
+    def upper(self) -> float:
+        """The wrong share's upper bound. Computed when read (the stats, not the lookups): with
+        thousands of observations and hundreds wrong, its bisection over the binomial CDF costs
+        tens of milliseconds, and a partition's threshold is recomputed after every new check."""
+        return _cached_upper(self.wrong, self.observations, self.confidence)
 
 
 def learned_threshold(
@@ -221,7 +240,7 @@ def learned_threshold(
     weights (Kish's effective size) cut the evidence above a threshold twentyfold."""
     ordered = sorted(observations, key=lambda o: o.similarity, reverse=True)
     if not ordered:
-        return Learned(None, 0, 0.0, 1.0)
+        return Learned(None, 0, 0)
     wrong = [not o.agreed for o in ordered]
     met = tail_bounds_met(wrong, target, confidence)
     best: int | None = None  # the longest prefix that meets the bound
@@ -234,15 +253,9 @@ def learned_threshold(
             best = i
             break
     if best is None:
-        bad = sum(wrong)
-        return Learned(
-            None,
-            len(ordered),
-            bad / len(ordered),
-            clopper_pearson_upper(bad, len(ordered), confidence),
-        )
+        return Learned(None, len(ordered), sum(wrong), confidence)
     n, bad = best + 1, sum(wrong[: best + 1])
-    return Learned(ordered[best].similarity, n, bad / n, clopper_pearson_upper(bad, n, confidence))
+    return Learned(ordered[best].similarity, n, bad, confidence)
 
 
 def overall(observations: Sequence[Observation], confidence: float = CONFIDENCE) -> Learned:
@@ -250,8 +263,8 @@ def overall(observations: Sequence[Observation], confidence: float = CONFIDENCE)
     wrong = sum(1 for o in observations if not o.agreed)
     n = len(observations)
     if n == 0:
-        return Learned(None, 0, 0.0, 1.0)
-    return Learned(None, n, wrong / n, clopper_pearson_upper(wrong, n, confidence))
+        return Learned(None, 0, 0)
+    return Learned(None, n, wrong, confidence)
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,16 +308,28 @@ class PartitionEvidence:
     budget: ExploreBudget = field(default_factory=ExploreBudget)
     _learned: dict[float, Learned] = field(default_factory=dict)  # by target, until a change
     _overall: Learned | None = None
+    _deferred: int = 0  # right checks added since the thresholds were last computed
 
     def add(self, obs: Observation) -> None:
+        full = len(self.observations) == self.observations.maxlen
+        evicted_right = full and self.observations[0].agreed
         self.observations.append(obs)
-        self._learned.clear()
         self._overall = None
+        if obs.agreed and not evicted_right and self._deferred < RECOMPUTE_AFTER_RIGHT:
+            # A right check (that pushed no right one out of the window) can only lower the
+            # upper bound of every tail, so the threshold in hand is at or above the one a
+            # recomputation would give: keeping it a while is on the safe side, and spares the
+            # lookups an O(n log n) pass after every check. A wrong one is counted at once.
+            self._deferred += 1
+            return
+        self._deferred = 0
+        self._learned.clear()
 
     def replace(self, observations: Sequence[Observation]) -> None:
         self.observations = deque(observations, maxlen=PARTITION_MAX_OBSERVATIONS)
         self._learned.clear()
         self._overall = None
+        self._deferred = 0
 
     def overall(self) -> Learned:
         if self._overall is None:
