@@ -93,6 +93,7 @@ class LoadGovernor:
         self._shedding_until = 0.0
         self._store_shedding_until = 0.0
         self._refusing_until = 0.0
+        self._ignore_until = 0.0  # lag readings before this are not counted (settle)
         self._recent: deque[float] = deque(maxlen=SUSTAINED_PROBES)
         self.round_trip = 0.0  # the latest ext_proc round trip, seconds
         self._round_trips: deque[float] = deque(maxlen=SUSTAINED_PROBES)
@@ -125,9 +126,20 @@ class LoadGovernor:
                 self.on_tick()
             self.observe_lag(max(0.0, loop.time() - planned))
 
+    def settle(self, grace_s: float = 1.0) -> None:
+        """Start-up is over: forget the lag it caused (model loading, the collector's last full
+        pass before ``gc.freeze``) and ignore the probe's readings for ``grace_s`` more, so a
+        stall of the start-up never refuses the first streams or sheds the first lookups."""
+        self._ignore_until = time.monotonic() + grace_s
+        self._recent.clear()
+        self._round_trips.clear()
+        self._shedding_until = self._store_shedding_until = self._refusing_until = 0.0
+
     def observe_lag(self, lag: float) -> None:
         """One measurement of how late the loop ran a timer (from the probe)."""
         self.lag = lag
+        if time.monotonic() < self._ignore_until:
+            return
         self._recent.append(lag)
         if self._refuse_on_stall and lag > self.stream_lag_limit > 0:
             # Failing open, one stall is enough: every stream that arrived during it has waited

@@ -222,6 +222,8 @@ async def _run_server(config: SidecarConfig, signals: ShutdownSignals) -> int:
     # it all each time (100-250 ms measured), a stall every request in flight waits out.
     gc.collect()
     gc.freeze()
+    # that pass (and the start-up before it) stalled the loop: not overload
+    sidecar.governor.settle()
     if sidecar.rules is not None:
         # kill -HUP reloads rule files; a bad file keeps the previous rules (see /readyz).
         sidecar.rules.install_sighup(asyncio.get_running_loop())

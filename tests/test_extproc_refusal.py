@@ -63,6 +63,21 @@ def test_failing_open_one_stall_past_the_mark_refuses_streams() -> None:
     assert not gov.loop_lagging  # the lower marks still wait for a sustained lag
 
 
+def test_the_stall_of_start_up_refuses_nothing() -> None:
+    gov, metrics = governor(100)
+    gov.observe_lag(0.5)  # model loading, the collector's pass before gc.freeze
+    assert not gov.admit_stream()
+    gov.settle(grace_s=60.0)
+    assert gov.admit_stream()  # what start-up caused is forgotten
+    for _ in range(SUSTAINED_PROBES):
+        gov.observe_lag(0.5)  # the probe's first, late readings after start-up
+    assert gov.admit_stream() and not gov.loop_lagging
+    gov.settle(grace_s=0.0)
+    gov.observe_lag(0.5)  # past the grace a stall counts again
+    assert not gov.admit_stream()
+    assert shed_count(metrics, "extproc_stream") == 2
+
+
 def test_a_lag_between_the_store_mark_and_the_stream_mark_refuses_no_stream() -> None:
     gov, metrics = governor(100)
     for _ in range(SUSTAINED_PROBES):

@@ -473,7 +473,13 @@ def _add_routes(app: FastAPI, sidecar: Sidecar, listener: Listener) -> None:
             "/v1/cache/partitions/{cache_key:path}",
             delete_partition_route,
             methods=["DELETE"],
-            responses={200: {"model": PartitionDeleted}, **_ADMIN_ERRORS},
+            responses={
+                200: {"model": PartitionDeleted},
+                # the route's ``path`` segment matches no line break, and no partition key
+                # (an HTTP header value) can hold one: such a path is not this route
+                404: {**_ERRORS, "description": "a key with a line break: no such route"},
+                **_ADMIN_ERRORS,
+            },
         )
 
 
