@@ -113,14 +113,21 @@ async def test_a_rebuild_in_batches_finds_what_adds_one_by_one_find(
     restored = await rebuilt.restore_from(exact)
     assert (restored.loaded, restored.stale, restored.added) == (0, 0, 350)
     assert rebuilt._scopes["scope-a"].graph is not None  # a graph, not brute force
-    for n in range(350):
-        assert await nearest(rebuilt, n) == f"id-{n}"
+    # every entry should find itself; a graph search is approximate and a multi-threaded
+    # build's order varies, so a rare miss is allowed (seen: 1 of 350 in one CI run)
+    itself = sum([await nearest(rebuilt, n) == f"id-{n}" for n in range(350)])
+    assert itself >= 345, itself
+    # Random queries among random vectors: their top three are nearly tied, and a graph search
+    # is approximate (its build order depends on threads), so the exact order is not asserted;
+    # both graphs must find nearly all of the exact top three.
     stored = np.array([vector(n) for n in range(350)], dtype=np.float32)
+    found = {"rebuilt": 0, "one by one": 0}
     for q in range(100):
         query = vector(10_000 + q)
-        exact_top = [f"id-{n}" for n in np.argsort(-(stored @ np.array(query)))[:3]]
-        assert [m.id for m in await rebuilt.search("scope-a", query, 3)] == exact_top
-        assert [m.id for m in await live.search("scope-a", query, 3)] == exact_top
+        exact_top = {f"id-{n}" for n in np.argsort(-(stored @ np.array(query)))[:3]}
+        for name, index in (("rebuilt", rebuilt), ("one by one", live)):
+            found[name] += len(exact_top & {m.id for m in await index.search("scope-a", query, 3)})
+    assert found["rebuilt"] >= 285 and found["one by one"] >= 285, found  # recall@3 >= 0.95
     await exact.close()
 
 
