@@ -36,17 +36,8 @@ import numpy as np
 from benchmarks.report import machine, write_result
 from benchmarks.semcache_bench import DEV_PAIRS, QQP_PAIRS, TRAP_PAIRS, Embedded, Scored, load_qqp
 from embedders import Embedder, build_embedder
-from sidecar.cache.eval_cli import (
-    Pair,
-    _categories,
-    describe,
-    eval_config,
-    load_pairs,
-    run_pairs,
-    summarise,
-)
+from sidecar.cache.eval_cli import Pair, evaluate_with_hits, load_pairs
 from sidecar.config import SidecarConfig
-from sidecar.services import Sidecar
 
 #: name -> (embedder.backend, embedder.onnx_quantize)
 BACKENDS: dict[str, tuple[str, bool]] = {
@@ -83,17 +74,7 @@ async def production(
     config: SidecarConfig, pairs: Sequence[Pair], embedder: Embedder
 ) -> tuple[dict[str, Any], list[bool]]:
     """``sidecar cache eval`` on ``pairs`` (its code), and each pair's hit."""
-    sidecar = Sidecar(eval_config(config), embedder=embedder)
-    await sidecar.start()
-    try:
-        outcomes = await run_pairs(sidecar, pairs)
-    finally:
-        await sidecar.close()
-    hits = [o.hit for o in outcomes]
-    result = {**summarise(pairs, hits), **describe(config)}
-    result["refused_by_verifier"] = sum(bool(o.refused) for o in outcomes)
-    result["categories"] = _categories(pairs, hits, outcomes)
-    return result, hits
+    return await evaluate_with_hits(config, pairs, embedder)
 
 
 def changed(pairs: Sequence[Pair], base: Sequence[bool], other: Sequence[bool]) -> dict[str, int]:

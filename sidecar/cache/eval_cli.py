@@ -251,6 +251,14 @@ async def evaluate(
     config: SidecarConfig, pairs: Sequence[Pair], embedder: Embedder | None = None
 ) -> dict[str, Any]:
     """Hit rates of the configured cache on ``pairs``, measured through the production path."""
+    result, _ = await evaluate_with_hits(config, pairs, embedder)
+    return result
+
+
+async def evaluate_with_hits(
+    config: SidecarConfig, pairs: Sequence[Pair], embedder: Embedder | None = None
+) -> tuple[dict[str, Any], list[bool]]:
+    """``evaluate``'s figures and each pair's hit (for comparing configurations pair by pair)."""
     sidecar = Sidecar(eval_config(config), embedder=embedder)
     await sidecar.start()
     try:
@@ -263,7 +271,7 @@ async def evaluate(
     categories = _categories(pairs, hits, outcomes)
     if categories:
         result["categories"] = categories
-    return result
+    return result, hits
 
 
 # -------------------------------------------------------------------- calibration
