@@ -80,6 +80,16 @@ class SidecarProcess:
         """What Envoy sends to this sidecar (grpc_service.initial_metadata)."""
         return tuple(self.headers.items())
 
+    def shed_total(self, work: str) -> float:
+        """``sidecar_overload_shed_total`` for ``work`` (all causes), read from /metrics."""
+        text = httpx.get(f"{self.http_url}/metrics", headers=self.headers, timeout=10).text
+        label = f'work="{work}"'
+        return sum(
+            float(line.rpartition(" ")[2])
+            for line in text.splitlines()
+            if line.startswith("sidecar_overload_shed_total{") and label in line
+        )
+
 
 class EnvoyStack:
     def __init__(self, workdir: Path, upstream_port: int) -> None:

@@ -160,14 +160,6 @@ def refusing_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Refusin
         upstream.stop()
 
 
-def refused_streams(sidecar: SidecarProcess) -> float:
-    text = httpx.get(f"{sidecar.http_url}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith("sidecar_overload_shed_total{") and "extproc_stream" in line:
-            return float(line.rpartition(" ")[2])
-    return 0.0
-
-
 def test_a_refused_stream_lets_envoy_forward_the_request_uncached(
     refusing_stack: Refusing,
 ) -> None:
@@ -176,14 +168,14 @@ def test_a_refused_stream_lets_envoy_forward_the_request_uncached(
     deadline = time.monotonic() + 30
     with httpx.Client(base_url=env.url("refusing"), timeout=30) as client:
         # Bounded wait until the governor has seen five late probes: refusal is on.
-        while refused_streams(sidecar) == 0:
+        while sidecar.shed_total("extproc_stream") == 0:
             assert time.monotonic() < deadline, env.logs()
             assert client.post(CHAT, json=body).status_code == 200
-        before, calls = refused_streams(sidecar), upstream.count()
+        before, calls = sidecar.shed_total("extproc_stream"), upstream.count()
         answers = [client.post(CHAT, json=body) for _ in range(2)]
     for answer in answers:
         assert answer.status_code == 200, env.logs()
         assert answer.json()["choices"][0]["message"]["content"]  # the provider's answer
         assert "x-bf-cache-status" not in answer.headers  # the sidecar never saw it
     assert upstream.count() == calls + 2
-    assert refused_streams(sidecar) == before + 2
+    assert sidecar.shed_total("extproc_stream") == before + 2

@@ -48,14 +48,6 @@ def shedding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shedding]:
         upstream.stop()
 
 
-def shed_stores(sidecar: SidecarProcess) -> float:
-    text = httpx.get(f"{sidecar.http_url}/metrics", timeout=10).text
-    for line in text.splitlines():
-        if line.startswith("sidecar_overload_shed_total{") and 'work="store"' in line:
-            return float(line.rpartition(" ")[2])
-    return 0.0
-
-
 def test_a_shed_store_passes_the_answer_through_envoy_uncached(
     shedding: Shedding,
 ) -> None:
@@ -65,14 +57,14 @@ def test_a_shed_store_passes_the_answer_through_envoy_uncached(
     body = chat("What is the boiling point of water at sea level?")
     with httpx.Client(base_url=env.url("shedding"), timeout=30) as client:
         attempt = 0
-        while shed_stores(sidecar) == 0:
+        while sidecar.shed_total("store") == 0:
             # new questions: a store happens only on a miss (the governor ignores the first
             # second after start-up, so an early miss may still be stored and hit later)
             assert time.monotonic() < deadline, env.logs()
             attempt += 1
             warm = chat(f"Warm-up question number {attempt}?")
             assert client.post(CHAT, json=warm).status_code == 200
-        before, calls = shed_stores(sidecar), upstream.count()
+        before, calls = sidecar.shed_total("store"), upstream.count()
         answers = [client.post(CHAT, json=body) for _ in range(2)]
     for answer in answers:
         assert answer.status_code == 200, env.logs()
@@ -80,4 +72,4 @@ def test_a_shed_store_passes_the_answer_through_envoy_uncached(
         # The stream ended after the request: the answer did not pass through the sidecar.
         assert "x-bf-cache-status" not in answer.headers
     assert upstream.count() == calls + 2  # not stored: both went to the provider
-    assert shed_stores(sidecar) == before + 2
+    assert sidecar.shed_total("store") == before + 2
