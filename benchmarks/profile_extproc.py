@@ -34,8 +34,13 @@ from sidecar.transports.extproc import build_server
 CHAT = "/v1/chat/completions"
 
 
-def request_messages(question: str) -> tuple[bytes, bytes]:
-    """The request headers and body messages Envoy sends for one chat request, as bytes."""
+def request_messages(
+    question: str,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    request_id: str = "7c9a3e7e-4b4f-4a55-9a8e-1b0c8d9e6f70",
+) -> tuple[bytes, bytes]:
+    """The request headers (plus ``extra_headers``) and body messages Envoy sends for one chat
+    request, as bytes."""
     body = orjson.dumps(chat_body(question))
     headers = [
         (":method", "POST"),
@@ -46,7 +51,8 @@ def request_messages(question: str) -> tuple[bytes, bytes]:
         ("content-length", str(len(body))),
         ("user-agent", "wrk"),
         ("x-forwarded-proto", "http"),
-        ("x-request-id", "7c9a3e7e-4b4f-4a55-9a8e-1b0c8d9e6f70"),
+        ("x-request-id", request_id),
+        *extra_headers,
     ]
     head = pb.ProcessingRequest(
         request_headers=pb.HttpHeaders(

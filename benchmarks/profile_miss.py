@@ -43,15 +43,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-from envoy.config.core.v3 import base_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 
 import sidecar.stages
 from benchmarks.hook_bench import unique_questions
+from benchmarks.profile_extproc import request_messages as exact_hit_messages
 from benchmarks.profile_extproc import response_messages
 from benchmarks.proxy_bench import RULES, kilobyte_prompts
 from benchmarks.report import machine, write_result
-from benchmarks.stack import chat_body, openai_answer
+from benchmarks.stack import openai_answer
 from sidecar.config import SidecarConfig
 from sidecar.context import RequestContext
 from sidecar.services import Sidecar
@@ -62,29 +62,8 @@ MESSAGES = ("request_headers", "request_body", "response_headers", "response_bod
 
 
 def request_messages(prompt: str, partition: str) -> tuple[bytes, bytes]:
-    """Request headers (naming the partition) and the buffered body, as Envoy's bytes."""
-    body = orjson.dumps(chat_body(prompt))
-    headers = [
-        (":method", "POST"),
-        (":path", CHAT),
-        (":authority", "127.0.0.1:10000"),
-        (":scheme", "http"),
-        ("content-type", "application/json"),
-        ("content-length", str(len(body))),
-        ("user-agent", "loadgen"),
-        ("x-forwarded-proto", "http"),
-        ("x-request-id", str(uuid.uuid4())),
-        ("x-bf-cache-key", partition),
-    ]
-    head = pb.ProcessingRequest(
-        request_headers=pb.HttpHeaders(
-            headers=base_pb2.HeaderMap(
-                headers=[base_pb2.HeaderValue(key=k, raw_value=v.encode()) for k, v in headers]
-            )
-        )
-    )
-    whole = pb.ProcessingRequest(request_body=pb.HttpBody(body=body, end_of_stream=True))
-    return head.SerializeToString(), whole.SerializeToString()
+    """Request headers (naming the partition, a new request id) and the buffered body."""
+    return exact_hit_messages(prompt, [("x-bf-cache-key", partition)], str(uuid.uuid4()))
 
 
 class _TimedMessages:
