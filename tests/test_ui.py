@@ -3,6 +3,8 @@ sessions, figures read from counters, and the HTTP routes with and without a tok
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +101,27 @@ def _app_client(sidecar: Sidecar) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1")
 
 
+@asynccontextmanager
+async def _guarded_sidecar(
+    tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch, **server: Any
+) -> AsyncIterator[tuple[Sidecar, httpx.AsyncClient]]:
+    """A sidecar with a token (``UI_TOKEN``) and one rule file, and a client on its app."""
+    monkeypatch.setenv("UI_TOKEN", TOKEN)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    config = make_config(
+        server={"auth_token_env": "UI_TOKEN", **server},
+        guardrails={"rules": [str(rules)], "reload_interval": 0, "audit_log": ""},
+    )
+    sidecar = Sidecar(config, embedder=embedder)
+    await sidecar.start()
+    try:
+        async with _app_client(sidecar) as client:
+            yield sidecar, client
+    finally:
+        await sidecar.close()
+
+
 async def test_ui_is_open_without_a_token(sidecar_factory: Any) -> None:
     async with sidecar_factory(make_config()) as (sidecar, client):
         await round_trip(client, chat_body("What is 2+2, Zanzibar?"), openai_answer("4"))
@@ -144,49 +167,37 @@ async def test_ui_can_be_switched_off(sidecar_factory: Any) -> None:
 async def test_login_with_a_token(
     tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("UI_TOKEN", TOKEN)
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    config = make_config(
-        server={"auth_token_env": "UI_TOKEN"},
-        guardrails={"rules": [str(rules)], "reload_interval": 0, "audit_log": ""},
-    )
-    sidecar = Sidecar(config, embedder=embedder)
-    await sidecar.start()
-    try:
-        async with _app_client(sidecar) as client:
-            assert (await client.get("/ui")).status_code == 303
-            assert (await client.get("/ui/api/summary")).status_code == 401
-            assert (await client.get("/ui/static/dashboard.js")).status_code == 401
-            wrong = await client.post("/ui/login", data={"token": "nope"})
-            assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
-            query = await client.post(f"/ui/login?token={TOKEN}")
-            assert query.status_code == 400 and "set-cookie" not in query.headers
-            ok = await client.post("/ui/login", data={"token": TOKEN})
-            assert ok.status_code == 303 and ok.headers["location"] == "/ui"
-            cookie = ok.headers["set-cookie"]
-            assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/ui" in cookie
-            assert "Secure" not in cookie  # loopback only: plain HTTP may carry it
-            assert (await client.get("/ui/api/summary")).status_code == 200
-            # the session opens /ui only
-            assert (await client.get("/metrics")).status_code == 401
-            hook = await client.post("/v1/hooks/request", json={})
-            assert hook.status_code == 401
-            # a bearer token opens /ui too (scripts, curl)
-            bearer = {"authorization": f"Bearer {TOKEN}"}
-            client.cookies.clear()
-            assert (await client.get("/ui/api/summary", headers=bearer)).status_code == 200
-            # log out ends the session server-side
-            await client.post("/ui/login", data={"token": TOKEN})
-            session = client.cookies.get("sidecar_ui_session")
-            assert sidecar.dashboard is not None and sidecar.dashboard.sessions.valid(session)
-            out = await client.post("/ui/logout")
-            assert out.status_code == 303 and out.headers["location"] == "/ui/login"
-            assert not sidecar.dashboard.sessions.valid(session)
-            stale = {"cookie": f"sidecar_ui_session={session}"}
-            assert (await client.get("/ui/api/summary", headers=stale)).status_code == 401
-    finally:
-        await sidecar.close()
+    async with _guarded_sidecar(tmp_path, embedder, monkeypatch) as (sidecar, client):
+        assert (await client.get("/ui")).status_code == 303
+        assert (await client.get("/ui/api/summary")).status_code == 401
+        assert (await client.get("/ui/static/dashboard.js")).status_code == 401
+        wrong = await client.post("/ui/login", data={"token": "nope"})
+        assert wrong.status_code == 401 and "set-cookie" not in wrong.headers
+        query = await client.post(f"/ui/login?token={TOKEN}")
+        assert query.status_code == 400 and "set-cookie" not in query.headers
+        ok = await client.post("/ui/login", data={"token": TOKEN})
+        assert ok.status_code == 303 and ok.headers["location"] == "/ui"
+        cookie = ok.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/ui" in cookie
+        assert "Secure" not in cookie  # loopback only: plain HTTP may carry it
+        assert (await client.get("/ui/api/summary")).status_code == 200
+        # the session opens /ui only
+        assert (await client.get("/metrics")).status_code == 401
+        hook = await client.post("/v1/hooks/request", json={})
+        assert hook.status_code == 401
+        # a bearer token opens /ui too (scripts, curl)
+        bearer = {"authorization": f"Bearer {TOKEN}"}
+        client.cookies.clear()
+        assert (await client.get("/ui/api/summary", headers=bearer)).status_code == 200
+        # log out ends the session server-side
+        await client.post("/ui/login", data={"token": TOKEN})
+        session = client.cookies.get("sidecar_ui_session")
+        assert sidecar.dashboard is not None and sidecar.dashboard.sessions.valid(session)
+        out = await client.post("/ui/logout")
+        assert out.status_code == 303 and out.headers["location"] == "/ui/login"
+        assert not sidecar.dashboard.sessions.valid(session)
+        stale = {"cookie": f"sidecar_ui_session={session}"}
+        assert (await client.get("/ui/api/summary", headers=stale)).status_code == 401
 
 
 async def test_secure_cookie_beyond_loopback(
@@ -226,27 +237,18 @@ def test_summary_partitions_are_bounded() -> None:
 async def test_wrong_tokens_in_the_login_form_lock_the_address_out(
     tmp_path: Path, embedder: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("UI_TOKEN", TOKEN)
-    rules = tmp_path / "rules.yaml"
-    rules.write_text(RULES)
-    config = make_config(
-        server={"auth_token_env": "UI_TOKEN", "auth_max_failures": 2},
-        guardrails={"rules": [str(rules)], "reload_interval": 0, "audit_log": ""},
-    )
-    sidecar = Sidecar(config, embedder=embedder)
-    await sidecar.start()
-    try:
-        async with _app_client(sidecar) as client:
-            for _ in range(5):  # page loads without a session are not guesses
-                assert (await client.get("/ui")).status_code == 303
-            for guess in ("nope", "still-nope"):
-                wrong = await client.post("/ui/login", data={"token": guess})
-                assert wrong.status_code == 401
-            locked = await client.post("/ui/login", data={"token": TOKEN})
-            assert locked.status_code == 429 and "set-cookie" not in locked.headers
-            assert int(locked.headers["retry-after"]) > 0
-            bearer = {"authorization": f"Bearer {TOKEN}"}
-            assert (await client.get("/ui/api/summary", headers=bearer)).status_code == 429
-            assert (await client.get("/ui/api/summary")).status_code == 401  # no token: plain
-    finally:
-        await sidecar.close()
+    async with _guarded_sidecar(tmp_path, embedder, monkeypatch, auth_max_failures=2) as (
+        sidecar,
+        client,
+    ):
+        for _ in range(5):  # page loads without a session are not guesses
+            assert (await client.get("/ui")).status_code == 303
+        for guess in ("nope", "still-nope"):
+            wrong = await client.post("/ui/login", data={"token": guess})
+            assert wrong.status_code == 401
+        locked = await client.post("/ui/login", data={"token": TOKEN})
+        assert locked.status_code == 429 and "set-cookie" not in locked.headers
+        assert int(locked.headers["retry-after"]) > 0
+        bearer = {"authorization": f"Bearer {TOKEN}"}
+        assert (await client.get("/ui/api/summary", headers=bearer)).status_code == 429
+        assert (await client.get("/ui/api/summary")).status_code == 401  # no token: plain
