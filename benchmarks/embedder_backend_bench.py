@@ -35,9 +35,10 @@ import numpy as np
 
 from benchmarks.report import machine, write_result
 from benchmarks.semcache_bench import DEV_PAIRS, QQP_PAIRS, TRAP_PAIRS, Embedded, Scored, load_qqp
-from embedders import Embedder, build_embedder
+from embedders import Embedder
 from sidecar.cache.eval_cli import Pair, evaluate_with_hits, load_pairs
 from sidecar.config import SidecarConfig
+from sidecar.services import embedder_from_config
 
 #: name -> (embedder.backend, embedder.onnx_quantize)
 BACKENDS: dict[str, tuple[str, bool]] = {
@@ -58,16 +59,7 @@ def config_for(name: str, match_head: str = "auto") -> SidecarConfig:
 
 
 def embedder_for(config: SidecarConfig) -> Embedder:
-    e = config.embedder
-    return build_embedder(
-        e.backend,
-        model=e.model,
-        model_path=e.model_path,
-        onnx_quantize=e.onnx_quantize,
-        onnx_cache_dir=e.onnx_cache_dir,
-        batch_window_ms=e.batch_window_ms,
-        max_batch=e.max_batch,
-    )
+    return embedder_from_config(config.embedder)
 
 
 async def production(

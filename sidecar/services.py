@@ -19,7 +19,7 @@ from sidecar.cache.adaptive_runtime import build_adaptive
 from sidecar.cache.layer import DualCache, MatchVerifier
 from sidecar.cache.match.verify import build_verifier
 from sidecar.cache.stores.backends import build_exact_store, build_single_flight, build_vector_index
-from sidecar.config import ConfigError, SidecarConfig
+from sidecar.config import ConfigError, EmbedderConfig, SidecarConfig
 from sidecar.context import Guardrails, RequestContext
 from sidecar.guard import build_guardrails
 from sidecar.metrics import Metrics
@@ -32,6 +32,24 @@ if TYPE_CHECKING:
     from sidecar.ui.dashboard import Dashboard
 
 log = logging.getLogger("sidecar")
+
+
+def embedder_from_config(cfg: EmbedderConfig) -> Embedder:
+    """The embedder ``embedder:`` describes, not started (the sidecar's and the benchmarks')."""
+    return build_embedder(
+        cfg.backend,
+        model=cfg.model,
+        model_path=cfg.model_path,
+        base_url=cfg.base_url,
+        api_key_env=cfg.api_key_env,
+        dimension=cfg.dimension,
+        timeout=cfg.timeout,
+        onnx_quantize=cfg.onnx_quantize,
+        onnx_cache_dir=cfg.onnx_cache_dir,
+        # concurrent requests share model calls (embedders/batching.py)
+        batch_window_ms=cfg.batch_window_ms,
+        max_batch=cfg.max_batch,
+    )
 
 
 class Sidecar:
@@ -95,20 +113,7 @@ class Sidecar:
             # nothing of sentence-transformers, torch or ONNX Runtime is imported.
             semantic = vectors is not None
             if self.embedder is None and semantic:
-                self.embedder = build_embedder(
-                    cfg.embedder.backend,
-                    model=cfg.embedder.model,
-                    model_path=cfg.embedder.model_path,
-                    base_url=cfg.embedder.base_url,
-                    api_key_env=cfg.embedder.api_key_env,
-                    dimension=cfg.embedder.dimension,
-                    timeout=cfg.embedder.timeout,
-                    onnx_quantize=cfg.embedder.onnx_quantize,
-                    onnx_cache_dir=cfg.embedder.onnx_cache_dir,
-                    # concurrent requests share model calls (embedders/batching.py)
-                    batch_window_ms=cfg.embedder.batch_window_ms,
-                    max_batch=cfg.embedder.max_batch,
-                )
+                self.embedder = embedder_from_config(cfg.embedder)
             # An embedder passed in by the caller is already started (and shared).
             if self.embedder is not None and self._owns_embedder:
                 await self.embedder.start()
