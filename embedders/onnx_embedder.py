@@ -174,8 +174,16 @@ def ensure_onnx_file(model_dir: Path, cache_dir: Path, quantize: bool, name: str
     # Sidecars starting together export once: the others wait here, then find the file.
     with _export_lock(cache_dir / f"{stem}.lock"):
         if not wanted.is_file():
+            remove_unfinished_exports(cache_dir, stem)
             _export(model_dir, fp32, int8, quantize, label)
     return wanted
+
+
+def remove_unfinished_exports(cache_dir: Path, stem: str) -> None:
+    """Delete the temporary files of exports that were cut short (the process stopped mid-way,
+    ``sidecar serve`` on SIGTERM). Called with the export lock held: nobody writes them then."""
+    for stale in cache_dir.glob(f"{stem}.*.tmp.onnx"):
+        stale.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

@@ -89,6 +89,9 @@ class ShutdownSignals:
 
     def __init__(self) -> None:
         self.requested = asyncio.Event()
+        #: a signal came during start-up and left work in threads that cannot be stopped: the
+        #: process must exit without joining them (``main_loop``)
+        self.abandon_threads = False
         self.servers: list[uvicorn.Server] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -113,6 +116,25 @@ class ShutdownSignals:
         self.requested.set()
         for server in self.servers:
             server.should_exit = True
+
+
+async def _start_unless_stopped(sidecar: Sidecar, signals: ShutdownSignals) -> bool:
+    """Start the sidecar, or give up when SIGTERM/SIGINT comes first (False). A first start
+    can spend minutes in a thread nothing can interrupt (the ONNX export, see
+    embedders/onnx_embedder.py); an orchestrator's stop must not wait for it."""
+    start = asyncio.ensure_future(sidecar.start())
+    stop = asyncio.ensure_future(signals.requested.wait())
+    try:
+        await asyncio.wait({start, stop}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stop.cancel()
+    if start.done():
+        start.result()  # start-up errors go to the caller
+        return True
+    start.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await start
+    return False
 
 
 async def _serve(server: uvicorn.Server) -> bool:
@@ -143,12 +165,12 @@ def _http_server(app: Any, server: ServerConfig, port: int) -> uvicorn.Server:
     return _QuietServer(uv_config)
 
 
-async def run_server(config: SidecarConfig) -> int:
+async def run_server(config: SidecarConfig, signals: ShutdownSignals | None = None) -> int:
     refusal = check_exposure(config.server)
     if refusal is not None:
         log.error("start-up failed: %s", refusal)
         return 2
-    signals = ShutdownSignals()
+    signals = signals or ShutdownSignals()
     signals.install()
     try:
         return await _run_server(config, signals)
@@ -166,7 +188,7 @@ async def _run_server(config: SidecarConfig, signals: ShutdownSignals) -> int:
         log.error("start-up failed: %s", exc)
         return 2
     try:
-        await sidecar.start()
+        started = await _start_unless_stopped(sidecar, signals)
     except (
         EmbedderError,
         BackendConfigError,
@@ -178,6 +200,14 @@ async def _run_server(config: SidecarConfig, signals: ShutdownSignals) -> int:
         log.error("start-up failed: %s", exc)
         await sidecar.close()
         return 2
+    if not started:
+        log.warning(
+            "stopped during start-up: work still running in a thread (a first-start model "
+            "export) is abandoned; its partial files are never used, the next start begins again"
+        )
+        await sidecar.close()
+        signals.abandon_threads = True
+        return 0
     if sidecar.engine is not None and sidecar.engine.workers is not None:
         # Check workers start in the background (the fork server imports the check modules:
         # seconds for Presidio), so the first large prompt does not wait for them.
@@ -286,5 +316,12 @@ def main_loop(config: SidecarConfig) -> int:
         log.error("start-up failed: %s", exc)
         return 2
     log.info("event loop: %s", "asyncio" if factory is None else "uvloop")
+    signals = ShutdownSignals()
     with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(run_server(config))
+        code = runner.run(run_server(config, signals))
+        if signals.abandon_threads:
+            # Leaving the runner (and then the interpreter) joins every executor thread, i.e.
+            # waits for the export the signal meant to cut short.
+            logging.shutdown()
+            os._exit(code)
+        return code

@@ -17,7 +17,7 @@ from hookclient import chat_body, openai_answer, request_hook, round_trip
 
 from embedders import EmbedderError, build_embedder
 from embedders.batching import MicroBatcher, group_by_length
-from embedders.onnx_embedder import OnnxEmbedder, logged_step
+from embedders.onnx_embedder import OnnxEmbedder, logged_step, remove_unfinished_exports
 from embedders.sentence_tf import SentenceTransformerEmbedder
 from sidecar.cli import main as cli_main
 from sidecar.config import ConfigError, load_config
@@ -353,3 +353,13 @@ def test_missing_tokenizer_is_named(tmp_path: Path, onnx_cache: Path) -> None:
     with pytest.raises(EmbedderError, match="tokenizer.json"):
         asyncio.run(model.start())
     asyncio.run(model.close())
+
+
+def test_an_export_cut_short_leaves_nothing_the_next_one_keeps(tmp_path: Path) -> None:
+    stem = "all-MiniLM-L6-v2-0123abcd"
+    unfinished = [tmp_path / f"{stem}.x1y2.tmp.onnx", tmp_path / f"{stem}.int8.z9.tmp.onnx"]
+    kept = [tmp_path / f"{stem}.onnx", tmp_path / "other-model.q1.tmp.onnx"]
+    for path in unfinished + kept:
+        path.write_bytes(b"partial")
+    remove_unfinished_exports(tmp_path, stem)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in kept)

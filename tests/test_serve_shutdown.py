@@ -221,3 +221,30 @@ def test_a_signal_during_start_up_still_exits_cleanly(
     log = proc.log()
     assert code == 0, log
     assert "Traceback" not in log, log
+
+
+def test_a_signal_during_a_first_start_export_stops_at_once(
+    tmp_path: Path, processes: list[Serve]
+) -> None:
+    """A first start with ONNX exports the model in a thread for a minute or more; SIGTERM
+    must stop the process then, not once the export is over, and leave no model file half
+    written where the next start would take it."""
+    onnx_cache = tmp_path / "onnx"
+    config = {
+        "server": {"http_port": free_port(), "grpc_port": free_port()},
+        "cache": {"data_dir": ":memory:", "verifier": "off", "pair_model": "off"},
+        "embedder": {"backend": "onnx", "onnx_cache_dir": str(onnx_cache)},
+    }
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(config))
+    serve = Serve(path, tmp_path / "serve.log")
+    processes.append(serve)
+    serve.wait_for_log(r"exporting \S+ to ONNX at", 120)
+    os.kill(serve.proc.pid, signal.SIGTERM)
+    # An export runs for a minute or more on this machine; 30 s is plenty for a stop.
+    assert serve.proc.wait(30) == 0, serve.log()
+    log = serve.log()
+    assert "stopped during start-up" in log and "Traceback" not in log, log
+    assert "done in" not in log, log  # the export was cut short, not waited for
+    finished = [p.name for p in onnx_cache.glob("*.onnx") if ".tmp." not in p.name]
+    assert not finished, finished
