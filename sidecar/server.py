@@ -205,7 +205,8 @@ async def _run_server(config: SidecarConfig, signals: ShutdownSignals) -> int:
             "stopped during start-up: work still running in a thread (a first-start model "
             "export) is abandoned; its partial files are never used, the next start begins again"
         )
-        await sidecar.close()
+        # Not closed: closing would save what a restore still running in a thread has half
+        # built. Nothing is served yet, and SQLite (the source of truth) survives the exit.
         signals.abandon_threads = True
         return 0
     if sidecar.engine is not None and sidecar.engine.workers is not None:
