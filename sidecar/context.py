@@ -27,13 +27,14 @@ ENTRY_HEADER = "x-bf-cache-entry-id"
 REQUEST_ID_HEADER = "x-bf-cache-request-id"
 
 
-_HEADER_SAFE = re.compile(r"^[\x21-\x7e]{1,256}$")
+# fullmatch, not ^...$: "$" also matches before a final line break, which is no header value
+_HEADER_SAFE = re.compile(r"[\x21-\x7e]{1,256}")
 
 
 def header_safe_id(request_id: str) -> str | None:
     """The request id when it can travel as a header value (visible ASCII, at most 256
     characters); a proxy-chosen id that cannot is only in the JSON replies."""
-    return request_id if _HEADER_SAFE.match(request_id) else None
+    return request_id if _HEADER_SAFE.fullmatch(request_id) else None
 
 
 def new_request_id() -> str:
