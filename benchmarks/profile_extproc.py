@@ -8,9 +8,8 @@ parsed from its wire bytes, through the same stream loop the gRPC server runs
 ``x-request-id``, as Envoy generates one per request (``--same-request-id``: one id for all,
 which lets memos keyed on the whole answer hit as they never do behind Envoy). The no-op
 floor's work (``benchmarks/null_extproc.py``: parse, fixed reply, serialise) is timed beside
-it. With
-``--profile`` the hit loop runs under pyinstrument (PyPI ``pyinstrument``) and its call tree
-is printed. Prints CPU microseconds per request (process time: other jobs on a shared
+it. With ``--profile`` the hit loop runs under pyinstrument (PyPI ``pyinstrument``) and its
+call tree is printed. Prints CPU microseconds per request (process time: other jobs on a shared
 machine inflate wall time much more).
 """
 
