@@ -26,7 +26,7 @@ from sidecar.cache.keys import (
     HEADER_TTL,
     HEADER_TYPE,
 )
-from sidecar.context import HookError, HttpAnswer
+from sidecar.context import REQUEST_ID_HEADER, HookError, HttpAnswer
 
 __all__ = ["HttpBody", "HttpHeaders", "ProcessingRequest", "ProcessingResponse"]
 
@@ -42,6 +42,7 @@ REQUEST_TRAILERS = "request_trailers"
 RESPONSE_TRAILERS = "response_trailers"
 # Headers Envoy must never receive in a mutation (it rejects the whole reply).
 _IMMUTABLE = frozenset({"host", ":authority", ":method", ":path", ":scheme", ":status"})
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
 
 def read_headers(message: HttpHeaders, what: str) -> dict[str, str]:
@@ -137,7 +138,7 @@ def header_mutation(
     options = [
         base_pb2.HeaderValueOption(
             header=base_pb2.HeaderValue(key=name, raw_value=value.encode("utf-8")),
-            append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+            append_action=_OVERWRITE,
         )
         for name, value in (set_headers or {}).items()
         if name.lower() not in _IMMUTABLE
@@ -201,14 +202,19 @@ def body_reply(
 
 
 class _ReplyMemo:
-    """Immediate responses already built, by everything they are built from.
+    """Immediate responses already built, by everything they are built from but the request id.
 
     An exact hit replays the same stored answer with the same headers (status, entry id)
-    each time; building its protobuf (a HeaderValueOption per header) was about a tenth of
-    the sidecar's own work for a hit. A reply is only read after it is built (grpc
-    serialises it), so one object can answer many streams. Bounded by bytes: when the next
-    reply would pass ``max_bytes`` the memo starts over; bodies over ``max_body`` are not
-    kept. A dictionary rather than functools.lru_cache, which has no byte bound.
+    each time; building its protobuf (a HeaderValueOption per header) cost more than the rest
+    of the sidecar's work for a hit. Every answer also carries its own request id
+    (``x-bf-cache-request-id``, the last header: the pipeline adds it after the others), so
+    the memo keys on the answer without it and each reply is a copy of the memoised one with
+    that one header appended: the same message, header for header, as one built whole
+    (``_build_immediate``), at a tenth of the cost. An answer without a trailing request id is
+    shared as is: a reply is only read after it is built (grpc serialises it), so one object
+    can answer many streams. Bounded by bytes: when the next reply would pass ``max_bytes``
+    the memo starts over; bodies over ``max_body`` are not kept. A dictionary rather than
+    functools.lru_cache, which has no byte bound.
     """
 
     def __init__(self, max_bytes: int = 8 * 1024 * 1024, max_body: int = 64 * 1024) -> None:
@@ -220,17 +226,29 @@ class _ReplyMemo:
     def get(self, answer: HttpAnswer, details: str) -> ProcessingResponse:
         if len(answer.body) > self.max_body:
             return _build_immediate(answer, details)
-        key = (answer.status, tuple(answer.headers.items()), answer.body, details)
+        items = tuple(answer.headers.items())
+        request_id = None
+        if items and items[-1][0] == REQUEST_ID_HEADER:
+            request_id = items[-1][1]
+            items = items[:-1]
+        key = (answer.status, items, answer.body, details)
         reply = self._replies.get(key)
         if reply is None:
-            reply = _build_immediate(answer, details)
-            size = len(answer.body) + sum(len(k) + len(v) for k, v in key[1]) + len(details)
+            reply = _build_immediate(HttpAnswer(answer.status, dict(items), answer.body), details)
+            size = len(answer.body) + sum(len(k) + len(v) for k, v in items) + len(details)
             if self._bytes + size > self.max_bytes:
                 self._replies.clear()
                 self._bytes = 0
             self._replies[key] = reply
             self._bytes += size
-        return reply
+        if request_id is None:
+            return reply
+        own = ProcessingResponse()
+        own.CopyFrom(reply)
+        option = own.immediate_response.headers.set_headers.add(append_action=_OVERWRITE)
+        option.header.key = REQUEST_ID_HEADER
+        option.header.raw_value = request_id.encode("utf-8")
+        return own
 
 
 def _build_immediate(answer: HttpAnswer, details: str) -> ProcessingResponse:
