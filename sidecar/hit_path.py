@@ -156,18 +156,19 @@ class ExactHitPath:
         remembered = self._memo.get(key)
         if remembered is None:
             return None
-        # The same context the slow path builds, at the same points.
+        # The context the slow path has at its input rules: parsed and planned.
+        plan = remembered.plan
         ctx = RequestContext(
-            request_id=req.request_id or new_request_id(),
-            transport=transport,
-            method="POST",  # the caller checked
-            path=req.path,
-            headers=req.headers,
+            req.request_id or new_request_id(),
+            transport,
+            "POST",  # the caller checked
+            req.path,
+            req.headers,
+            remembered.parsed,
+            plan,
         )
         if req.received_at is not None:
             ctx.started = req.received_at
-        ctx.parsed = remembered.parsed
-        plan = ctx.plan = remembered.plan
         guardrails = self._guardrails
         if guardrails is not None and (
             guardrails.active(Stage.INPUT, ctx) or guardrails.active(Stage.OUTPUT, ctx)

@@ -55,18 +55,21 @@ def read_headers(message: HttpHeaders, what: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for header in message.headers.headers:
         name = header.key.lower()
-        if header.raw_value:
+        raw = header.raw_value
+        if raw:
             try:
-                value = header.raw_value.decode("utf-8")
+                value = raw.decode()
             except UnicodeDecodeError:
                 if name.startswith("x-bf-"):
                     raise HookError(
                         400, "bad_header", f"{what} header {name!r} has a value that is not UTF-8"
                     ) from None
-                value = header.raw_value.decode("latin-1")
+                value = raw.decode("latin-1")
         else:
             value = header.value
-        out[name] = f"{out[name]}, {value}" if name in out else value
+        if name in out:
+            value = f"{out[name]}, {value}"
+        out[name] = value
     return out
 
 
@@ -146,15 +149,36 @@ def header_mutation(
     return pb.HeaderMutation(set_headers=options, remove_headers=list(remove))
 
 
-def continue_for(kind: str) -> ProcessingResponse:
-    """The unmodified reply to a message of ``kind``: Envoy carries on as if we were absent."""
+def _continue(kind: str) -> ProcessingResponse:
     if kind in (REQUEST_HEADERS, RESPONSE_HEADERS):
         return ProcessingResponse(**{kind: pb.HeadersResponse()})
     if kind in (REQUEST_BODY, RESPONSE_BODY):
         return ProcessingResponse(**{kind: pb.BodyResponse()})
-    if kind in (REQUEST_TRAILERS, RESPONSE_TRAILERS):
-        return ProcessingResponse(**{kind: pb.TrailersResponse()})
-    raise ValueError(f"unknown ext_proc message kind {kind!r}")
+    return ProcessingResponse(**{kind: pb.TrailersResponse()})
+
+
+# Built once: a reply is only read after it is built (grpc serialises it), so every stream
+# can share these, as the immediate responses in ``_ReplyMemo`` are shared.
+_CONTINUE = {
+    kind: _continue(kind)
+    for kind in (
+        REQUEST_HEADERS,
+        RESPONSE_HEADERS,
+        REQUEST_BODY,
+        RESPONSE_BODY,
+        REQUEST_TRAILERS,
+        RESPONSE_TRAILERS,
+    )
+}
+
+
+def continue_for(kind: str) -> ProcessingResponse:
+    """The unmodified reply to a message of ``kind``: Envoy carries on as if we were absent.
+    Shared between streams: callers must not modify it."""
+    reply = _CONTINUE.get(kind)
+    if reply is None:
+        raise ValueError(f"unknown ext_proc message kind {kind!r}")
+    return reply
 
 
 def headers_reply(
