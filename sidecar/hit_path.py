@@ -11,8 +11,9 @@ checks the headers they read). So a memo keyed on exactly those inputs (path, bo
 ``PLAN_HEADERS``' values) and holding the parsed request and its plan gives what the slow
 path would compute, as long as:
 
-- the ``cache`` config is the one the plan was made with (the memo belongs to a pipeline,
-  whose config does not change; a different config object empties it all the same);
+- the ``cache`` config is the one the plan was made with: the memo belongs to one pipeline,
+  built with its config, which nothing changes afterwards (a new config means a new
+  pipeline, and a new, empty memo);
 - no guardrail rule can act on the request: input rules may rewrite the body (then the plan
   is the rewritten body's), output rules may block or rewrite the cached answer. The memo
   keeps only plans made while no input rule was active, and serves only while the
