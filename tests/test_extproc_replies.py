@@ -1,11 +1,18 @@
 """Immediate responses are shared between identical answers (an exact hit replays the same
 stored answer, its request id aside), within a byte bound, and each is exactly what building
-it afresh gives."""
+it afresh gives. And request headers read in one pass, pseudo-headers apart."""
 
 from __future__ import annotations
 
+from envoy.config.core.v3 import base_pb2
+
 from sidecar.context import REQUEST_ID_HEADER, HttpAnswer
-from sidecar.transports.extproc.messages import _build_immediate, _ReplyMemo
+from sidecar.transports.extproc.messages import (
+    HttpHeaders,
+    _build_immediate,
+    _ReplyMemo,
+    read_headers,
+)
 
 
 def answer(n: int, body: bytes = b'{"ok": true}') -> HttpAnswer:
@@ -68,3 +75,28 @@ def test_a_request_id_not_last_is_part_of_the_key() -> None:
     odd = HttpAnswer(200, headers, b"{}")
     reply = _ReplyMemo().get(odd, "d")
     assert reply.SerializeToString() == _build_immediate(odd, "d").SerializeToString()
+
+
+def test_request_headers_read_in_one_pass_match_reading_then_splitting() -> None:
+    """``read_headers`` with a ``pseudo`` map gives the same headers, repeated ones joined,
+    as reading all of them and dropping the pseudo-headers afterwards."""
+    raw = [
+        (":method", b"POST"),
+        (":path", b"/v1/chat/completions"),
+        ("X-BF-Cache-Key", b"tenant"),
+        ("accept", b"a"),
+        ("accept", b"b"),
+        ("x-latin", "caf\u00e9".encode("latin-1")),
+    ]
+    message = HttpHeaders(
+        headers=base_pb2.HeaderMap(
+            headers=[base_pb2.HeaderValue(key=k, raw_value=v) for k, v in raw]
+        )
+    )
+    whole = read_headers(message, "request")
+    pseudo: dict[str, str] = {}
+    split = read_headers(message, "request", pseudo)
+    assert split == {k: v for k, v in whole.items() if not k.startswith(":")}
+    assert pseudo == {":method": "POST", ":path": "/v1/chat/completions"}
+    assert split["accept"] == "a, b" and split["x-bf-cache-key"] == "tenant"
+    assert split["x-latin"] == "caf\u00e9"

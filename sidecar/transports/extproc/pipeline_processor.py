@@ -88,10 +88,13 @@ class PipelineProcessor:
         self._answer_chunks: list[bytes] = []
 
     # ------------------------------------------------------------------ request
-    def _take_headers(self, headers: dict[str, str]) -> None:
-        method = self._method = headers.get(":method", "").upper()
-        path = self._path = headers.get(":path", "")
-        self._headers = _without_pseudo(headers)
+    def _take_headers(self, headers: dict[str, str], pseudo: dict[str, str] | None = None) -> None:
+        """``headers`` with its pseudo-headers, or without them and ``pseudo`` holding them."""
+        if pseudo is None:
+            pseudo, headers = headers, _without_pseudo(headers)
+        method = self._method = pseudo.get(":method", "").upper()
+        path = self._path = pseudo.get(":path", "")
+        self._headers = headers
         self._have_headers = True
         self._cacheable_request = method == "POST" and request_type_for(path) is not None
 
@@ -103,12 +106,13 @@ class PipelineProcessor:
             self._take_headers(headers)
 
     async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
+        pseudo: dict[str, str] = {}
         try:
-            headers = read_headers(message, "request")
+            headers = read_headers(message, "request", pseudo)
         except HookError as exc:
             self._decided = True
             return self._refuse(exc)
-        self._take_headers(headers)
+        self._take_headers(headers, pseudo)
         self._received = time.monotonic()  # guardrail timeouts count from here
         if message.end_of_stream or not self._cacheable():
             # Nothing to wait for: decide now, the body (if any) passes untouched.
