@@ -144,9 +144,13 @@ class Stack:
         config = write_sidecar_config(
             self.workdir / f"{name}.yaml", http_port, grpc_port, grpc_enabled=True
         )
+        # -P: ``python -m`` would put the working directory first on sys.path, ahead of
+        # PYTHONPATH, and a run from a checkout would measure that checkout's code as the
+        # baseline too.
+        command = sidecar_command(config)
         proc = ManagedProcess(
             name,
-            sidecar_command(config),
+            [command[0], "-P", *command[1:]],
             self.workdir / f"{name}.log",
             {"PYTHONPATH": str(tree)},
         ).start()

@@ -4,10 +4,12 @@ Run: ``python -m benchmarks.profile_extproc [--requests 20000] [--profile]``. Bu
 ``Sidecar`` (default config, memory store), stores answers through the ext_proc processor,
 then replays exact hits as Envoy sends them: the request headers and the buffered body, each
 parsed from its wire bytes, through the same stream loop the gRPC server runs
-(``_ExternalProcessor.Process``), each reply serialised to bytes. The no-op floor's work
-(``benchmarks/null_extproc.py``: parse, fixed reply, serialise) is timed beside it. With
-``--profile`` the hit loop runs under pyinstrument (PyPI ``pyinstrument``) and its call tree
-is printed. Prints CPU microseconds per request (process time: other jobs on a shared
+(``_ExternalProcessor.Process``), each reply serialised to bytes. Each request carries its own
+``x-request-id``, as Envoy generates one per request (``--same-request-id``: one id for all,
+which lets memos keyed on the whole answer hit as they never do behind Envoy). The no-op
+floor's work (``benchmarks/null_extproc.py``: parse, fixed reply, serialise) is timed beside
+it. With ``--profile`` the hit loop runs under pyinstrument (PyPI ``pyinstrument``) and its
+call tree is printed. Prints CPU microseconds per request (process time: other jobs on a shared
 machine inflate wall time much more).
 """
 
@@ -32,12 +34,13 @@ from sidecar.services import Sidecar
 from sidecar.transports.extproc import build_server
 
 CHAT = "/v1/chat/completions"
+FIXED_REQUEST_ID = "7c9a3e7e-4b4f-4a55-9a8e-1b0c8d9e6f70"
 
 
 def request_messages(
     question: str,
     extra_headers: Sequence[tuple[str, str]] = (),
-    request_id: str = "7c9a3e7e-4b4f-4a55-9a8e-1b0c8d9e6f70",
+    request_id: str = FIXED_REQUEST_ID,
 ) -> tuple[bytes, bytes]:
     """The request headers (plus ``extra_headers``) and body messages Envoy sends for one chat
     request, as bytes."""
@@ -104,7 +107,7 @@ async def one_stream(servicer: Any, messages: Sequence[bytes]) -> list[bytes]:
     ]
 
 
-async def run(requests: int, profile: bool) -> dict[str, Any]:
+async def run(requests: int, profile: bool, same_request_id: bool = False) -> dict[str, Any]:
     config = SidecarConfig.model_validate(
         {
             "cache": {"data_dir": ":memory:", "default_cache_key": "bench"},
@@ -119,13 +122,23 @@ async def run(requests: int, profile: bool) -> dict[str, Any]:
 
     servicer = _ExternalProcessor(server._new_processor, server.failure_mode, server._metrics)
     questions = [q for q, _ in SEED_PAIRS]
-    streams = []
     for q in questions:
         head, body = request_messages(q)
         answer = orjson.dumps(openai_answer(f"answer to {q}"))
         replies = await one_stream(servicer, [head, body, *response_messages(answer)])
         assert len(replies) == 4, "the first request must be a miss that stores"
-        streams.append([head, body])
+    # One stream per request, each with its own request id (unless same_request_id).
+    streams = [
+        list(
+            request_messages(
+                questions[i % len(questions)],
+                request_id=FIXED_REQUEST_ID
+                if same_request_id
+                else f"{i:08x}-4b4f-4a55-9a8e-1b0c8d9e6f70",
+            )
+        )
+        for i in range(requests)
+    ]
     hit = pb.ProcessingResponse.FromString((await one_stream(servicer, streams[0]))[-1])
     assert hit.HasField("immediate_response"), "not an exact hit"
     floor = GeneratorServicer()
@@ -139,7 +152,7 @@ async def run(requests: int, profile: bool) -> dict[str, Any]:
             profiler.start()
         started = time.process_time()
         for i in range(requests):
-            await one_stream(target, streams[i % len(streams)])
+            await one_stream(target, streams[i])
         timings[name] = (time.process_time() - started) / requests * 1e6
         if profiler is not None and profiler.is_running:
             profiler.stop()
@@ -154,8 +167,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--same-request-id", action="store_true")
     args = parser.parse_args(argv)
-    runs = [asyncio.run(run(args.requests, args.profile and i == 0)) for i in range(args.repeat)]
+    runs = [
+        asyncio.run(run(args.requests, args.profile and i == 0, args.same_request_id))
+        for i in range(args.repeat)
+    ]
     for name in ("floor", "sidecar"):
         values = [r[name] for r in runs]
         print(f"{name}: {statistics.median(values):.1f} us per exact hit (runs: {values})")

@@ -306,6 +306,10 @@ class CacheConfig(_Section):
     #: embedded vector index: a scope is searched by brute force up to this many vectors, then
     #: through an HNSW graph (the graphs are what is saved at shutdown and loaded at start)
     vector_graph_at: int = Field(2048, ge=2, le=10_000_000)
+    #: exact hits of requests seen before skip parsing and planning: each such request's
+    #: parsed form and cache plan are remembered, within this many bytes (an estimate; the
+    #: entry itself is still read from the store every time). 0: off. docs/envoy.md
+    hit_memo_bytes: int = Field(8 * 1024 * 1024, ge=0, le=1024 * 1024 * 1024)
 
     #: adaptive semantic hits (docs/adaptive.md): the share of served semantic hits that may be
     #: wrong, bounded with 95% confidence from checks on live traffic; null: the static

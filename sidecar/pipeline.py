@@ -8,7 +8,6 @@ its reason; the cache's own reasons come from ``sidecar.cache.layer``.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping, Sequence
@@ -19,7 +18,7 @@ import orjson
 from guardrails.base import Stage
 from sidecar.cache.keys import plan_request
 from sidecar.cache.layer import STORE_SHED, CacheStatus, DualCache
-from sidecar.cache.model import CachedAnswer, Usage
+from sidecar.cache.model import REPLAYED_HEADERS, CachedAnswer, Usage, replayed_headers
 from sidecar.config import SidecarConfig
 from sidecar.context import (
     REQUEST_ID_HEADER,
@@ -43,6 +42,8 @@ from sidecar.formats import (
     parse_request,
     rewrite_body,
 )
+from sidecar.hit_path import ExactHitPath, MemoKey
+from sidecar.json_body import json_body
 from sidecar.labels import OTHER
 from sidecar.metrics import Metrics, partition_hash
 from sidecar.pricing import PriceTable, load_prices
@@ -53,37 +54,6 @@ from sidecar.streaming import StreamProcessor
 from sidecar.usage import usage_of
 
 log = logging.getLogger("sidecar.pipeline")
-
-# Headers of a cached answer worth replaying; hop-by-hop and per-response ones are dropped.
-_REPLAYED_HEADERS = ("content-type", "openai-model", "anthropic-model", "x-request-model")
-
-
-#: JSON bodies larger than this are decoded in a thread, so the event loop keeps serving
-#: other requests meanwhile (the GIL serialises the work, but hands the loop its turn)
-OFF_LOOP_JSON_BYTES = 256 * 1024
-
-
-async def _json_body(body: Any, max_bytes: int) -> Any:
-    if isinstance(body, bytes | bytearray) and OFF_LOOP_JSON_BYTES < len(body) <= max_bytes:
-        return await asyncio.to_thread(_json_body_now, body, max_bytes)
-    return _json_body_now(body, max_bytes)
-
-
-def _json_body_now(body: Any, max_bytes: int) -> Any:
-    if isinstance(body, bytes | bytearray):
-        if len(body) > max_bytes:
-            raise HookError(
-                413,
-                "body_too_large",
-                f"request body is {len(body)} bytes, over max_body_bytes {max_bytes}",
-            )
-        try:
-            return orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise HookError(
-                400, "malformed_json", f"request body is not valid JSON: {exc}"
-            ) from None
-    return body
 
 
 class Pipeline:
@@ -108,6 +78,13 @@ class Pipeline:
         self._request_timers: dict[CacheStatus, Any] = {}
         self._request_counters: dict[tuple[str, CacheStatus], Any] = {}
         self._hit_counters: dict[str, Any] = {}
+        # Exact hits of requests seen before skip parsing and planning (sidecar/hit_path.py);
+        # not while an observer needs stage timings, which that path does not record.
+        self.hit_path: ExactHitPath | None = None
+        if cache is not None and config.cache.hit_memo_bytes > 0 and not self._record_stages:
+            self.hit_path = ExactHitPath(
+                config.cache, cache, metrics, guardrails, config.cache.hit_memo_bytes
+            )
 
     def _finish(self, ctx: RequestContext) -> None:
         if not self.observers:
@@ -127,24 +104,18 @@ class Pipeline:
     async def on_request(
         self, req: HookRequest, transport: str
     ) -> tuple[RequestContext, RequestOutcome]:
-        ctx = RequestContext(
-            request_id=req.request_id or new_request_id(),
-            transport=transport,
-            method=req.method.upper(),
-            path=req.path,
-            headers=req.headers,
-        )
-        if req.received_at is not None:
-            ctx.started = req.received_at
-        token = None
-        if self._record_stages:
-            ctx.stages = StageLog()
-            token = CURRENT.set(ctx.stages)
-        try:
-            outcome = await self._request(ctx, req)
-        finally:
-            if token is not None:
-                CURRENT.reset(token)
+        memo_key = None
+        if self.hit_path is not None and req.method.upper() == "POST":
+            memo_key = self.hit_path.key(req)
+        fast = None
+        if memo_key is not None:
+            assert self.hit_path is not None
+            fast = await self.hit_path.serve(memo_key, req, transport)
+        if fast is not None:
+            ctx, outcome = fast
+        else:
+            ctx, outcome = await self._slow_request(req, transport, memo_key)
+        # From here on both paths are accounted alike.
         outcome.cache.request_id = header_safe_id(ctx.request_id)
         if outcome.response is not None and outcome.cache.request_id is not None:
             outcome.response.headers[REQUEST_ID_HEADER] = outcome.cache.request_id
@@ -196,6 +167,28 @@ class Pipeline:
             self._finish(ctx)
         return ctx, outcome
 
+    async def _slow_request(
+        self, req: HookRequest, transport: str, memo_key: MemoKey | None
+    ) -> tuple[RequestContext, RequestOutcome]:
+        ctx = RequestContext(
+            request_id=req.request_id or new_request_id(),
+            transport=transport,
+            method=req.method.upper(),
+            path=req.path,
+            headers=req.headers,
+        )
+        if req.received_at is not None:
+            ctx.started = req.received_at
+        token = None
+        if self._record_stages:
+            ctx.stages = StageLog()
+            token = CURRENT.set(ctx.stages)
+        try:
+            return ctx, await self._request(ctx, req, memo_key)
+        finally:
+            if token is not None:
+                CURRENT.reset(token)
+
     def _partition_counter(self, partition: str, status: str) -> Any:
         # Labelled children are cached (prometheus_client's labels() takes a lock and builds a
         # key each call); the cache holds at most max_label_values + 1 partitions per status,
@@ -239,12 +232,14 @@ class Pipeline:
         elif unknown is not None:
             unknown.inc()  # an unpriced model: tokens counted, its cost never guessed
 
-    async def _request(self, ctx: RequestContext, req: HookRequest) -> RequestOutcome:
+    async def _request(
+        self, ctx: RequestContext, req: HookRequest, memo_key: MemoKey | None = None
+    ) -> RequestOutcome:
         if ctx.method != "POST":
             ctx.note(f"bypass: method {ctx.method} is not cached")
             return RequestOutcome("continue", CacheInfo(CacheStatus.BYPASS, ctx.trace[-1]))
         mark = stage_start()
-        body = await _json_body(req.body, self.config.server.max_body_bytes)
+        body = await json_body(req.body, self.config.server.max_body_bytes)
         try:
             parsed = parse_request(req.path, body, req.headers)
             if parsed is None:
@@ -259,7 +254,9 @@ class Pipeline:
         ctx.plan = plan  # rule conditions may read the partition (cache_key)
 
         rewritten: dict[str, Any] | None = None
-        if self.guardrails is not None and self.guardrails.active(Stage.INPUT, ctx):
+        input_rules = self.guardrails is not None and self.guardrails.active(Stage.INPUT, ctx)
+        if input_rules:
+            assert self.guardrails is not None
             mark = stage_start()
             verdict = await self.guardrails.check(Stage.INPUT, parsed.pieces, ctx)
             stage_end(mark, "input_rules", blocked=verdict.blocked, redacted=verdict.redacted)
@@ -313,6 +310,9 @@ class Pipeline:
             entry_id=lookup.entry.id,
         )
         answer = await self._serve_cached(ctx, lookup.entry.answer, info)
+        if memo_key is not None and not input_rules and lookup.status is CacheStatus.HIT_EXACT:
+            assert self.hit_path is not None  # the plan is the request's as received
+            self.hit_path.remember(memo_key, parsed, plan)
         return RequestOutcome("respond", info, response=answer)
 
     def _error(
@@ -328,10 +328,7 @@ class Pipeline:
         self, ctx: RequestContext, answer: CachedAnswer, info: CacheInfo
     ) -> HttpAnswer:
         """A cached answer goes through the output stage like a fresh one (restores, blocks)."""
-        headers = {k: v for k, v in answer.headers.items() if k in _REPLAYED_HEADERS}
-        headers.setdefault(
-            "content-type", "text/event-stream" if answer.streamed else "application/json"
-        )
+        headers = replayed_headers(answer)
         headers.update(info.headers())
         mark = stage_start() if self.guardrails is not None else 0  # no rules: no stage
         result = await self._output(ctx, answer.status, answer.body, answer.streamed)
@@ -531,7 +528,7 @@ class Pipeline:
         usage: Usage | None = None,
     ) -> str | None:
         assert self.cache is not None and ctx.plan is not None
-        kept = {k.lower(): v for k, v in headers.items() if k.lower() in _REPLAYED_HEADERS}
+        kept = {k.lower(): v for k, v in headers.items() if k.lower() in REPLAYED_HEADERS}
         kept.setdefault("content-type", "text/event-stream" if streamed else "application/json")
         answer = CachedAnswer(status, kept, bytes(body), streamed, usage)
         lookup = ctx.lookup

@@ -35,6 +35,8 @@ EMPTY_SCOPE = "no cached question in this scope (embedding skipped)"
 #: entry.meta flag: stored before its vector, which is still to be attached
 VECTOR_PENDING = "vector_pending"
 OVERLOADED = "overloaded: semantic lookup skipped"
+#: the reason of an exact hit
+EXACT_MATCHED = "exact key matched"
 #: why a miss's answer was not stored while the event loop was far behind
 STORE_SHED = "overloaded: not stored"
 #: how long a lookup waits for its scope's late vectors when no queue budget applies
@@ -250,7 +252,7 @@ class DualCache:
                 stage_end(mark, "exact_lookup", hit=entry is not None)
                 self._exact_timer.observe(time.perf_counter() - started)
                 if entry is not None:
-                    return Lookup(CacheStatus.HIT_EXACT, "exact key matched", entry, 1.0)
+                    return Lookup(CacheStatus.HIT_EXACT, EXACT_MATCHED, entry, 1.0)
             # Far behind (the load governor): the answer is not stored either, so no miss lock.
             store_shed = self._shed_store(plan)
             if not (plan.use_semantic and plan.question and self.semantic_enabled):

@@ -100,6 +100,10 @@ class Usage:
         )
 
 
+#: headers of a cached answer worth replaying; hop-by-hop and per-response ones are dropped
+REPLAYED_HEADERS = ("content-type", "openai-model", "anthropic-model", "x-request-model")
+
+
 @dataclass(slots=True)
 class CachedAnswer:
     """An answer as the provider gave it. Streamed answers keep their SSE text verbatim."""
@@ -139,6 +143,15 @@ class CachedAnswer:
             streamed=bool(data.get("streamed", False)),
             usage=None if usage is None else Usage.from_json(usage),
         )
+
+
+def replayed_headers(answer: CachedAnswer) -> dict[str, str]:
+    """The stored headers a cached answer is replayed with (a new dict), and its content type."""
+    headers = {k: v for k, v in answer.headers.items() if k in REPLAYED_HEADERS}
+    headers.setdefault(
+        "content-type", "text/event-stream" if answer.streamed else "application/json"
+    )
+    return headers
 
 
 @dataclass(slots=True)

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from sidecar.auth import FailedAuthLimiter, limiter_for, load_tokens
 from sidecar.cache.stores.base import StoreUnavailable
 from sidecar.context import REQUEST_ID_HEADER, HookError, HookRequest, HttpAnswer, header_safe_id
-from sidecar.pipeline import OFF_LOOP_JSON_BYTES
+from sidecar.json_body import OFF_LOOP_JSON_BYTES
 from sidecar.services import Sidecar
 from sidecar.transports.http_adaptive import cache_feedback, cache_stats
 from sidecar.transports.http_auth import OPEN_PATHS, BearerAuth

@@ -29,6 +29,8 @@ from sidecar.metrics import partition_hash
 MAX_REASON_CHARS = 200
 # what a row costs besides its strings: the tuple, its floats and the deque slot
 _ROW_OVERHEAD = 160
+#: distinct reason phrases whose cleaned form is kept (then the cache starts over)
+_REASONS_KEPT = 1024
 
 
 class Decision(NamedTuple):
@@ -55,14 +57,11 @@ class Decision(NamedTuple):
 
 
 def _size(row: Decision) -> int:
-    return (
-        _ROW_OVERHEAD
-        + len(row.transport)
-        + len(row.partition)
-        + len(row.status)
-        + len(row.reason)
-        + sum(56 + len(r) + len(o) for r, o in row.rules)
-    )
+    size = _ROW_OVERHEAD + len(row.transport) + len(row.partition) + len(row.status)
+    size += len(row.reason)
+    if row.rules:
+        size += sum(56 + len(r) + len(o) for r, o in row.rules)
+    return size
 
 
 _PATH_BYPASS = re.compile(r"^bypass: .* is not an LLM API the sidecar handles$", re.S)
@@ -96,6 +95,10 @@ class RecentDecisions:
         # gRPC handlers may finish requests on their own threads
         self._lock = threading.Lock()
         self.recorded = 0  # every row ever added, evicted ones included
+        # Reason phrases as shown: the sidecar's few fixed phrases, each cleaned once (a
+        # regular expression per request otherwise); bounded in count and length, as some
+        # phrases quote numbers or a path.
+        self._reasons: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -107,16 +110,24 @@ class RecentDecisions:
     def finish(self, ctx: RequestContext) -> None:
         plan = ctx.plan
         fired = ctx.fired
+        reason = ctx.cache.reason
+        shown = self._reasons.get(reason)
+        if shown is None:
+            shown = safe_reason(reason)
+            if len(reason) <= MAX_REASON_CHARS:  # a byte bound: short phrases only
+                if len(self._reasons) >= _REASONS_KEPT:
+                    self._reasons.clear()
+                self._reasons[reason] = shown
         self.add(
             Decision(
-                time=time.time(),
-                transport=ctx.transport,
-                partition=partition_hash(plan.partition) if plan is not None else "",
-                status=ctx.cache.status.value,
-                reason=safe_reason(ctx.cache.reason),
-                latency_ms=ctx.hook_seconds * 1000,
-                blocked=ctx.blocked,
-                rules=tuple(fired) if fired else (),
+                time.time(),
+                ctx.transport,
+                partition_hash(plan.partition) if plan is not None else "",
+                ctx.cache.status.value,
+                shown,
+                ctx.hook_seconds * 1000,
+                ctx.blocked,
+                tuple(fired) if fired else (),
             )
         )
 

@@ -1,0 +1,198 @@
+"""The exact-hit fast path: a request seen before, whose exact entry is still stored, is
+answered without parsing its body or planning its lookup again.
+
+An exact hit through the slow path (``Pipeline._request``) decodes the JSON body, parses it
+(``parse_request``), plans the lookup (``plan_request``: partition, key digest), then gets
+the entry and builds its answer. For a request already seen, all but the get are the same
+work with the same result: ``parse_request`` is a function of the path, the decoded body and
+the ``x-bf-provider`` header; ``plan_request`` of the parsed request, the ``x-bf-cache-*``
+headers it reads and ``cache`` config; none reads anything else (``tests/test_hit_path.py``
+checks the headers they read). So a memo keyed on exactly those inputs (path, body bytes,
+``PLAN_HEADERS``' values) and holding the parsed request and its plan gives what the slow
+path would compute, as long as:
+
+- the ``cache`` config is the one the plan was made with: the memo belongs to one pipeline,
+  built with its config, which nothing changes afterwards (a new config means a new
+  pipeline, and a new, empty memo);
+- no guardrail rule can act on the request: input rules may rewrite the body (then the plan
+  is the rewritten body's), output rules may block or rewrite the cached answer. The memo
+  keeps only plans made while no input rule was active, and serves only while the
+  ``Guardrails`` port reports neither stage active (rules reload at any time: asked on every
+  request; the engine's answer is per stage, the rule set being empty or not);
+- no observer needs stage timings (the access log, traces): the fast path records none, so
+  the pipeline does not build it then.
+
+The entry itself is never memoised: every request gets it from the exact store, which checks
+its expiry (TTL), and a deletion, eviction or partition purge is seen at once. The partition
+is part of the memo key (its header) and of the plan, so one partition's request never maps
+to another's key. Anything short of a served hit (no memo, rules, an expired or missing
+entry, a store error) returns None before any counting, and the slow path runs as if the
+fast path did not exist: it repeats the get and decides (a second get of a missing entry
+finds it missing; of a failing store, fails). The pipeline then does its usual accounting
+(metrics, adaptive counts, savings, observers) on the context and outcome returned here,
+which hold what the slow path's would: ``tests/test_hit_path.py`` runs the same requests
+through both and compares answers, headers, metric deltas and decision records.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from guardrails.base import Stage
+from sidecar.cache.keys import (
+    HEADER_KEY,
+    HEADER_NO_STORE,
+    HEADER_THRESHOLD,
+    HEADER_TTL,
+    HEADER_TYPE,
+    CachePlan,
+)
+from sidecar.cache.layer import EXACT_MATCHED, CacheStatus, DualCache, Lookup
+from sidecar.cache.model import CacheEntry, replayed_headers
+from sidecar.config import CacheConfig
+from sidecar.context import (
+    CacheInfo,
+    Guardrails,
+    HookRequest,
+    HttpAnswer,
+    RequestContext,
+    RequestOutcome,
+    new_request_id,
+)
+from sidecar.formats import ParsedRequest
+from sidecar.metrics import Metrics
+
+#: the request headers ``parse_request`` and ``plan_request`` read, besides the path and body
+PLAN_HEADERS = (
+    "x-bf-provider",
+    HEADER_KEY,
+    HEADER_TTL,
+    HEADER_THRESHOLD,
+    HEADER_TYPE,
+    HEADER_NO_STORE,
+)
+#: the trace line of an exact hit (``Pipeline._request``: "cache <status>: <reason>")
+HIT_NOTE = f"cache {CacheStatus.HIT_EXACT.value}: {EXACT_MATCHED}"
+#: what a remembered request costs beyond its body and key: the parsed request (decoded JSON,
+#: messages, canonical form, text pieces) is a few times the body; the plan and the dict slot
+_PARSED_PER_BODY_BYTE = 8
+_OVERHEAD = 2048
+
+MemoKey = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class _Remembered:
+    parsed: ParsedRequest
+    plan: CachePlan
+    size: int
+    #: the entry ``headers`` were built for (the embedded store hands out the same object
+    #: while it stays in memory); another entry object, and they are built again
+    entry: CacheEntry | None = None
+    headers: dict[str, str] | None = None
+
+
+class ExactHitPath:
+    """The memo (bounded in bytes; oldest first out) and the fast path over it."""
+
+    def __init__(
+        self,
+        config: CacheConfig,
+        cache: DualCache,
+        metrics: Metrics,
+        guardrails: Guardrails | None,
+        max_bytes: int,
+        max_body: int = 64 * 1024,
+    ) -> None:
+        self.config = config
+        self.max_bytes = max_bytes
+        self.max_body = max_body
+        self._exact = cache.exact
+        # The same child DualCache.lookup observes (labels() returns one child per value).
+        self._exact_timer = metrics.lookup_seconds.labels("exact")
+        self._guardrails = guardrails
+        self._memo: dict[MemoKey, _Remembered] = {}
+        self.bytes = 0
+        self.served = 0  # hits answered here (tests; no metric: /metrics stays as it was)
+
+    def __len__(self) -> int:
+        return len(self._memo)
+
+    def key(self, req: HookRequest) -> MemoKey | None:
+        """What the request's plan is made from, or None when it cannot be remembered (a
+        decoded JSON body, as the HTTP hook hands over, or one over ``max_body``)."""
+        body = req.body
+        if type(body) is not bytes or len(body) > self.max_body:
+            return None
+        get = req.headers.get
+        return (req.path, body, *[get(name) for name in PLAN_HEADERS])
+
+    def remember(self, key: MemoKey, parsed: ParsedRequest, plan: CachePlan) -> None:
+        """After a slow-path exact hit planned from the request as received (no input rule
+        was active), with the ``cache`` config of this memo."""
+        size = _OVERHEAD + len(key[1]) * (1 + _PARSED_PER_BODY_BYTE) + len(key[0])
+        if size > self.max_bytes:
+            return
+        old = self._memo.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
+        while self._memo and self.bytes + size > self.max_bytes:
+            oldest = next(iter(self._memo))
+            self.bytes -= self._memo.pop(oldest).size
+        self._memo[key] = _Remembered(parsed, plan, size)
+        self.bytes += size
+
+    def forget(self, key: MemoKey) -> None:
+        old = self._memo.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size
+
+    async def serve(
+        self, key: MemoKey, req: HookRequest, transport: str
+    ) -> tuple[RequestContext, RequestOutcome] | None:
+        """The exact hit the slow path would serve for ``req``, or None (nothing counted,
+        nothing changed but the store's own recency and expiry): run the slow path."""
+        remembered = self._memo.get(key)
+        if remembered is None:
+            return None
+        # The context the slow path has at its input rules: parsed and planned.
+        plan = remembered.plan
+        ctx = RequestContext(
+            req.request_id or new_request_id(),
+            transport,
+            "POST",  # the caller checked
+            req.path,
+            req.headers,
+            remembered.parsed,
+            plan,
+        )
+        if req.received_at is not None:
+            ctx.started = req.received_at
+        guardrails = self._guardrails
+        if guardrails is not None and (
+            guardrails.active(Stage.INPUT, ctx) or guardrails.active(Stage.OUTPUT, ctx)
+        ):
+            self.forget(key)  # rules loaded: requests go the slow way until they are gone
+            return None
+        started = time.perf_counter()
+        try:
+            entry = await self._exact.get(plan.exact_key, plan.partition)
+        except Exception:  # a failing store: the slow path fails the same way and reports it
+            return None
+        if entry is None:
+            return None  # expired, evicted or deleted: the slow path's miss
+        self._exact_timer.observe(time.perf_counter() - started)
+        ctx.lookup = Lookup(CacheStatus.HIT_EXACT, EXACT_MATCHED, entry, 1.0)
+        ctx.trace.append(HIT_NOTE)
+        info = CacheInfo(CacheStatus.HIT_EXACT, EXACT_MATCHED, "exact", 1.0, entry.id)
+        headers = remembered.headers
+        if remembered.entry is not entry or headers is None:
+            headers = replayed_headers(entry.answer)
+            headers.update(info.headers())
+            remembered.entry, remembered.headers = entry, headers
+        answer = entry.answer
+        response = HttpAnswer(answer.status, dict(headers), answer.body)
+        self.served += 1
+        return ctx, RequestOutcome("respond", info, response=response)
