@@ -39,6 +39,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.extproc_floor_bench import cpu_seconds
 from benchmarks.hook_bench import SEED_PAIRS, unique_questions
 from benchmarks.miss_report import (
     CONCURRENCY,
@@ -153,7 +154,11 @@ class Stack:
             # Envoy's default message timeout: the overload must never reach it.
             *(
                 ExtProcListener(
-                    name=f"{n}-200ms", port=free_port(), grpc_port=grpc[n], message_timeout=0.2
+                    name=f"{n}-200ms",
+                    port=free_port(),
+                    grpc_port=grpc[n],
+                    message_timeout=0.2,
+                    request_time=True,
                 )
                 for n in ("onnx", "onnx-before")
                 if n in grpc
@@ -165,6 +170,7 @@ class Stack:
         path = write_bootstrap(self.workdir / "envoy.yaml", config)
         envoy = ManagedProcess("envoy", envoy_command(path), self.workdir / "envoy.log").start()
         self.processes.append(envoy)
+        self.pids["envoy"] = envoy.pid
         envoy.wait_ready(f"http://127.0.0.1:{self.admin}/ready", 60)
         self.ports = {spec.name: spec.port for spec in listeners}
 
@@ -177,6 +183,19 @@ class Stack:
             for s in stats.get("stats", [])
             if contains in str(s.get("name", "")) and isinstance(s.get("value"), int)
         )
+
+    def envoy_stats(self, prefix: str) -> dict[str, int]:
+        """Envoy's counters whose names start with ``prefix`` (e.g. one listener's ext_proc)."""
+        stats = httpx.get(
+            f"http://127.0.0.1:{self.admin}/stats",
+            params={"format": "json", "filter": "^" + prefix.replace(".", "\\.")},
+            timeout=10,
+        ).json()
+        return {
+            str(s["name"]).removeprefix(prefix): int(s["value"])
+            for s in stats.get("stats", [])
+            if isinstance(s.get("value"), int)
+        }
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
@@ -304,6 +323,9 @@ def _overload(
     url, port = stack.urls[name], stack.ports[f"{name}-200ms"]
     before_counts = _sidecar_counters(url)
     timeouts_before = stack.envoy_counter("timeout")
+    ext_proc_prefix = f"http.{name}-200ms.ext_proc."
+    ext_proc_before = stack.envoy_stats(ext_proc_prefix)
+    cpu_before = {n: cpu_seconds(pid) for n, pid in stack.pids.items() if n in (name, "envoy")}
     miss_spec = {
         "port": port,
         "sequences": misses,
@@ -344,10 +366,22 @@ def _overload(
         spy.wait(60)
     timeouts = stack.envoy_counter("timeout") - timeouts_before
     over = _delta(_settled_counters(url), before_counts)
+    ext_proc = {
+        k: v - ext_proc_before.get(k, 0)
+        for k, v in stack.envoy_stats(ext_proc_prefix).items()
+        if v - ext_proc_before.get(k, 0)
+    }
+    requests = miss_run["sequences"] + hit_run["sequences"]
+    cpu_us = {
+        f"{n}_cpu_us_per_request": round((cpu_seconds(stack.pids[n]) - c) / max(1, requests) * 1e6)
+        for n, c in cpu_before.items()
+    }
     ordered = sorted(lags)
     counters[label(name, "overload")] = {
         **over,
         "envoy_timeout_counters": timeouts,
+        "envoy_ext_proc": ext_proc,
+        **cpu_us,
         "loop_lag_samples": len(lags),
         "loop_lag_p50_ms": round(ordered[len(ordered) // 2] * 1000, 1) if lags else None,
         "loop_lag_max_ms": round(ordered[-1] * 1000, 1) if lags else None,
