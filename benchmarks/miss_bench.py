@@ -240,6 +240,10 @@ def _sidecar_counters(base: str) -> dict[str, float]:
     out["semantic_hits"] = metric_value(base, "sidecar_cache_hits_total", '"semantic"')
     for work in ("semantic_lookup", "early_vector", "store", "extproc_stream"):
         out[f"shed_{work}"] = metric_value(base, "sidecar_overload_shed_total", f'"{work}"')
+    # of which refused for their own wait in the transport (Envoy's request.time)
+    out["shed_extproc_stream_transport_wait"] = metric_value(
+        base, "sidecar_overload_shed_total", 'cause="transport_wait",work="extproc_stream"'
+    )
     out["event_loop_lag_seconds"] = metric_value(base, "sidecar_event_loop_lag_seconds")
     out["extproc_round_trip_seconds"] = metric_value(base, "sidecar_extproc_round_trip_seconds")
     return out
