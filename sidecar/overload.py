@@ -26,6 +26,12 @@ optional work is what is shed, before it is queued, so the work every request mu
   message instead of a request's whole exchange, so the queue in the gRPC transport drains
   before Envoy's message timeout (200 ms) turns its requests into 504s.
 
+* **Streams that queued in the transport.** With Envoy's ``request.time`` attribute on a
+  stream's first message, the sidecar knows how long the stream waited in grpc's transport
+  before it was taken up (``admit_waited``), a queue no other signal sees: failing open, a
+  stream that waited past ``server.refuse_streams_wait_ms`` (50 ms) is refused on its own,
+  and five in a row that late shed like a lagging loop.
+
 All are counted in ``sidecar_overload_shed_total{work, cause}``; the lag is exported as
 ``sidecar_event_loop_lag_seconds``. Nothing here fails a request: shedding turns optional work
 into a counted skip, and a refused stream (fail open) lets Envoy forward the request uncached.
