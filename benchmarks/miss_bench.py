@@ -10,7 +10,8 @@ One Envoy in front of the fast fake provider (``benchmarks/fast_upstream.py``), 
 * ``guarded-before`` (with ``--before``): the same sidecar from an earlier commit of this
   repository (``git archive``), the code before the change, side by side in the same run;
 * ``onnx``: a sidecar with the ONNX Runtime int8 embedder and no guardrails, also behind a
-  listener with Envoy's default ext_proc message timeout (200 ms) for the overload.
+  listener with Envoy's default ext_proc message timeout (200 ms) for the overload, which
+  sends ``request.time`` (docs/envoy.md) so the sidecar sees how long streams queued.
 
 Scenarios:
 1. guarded miss + store of a 1 KB prompt in a new scope (a fresh partition per request: the
@@ -21,7 +22,8 @@ Scenarios:
 3. overload: fresh misses offered open-loop at 4x that rate, with exact hits paced beside them
    on their own connections: exact-hit p99 under 5 ms, no lookup queued past the budget plus
    5 ms (``sidecar_embedding_queue_wait_max_seconds``), no Envoy timeout, and every semantic
-   lookup accounted for (embedded or counted as skipped).
+   lookup accounted for (embedded or counted as skipped). Beside them: Envoy's ext_proc
+   counters of that listener and the CPU per request of the sidecar and of Envoy.
 """
 
 from __future__ import annotations
