@@ -10,7 +10,8 @@ One Envoy in front of the fast fake provider (``benchmarks/fast_upstream.py``), 
 * ``guarded-before`` (with ``--before``): the same sidecar from an earlier commit of this
   repository (``git archive``), the code before the change, side by side in the same run;
 * ``onnx``: a sidecar with the ONNX Runtime int8 embedder and no guardrails, also behind a
-  listener with Envoy's default ext_proc message timeout (200 ms) for the overload.
+  listener with Envoy's default ext_proc message timeout (200 ms) for the overload, which
+  sends ``request.time`` (docs/envoy.md) so the sidecar sees how long streams queued.
 
 Scenarios:
 1. guarded miss + store of a 1 KB prompt in a new scope (a fresh partition per request: the
@@ -21,7 +22,8 @@ Scenarios:
 3. overload: fresh misses offered open-loop at 4x that rate, with exact hits paced beside them
    on their own connections: exact-hit p99 under 5 ms, no lookup queued past the budget plus
    5 ms (``sidecar_embedding_queue_wait_max_seconds``), no Envoy timeout, and every semantic
-   lookup accounted for (embedded or counted as skipped).
+   lookup accounted for (embedded or counted as skipped). Beside them: Envoy's ext_proc
+   counters of that listener and the CPU per request of the sidecar and of Envoy.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 
 import httpx
 
+from benchmarks.extproc_floor_bench import cpu_seconds
 from benchmarks.hook_bench import SEED_PAIRS, unique_questions
 from benchmarks.miss_report import (
     CONCURRENCY,
@@ -153,7 +156,11 @@ class Stack:
             # Envoy's default message timeout: the overload must never reach it.
             *(
                 ExtProcListener(
-                    name=f"{n}-200ms", port=free_port(), grpc_port=grpc[n], message_timeout=0.2
+                    name=f"{n}-200ms",
+                    port=free_port(),
+                    grpc_port=grpc[n],
+                    message_timeout=0.2,
+                    request_time=True,
                 )
                 for n in ("onnx", "onnx-before")
                 if n in grpc
@@ -165,6 +172,7 @@ class Stack:
         path = write_bootstrap(self.workdir / "envoy.yaml", config)
         envoy = ManagedProcess("envoy", envoy_command(path), self.workdir / "envoy.log").start()
         self.processes.append(envoy)
+        self.pids["envoy"] = envoy.pid
         envoy.wait_ready(f"http://127.0.0.1:{self.admin}/ready", 60)
         self.ports = {spec.name: spec.port for spec in listeners}
 
@@ -177,6 +185,19 @@ class Stack:
             for s in stats.get("stats", [])
             if contains in str(s.get("name", "")) and isinstance(s.get("value"), int)
         )
+
+    def envoy_stats(self, prefix: str) -> dict[str, int]:
+        """Envoy's counters whose names start with ``prefix`` (e.g. one listener's ext_proc)."""
+        stats = httpx.get(
+            f"http://127.0.0.1:{self.admin}/stats",
+            params={"format": "json", "filter": "^" + prefix.replace(".", "\\.")},
+            timeout=10,
+        ).json()
+        return {
+            str(s["name"]).removeprefix(prefix): int(s["value"])
+            for s in stats.get("stats", [])
+            if isinstance(s.get("value"), int)
+        }
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
@@ -221,6 +242,10 @@ def _sidecar_counters(base: str) -> dict[str, float]:
     out["semantic_hits"] = metric_value(base, "sidecar_cache_hits_total", '"semantic"')
     for work in ("semantic_lookup", "early_vector", "store", "extproc_stream"):
         out[f"shed_{work}"] = metric_value(base, "sidecar_overload_shed_total", f'"{work}"')
+    # of which refused for their own wait in the transport (Envoy's request.time)
+    out["shed_extproc_stream_transport_wait"] = metric_value(
+        base, "sidecar_overload_shed_total", 'cause="transport_wait",work="extproc_stream"'
+    )
     out["event_loop_lag_seconds"] = metric_value(base, "sidecar_event_loop_lag_seconds")
     out["extproc_round_trip_seconds"] = metric_value(base, "sidecar_extproc_round_trip_seconds")
     return out
@@ -304,6 +329,9 @@ def _overload(
     url, port = stack.urls[name], stack.ports[f"{name}-200ms"]
     before_counts = _sidecar_counters(url)
     timeouts_before = stack.envoy_counter("timeout")
+    ext_proc_prefix = f"http.{name}-200ms.ext_proc."
+    ext_proc_before = stack.envoy_stats(ext_proc_prefix)
+    cpu_before = {n: cpu_seconds(pid) for n, pid in stack.pids.items() if n in (name, "envoy")}
     miss_spec = {
         "port": port,
         "sequences": misses,
@@ -344,10 +372,22 @@ def _overload(
         spy.wait(60)
     timeouts = stack.envoy_counter("timeout") - timeouts_before
     over = _delta(_settled_counters(url), before_counts)
+    ext_proc = {
+        k: v - ext_proc_before.get(k, 0)
+        for k, v in stack.envoy_stats(ext_proc_prefix).items()
+        if v - ext_proc_before.get(k, 0)
+    }
+    requests = miss_run["sequences"] + hit_run["sequences"]
+    cpu_us = {
+        f"{n}_cpu_us_per_request": round((cpu_seconds(stack.pids[n]) - c) / max(1, requests) * 1e6)
+        for n, c in cpu_before.items()
+    }
     ordered = sorted(lags)
     counters[label(name, "overload")] = {
         **over,
         "envoy_timeout_counters": timeouts,
+        "envoy_ext_proc": ext_proc,
+        **cpu_us,
         "loop_lag_samples": len(lags),
         "loop_lag_p50_ms": round(ordered[len(ordered) // 2] * 1000, 1) if lags else None,
         "loop_lag_max_ms": round(ordered[-1] * 1000, 1) if lags else None,

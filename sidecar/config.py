@@ -171,6 +171,11 @@ class ServerConfig(_Section):
     #: message_timeout (200 ms by default) so requests are refused before they time out;
     #: 0: never (docs/overload.md)
     refuse_streams_lag_ms: float = Field(100.0, ge=0, le=10_000)
+    #: failing open, an ext_proc stream that waited longer than this in the gRPC transport
+    #: before the sidecar took it up (Envoy's ``request.time`` attribute, which Envoy must be
+    #: configured to send: docs/envoy.md) is refused the same way, counted; a wait that lasts
+    #: sheds lookups and stores like a lagging loop. 0: never (docs/overload.md)
+    refuse_streams_wait_ms: float = Field(50.0, ge=0, le=10_000)
     #: also read the ext_proc round trip (headers reply until the body arrives, small bodies)
     #: as lag: it sees a backed-up gRPC transport, but also clients that send their body late
     #: (``Expect: 100-continue``); false: the event loop's lag only

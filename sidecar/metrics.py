@@ -155,7 +155,7 @@ class Metrics:
         self.overload_shed = Counter(
             "sidecar_overload_shed",
             "Optional work not done under overload (work: semantic_lookup, early_vector, store, "
-            "extproc_stream; cause: inflight_limit, loop_lag)",
+            "extproc_stream; cause: inflight_limit, loop_lag, transport_wait)",
             ["work", "cause"],
             registry=r,
         )
@@ -168,6 +168,13 @@ class Metrics:
             "sidecar_extproc_round_trip_seconds",
             "The latest ext_proc round trip: the reply to a request's headers until its body "
             "arrived (grows when the gRPC transport backs up)",
+            registry=r,
+        )
+        self.extproc_transport_wait = Gauge(
+            "sidecar_extproc_transport_wait_seconds",
+            "How long the latest ext_proc stream waited in the gRPC transport before the sidecar "
+            "took it up (Envoy's request.time to the stream's first message; needs "
+            "request_attributes: [request.time])",
             registry=r,
         )
         self.inflight_lookups = Gauge(

@@ -26,6 +26,12 @@ optional work is what is shed, before it is queued, so the work every request mu
   message instead of a request's whole exchange, so the queue in the gRPC transport drains
   before Envoy's message timeout (200 ms) turns its requests into 504s.
 
+* **Streams that queued in the transport.** With Envoy's ``request.time`` attribute on a
+  stream's first message, the sidecar knows how long the stream waited in grpc's transport
+  before it was taken up (``admit_waited``), a queue no other signal sees: failing open, a
+  stream that waited past ``server.refuse_streams_wait_ms`` (50 ms) is refused on its own,
+  and five in a row that late shed like a lagging loop.
+
 All are counted in ``sidecar_overload_shed_total{work, cause}``; the lag is exported as
 ``sidecar_event_loop_lag_seconds``. Nothing here fails a request: shedding turns optional work
 into a counted skip, and a refused stream (fail open) lets Envoy forward the request uncached.
@@ -51,6 +57,8 @@ SUSTAINED_PROBES = 5
 
 INFLIGHT = "inflight_limit"
 LOOP_LAG = "loop_lag"
+#: a stream waited in the gRPC transport, before the sidecar took it up, past the mark
+TRANSPORT_WAIT = "transport_wait"
 
 
 class Overloaded(Exception):  # noqa: N818 - reads as the state it reports
@@ -90,6 +98,11 @@ class LoadGovernor:
         self.stream_lag_limit = 0.0
         #: whether one stall past it is enough (failing open) or the lag must last (closed)
         self._refuse_on_stall = False
+        #: a stream that waited longer than this in the gRPC transport before the sidecar
+        #: took it up is refused (failing open; seconds; 0: never). Set by the ext_proc server.
+        self.stream_wait_limit = 0.0
+        self.transport_wait = 0.0  # the latest stream's wait, seconds
+        self._waits: deque[float] = deque(maxlen=SUSTAINED_PROBES)
         self._shedding_until = 0.0
         self._store_shedding_until = 0.0
         self._refusing_until = 0.0
@@ -102,6 +115,7 @@ class LoadGovernor:
         metrics.loop_lag.set_function(lambda: self.lag)
         metrics.inflight_lookups.set_function(lambda: self.inflight)
         metrics.extproc_round_trip.set_function(lambda: self.round_trip)
+        metrics.extproc_transport_wait.set_function(lambda: self.transport_wait)
 
     # -- lag probe
     def start(self) -> None:
@@ -133,6 +147,7 @@ class LoadGovernor:
         self._ignore_until = time.monotonic() + grace_s
         self._recent.clear()
         self._round_trips.clear()
+        self._waits.clear()
         self._shedding_until = self._store_shedding_until = self._refusing_until = 0.0
 
     def observe_lag(self, lag: float) -> None:
@@ -164,6 +179,25 @@ class LoadGovernor:
             return
         self._marks(min(self._round_trips))
 
+    def admit_waited(self, waited: float) -> bool:
+        """One new ext_proc stream, ``waited`` seconds after Envoy received its request (Envoy's
+        ``request.time``): the time it queued in the gRPC transport before the sidecar took
+        it up, which neither the loop's lag nor the round trip sees. False (counted): refuse
+        it, failing open, when it waited past ``server.refuse_streams_wait_ms``; every stream
+        queued behind it has waited about as long, and refusing costs the loop one message
+        instead of a request's exchange, so the queue drains before Envoy's message timeout.
+        A wait that lasts (five streams in a row) also sheds like a lagging loop."""
+        self.transport_wait = waited
+        if time.monotonic() < self._ignore_until:
+            return True  # queued behind the start-up (settle): not an overload
+        self._waits.append(waited)
+        if len(self._waits) == SUSTAINED_PROBES:
+            self._marks(min(self._waits))
+        if self._refuse_on_stall and waited > self.stream_wait_limit > 0:
+            self.shed("extproc_stream", TRANSPORT_WAIT)
+            return False
+        return True
+
     def _marks(self, sustained: float) -> None:
         """Start (or extend) shedding at every mark a sustained lag is over."""
         now = time.monotonic()
@@ -186,12 +220,15 @@ class LoadGovernor:
             return True
         return False
 
-    def refuse_streams_over(self, lag_ms: float, on_stall: bool) -> None:
+    def refuse_streams_over(self, lag_ms: float, on_stall: bool, wait_ms: float = 0.0) -> None:
         """Turn stream refusal on at this lag (milliseconds; 0: never). ``on_stall``: one
         late probe is enough (failing open: a refused request goes on uncached); otherwise
-        the lag must last 50 ms (failing closed: a refused request is an error)."""
+        the lag must last 50 ms (failing closed: a refused request is an error).
+        ``wait_ms``: refuse a stream that waited this long in the transport (failing open
+        only; 0: never)."""
         self.stream_lag_limit = lag_ms / 1000.0
         self._refuse_on_stall = on_stall
+        self.stream_wait_limit = wait_ms / 1000.0
 
     def admit_stream(self) -> bool:
         """Whether a new ext_proc stream should be served; False (counted) while the loop or

@@ -63,7 +63,12 @@ def make_config(**sections: dict[str, Any]) -> SidecarConfig:
         "cache": {"data_dir": ":memory:", "default_cache_key": "test"},
         # Shedding on event-loop lag depends on the machine's load: off in tests of other
         # behaviour (tests/test_overload.py turns it on where it is the subject).
-        "server": {"shed_loop_lag_ms": 0, "shed_store_lag_ms": 0, "refuse_streams_lag_ms": 0},
+        "server": {
+            "shed_loop_lag_ms": 0,
+            "shed_store_lag_ms": 0,
+            "refuse_streams_lag_ms": 0,
+            "refuse_streams_wait_ms": 0,
+        },
         # Likewise the embedder's queue budget: a busy test machine must not turn an expected
         # semantic hit into an "overloaded" miss (tests of the budget set it themselves).
         "embedder": {"max_queue_ms": 10_000},

@@ -114,6 +114,7 @@ class EnvoyStack:
             "shed_loop_lag_ms": 0,
             "shed_store_lag_ms": 0,
             "refuse_streams_lag_ms": 0,
+            "refuse_streams_wait_ms": 0,
             **config.get("server", {}),
             "http_port": http_port,
             "grpc_port": grpc_port,
@@ -157,6 +158,7 @@ class EnvoyStack:
         response_body_mode: str = "BUFFERED",
         single_message: bool = False,
         initial_metadata: tuple[tuple[str, str], ...] = (),
+        request_time: bool = False,
     ) -> str:
         spec = ExtProcListener(
             name,
@@ -168,6 +170,7 @@ class EnvoyStack:
             response_body_mode,
             single_message,
             initial_metadata,
+            request_time,
         )
         self.listeners[name] = spec
         return self.url(name)

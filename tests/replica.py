@@ -38,6 +38,7 @@ class Replica:
             "shed_loop_lag_ms": 0,
             "shed_store_lag_ms": 0,
             "refuse_streams_lag_ms": 0,
+            "refuse_streams_wait_ms": 0,
             **config.get("server", {}),
             "http_port": self.port,
             "grpc_port": free_port(),

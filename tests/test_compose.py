@@ -116,6 +116,8 @@ def test_envoy_configs_follow_the_recommendations() -> None:
         assert ext_proc["processing_mode"]["request_body_mode"] == "BUFFERED"
         # Longer than the default single-flight wait (cache.lock_wait_ms = 3000).
         assert float(ext_proc["message_timeout"].rstrip("s")) > 3.0
+        # The sidecar's transport-wait signal (docs/overload.md).
+        assert "request.time" in ext_proc["request_attributes"]
 
 
 def test_compose_sidecar_config_loads_and_matches_envoy() -> None:

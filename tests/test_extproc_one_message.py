@@ -23,6 +23,7 @@ from sidecar.transports.extproc import ExtProcError, PipelineProcessor
 from sidecar.transports.extproc.messages import (
     ATTRIBUTES_NAMESPACE,
     REQUEST_ATTRIBUTES,
+    REQUEST_TIME,
     HttpBody,
     ProcessingRequest,
     read_attributes,
@@ -75,7 +76,8 @@ def test_documented_envoy_snippet_lists_the_same_attributes() -> None:
     snippet = section.split("```yaml", 1)[1].split("```", 1)[0]
     (ext_proc, buffer, _router) = yaml.safe_load(snippet)
     typed = ext_proc["typed_config"]
-    assert typed["request_attributes"] == list(REQUEST_ATTRIBUTES)
+    # ... and request.time, the overload signal (docs/overload.md)
+    assert typed["request_attributes"] == [*REQUEST_ATTRIBUTES, REQUEST_TIME]
     assert typed["processing_mode"]["request_header_mode"] == "SKIP"
     assert buffer["name"] == "envoy.filters.http.buffer"
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sidecar.transports.extproc.messages import REQUEST_ATTRIBUTES
+from sidecar.transports.extproc.messages import REQUEST_ATTRIBUTES, REQUEST_TIME
 
 
 def envoy_binary() -> str:
@@ -54,6 +54,9 @@ class ExtProcListener:
     #: gRPC metadata Envoy sends on every ext_proc stream, e.g. the sidecar's bearer token:
     #: (("authorization", "Bearer <token>"),)
     initial_metadata: tuple[tuple[str, str], ...] = ()
+    #: send ``request.time`` with the first message: the sidecar refuses a stream that queued
+    #: too long in its gRPC transport (``server.refuse_streams_wait_ms``, docs/overload.md)
+    request_time: bool = False
 
 
 def _cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
@@ -112,6 +115,7 @@ def ext_proc_filter(
     response_body_mode: str = "BUFFERED",
     single_message: bool = False,
     initial_metadata: tuple[tuple[str, str], ...] = (),
+    request_time: bool = False,
 ) -> dict[str, Any]:
     grpc_service: dict[str, Any] = {"envoy_grpc": {"cluster_name": cluster}}
     if initial_metadata:
@@ -135,10 +139,15 @@ def ext_proc_filter(
             },
         },
     }
+    typed = config["typed_config"]
+    attributes: list[str] = []
     if single_message:
-        typed = config["typed_config"]
         typed["processing_mode"]["request_header_mode"] = "SKIP"
-        typed["request_attributes"] = list(REQUEST_ATTRIBUTES)
+        attributes += REQUEST_ATTRIBUTES
+    if request_time:
+        attributes.append(REQUEST_TIME)
+    if attributes:
+        typed["request_attributes"] = attributes
     return config
 
 
@@ -195,6 +204,7 @@ def _listener(spec: ExtProcListener) -> dict[str, Any]:
                                     spec.response_body_mode,
                                     spec.single_message,
                                     spec.initial_metadata,
+                                    spec.request_time,
                                 ),
                                 *([buffer_filter()] if spec.single_message else []),
                                 {

@@ -81,7 +81,9 @@ def build_server(sidecar: Sidecar) -> ExtProcServer:
     server_config = sidecar.config.server
     # Streams are refused only where there is a gRPC server to refuse them.
     sidecar.governor.refuse_streams_over(
-        server_config.refuse_streams_lag_ms, on_stall=failure_mode == "open"
+        server_config.refuse_streams_lag_ms,
+        on_stall=failure_mode == "open",
+        wait_ms=server_config.refuse_streams_wait_ms,
     )
     tls = None
     if server_config.tls_cert_file:
@@ -108,4 +110,5 @@ def build_server(sidecar: Sidecar) -> ExtProcServer:
             max_connection_age_grace=server_config.grpc_max_connection_age_grace,
         ),
         admit=sidecar.governor.admit_stream,
+        admit_waited=sidecar.governor.admit_waited,
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -101,6 +102,9 @@ REQUEST_ATTRIBUTES = (
     "request.path",
     *(f"request.headers['{name}']" for name in CARRIED_HEADERS),
 )
+#: when Envoy received the request (``request_attributes: [request.time]``, docs/envoy.md): the
+#: sidecar measures how long each stream waited in the gRPC transport before it was taken up
+REQUEST_TIME = "request.time"
 _HEADER_ATTRIBUTE = re.compile(r"""^request\.headers\[\s*(['"])([^'"]+)\1\s*\]$""")
 
 
@@ -126,6 +130,29 @@ def read_attributes(message: ProcessingRequest) -> dict[str, str] | None:
             continue  # another attribute someone configured: not a header
         out[key] = _attribute_text(value)
     return out
+
+
+def request_time(message: ProcessingRequest) -> float | None:
+    """``request.time`` of the message's attributes as a Unix time in seconds, or None when
+    Envoy does not send it. Envoy writes the timestamp as RFC 3339 text (UTC)."""
+    attributes = message.attributes.get(ATTRIBUTES_NAMESPACE)
+    if attributes is None:
+        return None
+    value = attributes.fields.get(REQUEST_TIME)
+    if value is None:
+        return None
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        return float(value.number_value)
+    if kind != "string_value":
+        return None
+    try:
+        when = datetime.fromisoformat(value.string_value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
 
 
 def _attribute_text(value: struct_pb2.Value) -> str:

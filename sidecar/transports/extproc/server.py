@@ -19,6 +19,7 @@ message timeout while the stream queues in the transport.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
@@ -39,6 +40,7 @@ from sidecar.transports.extproc.messages import (
     ProcessingResponse,
     continue_for,
     read_attributes,
+    request_time,
 )
 from sidecar.transports.extproc.processor import PassThroughProcessor, Processor
 
@@ -93,11 +95,26 @@ class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         failure_mode: FailureMode,
         metrics: ExtProcMetrics | None,
         admit: Callable[[], bool] | None = None,
+        admit_waited: Callable[[float], bool] | None = None,
     ) -> None:
         self._new_processor = new_processor
         self._failure_mode = failure_mode
         self._metrics = metrics
         self._admit = admit
+        self._admit_waited = admit_waited
+
+    def _waited_too_long(self, kind: str, message: ProcessingRequest) -> bool:
+        """Whether a stream's first message says it queued too long in the transport (Envoy's
+        ``request.time``, when configured). A large body sent as the first message (headers
+        as attributes) also carries its upload time, which is not load: not measured."""
+        if self._admit_waited is None or not message.attributes:
+            return False
+        if kind == REQUEST_BODY and len(message.request_body.body) > WAIT_MAX_BODY:
+            return False
+        received = request_time(message)
+        if received is None:
+            return False
+        return not self._admit_waited(max(0.0, time.time() - received))
 
     async def Process(  # noqa: N802 - the gRPC method name
         self,
@@ -111,11 +128,18 @@ class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
         processor = self._new_processor()
         if self._metrics is not None:
             self._metrics.open_streams += 1
+        first = True
         try:
             async for message in request_iterator:
                 kind = message.WhichOneof("request")
                 if kind is None:
                     continue
+                if first:
+                    first = False
+                    if self._waited_too_long(kind, message):
+                        # Refused like a stream over the lag mark (the governor refuses only
+                        # failing open): a clean close, Envoy goes on without the sidecar.
+                        return
                 try:
                     reply = await _dispatch(processor, kind, message)
                 except Exception as exc:  # the failure policy covers every sidecar fault
@@ -146,6 +170,8 @@ class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
 
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+#: a first message with a body over this (one message per request) carries its upload time
+WAIT_MAX_BODY = 16 * 1024
 REFUSED = "sidecar overloaded: stream refused (server.refuse_streams_lag_ms)"
 
 
@@ -245,13 +271,17 @@ class ExtProcServer:
         tls: tuple[bytes, bytes] | None = None,
         limits: ListenerLimits | None = None,
         admit: Callable[[], bool] | None = None,
+        admit_waited: Callable[[float], bool] | None = None,
     ) -> None:
         """``tokens``: the bearer tokens streams must carry (None: no check); ``tls``: (PEM
         certificate chain, PEM private key) to serve gRPC over TLS; ``limits``: connection
         and stream bounds (the defaults of ``server.grpc_*`` when None); ``admit``: asked
-        once per new stream, False refuses it (overload; None: every stream is served)."""
+        once per new stream, False refuses it (overload; None: every stream is served);
+        ``admit_waited``: asked with the seconds a stream waited in the transport, when its
+        first message carries Envoy's ``request.time``; False refuses it the same way."""
         self._new_processor = new_processor
         self._admit = admit
+        self._admit_waited = admit_waited
         self._limits = limits or ListenerLimits()
         self._tokens = tokens
         self._tls = tls
@@ -279,7 +309,13 @@ class ExtProcServer:
             ],
         )
         pb_grpc.add_ExternalProcessorServicer_to_server(
-            _ExternalProcessor(self._new_processor, self.failure_mode, self._metrics, self._admit),
+            _ExternalProcessor(
+                self._new_processor,
+                self.failure_mode,
+                self._metrics,
+                self._admit,
+                self._admit_waited,
+            ),
             server,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
