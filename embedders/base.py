@@ -60,3 +60,29 @@ def lower_thread_priority(nice: int = EMBED_THREAD_NICE) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
     except OSError as exc:  # a sandbox may refuse it: the embedder still works
         logging.getLogger("sidecar.embedder").info("embedder thread priority unchanged: %s", exc)
+
+
+def idle_thread_priority() -> str:
+    """Run the calling thread only when a core has nothing else to run (Linux ``SCHED_IDLE``;
+    a ``ThreadPoolExecutor`` initializer for background work). Like the nice value, the policy
+    is inherited by the compute threads the runtime creates from this thread (torch's OpenMP
+    team for this thread), so a deferred vector's embedding gives way at once to the event
+    loop, the proxy and the client instead of taking a share of the cores beside them.
+    Returns what it set: ``"idle"``, or ``"nice"`` (lowest nice value) where ``SCHED_IDLE`` is
+    not available or refused, or ``"unchanged"``."""
+    log = logging.getLogger("sidecar.embedder")
+    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            return "idle"
+        except OSError as exc:
+            log.info("background embedder thread not SCHED_IDLE: %s", exc)
+    if not hasattr(os, "setpriority"):
+        return "unchanged"
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
+        return "nice"
+    except OSError as exc:
+        log.info("background embedder thread priority unchanged: %s", exc)
+        return "unchanged"

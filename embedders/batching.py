@@ -15,7 +15,9 @@ Policy (no added latency when idle):
 Two lanes. ``embed`` and ``embed_within`` are urgent (a request waits for them);
 ``embed_background`` (vectors of entries already stored) runs only while no urgent text
 waits, in batches the recent cost model expects to finish within ``background_slice``
-seconds, so an urgent text queues behind at most one short background batch.
+seconds, so an urgent text queues behind at most one short background batch. A backend with
+an ``embed_idle`` method (sentence-transformers: a thread at ``SCHED_IDLE``) runs the
+background batches there, so they only use cores nothing else wants.
 
 Overload: ``embed_within(texts, budget)`` predicts the queue wait from the work ahead (the
 running batch's remaining time plus the queued urgent texts, in estimated tokens, times the
@@ -55,6 +57,7 @@ class _Job:
     enqueued: float = 0.0
     started: bool = False  # taken into a batch: no longer queueing
     deadline: float = 0.0  # embed_within: never started after this (perf_counter seconds)
+    urgent: bool = True
 
 
 @dataclass(slots=True)
@@ -193,7 +196,11 @@ class MicroBatcher:
             self._queued_texts = self._queued_units = self._running_units = 0
             self._drainer = drainer = None
         job = _Job(
-            texts, loop.create_future(), sum(text_units(t) for t in texts), time.perf_counter()
+            texts,
+            loop.create_future(),
+            sum(text_units(t) for t in texts),
+            time.perf_counter(),
+            urgent=urgent,
         )
         if urgent:
             self._queue.append(job)
@@ -297,9 +304,14 @@ class MicroBatcher:
             first_row[j] = first_row[j - 1] + len(batch[j - 1].texts)
         out: np.ndarray | None = None
         missing = [len(job.texts) for job in batch]
+        embed = self.inner.embed
+        if not any(job.urgent for job in batch):
+            # A background batch on the backend's idle-priority thread, where it has one
+            # (embed_idle): nobody waits for it, so it takes only cores nothing else wants.
+            embed = getattr(self.inner, "embed_idle", embed)
         try:
             for group in self._groups(texts):
-                matrix = await self.inner.embed([texts[i] for i in group])
+                matrix = await embed([texts[i] for i in group])
                 if matrix.shape[0] != len(group):
                     raise EmbedderError(
                         f"embedder returned {matrix.shape[0]} vectors for {len(group)} texts"

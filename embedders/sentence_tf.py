@@ -15,7 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from embedders.base import EmbedderError, lower_thread_priority, unit_rows
+from embedders.base import (
+    EmbedderError,
+    idle_thread_priority,
+    lower_thread_priority,
+    unit_rows,
+)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -55,10 +60,20 @@ class SentenceTransformerEmbedder:
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="sidecar-embed", initializer=lower_thread_priority
         )
+        # Deferred vectors (entries already stored, nobody waiting) run on a thread of their
+        # own at SCHED_IDLE: torch gives it an OpenMP team of its own, created from it and so
+        # idle too, which only takes cores nothing else wants. The batcher never runs the two
+        # threads at once (one batch at a time), so the model is not shared concurrently.
+        self._idle_pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sidecar-embed-idle", initializer=idle_thread_priority
+        )
 
     async def start(self) -> None:
         path = resolve_model_path(self._model_name, self._model_path)
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._load, path)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._load, path)
+        # The idle thread's compute team is created now, not on the first deferred vector.
+        await loop.run_in_executor(self._idle_pool, self._encode, ["warm up"])
 
     def _load(self, path: str) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -90,5 +105,14 @@ class SentenceTransformerEmbedder:
             raise EmbedderError("embedder used before start()")
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, texts)
 
+    async def embed_idle(self, texts: Sequence[str]) -> np.ndarray:
+        """``embed`` on the idle-priority thread: for work no request waits for."""
+        if self._model is None:
+            raise EmbedderError("embedder used before start()")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._idle_pool, self._encode, texts
+        )
+
     async def close(self) -> None:
         self._pool.shutdown(wait=False)
+        self._idle_pool.shutdown(wait=False)

@@ -47,6 +47,7 @@ class GatedEmbedder:
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()  # set when a call reaches the model
         self.calls: list[list[str]] = []
+        self.idle_calls: list[list[str]] = []  # the texts of calls to embed_idle
 
     async def start(self) -> None:
         return None
@@ -56,6 +57,14 @@ class GatedEmbedder:
         self.entered.set()
         await self.gate.wait()
         matrix: np.ndarray = await self.inner.embed(texts)
+        return matrix
+
+    async def embed_idle(self, texts: Sequence[str]) -> np.ndarray:
+        self.idle_calls.append(list(texts))
+        self.calls.append(list(texts))
+        self.entered.set()
+        await self.gate.wait()
+        matrix: np.ndarray = await self.inner.embed_idle(texts)
         return matrix
 
     async def close(self) -> None:
@@ -287,6 +296,8 @@ async def test_urgent_texts_run_before_background_ones(embedder: Any) -> None:
     gated.gate.set()
     await asyncio.gather(busy, background, urgent)
     assert gated.calls == [["holding the model"], ["a lookup"], ["stored entry"]]
+    # Only the background text ran on the idle-priority lane.
+    assert gated.idle_calls == [["stored entry"]]
 
 
 async def test_an_overloaded_lookup_skips_the_semantic_layer(embedder: Any) -> None:
@@ -349,6 +360,22 @@ def test_the_model_runs_below_the_event_loop_priority(embedder: Any) -> None:
         pytest.skip("no per-thread priority on this platform")
     model_thread = embedder._pool.submit(own_nice).result()
     assert model_thread >= min(19, own_nice() + 5)
+
+
+async def test_deferred_vectors_run_at_idle_priority(embedder: Any) -> None:
+    """Vectors nobody waits for run on a thread at SCHED_IDLE (its torch threads inherit it),
+    and are the same vectors the request lane computes."""
+    import os
+
+    if not hasattr(os, "SCHED_IDLE"):
+        pytest.skip("no SCHED_IDLE on this platform")
+    idle = embedder._idle_pool.submit(os.sched_getscheduler, 0).result()
+    assert idle == os.SCHED_IDLE
+    assert embedder._pool.submit(os.sched_getscheduler, 0).result() != os.SCHED_IDLE
+    texts = ["What is the capital of France?", "How do I reset my password?"]
+    np.testing.assert_allclose(
+        await embedder.embed_idle(texts), await embedder.embed(texts), atol=1e-5
+    )
 
 
 def test_acknowledged_entries_survive_kill_9(tmp_path: Path) -> None:
