@@ -300,6 +300,20 @@ async def test_urgent_texts_run_before_background_ones(embedder: Any) -> None:
     assert gated.idle_calls == [["stored entry"]]
 
 
+async def test_background_batches_learn_their_own_cost(embedder: Any) -> None:
+    """A deferred vector on the idle lane waits for free cores: its time per token must not
+    pass for the request lane's, or lookups would be refused for a queue they do not face."""
+    gated = GatedEmbedder(embedder)
+    gated.gate.set()
+    batcher = MicroBatcher(gated, window=0.0, max_batch=8)
+    await batcher.embed(["a lookup"])
+    urgent_cost = batcher._unit_cost
+    assert urgent_cost is not None and batcher._idle_unit_cost is None
+    await batcher.embed_background(["a stored entry's question"])
+    assert gated.idle_calls == [["a stored entry's question"]]
+    assert batcher._unit_cost == urgent_cost and batcher._idle_unit_cost is not None
+
+
 async def test_an_overloaded_lookup_skips_the_semantic_layer(embedder: Any) -> None:
     gated = GatedEmbedder(embedder)
     batcher = MicroBatcher(gated, window=0.0, max_batch=1)
