@@ -62,27 +62,46 @@ def lower_thread_priority(nice: int = EMBED_THREAD_NICE) -> None:
         logging.getLogger("sidecar.embedder").info("embedder thread priority unchanged: %s", exc)
 
 
-def idle_thread_priority() -> str:
-    """Run the calling thread only when a core has nothing else to run (Linux ``SCHED_IDLE``;
-    a ``ThreadPoolExecutor`` initializer for background work). Like the nice value, the policy
-    is inherited by the compute threads the runtime creates from this thread (torch's OpenMP
-    team for this thread), so a deferred vector's embedding gives way at once to the event
-    loop, the proxy and the client instead of taking a share of the cores beside them.
-    Returns what it set: ``"idle"``, or ``"nice"`` (lowest nice value) where ``SCHED_IDLE`` is
-    not available or refused, or ``"unchanged"``."""
-    log = logging.getLogger("sidecar.embedder")
-    if hasattr(os, "sched_setscheduler") and hasattr(os, "SCHED_IDLE"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            return "idle"
-        except OSError as exc:
-            log.info("background embedder thread not SCHED_IDLE: %s", exc)
-    if not hasattr(os, "setpriority"):
-        return "unchanged"
+#: the OS name of the thread that runs background embeddings; the compute threads it creates
+#: inherit the name, which is how ``idle_compute_threads`` finds them
+IDLE_THREAD_NAME = "sidecar-embed-i"
+
+
+def name_thread(name: str) -> None:
+    """Give the calling thread an OS name (Linux, 15 bytes at most; seen in top and py-spy).
+    Threads it creates afterwards inherit the name. Elsewhere this does nothing."""
     try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, 19)
-        return "nice"
-    except OSError as exc:
-        log.info("background embedder thread priority unchanged: %s", exc)
-        return "unchanged"
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        return
+
+
+def idle_compute_threads(name: str = IDLE_THREAD_NAME) -> int:
+    """Put the threads named ``name``, except the calling one, at Linux ``SCHED_IDLE``: they
+    then run only when a core has nothing else to run, and give way at once when anything
+    else wakes. Returns how many were set.
+
+    Meant for the compute threads a runtime created from a background thread (torch's OpenMP
+    team; they inherit its name): they never hold the GIL, so starving them cannot stall the
+    event loop. The calling thread itself runs the model's Python code, holding the GIL
+    between operations: at ``SCHED_IDLE`` on busy cores it could wait long for a core while
+    holding it, and the loop with it, so it keeps its nice value. Lowering a thread's policy
+    needs no privilege."""
+    if not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self/task"):
+        return 0
+    own = threading.get_native_id()
+    done = 0
+    for entry in os.listdir("/proc/self/task"):
+        tid = int(entry)
+        if tid == own:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() != name[:15]:
+                    continue
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            done += 1
+        except OSError as exc:  # gone meanwhile, or a sandbox refuses it
+            logging.getLogger("sidecar.embedder").info("thread %d not SCHED_IDLE: %s", tid, exc)
+    return done

@@ -16,9 +16,11 @@ from typing import Any
 import numpy as np
 
 from embedders.base import (
+    IDLE_THREAD_NAME,
     EmbedderError,
-    idle_thread_priority,
+    idle_compute_threads,
     lower_thread_priority,
+    name_thread,
     unit_rows,
 )
 
@@ -48,6 +50,11 @@ def resolve_model_path(model: str, model_path: str) -> str:
     return packaged_model_path()
 
 
+def _background_thread() -> None:
+    lower_thread_priority()
+    name_thread(IDLE_THREAD_NAME)  # inherited by the compute threads it creates
+
+
 class SentenceTransformerEmbedder:
     def __init__(self, model: str = DEFAULT_MODEL, model_path: str = "") -> None:
         self._model_name = model
@@ -61,19 +68,23 @@ class SentenceTransformerEmbedder:
             max_workers=1, thread_name_prefix="sidecar-embed", initializer=lower_thread_priority
         )
         # Deferred vectors (entries already stored, nobody waiting) run on a thread of their
-        # own at SCHED_IDLE: torch gives it an OpenMP team of its own, created from it and so
-        # idle too, which only takes cores nothing else wants. The batcher never runs the two
-        # threads at once (one batch at a time), so the model is not shared concurrently.
+        # own: torch gives it an OpenMP team of its own, whose threads are put at SCHED_IDLE
+        # once created (start), so they only take cores nothing else wants. The batcher never
+        # runs the two threads at once (one batch at a time): the model is not used
+        # concurrently.
         self._idle_pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="sidecar-embed-idle", initializer=idle_thread_priority
+            max_workers=1, thread_name_prefix="sidecar-embed-idle", initializer=_background_thread
         )
+        self.idle_threads = 0  # compute threads at SCHED_IDLE
 
     async def start(self) -> None:
         path = resolve_model_path(self._model_name, self._model_path)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self._load, path)
-        # The idle thread's compute team is created now, not on the first deferred vector.
+        # The idle thread's compute team is created now (named after it), then put at
+        # SCHED_IDLE.
         await loop.run_in_executor(self._idle_pool, self._encode, ["warm up"])
+        self.idle_threads = await loop.run_in_executor(self._idle_pool, idle_compute_threads)
 
     def _load(self, path: str) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
