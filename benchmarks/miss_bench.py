@@ -103,8 +103,16 @@ def _before_tree(workdir: Path, commit: str) -> Path:
 
 
 class Stack:
-    def __init__(self, workdir: Path, before: str | None, only: Sequence[str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        before: str | None,
+        only: Sequence[str],
+        guarded: dict[str, Any] | None = None,
+    ) -> None:
+        """``guarded``: more sidecar settings for this tree's guarded sidecar (not before's)."""
         self.workdir = workdir
+        self.guarded = guarded or {}
         self.before = before
         self.only = only
         self.processes: list[ManagedProcess] = []
@@ -143,7 +151,7 @@ class Stack:
         self.processes.append(upstream)
         upstream.wait_ready(f"http://127.0.0.1:{upstream_port}/healthz", 30)
         grpc = {
-            "guarded": self._sidecar("guarded", None, rules=[str(RULES)]),
+            "guarded": self._sidecar("guarded", None, rules=[str(RULES)], **self.guarded),
             "onnx": self._sidecar("onnx", None, embedder=ONNX),
         }
         if self.before:

@@ -43,9 +43,10 @@ def thread_cpu_s(pid: int, tid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(before: str, rounds: int, seconds: float) -> dict[str, Any]:
+def run(before: str, rounds: int, seconds: float, priority: str = "") -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="miss-rounds-"))
-    stack = Stack(workdir, before, ["new-scope"])
+    guarded = {"embedder": {"background_priority": priority}} if priority else None
+    stack = Stack(workdir, before, ["new-scope"], guarded)
     tag = uuid.uuid4().hex[:6]
     rows: list[dict[str, Any]] = []
     try:
@@ -108,6 +109,7 @@ def run(before: str, rounds: int, seconds: float) -> dict[str, Any]:
         "benchmark": "miss_rounds",
         "before": before,
         "seconds": seconds,
+        "background_priority": priority or "default",
         "machine": machine(),
         "rounds": rows,
         "summary": summary,
@@ -119,9 +121,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--before", required=True, help="the commit to compare with")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=float, default=4.0, help="each measurement's length")
+    parser.add_argument(
+        "--background-priority",
+        default="",
+        help="embedder.background_priority of this tree's sidecar (default: the default)",
+    )
     parser.add_argument("--json", help="result file (default benchmarks/results/miss_rounds.json)")
     args = parser.parse_args(argv)
-    result = run(args.before, args.rounds, args.seconds)
+    result = run(args.before, args.rounds, args.seconds, args.background_priority)
     path = write_result("miss_rounds", result, args.json)
     print(result["summary"])
     print(f"wrote {path}")

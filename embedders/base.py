@@ -77,10 +77,10 @@ def name_thread(name: str) -> None:
         return
 
 
-def idle_compute_threads(name: str = IDLE_THREAD_NAME) -> int:
+def idle_compute_threads(name: str = IDLE_THREAD_NAME, include_self: bool = False) -> int:
     """Put the threads named ``name``, except the calling one, at Linux ``SCHED_IDLE``: they
     then run only when a core has nothing else to run, and give way at once when anything
-    else wakes. Returns how many were set.
+    else wakes. Returns how many were set. ``include_self``: the calling thread too.
 
     Meant for the compute threads a runtime created from a background thread (torch's OpenMP
     team; they inherit its name): they never hold the GIL, so starving them cannot stall the
@@ -94,7 +94,7 @@ def idle_compute_threads(name: str = IDLE_THREAD_NAME) -> int:
     done = 0
     for entry in os.listdir("/proc/self/task"):
         tid = int(entry)
-        if tid == own:
+        if tid == own and not include_self:
             continue
         try:
             with open(f"/proc/self/task/{tid}/comm") as f:

@@ -56,7 +56,14 @@ def _background_thread() -> None:
 
 
 class SentenceTransformerEmbedder:
-    def __init__(self, model: str = DEFAULT_MODEL, model_path: str = "") -> None:
+    def __init__(
+        self, model: str = DEFAULT_MODEL, model_path: str = "", background_priority: str = ""
+    ) -> None:
+        """``background_priority``: ``idle-compute`` (the default) or ``idle`` (the deferred
+        vectors' thread itself at SCHED_IDLE too; ``embedder.background_priority``)."""
+        if background_priority not in ("", "idle-compute", "idle"):
+            raise EmbedderError(f"unknown background priority {background_priority!r}")
+        self._idle_self = background_priority == "idle"
         self._model_name = model
         self._model_path = model_path
         self._model: Any = None
@@ -84,7 +91,9 @@ class SentenceTransformerEmbedder:
         # The idle thread's compute team is created now (named after it), then put at
         # SCHED_IDLE.
         await loop.run_in_executor(self._idle_pool, self._encode, ["warm up"])
-        self.idle_threads = await loop.run_in_executor(self._idle_pool, idle_compute_threads)
+        self.idle_threads = await loop.run_in_executor(
+            self._idle_pool, idle_compute_threads, IDLE_THREAD_NAME, self._idle_self
+        )
 
     def _load(self, path: str) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"

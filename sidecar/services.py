@@ -108,6 +108,7 @@ class Sidecar:
                     # concurrent requests share model calls (embedders/batching.py)
                     batch_window_ms=cfg.embedder.batch_window_ms,
                     max_batch=cfg.embedder.max_batch,
+                    background_priority=cfg.embedder.background_priority,
                 )
             # An embedder passed in by the caller is already started (and shared).
             if self.embedder is not None and self._owns_embedder:
