@@ -410,6 +410,35 @@ async def test_deferred_vectors_compute_at_idle_priority(embedder: Any) -> None:
     )
 
 
+async def test_the_idle_setting_puts_the_lanes_own_thread_at_idle_too() -> None:
+    """``embedder.background_priority: idle``: the thread running the model's Python code for
+    deferred vectors is at SCHED_IDLE as well (the request lane's thread is not)."""
+    import os
+
+    from embedders import build_embedder
+    from sidecar.config import EmbedderConfig
+
+    if not hasattr(os, "SCHED_IDLE"):
+        pytest.skip("no SCHED_IDLE on this platform")
+    config = EmbedderConfig.model_validate({"background_priority": "idle"})
+    model = build_embedder(
+        config.backend,
+        model=config.model,
+        max_batch=1,
+        background_priority=config.background_priority,
+    )
+    await model.start()
+    try:
+        idle_pool = model._idle_pool  # type: ignore[attr-defined]
+        assert idle_pool.submit(os.sched_getscheduler, 0).result() == os.SCHED_IDLE
+        request_pool = model._pool  # type: ignore[attr-defined]
+        assert request_pool.submit(os.sched_getscheduler, 0).result() != os.SCHED_IDLE
+    finally:
+        await model.close()
+    with pytest.raises(ValueError, match="background_priority"):
+        EmbedderConfig.model_validate({"background_priority": "realtime"})
+
+
 def threading_id() -> int:
     import threading
 
