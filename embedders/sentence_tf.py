@@ -126,7 +126,8 @@ class SentenceTransformerEmbedder:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, texts)
 
     async def embed_idle(self, texts: Sequence[str]) -> np.ndarray:
-        """``embed`` on the idle-priority thread: for work no request waits for."""
+        """``embed`` on the deferred vectors' thread (its compute threads at SCHED_IDLE): for
+        work no request waits for."""
         if self._model is None:
             raise EmbedderError("embedder used before start()")
         return await asyncio.get_running_loop().run_in_executor(
