@@ -62,9 +62,11 @@ def lower_thread_priority(nice: int = EMBED_THREAD_NICE) -> None:
         logging.getLogger("sidecar.embedder").info("embedder thread priority unchanged: %s", exc)
 
 
-#: the OS name of the thread that runs background embeddings; the compute threads it creates
-#: inherit the name, which is how ``idle_compute_threads`` finds them
-IDLE_THREAD_NAME = "sidecar-embed-i"
+def idle_thread_name(tid: int | None = None) -> str:
+    """The OS name of a thread that runs background embeddings (``tid``: its native id; the
+    calling thread's by default). The compute threads it creates inherit the name, which is
+    how ``idle_compute_threads`` finds them; the id keeps two embedders' threads apart."""
+    return f"embed-i{threading.get_native_id() if tid is None else tid}"
 
 
 def name_thread(name: str) -> None:
@@ -77,8 +79,9 @@ def name_thread(name: str) -> None:
         return
 
 
-def idle_compute_threads(name: str = IDLE_THREAD_NAME, include_self: bool = False) -> int:
-    """Put the threads named ``name``, except the calling one, at Linux ``SCHED_IDLE``: they
+def idle_compute_threads(include_self: bool = False) -> int:
+    """Put the threads named after the calling one (``idle_thread_name``: those it created
+    after ``name_thread(idle_thread_name())``), except itself, at Linux ``SCHED_IDLE``: they
     then run only when a core has nothing else to run, and give way at once when anything
     else wakes. Returns how many were set. ``include_self``: the calling thread too.
 
@@ -91,6 +94,7 @@ def idle_compute_threads(name: str = IDLE_THREAD_NAME, include_self: bool = Fals
     if not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self/task"):
         return 0
     own = threading.get_native_id()
+    name = idle_thread_name(own)
     done = 0
     for entry in os.listdir("/proc/self/task"):
         tid = int(entry)

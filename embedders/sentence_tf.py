@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from embedders.base import (
-    IDLE_THREAD_NAME,
     EmbedderError,
     idle_compute_threads,
+    idle_thread_name,
     lower_thread_priority,
     name_thread,
     unit_rows,
@@ -52,7 +52,7 @@ def resolve_model_path(model: str, model_path: str) -> str:
 
 def _background_thread() -> None:
     lower_thread_priority()
-    name_thread(IDLE_THREAD_NAME)  # inherited by the compute threads it creates
+    name_thread(idle_thread_name())  # inherited by the compute threads it creates
 
 
 class SentenceTransformerEmbedder:
@@ -92,7 +92,7 @@ class SentenceTransformerEmbedder:
         # SCHED_IDLE.
         await loop.run_in_executor(self._idle_pool, self._encode, ["warm up"])
         self.idle_threads = await loop.run_in_executor(
-            self._idle_pool, idle_compute_threads, IDLE_THREAD_NAME, self._idle_self
+            self._idle_pool, idle_compute_threads, self._idle_self
         )
 
     def _load(self, path: str) -> None:

@@ -384,7 +384,7 @@ async def test_deferred_vectors_compute_at_idle_priority(embedder: Any) -> None:
 
     import torch
 
-    from embedders.base import IDLE_THREAD_NAME
+    from embedders.base import idle_thread_name
 
     if not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self/task"):
         pytest.skip("no SCHED_IDLE on this platform")
@@ -399,7 +399,7 @@ async def test_deferred_vectors_compute_at_idle_priority(embedder: Any) -> None:
         return found
 
     master = embedder._idle_pool.submit(threading_id).result()
-    threads = named(IDLE_THREAD_NAME)
+    threads = named(idle_thread_name(master))
     assert threads.pop(master) != os.SCHED_IDLE
     if torch.get_num_threads() > 1:
         assert threads and embedder.idle_threads == len(threads)
@@ -410,9 +410,10 @@ async def test_deferred_vectors_compute_at_idle_priority(embedder: Any) -> None:
     )
 
 
-async def test_the_idle_setting_puts_the_lanes_own_thread_at_idle_too() -> None:
+async def test_the_idle_setting_puts_the_lanes_own_thread_at_idle_too(embedder: Any) -> None:
     """``embedder.background_priority: idle``: the thread running the model's Python code for
-    deferred vectors is at SCHED_IDLE as well (the request lane's thread is not)."""
+    deferred vectors is at SCHED_IDLE as well (the request lane's thread is not, nor another
+    embedder's lane in the same process)."""
     import os
 
     from embedders import build_embedder
@@ -433,6 +434,8 @@ async def test_the_idle_setting_puts_the_lanes_own_thread_at_idle_too() -> None:
         assert idle_pool.submit(os.sched_getscheduler, 0).result() == os.SCHED_IDLE
         request_pool = model._pool  # type: ignore[attr-defined]
         assert request_pool.submit(os.sched_getscheduler, 0).result() != os.SCHED_IDLE
+        other = embedder._idle_pool.submit(os.sched_getscheduler, 0).result()
+        assert other != os.SCHED_IDLE
     finally:
         await model.close()
     with pytest.raises(ValueError, match="background_priority"):
