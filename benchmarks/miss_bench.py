@@ -8,7 +8,8 @@ One Envoy in front of the fast fake provider (``benchmarks/fast_upstream.py``), 
 * ``direct``: no ext_proc (the baseline every added latency is measured against);
 * ``guarded``: a sidecar with the default input guardrails and the default embedder;
 * ``guarded-before`` (with ``--before``): the same sidecar from an earlier commit of this
-  repository (``git archive``), the code before the change, side by side in the same run;
+  repository (``git archive``), the code before the change, side by side in the same run
+  (in the new-scope scenario, each of the two is stopped while the other is measured);
 * ``onnx``: a sidecar with the ONNX Runtime int8 embedder and no guardrails, also behind a
   listener with Envoy's default ext_proc message timeout (200 ms) for the overload, which
   sends ``request.time`` (docs/envoy.md) so the sidecar sees how long streams queued.
@@ -29,12 +30,15 @@ Scenarios:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -102,8 +106,16 @@ def _before_tree(workdir: Path, commit: str) -> Path:
 
 
 class Stack:
-    def __init__(self, workdir: Path, before: str | None, only: Sequence[str]) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        before: str | None,
+        only: Sequence[str],
+        guarded: dict[str, Any] | None = None,
+    ) -> None:
+        """``guarded``: more sidecar settings for this tree's guarded sidecar (not before's)."""
         self.workdir = workdir
+        self.guarded = guarded or {}
         self.before = before
         self.only = only
         self.processes: list[ManagedProcess] = []
@@ -142,7 +154,7 @@ class Stack:
         self.processes.append(upstream)
         upstream.wait_ready(f"http://127.0.0.1:{upstream_port}/healthz", 30)
         grpc = {
-            "guarded": self._sidecar("guarded", None, rules=[str(RULES)]),
+            "guarded": self._sidecar("guarded", None, rules=[str(RULES)], **self.guarded),
             "onnx": self._sidecar("onnx", None, embedder=ONNX),
         }
         if self.before:
@@ -198,6 +210,20 @@ class Stack:
             for s in stats.get("stats", [])
             if isinstance(s.get("value"), int)
         }
+
+    @contextlib.contextmanager
+    def paused(self, names: Sequence[str]) -> Iterator[None]:
+        """The named sidecars stopped (SIGSTOP) meanwhile: a sidecar measured after another
+        must not share the cores with the other's deferred embeddings (its vector backlog
+        keeps the model busy for minutes after its own run)."""
+        stopped = [self.pids[n] for n in names if n in self.pids]
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in stopped:
+                os.kill(pid, signal.SIGCONT)
 
     def stop(self) -> None:
         for proc in reversed(self.processes):
@@ -499,11 +525,13 @@ def run(
         if "new-scope" in only:
             measure("direct 1 KB", ports["direct"], [[_post(q)] for q in big], False)
             new_scope = [[_post(q, f"new-{tag}-{i}")] for i, q in enumerate(fresh_big)]
-            for name in ("guarded", "guarded-before"):
+            pair = ("guarded", "guarded-before")
+            for name in pair:
                 if name not in stack.urls:
                     continue
                 before_counts = _sidecar_counters(stack.urls[name])
-                measure(f"{name}: miss + store 1 KB, new scope", ports[name], new_scope, True)
+                with stack.paused([n for n in pair if n != name]):
+                    measure(f"{name}: miss + store 1 KB, new scope", ports[name], new_scope, True)
                 counters[f"{name}: new scope"] = _delta(
                     _sidecar_counters(stack.urls[name]), before_counts
                 )

@@ -25,13 +25,16 @@ def build_embedder(
     onnx_cache_dir: str = "",
     batch_window_ms: float = 0.0,
     max_batch: int = 1,
+    background_priority: str = "idle-compute",
 ) -> Embedder:
     """The configured backend; behind a micro-batcher when ``max_batch`` is above 1."""
     inner: Embedder
     if backend == "sentence-transformers":
         from embedders.sentence_tf import SentenceTransformerEmbedder
 
-        inner = SentenceTransformerEmbedder(model=model, model_path=model_path)
+        inner = SentenceTransformerEmbedder(
+            model=model, model_path=model_path, background_priority=background_priority
+        )
     elif backend == "onnx":
         from embedders.onnx_embedder import OnnxEmbedder
 

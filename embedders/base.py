@@ -60,3 +60,52 @@ def lower_thread_priority(nice: int = EMBED_THREAD_NICE) -> None:
         os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + nice)
     except OSError as exc:  # a sandbox may refuse it: the embedder still works
         logging.getLogger("sidecar.embedder").info("embedder thread priority unchanged: %s", exc)
+
+
+def idle_thread_name(tid: int | None = None) -> str:
+    """The OS name of a thread that runs background embeddings (``tid``: its native id; the
+    calling thread's by default). The compute threads it creates inherit the name, which is
+    how ``idle_compute_threads`` finds them; the id keeps two embedders' threads apart."""
+    return f"embed-i{threading.get_native_id() if tid is None else tid}"
+
+
+def name_thread(name: str) -> None:
+    """Give the calling thread an OS name (Linux, 15 bytes at most; seen in top and py-spy).
+    Threads it creates afterwards inherit the name. Elsewhere this does nothing."""
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as f:
+            f.write(name[:15])
+    except OSError:
+        return
+
+
+def idle_compute_threads(include_self: bool = False) -> int:
+    """Put the threads named after the calling one (``idle_thread_name``: those it created
+    after ``name_thread(idle_thread_name())``), except itself, at Linux ``SCHED_IDLE``: they
+    then run only when a core has nothing else to run, and give way at once when anything
+    else wakes. Returns how many were set. ``include_self``: the calling thread too.
+
+    Meant for the compute threads a runtime created from a background thread (torch's OpenMP
+    team; they inherit its name): they never hold the GIL, so starving them cannot stall the
+    event loop. The calling thread itself runs the model's Python code, holding the GIL
+    between operations: at ``SCHED_IDLE`` on busy cores it could wait long for a core while
+    holding it, and the loop with it, so it keeps its nice value. Lowering a thread's policy
+    needs no privilege."""
+    if not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self/task"):
+        return 0
+    own = threading.get_native_id()
+    name = idle_thread_name(own)
+    done = 0
+    for entry in os.listdir("/proc/self/task"):
+        tid = int(entry)
+        if tid == own and not include_self:
+            continue
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() != name[:15]:
+                    continue
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            done += 1
+        except OSError as exc:  # gone meanwhile, or a sandbox refuses it
+            logging.getLogger("sidecar.embedder").info("thread %d not SCHED_IDLE: %s", tid, exc)
+    return done

@@ -15,7 +15,10 @@ Policy (no added latency when idle):
 Two lanes. ``embed`` and ``embed_within`` are urgent (a request waits for them);
 ``embed_background`` (vectors of entries already stored) runs only while no urgent text
 waits, in batches the recent cost model expects to finish within ``background_slice``
-seconds, so an urgent text queues behind at most one short background batch.
+seconds, so an urgent text queues behind at most one short background batch. A backend with
+an ``embed_idle`` method (sentence-transformers: a thread of its own whose compute threads
+run at ``SCHED_IDLE``) runs the background batches there, so they take cores only when
+nothing else wants them.
 
 Overload: ``embed_within(texts, budget)`` predicts the queue wait from the work ahead (the
 running batch's remaining time plus the queued urgent texts, in estimated tokens, times the
@@ -29,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +58,7 @@ class _Job:
     enqueued: float = 0.0
     started: bool = False  # taken into a batch: no longer queueing
     deadline: float = 0.0  # embed_within: never started after this (perf_counter seconds)
+    urgent: bool = True
 
 
 @dataclass(slots=True)
@@ -97,7 +101,11 @@ class MicroBatcher:
         self._queued_texts = 0  # urgent texts queued
         self._queued_units = 0  # urgent estimated tokens queued
         self._unit_cost: float | None = None  # seconds per estimated token, recent batches
+        # ... of background batches run on the backend's idle lane (embed_idle), learnt apart:
+        # on busy cores they wait for the CPU, which an urgent batch does not
+        self._idle_unit_cost: float | None = None
         self._running_units = 0
+        self._running_idle = False  # the running batch is on the idle lane
         self._running_since = 0.0
         self._drainer: asyncio.Task[None] | None = None
         self._full: asyncio.Future[None] | None = None  # set when the queue reaches max_batch
@@ -145,13 +153,16 @@ class MicroBatcher:
     def predicted_wait(self) -> float:
         """Seconds a new urgent text would queue: the running batch's remaining time plus the
         queued urgent work, at the recent cost per token (0 until a batch has been timed)."""
-        cost = self._unit_cost
-        if cost is None:
+        # A background batch on the idle lane runs at its own (slower on busy cores) cost;
+        # either estimate stands in for the other until that one has been timed.
+        cost = self._unit_cost or self._idle_unit_cost
+        running_cost = (self._idle_unit_cost or cost) if self._running_idle else cost
+        if cost is None or running_cost is None:
             return 0.0
         remaining = 0.0
         if self._running_units:
             elapsed = time.perf_counter() - self._running_since
-            remaining = max(0.0, self._running_units * cost - elapsed)
+            remaining = max(0.0, self._running_units * running_cost - elapsed)
         return remaining + self._queued_units * cost
 
     async def embed_within(self, texts: Sequence[str], budget: float) -> np.ndarray:
@@ -193,7 +204,11 @@ class MicroBatcher:
             self._queued_texts = self._queued_units = self._running_units = 0
             self._drainer = drainer = None
         job = _Job(
-            texts, loop.create_future(), sum(text_units(t) for t in texts), time.perf_counter()
+            texts,
+            loop.create_future(),
+            sum(text_units(t) for t in texts),
+            time.perf_counter(),
+            urgent=urgent,
         )
         if urgent:
             self._queue.append(job)
@@ -244,7 +259,8 @@ class MicroBatcher:
         """Background work sized so an urgent text arriving meanwhile waits one short batch."""
         batch: list[_Job] = []
         size = units = 0
-        cost = self._unit_cost
+        idle_cost = self._idle_unit_cost if self._background_lane() is not None else None
+        cost = idle_cost or self._unit_cost
         while self._background:
             job = self._background[0]
             over_time = cost is not None and (units + job.units) * cost > self.background_slice
@@ -290,7 +306,14 @@ class MicroBatcher:
         self.stats.texts += len(texts)
         self.stats.largest_batch = max(self.stats.largest_batch, len(texts))
         units = sum(job.units for job in batch)
+        embed: Callable[[Sequence[str]], Awaitable[np.ndarray]] = self.inner.embed
+        idle = None if any(job.urgent for job in batch) else self._background_lane()
+        if idle is not None:
+            # A background batch on the backend's idle-priority lane: nobody waits for it, so
+            # it takes only cores nothing else wants.
+            embed = idle
         self._running_units, self._running_since = units, time.perf_counter()
+        self._running_idle = idle is not None
         owner = [j for j, job in enumerate(batch) for _ in job.texts]
         first_row = [0] * len(batch)
         for j in range(1, len(batch)):
@@ -299,7 +322,7 @@ class MicroBatcher:
         missing = [len(job.texts) for job in batch]
         try:
             for group in self._groups(texts):
-                matrix = await self.inner.embed([texts[i] for i in group])
+                matrix = await embed([texts[i] for i in group])
                 if matrix.shape[0] != len(group):
                     raise EmbedderError(
                         f"embedder returned {matrix.shape[0]} vectors for {len(group)} texts"
@@ -324,10 +347,21 @@ class MicroBatcher:
         else:
             if units:
                 per_unit = (time.perf_counter() - self._running_since) / units
-                old = self._unit_cost
-                self._unit_cost = per_unit if old is None else old + _COST_WEIGHT * (per_unit - old)
+                old = self._idle_unit_cost if idle is not None else self._unit_cost
+                new = per_unit if old is None else old + _COST_WEIGHT * (per_unit - old)
+                if idle is not None:
+                    self._idle_unit_cost = new
+                else:
+                    self._unit_cost = new
         finally:
             self._running_units = 0
+            self._running_idle = False
+
+    def _background_lane(self) -> Callable[[Sequence[str]], Awaitable[np.ndarray]] | None:
+        """The backend's idle-priority ``embed_idle``, when it has one."""
+        lane: Callable[[Sequence[str]], Awaitable[np.ndarray]] | None
+        lane = getattr(self.inner, "embed_idle", None)
+        return lane
 
     def _groups(self, texts: list[str]) -> list[list[int]]:
         if not self.split_by_length or len(texts) < 2:

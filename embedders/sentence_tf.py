@@ -15,7 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from embedders.base import EmbedderError, lower_thread_priority, unit_rows
+from embedders.base import (
+    EmbedderError,
+    idle_compute_threads,
+    idle_thread_name,
+    lower_thread_priority,
+    name_thread,
+    unit_rows,
+)
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -43,8 +50,20 @@ def resolve_model_path(model: str, model_path: str) -> str:
     return packaged_model_path()
 
 
+def _background_thread() -> None:
+    lower_thread_priority()
+    name_thread(idle_thread_name())  # inherited by the compute threads it creates
+
+
 class SentenceTransformerEmbedder:
-    def __init__(self, model: str = DEFAULT_MODEL, model_path: str = "") -> None:
+    def __init__(
+        self, model: str = DEFAULT_MODEL, model_path: str = "", background_priority: str = ""
+    ) -> None:
+        """``background_priority``: ``idle-compute`` (the default) or ``idle`` (the deferred
+        vectors' thread itself at SCHED_IDLE too; ``embedder.background_priority``)."""
+        if background_priority not in ("", "idle-compute", "idle"):
+            raise EmbedderError(f"unknown background priority {background_priority!r}")
+        self._idle_self = background_priority == "idle"
         self._model_name = model
         self._model_path = model_path
         self._model: Any = None
@@ -55,10 +74,26 @@ class SentenceTransformerEmbedder:
         self._pool = ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="sidecar-embed", initializer=lower_thread_priority
         )
+        # Deferred vectors (entries already stored, nobody waiting) run on a thread of their
+        # own: torch gives it an OpenMP team of its own, whose threads are put at SCHED_IDLE
+        # once created (start), so they only take cores nothing else wants. The batcher never
+        # runs the two threads at once (one batch at a time): the model is not used
+        # concurrently.
+        self._idle_pool = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="sidecar-embed-idle", initializer=_background_thread
+        )
+        self.idle_threads = 0  # compute threads at SCHED_IDLE
 
     async def start(self) -> None:
         path = resolve_model_path(self._model_name, self._model_path)
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._load, path)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._pool, self._load, path)
+        # The idle thread's compute team is created now (named after it), then put at
+        # SCHED_IDLE.
+        await loop.run_in_executor(self._idle_pool, self._encode, ["warm up"])
+        self.idle_threads = await loop.run_in_executor(
+            self._idle_pool, idle_compute_threads, self._idle_self
+        )
 
     def _load(self, path: str) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -90,5 +125,15 @@ class SentenceTransformerEmbedder:
             raise EmbedderError("embedder used before start()")
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, texts)
 
+    async def embed_idle(self, texts: Sequence[str]) -> np.ndarray:
+        """``embed`` on the deferred vectors' thread (its compute threads at SCHED_IDLE): for
+        work no request waits for."""
+        if self._model is None:
+            raise EmbedderError("embedder used before start()")
+        return await asyncio.get_running_loop().run_in_executor(
+            self._idle_pool, self._encode, texts
+        )
+
     async def close(self) -> None:
         self._pool.shutdown(wait=False)
+        self._idle_pool.shutdown(wait=False)

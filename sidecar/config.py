@@ -396,6 +396,11 @@ class EmbedderConfig(_Section):
     #: layer at once (same reason, counted in sidecar_overload_shed_total), so a burst never
     #: piles up requests on the event loop (docs/overload.md)
     max_inflight_lookups: int = Field(64, ge=1, le=100_000)
+    #: sentence-transformers: the deferred vectors' lane (docs/overload.md). ``idle-compute``:
+    #: its compute threads at SCHED_IDLE, the thread holding the GIL at the model's nice value;
+    #: ``idle``: that thread too (less interference with requests, but on cores kept busy by
+    #: other work it can hold the GIL, and the event loop with it, until a core is free)
+    background_priority: Literal["idle-compute", "idle"] = "idle-compute"
 
 
 class GuardrailsConfig(_Section):

@@ -49,6 +49,7 @@ def embedder_from_config(cfg: EmbedderConfig) -> Embedder:
         # concurrent requests share model calls (embedders/batching.py)
         batch_window_ms=cfg.batch_window_ms,
         max_batch=cfg.max_batch,
+        background_priority=cfg.background_priority,
     )
 
 

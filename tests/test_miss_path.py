@@ -47,6 +47,7 @@ class GatedEmbedder:
         self.gate = asyncio.Event()
         self.entered = asyncio.Event()  # set when a call reaches the model
         self.calls: list[list[str]] = []
+        self.idle_calls: list[list[str]] = []  # the texts of calls to embed_idle
 
     async def start(self) -> None:
         return None
@@ -56,6 +57,14 @@ class GatedEmbedder:
         self.entered.set()
         await self.gate.wait()
         matrix: np.ndarray = await self.inner.embed(texts)
+        return matrix
+
+    async def embed_idle(self, texts: Sequence[str]) -> np.ndarray:
+        self.idle_calls.append(list(texts))
+        self.calls.append(list(texts))
+        self.entered.set()
+        await self.gate.wait()
+        matrix: np.ndarray = await self.inner.embed_idle(texts)
         return matrix
 
     async def close(self) -> None:
@@ -287,6 +296,22 @@ async def test_urgent_texts_run_before_background_ones(embedder: Any) -> None:
     gated.gate.set()
     await asyncio.gather(busy, background, urgent)
     assert gated.calls == [["holding the model"], ["a lookup"], ["stored entry"]]
+    # Only the background text ran on the idle-priority lane.
+    assert gated.idle_calls == [["stored entry"]]
+
+
+async def test_background_batches_learn_their_own_cost(embedder: Any) -> None:
+    """A deferred vector on the idle lane waits for free cores: its time per token must not
+    pass for the request lane's, or lookups would be refused for a queue they do not face."""
+    gated = GatedEmbedder(embedder)
+    gated.gate.set()
+    batcher = MicroBatcher(gated, window=0.0, max_batch=8)
+    await batcher.embed(["a lookup"])
+    urgent_cost = batcher._unit_cost
+    assert urgent_cost is not None and batcher._idle_unit_cost is None
+    await batcher.embed_background(["a stored entry's question"])
+    assert gated.idle_calls == [["a stored entry's question"]]
+    assert batcher._unit_cost == urgent_cost and batcher._idle_unit_cost is not None
 
 
 async def test_an_overloaded_lookup_skips_the_semantic_layer(embedder: Any) -> None:
@@ -349,6 +374,78 @@ def test_the_model_runs_below_the_event_loop_priority(embedder: Any) -> None:
         pytest.skip("no per-thread priority on this platform")
     model_thread = embedder._pool.submit(own_nice).result()
     assert model_thread >= min(19, own_nice() + 5)
+
+
+async def test_deferred_vectors_compute_at_idle_priority(embedder: Any) -> None:
+    """Vectors nobody waits for run on a thread of their own whose compute threads (torch's
+    team, created from it) are at SCHED_IDLE, while that thread, which holds the GIL between
+    operations, keeps the model's nice value; they are the vectors the request lane computes."""
+    import os
+
+    import torch
+
+    from embedders.base import idle_thread_name
+
+    if not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self/task"):
+        pytest.skip("no SCHED_IDLE on this platform")
+
+    def named(name: str) -> dict[int, int]:
+        """Policy by thread id, for this process's threads called ``name``."""
+        found = {}
+        for entry in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{entry}/comm") as f:
+                if f.read().strip() == name:
+                    found[int(entry)] = os.sched_getscheduler(int(entry))
+        return found
+
+    master = embedder._idle_pool.submit(threading_id).result()
+    threads = named(idle_thread_name(master))
+    assert threads.pop(master) != os.SCHED_IDLE
+    if torch.get_num_threads() > 1:
+        assert threads and embedder.idle_threads == len(threads)
+    assert all(policy == os.SCHED_IDLE for policy in threads.values())
+    texts = ["What is the capital of France?", "How do I reset my password?"]
+    np.testing.assert_allclose(
+        await embedder.embed_idle(texts), await embedder.embed(texts), atol=1e-5
+    )
+
+
+async def test_the_idle_setting_puts_the_lanes_own_thread_at_idle_too(embedder: Any) -> None:
+    """``embedder.background_priority: idle``: the thread running the model's Python code for
+    deferred vectors is at SCHED_IDLE as well (the request lane's thread is not, nor another
+    embedder's lane in the same process)."""
+    import os
+
+    from embedders import build_embedder
+    from sidecar.config import EmbedderConfig
+
+    if not hasattr(os, "SCHED_IDLE"):
+        pytest.skip("no SCHED_IDLE on this platform")
+    config = EmbedderConfig.model_validate({"background_priority": "idle"})
+    model = build_embedder(
+        config.backend,
+        model=config.model,
+        max_batch=1,
+        background_priority=config.background_priority,
+    )
+    await model.start()
+    try:
+        idle_pool = model._idle_pool  # type: ignore[attr-defined]
+        assert idle_pool.submit(os.sched_getscheduler, 0).result() == os.SCHED_IDLE
+        request_pool = model._pool  # type: ignore[attr-defined]
+        assert request_pool.submit(os.sched_getscheduler, 0).result() != os.SCHED_IDLE
+        other = embedder._idle_pool.submit(os.sched_getscheduler, 0).result()
+        assert other != os.SCHED_IDLE
+    finally:
+        await model.close()
+    with pytest.raises(ValueError, match="background_priority"):
+        EmbedderConfig.model_validate({"background_priority": "realtime"})
+
+
+def threading_id() -> int:
+    import threading
+
+    return threading.get_native_id()
 
 
 def test_acknowledged_entries_survive_kill_9(tmp_path: Path) -> None:
