@@ -25,7 +25,7 @@ def build_embedder(
     onnx_cache_dir: str = "",
     batch_window_ms: float = 0.0,
     max_batch: int = 1,
-    background_priority: str = "idle-compute",
+    background_priority: str = "normal",
 ) -> Embedder:
     """The configured backend; behind a micro-batcher when ``max_batch`` is above 1."""
     inner: Embedder

@@ -59,9 +59,11 @@ class SentenceTransformerEmbedder:
     def __init__(
         self, model: str = DEFAULT_MODEL, model_path: str = "", background_priority: str = ""
     ) -> None:
-        """``background_priority``: ``idle-compute`` (the default) or ``idle`` (the deferred
-        vectors' thread itself at SCHED_IDLE too; ``embedder.background_priority``)."""
-        if background_priority not in ("", "idle-compute", "idle"):
+        """``background_priority`` (``embedder.background_priority``): ``normal`` (the
+        default, also ``""``: deferred vectors on the request lane's thread), ``idle-compute``
+        (a lane of their own whose compute threads run at SCHED_IDLE) or ``idle`` (that
+        lane's thread at SCHED_IDLE too)."""
+        if background_priority not in ("", "normal", "idle-compute", "idle"):
             raise EmbedderError(f"unknown background priority {background_priority!r}")
         self._idle_self = background_priority == "idle"
         self._model_name = model
@@ -79,8 +81,17 @@ class SentenceTransformerEmbedder:
         # once created (start), so they only take cores nothing else wants. The batcher never
         # runs the two threads at once (one batch at a time): the model is not used
         # concurrently.
-        self._idle_pool = ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="sidecar-embed-idle", initializer=_background_thread
+        # Not by default: while other processes keep every core busy, SCHED_IDLE threads get
+        # none, the batch they hold never ends, and lookups queued behind it are skipped (seen
+        # in CI beside a CPU-bound job: a paraphrase missed because its lookup waited).
+        self._idle_pool = (
+            ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="sidecar-embed-idle",
+                initializer=_background_thread,
+            )
+            if background_priority in ("idle-compute", "idle")
+            else None
         )
         self.idle_threads = 0  # compute threads at SCHED_IDLE
 
@@ -88,12 +99,13 @@ class SentenceTransformerEmbedder:
         path = resolve_model_path(self._model_name, self._model_path)
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._pool, self._load, path)
-        # The idle thread's compute team is created now (named after it), then put at
-        # SCHED_IDLE.
-        await loop.run_in_executor(self._idle_pool, self._encode, ["warm up"])
-        self.idle_threads = await loop.run_in_executor(
-            self._idle_pool, idle_compute_threads, self._idle_self
-        )
+        if self._idle_pool is not None:
+            # The idle thread's compute team is created now (named after it), then put at
+            # SCHED_IDLE.
+            await loop.run_in_executor(self._idle_pool, self._encode, ["warm up"])
+            self.idle_threads = await loop.run_in_executor(
+                self._idle_pool, idle_compute_threads, self._idle_self
+            )
 
     def _load(self, path: str) -> None:
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -126,14 +138,15 @@ class SentenceTransformerEmbedder:
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._encode, texts)
 
     async def embed_idle(self, texts: Sequence[str]) -> np.ndarray:
-        """``embed`` on the deferred vectors' thread (its compute threads at SCHED_IDLE): for
-        work no request waits for."""
+        """``embed`` on the deferred vectors' lane (its compute threads at SCHED_IDLE, or the
+        request lane with ``background_priority: normal``): for work no request waits for."""
         if self._model is None:
             raise EmbedderError("embedder used before start()")
         return await asyncio.get_running_loop().run_in_executor(
-            self._idle_pool, self._encode, texts
+            self._idle_pool or self._pool, self._encode, texts
         )
 
     async def close(self) -> None:
         self._pool.shutdown(wait=False)
-        self._idle_pool.shutdown(wait=False)
+        if self._idle_pool is not None:
+            self._idle_pool.shutdown(wait=False)

@@ -396,11 +396,12 @@ class EmbedderConfig(_Section):
     #: layer at once (same reason, counted in sidecar_overload_shed_total), so a burst never
     #: piles up requests on the event loop (docs/overload.md)
     max_inflight_lookups: int = Field(64, ge=1, le=100_000)
-    #: sentence-transformers: the deferred vectors' lane (docs/overload.md). ``idle-compute``:
-    #: its compute threads at SCHED_IDLE, the thread holding the GIL at the model's nice value;
-    #: ``idle``: that thread too (less interference with requests, but on cores kept busy by
-    #: other work it can hold the GIL, and the event loop with it, until a core is free)
-    background_priority: Literal["idle-compute", "idle"] = "idle-compute"
+    #: sentence-transformers: the deferred vectors' lane (docs/overload.md). ``normal``: the
+    #: request lane's thread (nice +5); ``idle-compute``: a lane whose compute threads run at
+    #: SCHED_IDLE; ``idle``: its GIL-holding thread too. The idle lanes interfere less with
+    #: requests on spare cores, but starve while other work keeps every core busy, and a
+    #: lookup waits behind the batch they hold
+    background_priority: Literal["normal", "idle-compute", "idle"] = "normal"
 
 
 class GuardrailsConfig(_Section):

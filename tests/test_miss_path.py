@@ -376,38 +376,51 @@ def test_the_model_runs_below_the_event_loop_priority(embedder: Any) -> None:
     assert model_thread >= min(19, own_nice() + 5)
 
 
-async def test_deferred_vectors_compute_at_idle_priority(embedder: Any) -> None:
-    """Vectors nobody waits for run on a thread of their own whose compute threads (torch's
-    team, created from it) are at SCHED_IDLE, while that thread, which holds the GIL between
-    operations, keeps the model's nice value; they are the vectors the request lane computes."""
+async def test_deferred_vectors_compute_at_idle_priority() -> None:
+    """``embedder.background_priority: idle-compute``: vectors nobody waits for run on a thread
+    of their own whose compute threads (torch's team, created from it) are at SCHED_IDLE, while
+    that thread, which holds the GIL between operations, keeps the model's nice value; they are
+    the vectors the request lane computes."""
     import os
 
     import torch
 
+    from embedders import build_embedder
     from embedders.base import idle_thread_name
+    from sidecar.config import EmbedderConfig
 
     if not hasattr(os, "SCHED_IDLE") or not os.path.isdir("/proc/self/task"):
         pytest.skip("no SCHED_IDLE on this platform")
-
-    def named(name: str) -> dict[int, int]:
-        """Policy by thread id, for this process's threads called ``name``."""
-        found = {}
-        for entry in os.listdir("/proc/self/task"):
-            with open(f"/proc/self/task/{entry}/comm") as f:
-                if f.read().strip() == name:
-                    found[int(entry)] = os.sched_getscheduler(int(entry))
-        return found
-
-    master = embedder._idle_pool.submit(threading_id).result()
-    threads = named(idle_thread_name(master))
-    assert threads.pop(master) != os.SCHED_IDLE
-    if torch.get_num_threads() > 1:
-        assert threads and embedder.idle_threads == len(threads)
-    assert all(policy == os.SCHED_IDLE for policy in threads.values())
-    texts = ["What is the capital of France?", "How do I reset my password?"]
-    np.testing.assert_allclose(
-        await embedder.embed_idle(texts), await embedder.embed(texts), atol=1e-5
+    embedder: Any = build_embedder(
+        "sentence-transformers",
+        model=EmbedderConfig().model,
+        max_batch=1,
+        background_priority="idle-compute",
     )
+    await embedder.start()
+    try:
+
+        def named(name: str) -> dict[int, int]:
+            """Policy by thread id, for this process's threads called ``name``."""
+            found = {}
+            for entry in os.listdir("/proc/self/task"):
+                with open(f"/proc/self/task/{entry}/comm") as f:
+                    if f.read().strip() == name:
+                        found[int(entry)] = os.sched_getscheduler(int(entry))
+            return found
+
+        master = embedder._idle_pool.submit(threading_id).result()
+        threads = named(idle_thread_name(master))
+        assert threads.pop(master) != os.SCHED_IDLE
+        if torch.get_num_threads() > 1:
+            assert threads and embedder.idle_threads == len(threads)
+        assert all(policy == os.SCHED_IDLE for policy in threads.values())
+        texts = ["What is the capital of France?", "How do I reset my password?"]
+        np.testing.assert_allclose(
+            await embedder.embed_idle(texts), await embedder.embed(texts), atol=1e-5
+        )
+    finally:
+        await embedder.close()
 
 
 async def test_the_idle_setting_puts_the_lanes_own_thread_at_idle_too(embedder: Any) -> None:
@@ -434,8 +447,9 @@ async def test_the_idle_setting_puts_the_lanes_own_thread_at_idle_too(embedder: 
         assert idle_pool.submit(os.sched_getscheduler, 0).result() == os.SCHED_IDLE
         request_pool = model._pool  # type: ignore[attr-defined]
         assert request_pool.submit(os.sched_getscheduler, 0).result() != os.SCHED_IDLE
-        other = embedder._idle_pool.submit(os.sched_getscheduler, 0).result()
+        other = embedder._pool.submit(os.sched_getscheduler, 0).result()
         assert other != os.SCHED_IDLE
+        assert embedder._idle_pool is None  # the default lane: background on the request one
     finally:
         await model.close()
     with pytest.raises(ValueError, match="background_priority"):
