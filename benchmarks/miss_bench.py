@@ -546,9 +546,16 @@ def run(
             populated, overload_pool = fresh[:n_fresh], fresh[n_fresh:]
             measure("direct", ports["direct"], [[_post(q)] for q in seeds], False)
             before_counts = _sidecar_counters(onnx_url)
-            measure(
-                "onnx: miss, populated scope", ports["onnx"], [[_post(q)] for q in populated], True
-            )
+            # The guarded sidecars' deferred torch vectors (thousands after the new-scope runs)
+            # and the other ONNX sidecar must not share the cores with the one measured.
+            others = ["guarded", "guarded-before", "onnx-before"]
+            with stack.paused(others):
+                measure(
+                    "onnx: miss, populated scope",
+                    ports["onnx"],
+                    [[_post(q)] for q in populated],
+                    True,
+                )
             counters["onnx: populated scope"] = _delta(_sidecar_counters(onnx_url), before_counts)
 
             # 3. overload at 4x the sustainable miss rate, exact hits beside it.
@@ -568,11 +575,14 @@ def run(
             for name in names:
                 # distinct per run even when the pool repeats: a number and the name in front
                 misses = [[_post(f"{i} {name}: {q}")] for i, q in enumerate(over_pool)]
-                results.update(
-                    _overload(
-                        stack, name, misses, exact, offered, overload_s, workdir, counters, profile
-                    )
-                )
+                idle = [n for n in ("guarded", "guarded-before", *names) if n != name]
+                with stack.paused(idle):
+                    results.update(
+                        _overload(
+                            stack, name, misses, exact, offered, overload_s, workdir, counters,
+                            profile,
+                        )
+                    )  # fmt: skip
                 counters[label(name, "overload")].update(
                     {"offered_rps": round(offered, 1), "sustainable_rps": sustainable}
                 )
