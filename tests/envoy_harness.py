@@ -7,15 +7,19 @@ and every process is stopped by its own PID.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import threading
-from collections.abc import Callable, Coroutine
+import time
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+import pytest
 import yaml
+from fakes.upstream import FakeLLMUpstream
 
 from sidecar.demo.envoy import (
     ExtProcListener,
@@ -220,3 +224,59 @@ class EnvoyStack:
         if self.envoy is not None:
             parts.append(f"--- envoy\n{self.envoy.log_tail(40)}")
         return "\n".join(parts)
+
+
+#: one Envoy, one sidecar and the fake provider behind them (``overload_stack``)
+OverloadStack = tuple[EnvoyStack, SidecarProcess, FakeLLMUpstream]
+
+
+@contextlib.contextmanager
+def overload_stack(
+    workdir: Path, name: str, server: dict[str, Any], listeners: dict[str, dict[str, Any]]
+) -> Iterator[OverloadStack]:
+    """The overload tests' stack: an exact-only in-memory sidecar called ``name`` with the
+    ``server`` settings (its shedding and refusal marks) over the harness defaults, one
+    Envoy listener per entry of ``listeners`` (``add_listener``'s options), the fake
+    provider upstream. Skips the test where Envoy is not available."""
+    reason = envoy_available()
+    if reason is not None:
+        pytest.skip(f"Envoy unavailable: {reason}")
+    upstream = FakeLLMUpstream().start()
+    env = EnvoyStack(workdir, upstream.port)
+    sidecar = env.add_sidecar(
+        name,
+        {
+            "server": server,
+            "cache": {"data_dir": ":memory:", "default_cache_key": "e2e", "vector_store": "none"},
+        },
+    )
+    for listener, options in listeners.items():
+        env.add_listener(listener, sidecar.grpc_port, **options)
+    try:
+        env.start()
+        yield env, sidecar, upstream
+    finally:
+        env.stop()
+        upstream.stop()
+
+
+def assert_refused_streams_reach_the_provider(
+    env: EnvoyStack, listener: str, sidecar: SidecarProcess, upstream: FakeLLMUpstream, body: Any
+) -> None:
+    """Through ``listener`` once the sidecar refuses streams (a bounded wait for the first
+    refusal): two more requests are answered by the provider without the sidecar (no cache
+    status, even for a request the cache may hold), each refusal counted."""
+    path = "/v1/chat/completions"
+    deadline = time.monotonic() + 30
+    with httpx.Client(base_url=env.url(listener), timeout=30) as client:
+        while sidecar.shed_total("extproc_stream") == 0:
+            assert time.monotonic() < deadline, env.logs()
+            assert client.post(path, json=body).status_code == 200
+        before, calls = sidecar.shed_total("extproc_stream"), upstream.count()
+        answers = [client.post(path, json=body) for _ in range(2)]
+    for answer in answers:
+        assert answer.status_code == 200, env.logs()
+        assert answer.json()["choices"][0]["message"]["content"]  # the provider's answer
+        assert "x-bf-cache-status" not in answer.headers  # the sidecar never saw it
+    assert upstream.count() == calls + 2
+    assert sidecar.shed_total("extproc_stream") == before + 2

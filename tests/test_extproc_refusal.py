@@ -10,23 +10,22 @@ the first five probes is refused. No timing is asserted.
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Iterator
 
 import grpc
-import httpx
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from envoy_harness import EnvoyStack, SidecarProcess, envoy_available
+from envoy_harness import (
+    OverloadStack,
+    assert_refused_streams_reach_the_provider,
+    overload_stack,
+)
 from extproc_scenarios import chat
-from fakes.upstream import FakeLLMUpstream
 from test_extproc_limits import channel
 
 from sidecar.metrics import Metrics
 from sidecar.overload import SUSTAINED_PROBES, LoadGovernor
 from sidecar.transports.extproc import ExtProcServer, FailureMode, PassThroughProcessor
-
-CHAT = "/v1/chat/completions"
 
 
 def shed_count(metrics: Metrics, work: str) -> float:
@@ -131,49 +130,22 @@ async def test_fail_closed_refusal_answers_resource_exhausted() -> None:
             assert "refuse_streams_lag_ms" in (await call.details() or "")
 
 
-Refusing = tuple[EnvoyStack, SidecarProcess, FakeLLMUpstream]
-
-
 @pytest.fixture(scope="module")
-def refusing_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Refusing]:
-    reason = envoy_available()
-    if reason is not None:
-        pytest.skip(f"Envoy unavailable: {reason}")
-    upstream = FakeLLMUpstream().start()
-    env = EnvoyStack(tmp_path_factory.mktemp("refusal-envoy"), upstream.port)
-    sidecar = env.add_sidecar(
+def refusing_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OverloadStack]:
+    with overload_stack(
+        tmp_path_factory.mktemp("refusal-envoy"),
         "refusing",
-        {
-            "server": {"event_loop": "asyncio", "refuse_streams_lag_ms": 0.001},
-            "cache": {"data_dir": ":memory:", "default_cache_key": "e2e", "vector_store": "none"},
-        },
-    )
-    # failure_mode_allow false: a cleanly closed stream passes even where Envoy's errors do not
-    env.add_listener("refusing", sidecar.grpc_port)
-    try:
-        env.start()
-        yield env, sidecar, upstream
-    finally:
-        env.stop()
-        upstream.stop()
+        {"event_loop": "asyncio", "refuse_streams_lag_ms": 0.001},
+        # failure_mode_allow false: a cleanly closed stream passes where Envoy's errors do not
+        {"refusing": {}},
+    ) as stack:
+        yield stack
 
 
 def test_a_refused_stream_lets_envoy_forward_the_request_uncached(
-    refusing_stack: Refusing,
+    refusing_stack: OverloadStack,
 ) -> None:
     env, sidecar, upstream = refusing_stack
     body = chat("Which planet is known as the red planet?")
-    deadline = time.monotonic() + 30
-    with httpx.Client(base_url=env.url("refusing"), timeout=30) as client:
-        # Bounded wait until the governor has seen five late probes: refusal is on.
-        while sidecar.shed_total("extproc_stream") == 0:
-            assert time.monotonic() < deadline, env.logs()
-            assert client.post(CHAT, json=body).status_code == 200
-        before, calls = sidecar.shed_total("extproc_stream"), upstream.count()
-        answers = [client.post(CHAT, json=body) for _ in range(2)]
-    for answer in answers:
-        assert answer.status_code == 200, env.logs()
-        assert answer.json()["choices"][0]["message"]["content"]  # the provider's answer
-        assert "x-bf-cache-status" not in answer.headers  # the sidecar never saw it
-    assert upstream.count() == calls + 2
-    assert sidecar.shed_total("extproc_stream") == before + 2
+    # The governor refuses once it has seen five late probes.
+    assert_refused_streams_reach_the_provider(env, "refusing", sidecar, upstream, body)

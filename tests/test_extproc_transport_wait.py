@@ -19,9 +19,12 @@ import httpx
 import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
-from envoy_harness import EnvoyStack, SidecarProcess, envoy_available
+from envoy_harness import (
+    OverloadStack,
+    assert_refused_streams_reach_the_provider,
+    overload_stack,
+)
 from extproc_scenarios import chat
-from fakes.upstream import FakeLLMUpstream
 from google.protobuf import struct_pb2
 from test_extproc_limits import channel, headers_message
 
@@ -134,35 +137,22 @@ async def test_a_late_stream_is_closed_cleanly_after_its_first_message() -> None
     assert len(waits) == 1 and waits[0] >= 0.5
 
 
-Waiting = tuple[EnvoyStack, SidecarProcess, FakeLLMUpstream]
-
-
 @pytest.fixture(scope="module")
-def waiting_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Waiting]:
-    reason = envoy_available()
-    if reason is not None:
-        pytest.skip(f"Envoy unavailable: {reason}")
-    upstream = FakeLLMUpstream().start()
-    env = EnvoyStack(tmp_path_factory.mktemp("wait-envoy"), upstream.port)
-    sidecar = env.add_sidecar(
+def waiting_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OverloadStack]:
+    with overload_stack(
+        tmp_path_factory.mktemp("wait-envoy"),
         "waiting",
-        {
-            # every stream waits longer than a microsecond between Envoy and the handler
-            "server": {"refuse_streams_wait_ms": 0.001},
-            "cache": {"data_dir": ":memory:", "default_cache_key": "e2e", "vector_store": "none"},
-        },
-    )
-    env.add_listener("timed", sidecar.grpc_port, request_time=True)
-    env.add_listener("untimed", sidecar.grpc_port)  # Envoy sends no request.time here
-    try:
-        env.start()
-        yield env, sidecar, upstream
-    finally:
-        env.stop()
-        upstream.stop()
+        # every stream waits longer than a microsecond between Envoy and the handler
+        {"refuse_streams_wait_ms": 0.001},
+        # Envoy sends request.time on "timed" only
+        {"timed": {"request_time": True}, "untimed": {}},
+    ) as stack:
+        yield stack
 
 
-def test_envoy_forwards_a_stream_that_waited_too_long_uncached(waiting_stack: Waiting) -> None:
+def test_envoy_forwards_a_stream_that_waited_too_long_uncached(
+    waiting_stack: OverloadStack,
+) -> None:
     env, sidecar, upstream = waiting_stack
     body = chat("Which gas do plants take in from the air?")
     with httpx.Client(timeout=30) as client:
@@ -173,18 +163,7 @@ def test_envoy_forwards_a_stream_that_waited_too_long_uncached(waiting_stack: Wa
             client.post(f"{env.url('untimed')}{CHAT}", json=body).headers.get("x-bf-cache-status")
             == "hit-exact"
         )
-        # Bounded wait for the end of the start-up grace (LoadGovernor.settle, 1 s), during
-        # which streams queued behind the start are not judged.
-        deadline = time.monotonic() + 30
-        while sidecar.shed_total("extproc_stream") == 0:
-            assert time.monotonic() < deadline, env.logs()
-            assert client.post(f"{env.url('timed')}{CHAT}", json=body).status_code == 200
-        before, calls = sidecar.shed_total("extproc_stream"), upstream.count()
-        answers = [client.post(f"{env.url('timed')}{CHAT}", json=body) for _ in range(2)]
-    for answer in answers:
-        # even a request the cache holds: the sidecar never took it up, the provider answered
-        assert answer.status_code == 200, env.logs()
-        assert answer.json()["choices"][0]["message"]["content"]
-        assert "x-bf-cache-status" not in answer.headers
-    assert upstream.count() == calls + 2
-    assert sidecar.shed_total("extproc_stream") == before + 2
+    # Refused once the start-up grace (LoadGovernor.settle, 1 s) is over, during which
+    # streams queued behind the start are not judged; even a request the cache holds then
+    # reaches the provider, the sidecar never taking it up.
+    assert_refused_streams_reach_the_provider(env, "timed", sidecar, upstream, body)

@@ -13,45 +13,27 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from envoy_harness import EnvoyStack, SidecarProcess, envoy_available
+from envoy_harness import OverloadStack, overload_stack
 from extproc_scenarios import chat
-from fakes.upstream import FakeLLMUpstream
 
 CHAT = "/v1/chat/completions"
-Shedding = tuple[EnvoyStack, tuple[SidecarProcess, FakeLLMUpstream]]
 
 
 @pytest.fixture(scope="module")
-def shedding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shedding]:
-    reason = envoy_available()
-    if reason is not None:
-        pytest.skip(f"Envoy unavailable: {reason}")
-    upstream = FakeLLMUpstream().start()
-    env = EnvoyStack(tmp_path_factory.mktemp("overload-envoy"), upstream.port)
-    sidecar = env.add_sidecar(
+def shedding(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OverloadStack]:
+    with overload_stack(
+        tmp_path_factory.mktemp("overload-envoy"),
         "shedding",
-        {
-            "server": {
-                "event_loop": "asyncio",
-                "shed_loop_lag_ms": 0.001,
-                "shed_store_lag_ms": 0.001,
-            },
-            "cache": {"data_dir": ":memory:", "default_cache_key": "e2e", "vector_store": "none"},
-        },
-    )
-    env.add_listener("shedding", sidecar.grpc_port)
-    try:
-        env.start()
-        yield env, (sidecar, upstream)
-    finally:
-        env.stop()
-        upstream.stop()
+        {"event_loop": "asyncio", "shed_loop_lag_ms": 0.001, "shed_store_lag_ms": 0.001},
+        {"shedding": {}},
+    ) as stack:
+        yield stack
 
 
 def test_a_shed_store_passes_the_answer_through_envoy_uncached(
-    shedding: Shedding,
+    shedding: OverloadStack,
 ) -> None:
-    env, (sidecar, upstream) = shedding
+    env, sidecar, upstream = shedding
     # Wait (bounded) until the governor has seen five late probes: the store tier is on.
     deadline = time.monotonic() + 30
     body = chat("What is the boiling point of water at sea level?")
