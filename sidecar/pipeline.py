@@ -104,13 +104,11 @@ class Pipeline:
     async def on_request(
         self, req: HookRequest, transport: str
     ) -> tuple[RequestContext, RequestOutcome]:
-        memo_key = None
+        memo_key = fast = None
         if self.hit_path is not None and req.method.upper() == "POST":
             memo_key = self.hit_path.key(req)
-        fast = None
-        if memo_key is not None:
-            assert self.hit_path is not None
-            fast = await self.hit_path.serve(memo_key, req, transport)
+            if memo_key is not None:
+                fast = await self.hit_path.serve(memo_key, req, transport)
         if fast is not None:
             ctx, outcome = fast
         else:

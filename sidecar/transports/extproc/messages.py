@@ -20,14 +20,8 @@ from envoy.service.ext_proc.v3.external_processor_pb2 import (
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
-from sidecar.cache.keys import (
-    HEADER_KEY,
-    HEADER_NO_STORE,
-    HEADER_THRESHOLD,
-    HEADER_TTL,
-    HEADER_TYPE,
-)
 from sidecar.context import REQUEST_ID_HEADER, HookError, HttpAnswer
+from sidecar.hit_path import PLAN_HEADERS
 
 __all__ = ["HttpBody", "HttpHeaders", "ProcessingRequest", "ProcessingResponse"]
 
@@ -86,12 +80,7 @@ ATTRIBUTES_NAMESPACE = "envoy.filters.http.ext_proc"
 CARRIED_HEADERS = (
     "content-type",
     "x-request-id",
-    "x-bf-provider",
-    HEADER_KEY,
-    HEADER_TTL,
-    HEADER_THRESHOLD,
-    HEADER_TYPE,
-    HEADER_NO_STORE,
+    *PLAN_HEADERS,  # what parsing and the cache plan read
     # W3C trace context: a request traced by the caller (or Envoy) continues its trace
     "traceparent",
     "tracestate",
