@@ -66,6 +66,7 @@ import numpy as np
 import orjson
 
 from benchmarks.report import SummaryRow, latency_stats, machine, write_result
+from sidecar.cache.stores.embedded_snapshot import GRAPH_DTYPE
 
 DIM = 384
 SCOPE = "bench-scope"
@@ -170,6 +171,7 @@ def child_graph(path: str, entries: int, expansion_add: int) -> dict[str, Any]:
         "graph_build_cpu_seconds": round(build_cpu_s, 1),
         "expansion_add": expansion_add,
         "connectivity": graph.connectivity,
+        "dtype": snapshot.dtype_of(graph),
         "load_average": os.getloadavg(),
     }
 
@@ -236,7 +238,13 @@ def child_manifest(data_dir: str, entries: int, graph_path: str) -> dict[str, An
     folder.mkdir(parents=True)
     ids = [_entry_id(n) for n in range(entries)]
     saved = snapshot.SavedGraph(
-        SCOPE, folder / "g1-0.usearch", ids, list(range(entries)), [now + TTL] * entries, entries
+        SCOPE,
+        folder / "g1-0.usearch",
+        ids,
+        list(range(entries)),
+        [now + TTL] * entries,
+        entries,
+        snapshot.GRAPH_DTYPE,
     )
     try:
         os.link(graph_path, saved.path)  # the prepared file is never written to again
@@ -287,6 +295,9 @@ async def child_start(data_dir: str, entries: int, queries: int, save: bool) -> 
         neighbours = await index.search(SCOPE, vector, 3)
         searches_cpu.append(time.thread_time() - c)
         entry = await exact.get(neighbours[0].id, PARTITION) if neighbours else None
+        if entry is not None and entry.vector is not None and not neighbours[0].exact:
+            # an i8 graph's similarity is re-scored with the stored vector (layer.py)
+            np.dot(np.asarray(vector, dtype=np.float32), np.asarray(entry.vector, np.float32))
         lookups.append(time.perf_counter() - s)
         lookups_cpu.append(time.thread_time() - c)
         found += entry is not None and entry.id == _entry_id(int(pick))
@@ -355,7 +366,7 @@ def run_size(
             "expansion_add": 128,
         }
     else:
-        graph = workdir / f"graph-{entries}-ea{expansion_add}.usearch"
+        graph = workdir / f"graph-{entries}-ea{expansion_add}-{GRAPH_DTYPE}.usearch"
         graph_info = graph.with_suffix(".json")
         if not graph.exists() or not graph_info.exists():
             print(f"{entries:,} entries: building the graph (expansion_add {expansion_add})",

@@ -311,6 +311,11 @@ class CacheConfig(_Section):
     #: embedded vector index: a scope is searched by brute force up to this many vectors, then
     #: through an HNSW graph (the graphs are what is saved at shutdown and loaded at start)
     vector_graph_at: int = Field(2048, ge=2, le=10_000_000)
+    #: ... whose vectors it keeps as i8 (a quarter of f32's memory, faster to build and
+    #: search), f16 or f32; candidates are re-scored with their float32 vectors before any
+    #: decision, so this changes speed, memory and recall, not the threshold's meaning.
+    #: A saved graph keeps the type it was built with until it is rebuilt
+    vector_graph_dtype: Literal["i8", "f16", "f32"] = "i8"
     #: exact hits of requests seen before skip parsing and planning: each such request's
     #: parsed form and cache plan are remembered, within this many bytes (an estimate; the
     #: entry itself is still read from the store every time). 0: off. docs/envoy.md

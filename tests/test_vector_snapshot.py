@@ -16,6 +16,7 @@ import textwrap
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from sidecar.cache.model import CachedAnswer, CacheEntry
@@ -54,10 +55,12 @@ def make_entry(n: int, clock: Clock, ttl: float = 3600.0, scope: str = "scope-a"
     )
 
 
-async def open_stores(data: Path, clock: Clock) -> tuple[EmbeddedExactStore, EmbeddedVectorIndex]:
+async def open_stores(
+    data: Path, clock: Clock, dtype: str = "i8"
+) -> tuple[EmbeddedExactStore, EmbeddedVectorIndex]:
     exact = EmbeddedExactStore(str(data), 100_000, 1 << 30, clock)
     await exact.start()
-    index = EmbeddedVectorIndex(graph_at=GRAPH_AT, data_dir=str(data))
+    index = EmbeddedVectorIndex(graph_at=GRAPH_AT, data_dir=str(data), graph_dtype=dtype)
     await index.start(NAMESPACE, DIM)
     return exact, index
 
@@ -68,9 +71,9 @@ async def store(exact: EmbeddedExactStore, index: EmbeddedVectorIndex, e: CacheE
     await index.add(e.id, e.scope, e.partition, e.vector, e.expires_at)
 
 
-async def fill(data: Path, clock: Clock, n: int) -> None:
+async def fill(data: Path, clock: Clock, n: int, dtype: str = "i8") -> None:
     """``n`` entries in one scope, then a clean close (which saves the index)."""
-    exact, index = await open_stores(data, clock)
+    exact, index = await open_stores(data, clock, dtype)
     for i in range(n):
         await store(exact, index, make_entry(i, clock))
     await index.close()
@@ -94,6 +97,38 @@ async def test_a_saved_index_is_loaded_not_rebuilt(tmp_path: Path) -> None:
     for n in (0, 17, 39):
         assert await nearest(index, n) == f"id-{n}"
     await exact.close()
+
+
+async def test_a_graph_saved_before_graphs_had_a_dtype_loads_as_f32(tmp_path: Path) -> None:
+    # Snapshots written before ``cache.vector_graph_dtype`` hold f32 graphs and no "dtype":
+    # they load as they are (no rebuild), and keep f32 until a rebuild.
+    clock = Clock()
+    exact, index = await open_stores(tmp_path, clock)
+    f32 = EmbeddedVectorIndex(graph_at=GRAPH_AT, data_dir=str(tmp_path), graph_dtype="f32")
+    await f32.start(NAMESPACE, DIM)
+    for i in range(40):
+        await store(exact, f32, make_entry(i, clock))
+    await f32.close()
+    await exact.close()
+    manifest = tmp_path / "vector-index" / "manifest.json"
+    old = orjson.loads(manifest.read_bytes())
+    for graph in old["graphs"]:
+        assert graph.pop("dtype") == "f32"
+    manifest.write_bytes(orjson.dumps(old))
+
+    exact, index = await open_stores(tmp_path, clock)  # the default, i8, for new graphs
+    restored = await index.restore_from(exact)
+    assert (restored.loaded, restored.added) == (40, 0)
+    found = await index.search("scope-a", vector(17), 1)
+    assert found[0].id == "id-17" and found[0].exact
+    await store(exact, index, make_entry(40, clock, scope="scope-b"))  # a new scope...
+    for i in range(41, 41 + GRAPH_AT):
+        await store(exact, index, make_entry(i, clock, scope="scope-b"))
+    assert not (await index.search("scope-b", vector(41), 1))[0].exact  # ... is an i8 graph
+    await index.close()
+    await exact.close()
+    saved = orjson.loads(manifest.read_bytes())
+    assert sorted(g["dtype"] for g in saved["graphs"]) == ["f32", "i8"]
 
 
 async def test_a_rebuild_in_batches_finds_what_adds_one_by_one_find(
@@ -132,7 +167,8 @@ async def test_a_rebuild_in_batches_finds_what_adds_one_by_one_find(
 
 
 @pytest.mark.parametrize(
-    "damage", ["flipped bytes", "truncated graph", "other embedder", "garbage manifest"]
+    "damage",
+    ["flipped bytes", "truncated graph", "other embedder", "unknown dtype", "garbage manifest"],
 )
 async def test_a_corrupt_or_foreign_index_is_discarded_and_rebuilt(
     tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
@@ -150,6 +186,8 @@ async def test_a_corrupt_or_foreign_index_is_discarded_and_rebuilt(
         graph.write_bytes(graph.read_bytes()[:100])
     elif damage == "other embedder":
         manifest.write_bytes(manifest.read_bytes().replace(NAMESPACE.encode(), b"other:16"))
+    elif damage == "unknown dtype":
+        manifest.write_bytes(manifest.read_bytes().replace(b'"dtype":"i8"', b'"dtype":"b1"'))
     else:
         manifest.write_bytes(b"{not json")
 
@@ -250,12 +288,12 @@ async def test_a_restart_after_kill_9_between_save_and_exit_is_correct(tmp_path:
 
 async def test_an_admin_delete_erases_the_saved_index_until_a_restart(tmp_path: Path) -> None:
     clock = Clock()
-    await fill(tmp_path, clock, 40)
+    await fill(tmp_path, clock, 40, "f32")  # f32: the vector's bytes can be looked for
     folder = tmp_path / "vector-index"
     deleted = np.asarray(vector(3), dtype=np.float32).tobytes()
     assert any(deleted in p.read_bytes() for p in folder.glob("*.usearch"))
 
-    exact, index = await open_stores(tmp_path, clock)
+    exact, index = await open_stores(tmp_path, clock, "f32")
     await index.restore_from(exact)
     await exact.delete("id-3")
     await index.remove(["id-3"])
@@ -266,7 +304,7 @@ async def test_an_admin_delete_erases_the_saved_index_until_a_restart(tmp_path: 
     await exact.close()
     assert list(folder.iterdir()) == []
 
-    exact, index = await open_stores(tmp_path, clock)
+    exact, index = await open_stores(tmp_path, clock, "f32")
     restored = await index.restore_from(exact)
     assert (restored.loaded, restored.added) == (0, 40)
     assert await nearest(index, 3) != "id-3"

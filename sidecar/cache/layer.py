@@ -45,6 +45,16 @@ _SETTLE_S = 5.0
 #: to be the same question but for typos (MatchVerifier.near_repeat): misspelt words move a
 #: question's vector (to 0.44-0.7 on typo'd repeats), not its meaning
 NEAR_REPEAT_FLOOR = 0.4
+#: how far an approximate similarity (Neighbour.exact False: the embedded graphs' i8 vectors)
+#: may fall short of the exact one, so a candidate that might reach the bar is still fetched
+#: and re-scored; the quantisation error of unit vectors is a few thousandths
+APPROXIMATE_SLACK = 0.02
+
+
+def _cosine(a: np.ndarray, b: Sequence[float]) -> float:
+    other = np.asarray(b, dtype=np.float32)
+    norms = float(np.linalg.norm(a)) * float(np.linalg.norm(other))
+    return float(np.dot(a, other)) / norms if norms > 0 else 0.0
 
 
 class CacheStatus(enum.StrEnum):
@@ -379,17 +389,29 @@ class DualCache:
         best: float | None = None
         refused: list[str] = []
         offered: list[tuple[CacheEntry, float]] = []
+        accept_all = isinstance(self.verifier, AcceptAll)
         for n in neighbours:
-            best = n.similarity if best is None else max(best, n.similarity)
-            below = n.similarity < plan.threshold
-            if below and (n.similarity < NEAR_REPEAT_FLOOR or isinstance(self.verifier, AcceptAll)):
+            # An approximate similarity (a quantised graph) may be off by a few thousandths:
+            # such a neighbour is fetched if it might reach the bar, and judged on its stored
+            # vector, so decisions never rest on the approximation.
+            reach = n.similarity if n.exact else n.similarity + APPROXIMATE_SLACK
+            if reach < plan.threshold and (reach < NEAR_REPEAT_FLOOR or accept_all):
+                best = n.similarity if best is None else max(best, n.similarity)
                 break  # best first: the rest are further away
             entry = await self.exact.get(n.id, plan.partition)
+            similarity = n.similarity
+            if not n.exact and entry is not None and entry.vector is not None:
+                similarity = _cosine(vector, entry.vector)
+            best = similarity if best is None else max(best, similarity)
             if entry is None or entry.scope != plan.scope:
                 continue  # expired or evicted since it was indexed
+            below = similarity < plan.threshold
+            if below and (similarity < NEAR_REPEAT_FLOOR or accept_all):
+                continue  # re-scored below what could be offered
             if below and not self.verifier.near_repeat(plan.question, entry.question):
                 continue  # below the threshold only a typo'd repeat is offered
-            offered.append((entry, n.similarity))
+            offered.append((entry, similarity))
+        offered.sort(key=lambda pair: -pair[1])  # re-scoring may change the order (stable)
         candidates = [
             Candidate(
                 entry.question,

@@ -98,7 +98,11 @@ def build_vector_index(
     """The vector index, or None when the semantic layer is disabled (``none`` or empty)."""
     url = config.vector_store.strip()
     if url == "embedded":
-        return EmbeddedVectorIndex(graph_at=config.vector_graph_at, data_dir=config.data_dir)
+        return EmbeddedVectorIndex(
+            graph_at=config.vector_graph_at,
+            data_dir=config.data_dir,
+            graph_dtype=config.vector_graph_dtype,
+        )
     if url.lower() in ("", "none"):
         return None
     scheme = _scheme(url)

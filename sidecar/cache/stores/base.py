@@ -40,6 +40,9 @@ def unit(v: np.ndarray) -> np.ndarray:
 class Neighbour:
     id: str
     similarity: float  # cosine similarity in [-1, 1]
+    # False: the index's similarity is an approximation (a quantised graph, embedded.py); the
+    # cache re-scores the candidate with its stored vector before deciding (layer.py)
+    exact: bool = True
 
 
 @runtime_checkable

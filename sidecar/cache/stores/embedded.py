@@ -30,9 +30,10 @@ __all__ = ["EmbeddedExactStore", "EmbeddedVectorIndex", "Restored", "VectorRow"]
 class _ScopeIndex:
     """Vectors of one scope. Brute force up to ``graph_at`` rows, then an HNSW graph."""
 
-    def __init__(self, dimension: int, graph_at: int) -> None:
+    def __init__(self, dimension: int, graph_at: int, graph_dtype: str) -> None:
         self.dimension = dimension
         self.graph_at = graph_at
+        self.graph_dtype = graph_dtype  # of the graph built once large (a loaded one keeps its own)
         self.ids: list[str] = []
         self.rows: dict[str, int] = {}
         self.matrix = np.zeros((16, dimension), dtype=np.float32)
@@ -48,7 +49,7 @@ class _ScopeIndex:
     def from_saved(
         cls, dimension: int, graph_at: int, graph: Any, saved: snapshot.SavedGraph
     ) -> _ScopeIndex:
-        index = cls(dimension, graph_at)
+        index = cls(dimension, graph_at, saved.dtype)
         index.matrix = np.zeros((0, dimension), dtype=np.float32)
         index.graph = graph
         index.labels = dict(zip(saved.ids, saved.labels, strict=True))
@@ -65,6 +66,7 @@ class _ScopeIndex:
             [self.labels[i] for i in ids],
             [stamps[i] for i in ids],
             self._next_label,
+            snapshot.dtype_of(self.graph),
         )
 
     def add(self, entry_id: str, vector: np.ndarray) -> None:
@@ -110,10 +112,10 @@ class _ScopeIndex:
 
     def _new_graph(self) -> Any:
         self.matrix = np.zeros((0, self.dimension), dtype=np.float32)
-        return snapshot.new_graph(self.dimension)
+        return snapshot.new_graph(self.dimension, dtype=self.graph_dtype)
 
     def _build_graph(self) -> None:
-        graph = snapshot.new_graph(self.dimension)
+        graph = snapshot.new_graph(self.dimension, dtype=self.graph_dtype)
         n = len(self.ids)
         labels = np.arange(n, dtype=np.uint64)
         graph.add(labels, self.matrix[:n], threads=0)
@@ -147,8 +149,9 @@ class _ScopeIndex:
             if not self.labels:
                 return []
             found = self.graph.search(vector, min(k, len(self.labels)))
+            exact = self.graph_dtype == "f32"
             return [
-                Neighbour(self.by_label[int(label)], 1.0 - float(dist))
+                Neighbour(self.by_label[int(label)], 1.0 - float(dist), exact)
                 for label, dist in zip(found.keys, found.distances, strict=False)
                 if int(label) in self.by_label
             ]
@@ -184,9 +187,18 @@ class EmbeddedVectorIndex:
     name = "embedded"
 
     def __init__(
-        self, graph_at: int = 2048, data_dir: str | None = None, save_every: float = 600.0
+        self,
+        graph_at: int = 2048,
+        data_dir: str | None = None,
+        save_every: float = 600.0,
+        graph_dtype: str = snapshot.GRAPH_DTYPE,
     ) -> None:
+        if graph_dtype not in snapshot.GRAPH_DTYPES:
+            raise ValueError(
+                f"graph_dtype must be one of {snapshot.GRAPH_DTYPES}, not {graph_dtype!r}"
+            )
         self._graph_at = graph_at
+        self._graph_dtype = graph_dtype
         self._dimension = 0
         self._namespace = ""
         self._scopes: dict[str, _ScopeIndex] = {}
@@ -216,7 +228,9 @@ class EmbeddedVectorIndex:
             self._scopes[old_scope].remove(entry_id)
         index = self._scopes.get(scope)
         if index is None:
-            index = self._scopes[scope] = _ScopeIndex(self._dimension, self._graph_at)
+            index = self._scopes[scope] = _ScopeIndex(
+                self._dimension, self._graph_at, self._graph_dtype
+            )
         index.add(entry_id, v)
         self._scope_of[entry_id] = scope
         self._partition_of[entry_id] = partition
@@ -297,7 +311,9 @@ class EmbeddedVectorIndex:
                 matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
                 index = self._scopes.get(scope)
                 if index is None:
-                    index = self._scopes[scope] = _ScopeIndex(self._dimension, self._graph_at)
+                    index = self._scopes[scope] = _ScopeIndex(
+                        self._dimension, self._graph_at, self._graph_dtype
+                    )
                 index.add_many([rows[at][0] for at in picks], matrix)
                 for at in picks:
                     entry_id, _, partition, expires_at, _ = rows[at]
