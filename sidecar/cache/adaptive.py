@@ -392,6 +392,12 @@ def threshold_for(
     return learned, source
 
 
+#: the same two questions score a similarity this far apart across embedding calls (a batch vs
+#: a single call: ~1e-7 with torch on CPU), so an entry reported wrong at a similarity is still
+#: refused when the same question comes back a few units in the last place higher
+SAME_SIMILARITY = 1e-5
+
+
 class Adaptive:
     """The decisions. Evidence lives in an ``EvidenceStore`` (sidecar/cache/adaptive_store.py)."""
 
@@ -420,7 +426,11 @@ class Adaptive:
         partition: PartitionEvidence,
     ) -> Decision:
         threshold, source = threshold_for(entry, partition, policy, floor)
-        if entry is not None and entry.wrong_at is not None and similarity <= entry.wrong_at:
+        if (
+            entry is not None
+            and entry.wrong_at is not None
+            and similarity <= entry.wrong_at + SAME_SIMILARITY
+        ):
             reported = any(o.source == "feedback" for o in entry.observations)
             return Decision(
                 False,
