@@ -20,11 +20,19 @@ import orjson
 
 from guardrails.base import Stage
 from sidecar.cache.layer import CacheStatus
-from sidecar.context import ENTRY_HEADER, HookError, HookRequest, RequestContext, RequestOutcome
+from sidecar.context import (
+    ENTRY_HEADER,
+    HookError,
+    HookRequest,
+    HttpAnswer,
+    RequestContext,
+    RequestOutcome,
+)
 from sidecar.formats import request_type_for
 from sidecar.pipeline import Pipeline
 from sidecar.streaming import StreamProcessor
 from sidecar.transports.extproc.messages import (
+    CONTINUE_REQUEST_HEADERS,
     REQUEST_BODY,
     REQUEST_HEADERS,
     RESPONSE_BODY,
@@ -33,6 +41,7 @@ from sidecar.transports.extproc.messages import (
     HttpBody,
     HttpHeaders,
     ProcessingResponse,
+    Reply,
     body_reply,
     continue_for,
     error_answer,
@@ -105,7 +114,7 @@ class PipelineProcessor:
         if not self._have_headers:
             self._take_headers(headers)
 
-    async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
+    async def request_headers(self, message: HttpHeaders) -> Reply:
         pseudo: dict[str, str] = {}
         try:
             headers = read_headers(message, "request", pseudo)
@@ -119,9 +128,9 @@ class PipelineProcessor:
             self._decided = True
             return await self._decide(None, REQUEST_HEADERS)
         self._headers_replied = time.perf_counter()  # the reply goes out now
-        return continue_for(REQUEST_HEADERS)
+        return CONTINUE_REQUEST_HEADERS
 
-    async def request_body(self, message: HttpBody) -> ProcessingResponse:
+    async def request_body(self, message: HttpBody) -> Reply:
         if self._decided:
             return continue_for(REQUEST_BODY)
         if not self._have_headers:
@@ -155,7 +164,7 @@ class PipelineProcessor:
             return continue_for(REQUEST_BODY)
         return await self._decide(body, REQUEST_BODY)
 
-    async def _decide(self, body: bytes | None, kind: str) -> ProcessingResponse:
+    async def _decide(self, body: bytes | None, kind: str) -> Reply:
         hook = HookRequest(
             method=self._method or "GET",
             path=self._path,
@@ -170,10 +179,14 @@ class PipelineProcessor:
             return self._refuse(exc)
         return self._request_reply(outcome, kind)
 
-    def _request_reply(self, outcome: RequestOutcome, kind: str) -> ProcessingResponse:
+    def _immediate(self, answer: HttpAnswer, details: str) -> bytes:
+        self.finished = True  # the stream ends with this reply (see ``Processor.finished``)
+        return immediate(answer, details)
+
+    def _request_reply(self, outcome: RequestOutcome, kind: str) -> Reply:
         if outcome.action == "respond":
             assert outcome.response is not None
-            return immediate(outcome.response, f"sidecar_{outcome.cache.status.value}")
+            return self._immediate(outcome.response, f"sidecar_{outcome.cache.status.value}")
         self.finished = not outcome.answer_needed
         if outcome.body is None:
             return continue_for(kind)
@@ -185,9 +198,9 @@ class PipelineProcessor:
         new_body = orjson.dumps(outcome.body)
         return body_reply(REQUEST_BODY, new_body, fix_length=True)
 
-    def _refuse(self, exc: HookError) -> ProcessingResponse:
+    def _refuse(self, exc: HookError) -> bytes:
         self._pipeline.metrics.hook_errors.labels(TRANSPORT, exc.kind).inc()
-        return immediate(error_answer(exc), f"sidecar_{exc.kind}")
+        return self._immediate(error_answer(exc), f"sidecar_{exc.kind}")
 
     # ------------------------------------------------------------------ response
     def _output_guarded(self, ctx: RequestContext) -> bool:
@@ -225,7 +238,7 @@ class PipelineProcessor:
             RESPONSE_HEADERS, ctx.cache.headers(), response_body_mode=self._response_mode
         )
 
-    async def response_body(self, message: HttpBody) -> ProcessingResponse:
+    async def response_body(self, message: HttpBody) -> Reply:
         ctx = self.ctx
         if ctx is None or ctx.parsed is None or not 200 <= self._status < 300:
             return continue_for(RESPONSE_BODY)
@@ -254,7 +267,7 @@ class PipelineProcessor:
         whole = self._stream_messages == 1 and message.end_of_stream
         return body_reply(RESPONSE_BODY, out if out != chunk else None, fix_length=whole)
 
-    async def _answer_chunk(self, ctx: RequestContext, message: HttpBody) -> ProcessingResponse:
+    async def _answer_chunk(self, ctx: RequestContext, message: HttpBody) -> Reply:
         self._answer_size += len(message.body)
         if self._answer_size <= self._max_bytes:
             self._answer_chunks.append(message.body)
@@ -277,7 +290,7 @@ class PipelineProcessor:
                     "allow_mode_override: true (or response_body_mode: BUFFERED)"
                 )
             if outcome.response is not None:
-                return immediate(outcome.response, "sidecar_output_blocked")
+                return self._immediate(outcome.response, "sidecar_output_blocked")
         extra: dict[str, str] = {}
         if outcome.stored_entry_id is not None and whole:
             extra[ENTRY_HEADER] = outcome.stored_entry_id
