@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 from envoy.config.core.v3 import base_pb2
@@ -195,7 +195,7 @@ _CONTINUE = {
 
 #: what a processor answers a message with: a message, or its bytes already serialised (the
 #: gRPC server sends those as they are, see ``serialize_reply``)
-Reply = ProcessingResponse | bytes
+Reply: TypeAlias = ProcessingResponse | bytes
 #: the CONTINUE reply to request headers, serialised once: every request to the LLM API waits
 #: for its body with it
 CONTINUE_REQUEST_HEADERS = _CONTINUE[REQUEST_HEADERS].SerializeToString()

@@ -157,7 +157,7 @@ class _ExternalProcessor(pb_grpc.ExternalProcessorServicer):
                     reply = continue_for(kind)
                 yield reply
                 if processor.finished or (
-                    type(reply) is not bytes and reply.HasField("immediate_response")
+                    not isinstance(reply, bytes) and reply.HasField("immediate_response")
                 ):
                     # Envoy answered the client, or the sidecar needs nothing more (a shed
                     # miss): a stream closed cleanly lets Envoy go on without it. A reply in
