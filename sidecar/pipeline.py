@@ -303,6 +303,10 @@ class Pipeline:
         )
 
     # ------------------------------------------------------------------ response
+    def holds_miss_lock(self, ctx: RequestContext) -> bool:
+        """Whether ``release_miss_lock`` has anything to free for ``ctx`` (a hit holds none)."""
+        return self.cache is not None and ctx.lookup is not None and ctx.lookup.holds
+
     async def release_miss_lock(self, ctx: RequestContext) -> None:
         """Single-flight: free the miss lock this request's lookup took, so identical requests
         waiting for its answer re-check the cache now. Called once the answer is stored or

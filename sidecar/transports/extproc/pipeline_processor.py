@@ -91,10 +91,12 @@ class PipelineProcessor:
         self._pipeline = pipeline
         self._max_bytes = pipeline.config.server.max_body_bytes
         self._governor = None if pipeline.cache is None else pipeline.cache.governor
-        self._headers: dict[str, str] = {}
+        # Made where first needed (an exact hit needs none of them): the request headers
+        # by _take_headers, the answer's by response_headers, before anything reads them.
+        self._headers: dict[str, str]
         self._request_chunks: list[bytes] = []
-        self._response_headers: dict[str, str] = {}
-        self._answer_chunks: list[bytes] = []
+        self._response_headers: dict[str, str]
+        self._answer_chunks: list[bytes]
 
     # ------------------------------------------------------------------ request
     def _take_headers(self, headers: dict[str, str], pseudo: dict[str, str] | None = None) -> None:
@@ -230,6 +232,7 @@ class PipelineProcessor:
         except ValueError:
             self._status = 0
         self._response_headers = _without_pseudo(headers)
+        self._answer_chunks = []
         self._response_mode = self._choose_mode(ctx)
         if self._response_mode == BodySendMode.NONE:
             # No body will come: let identical requests waiting on this miss go ahead now.
@@ -299,5 +302,5 @@ class PipelineProcessor:
     async def close(self) -> None:
         # A stream cut short (client gone, Envoy timeout, error) never reached the store: free
         # its single-flight miss lock so waiting requests go upstream instead of timing out.
-        if self.ctx is not None:
+        if self.ctx is not None and self._pipeline.holds_miss_lock(self.ctx):
             await self._pipeline.release_miss_lock(self.ctx)
