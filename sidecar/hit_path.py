@@ -136,8 +136,7 @@ class ExactHitPath:
         body = req.body
         if type(body) is not bytes or len(body) > self.max_body:
             return None
-        get = req.headers.get
-        return (req.path, body, *[get(name) for name in PLAN_HEADERS])
+        return (req.path, body, *map(req.headers.get, PLAN_HEADERS))
 
     def remember(self, key: MemoKey, parsed: ParsedRequest, plan: CachePlan) -> None:
         """After a slow-path exact hit planned from the request as received (no input rule

@@ -146,18 +146,22 @@ class PipelineProcessor:
             # request is not one we handle.
             self._decided = True
             return await self._decide(None, REQUEST_BODY)
+        body = message.body  # read once: each read copies it out of the message
+        end = message.end_of_stream
         if self._headers_replied and self._governor is not None:
             # Load signal: how long Envoy's body took to follow the headers reply. Only small
             # bodies in one message: a large upload's own transfer time is not load.
-            if message.end_of_stream and len(message.body) <= ROUND_TRIP_MAX_BODY:
+            if end and len(body) <= ROUND_TRIP_MAX_BODY:
                 self._governor.observe_round_trip(time.perf_counter() - self._headers_replied)
             self._headers_replied = 0.0
-        self._request_chunks.append(message.body)
-        if not message.end_of_stream:
+        if not end:
             # request_body_mode STREAMED: the chunk goes upstream now, the decision waits.
+            self._request_chunks.append(body)
             return continue_for(REQUEST_BODY)
         self._decided = True
-        body = b"".join(self._request_chunks)
+        if self._request_chunks:  # the last of several chunks (none kept: it came whole)
+            self._request_chunks.append(body)
+            body = b"".join(self._request_chunks)
         if len(body) > self._max_bytes:
             # Unlike the HTTP hook, a proxy in the path must not refuse traffic it cannot cache.
             log.info("request body of %d bytes over max_body_bytes: passed uncached", len(body))
@@ -192,7 +196,7 @@ class PipelineProcessor:
         self.finished = not outcome.answer_needed
         if outcome.body is None:
             return continue_for(kind)
-        if kind != REQUEST_BODY or len(self._request_chunks) != 1:
+        if kind != REQUEST_BODY or self._request_chunks:
             raise ExtProcError(
                 "the request body must be rewritten but arrived in several chunks; "
                 "configure request_body_mode: BUFFERED"
