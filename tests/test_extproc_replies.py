@@ -1,20 +1,31 @@
 """Immediate responses are serialised once for identical answers (an exact hit replays the
 same stored answer, its request id aside), within a byte bound, and each reply parses to
-exactly what building it afresh gives. And request headers read in one pass, pseudo-headers
-apart."""
+exactly what building it afresh gives, and the gRPC server sends replies given as bytes as
+they are. And request headers read in one pass, pseudo-headers apart."""
 
 from __future__ import annotations
 
+import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from sidecar.context import REQUEST_ID_HEADER, HttpAnswer
 from sidecar.transports.extproc.messages import (
+    CONTINUE_REQUEST_HEADERS,
+    REQUEST_HEADERS,
+    HttpBody,
     HttpHeaders,
+    ProcessingRequest,
     ProcessingResponse,
+    Reply,
     _build_immediate,
     _ReplyMemo,
+    continue_for,
+    immediate,
     read_headers,
 )
+from sidecar.transports.extproc.processor import PassThroughProcessor
+from sidecar.transports.extproc.server import ExtProcServer
 
 
 def parsed(reply: bytes) -> ProcessingResponse:
@@ -113,3 +124,33 @@ def test_request_headers_read_in_one_pass_match_reading_then_splitting() -> None
     assert pseudo == {":method": "POST", ":path": "/v1/chat/completions"}
     assert split["accept"] == "a, b" and split["x-bf-cache-key"] == "tenant"
     assert split["x-latin"] == "caf\u00e9"
+
+
+class _ServedFromBytes(PassThroughProcessor):
+    """Answers as an exact hit does: the CONTINUE and the immediate response as bytes."""
+
+    async def request_headers(self, message: HttpHeaders) -> Reply:
+        return CONTINUE_REQUEST_HEADERS
+
+    async def request_body(self, message: HttpBody) -> Reply:
+        self.finished = True
+        return immediate(with_request_id("req-7"), "sidecar_hit-exact")
+
+
+async def test_replies_given_as_bytes_reach_the_client_as_the_messages_they_encode() -> None:
+    """Through the real gRPC server: bytes go out as they are, and the stream ends after an
+    immediate response given as bytes (``finished``), as after one given as a message."""
+    server = ExtProcServer(_ServedFromBytes, port=0)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = pb_grpc.ExternalProcessorStub(ch).Process(timeout=30)
+            await call.write(ProcessingRequest(request_headers=HttpHeaders()))
+            assert await call.read() == continue_for(REQUEST_HEADERS)
+            await call.write(ProcessingRequest(request_body=HttpBody(end_of_stream=True)))
+            hit = await call.read()
+            assert hit == _build_immediate(with_request_id("req-7"), "sidecar_hit-exact")
+            assert await call.read() is grpc.aio.EOF
+            assert await call.code() == grpc.StatusCode.OK
+    finally:
+        await server.stop(0)

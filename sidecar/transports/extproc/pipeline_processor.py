@@ -56,6 +56,9 @@ log = logging.getLogger("sidecar.extproc")
 ROUND_TRIP_MAX_BODY = 16 * 1024
 
 TRANSPORT = "extproc"
+#: an immediate response's ``details`` by cache status (an enum's ``value`` is a Python-level
+#: property: read once here rather than per answer)
+_DETAILS = {status: f"sidecar_{status.value}" for status in CacheStatus}
 
 
 class ExtProcError(Exception):
@@ -192,7 +195,7 @@ class PipelineProcessor:
     def _request_reply(self, outcome: RequestOutcome, kind: str) -> Reply:
         if outcome.action == "respond":
             assert outcome.response is not None
-            return self._immediate(outcome.response, f"sidecar_{outcome.cache.status.value}")
+            return self._immediate(outcome.response, _DETAILS[outcome.cache.status])
         self.finished = not outcome.answer_needed
         if outcome.body is None:
             return continue_for(kind)
