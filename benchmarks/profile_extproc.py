@@ -32,6 +32,7 @@ from benchmarks.stack import chat_body, openai_answer
 from sidecar.config import SidecarConfig
 from sidecar.services import Sidecar
 from sidecar.transports.extproc import build_server
+from sidecar.transports.extproc.messages import serialize_reply
 
 CHAT = "/v1/chat/completions"
 FIXED_REQUEST_ID = "7c9a3e7e-4b4f-4a55-9a8e-1b0c8d9e6f70"
@@ -102,9 +103,8 @@ class _Messages:
 
 
 async def one_stream(servicer: Any, messages: Sequence[bytes]) -> list[bytes]:
-    return [
-        reply.SerializeToString() async for reply in servicer.Process(_Messages(messages), None)
-    ]
+    # The gRPC server's own serialiser: replies the sidecar gives as bytes go as they are.
+    return [serialize_reply(reply) async for reply in servicer.Process(_Messages(messages), None)]
 
 
 async def run(requests: int, profile: bool, same_request_id: bool = False) -> dict[str, Any]:

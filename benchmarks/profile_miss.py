@@ -56,6 +56,7 @@ from sidecar.config import SidecarConfig
 from sidecar.context import RequestContext
 from sidecar.services import Sidecar
 from sidecar.transports.extproc import build_server
+from sidecar.transports.extproc.messages import serialize_reply
 
 CHAT = "/v1/chat/completions"
 MESSAGES = ("request_headers", "request_body", "response_headers", "response_body")
@@ -114,7 +115,7 @@ class _ThreadClock:
 
 async def _one(servicer: Any, messages: Sequence[bytes]) -> tuple[list[bytes], list[int]]:
     timed = _TimedMessages(messages)
-    replies = [r.SerializeToString() async for r in servicer.Process(timed, None)]
+    replies = [serialize_reply(r) async for r in servicer.Process(timed, None)]
     timed.marks.append(time.thread_time_ns())
     return replies, timed.marks
 

@@ -37,6 +37,7 @@ through both and compares answers, headers, metric deltas and decision records.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,7 +51,7 @@ from sidecar.cache.keys import (
     CachePlan,
 )
 from sidecar.cache.layer import EXACT_MATCHED, CacheStatus, DualCache, Lookup
-from sidecar.cache.model import CacheEntry, replayed_headers
+from sidecar.cache.model import CacheEntry, Usage, replayed_headers
 from sidecar.config import CacheConfig
 from sidecar.context import (
     CacheInfo,
@@ -63,6 +64,7 @@ from sidecar.context import (
 )
 from sidecar.formats import ParsedRequest
 from sidecar.metrics import Metrics
+from sidecar.request_counts import Counts
 
 #: the request headers ``parse_request`` and ``plan_request`` read, besides the path and body
 PLAN_HEADERS = (
@@ -81,6 +83,8 @@ _PARSED_PER_BODY_BYTE = 8
 _OVERHEAD = 2048
 
 MemoKey = tuple[Any, ...]
+#: a served context's cache info until the pipeline sets the hit's (never read before)
+_PENDING = CacheInfo(CacheStatus.BYPASS)
 
 
 @dataclass(slots=True)
@@ -92,6 +96,8 @@ class _Remembered:
     #: while it stays in memory); another entry object, and they are built again
     entry: CacheEntry | None = None
     headers: dict[str, str] | None = None
+    #: what a hit of ``entry`` counts (``RequestCounts.exact_hit_counts``), built with headers
+    counts: Counts = ()
 
 
 class ExactHitPath:
@@ -104,9 +110,13 @@ class ExactHitPath:
         metrics: Metrics,
         guardrails: Guardrails | None,
         max_bytes: int,
+        hit_counts: Callable[[CachePlan, Usage | None], Counts],
         max_body: int = 64 * 1024,
     ) -> None:
+        """``hit_counts``: the metric increments of an exact hit of a plan whose entry holds
+        the given usage; resolved once per remembered entry, applied per hit by the caller."""
         self.config = config
+        self._hit_counts = hit_counts
         self.max_bytes = max_bytes
         self.max_body = max_body
         self._exact = cache.exact
@@ -126,8 +136,7 @@ class ExactHitPath:
         body = req.body
         if type(body) is not bytes or len(body) > self.max_body:
             return None
-        get = req.headers.get
-        return (req.path, body, *[get(name) for name in PLAN_HEADERS])
+        return (req.path, body, *map(req.headers.get, PLAN_HEADERS))
 
     def remember(self, key: MemoKey, parsed: ParsedRequest, plan: CachePlan) -> None:
         """After a slow-path exact hit planned from the request as received (no input rule
@@ -151,9 +160,10 @@ class ExactHitPath:
 
     async def serve(
         self, key: MemoKey, req: HookRequest, transport: str
-    ) -> tuple[RequestContext, RequestOutcome] | None:
-        """The exact hit the slow path would serve for ``req``, or None (nothing counted,
-        nothing changed but the store's own recency and expiry): run the slow path."""
+    ) -> tuple[RequestContext, RequestOutcome, Counts] | None:
+        """The exact hit the slow path would serve for ``req`` and what it counts, or None
+        (nothing counted, nothing changed but the store's own recency and expiry): run the
+        slow path."""
         remembered = self._memo.get(key)
         if remembered is None:
             return None
@@ -167,6 +177,10 @@ class ExactHitPath:
             req.headers,
             remembered.parsed,
             plan,
+            # Given rather than made by default factories: the pipeline sets the cache info
+            # the context leaves with; the trace is only read once the hit is served.
+            cache=_PENDING,
+            trace=[HIT_NOTE],
         )
         if req.received_at is not None:
             ctx.started = req.received_at
@@ -185,14 +199,14 @@ class ExactHitPath:
             return None  # expired, evicted or deleted: the slow path's miss
         self._exact_timer.observe(time.perf_counter() - started)
         ctx.lookup = Lookup(CacheStatus.HIT_EXACT, EXACT_MATCHED, entry, 1.0)
-        ctx.trace.append(HIT_NOTE)
         info = CacheInfo(CacheStatus.HIT_EXACT, EXACT_MATCHED, "exact", 1.0, entry.id)
         headers = remembered.headers
-        if remembered.entry is not entry or headers is None:
-            headers = replayed_headers(entry.answer)
-            headers.update(info.headers())
-            remembered.entry, remembered.headers = entry, headers
         answer = entry.answer
+        if remembered.entry is not entry or headers is None:
+            headers = replayed_headers(answer)
+            headers.update(info.headers())
+            remembered.counts = self._hit_counts(plan, answer.usage)
+            remembered.entry, remembered.headers = entry, headers
         response = HttpAnswer(answer.status, dict(headers), answer.body)
         self.served += 1
-        return ctx, RequestOutcome("respond", info, response=response)
+        return ctx, RequestOutcome("respond", info, response=response), remembered.counts

@@ -44,9 +44,9 @@ from sidecar.formats import (
 )
 from sidecar.hit_path import ExactHitPath, MemoKey
 from sidecar.json_body import json_body
-from sidecar.labels import OTHER
-from sidecar.metrics import Metrics, partition_hash
+from sidecar.metrics import Metrics
 from sidecar.pricing import PriceTable, load_prices
+from sidecar.request_counts import Counts, RequestCounts
 from sidecar.sse import parse_events, stream_is_complete
 from sidecar.stages import CURRENT, StageLog, stage_end, stage_start
 from sidecar.storable import answer_refusal
@@ -54,6 +54,7 @@ from sidecar.streaming import StreamProcessor
 from sidecar.usage import usage_of
 
 log = logging.getLogger("sidecar.pipeline")
+_HIT_EXACT = CacheStatus.HIT_EXACT.value
 
 
 class Pipeline:
@@ -73,17 +74,18 @@ class Pipeline:
         self.prices = prices if prices is not None else load_prices(config.pricing.file)
         self.observers = tuple(observers)
         self._record_stages = any(o.needs_stages for o in self.observers)
-        self._partition_children: dict[tuple[str, str], Any] = {}
-        self._savings_children: dict[tuple[str, str], Any] = {}
-        self._request_timers: dict[CacheStatus, Any] = {}
-        self._request_counters: dict[tuple[str, CacheStatus], Any] = {}
-        self._hit_counters: dict[str, Any] = {}
+        self.counts = RequestCounts(metrics, self.prices)
         # Exact hits of requests seen before skip parsing and planning (sidecar/hit_path.py);
         # not while an observer needs stage timings, which that path does not record.
         self.hit_path: ExactHitPath | None = None
         if cache is not None and config.cache.hit_memo_bytes > 0 and not self._record_stages:
             self.hit_path = ExactHitPath(
-                config.cache, cache, metrics, guardrails, config.cache.hit_memo_bytes
+                config.cache,
+                cache,
+                metrics,
+                guardrails,
+                config.cache.hit_memo_bytes,
+                self.counts.exact_hit_counts,
             )
 
     def _finish(self, ctx: RequestContext) -> None:
@@ -104,20 +106,16 @@ class Pipeline:
     async def on_request(
         self, req: HookRequest, transport: str
     ) -> tuple[RequestContext, RequestOutcome]:
-        memo_key = fast = None
-        if self.hit_path is not None and req.method.upper() == "POST":
-            memo_key = self.hit_path.key(req)
+        memo_key = None
+        hit_path = self.hit_path
+        if hit_path is not None and req.method.upper() == "POST":
+            memo_key = hit_path.key(req)
             if memo_key is not None:
-                fast = await self.hit_path.serve(memo_key, req, transport)
-        if fast is not None:
-            ctx, outcome = fast
-        else:
-            ctx, outcome = await self._slow_request(req, transport, memo_key)
-        # From here on both paths are accounted alike.
-        outcome.cache.request_id = header_safe_id(ctx.request_id)
-        if outcome.response is not None and outcome.cache.request_id is not None:
-            outcome.response.headers[REQUEST_ID_HEADER] = outcome.cache.request_id
-        ctx.cache = outcome.cache
+                fast = await hit_path.serve(memo_key, req, transport)
+                if fast is not None:
+                    return self._exact_hit_served(*fast, transport)
+        ctx, outcome = await self._slow_request(req, transport, memo_key)
+        self._identify(ctx, outcome)
         adaptive = self.cache.adaptive if self.cache is not None else None
         if adaptive is not None and ctx.plan is not None and ctx.plan.partition:
             lookup = ctx.lookup
@@ -133,35 +131,44 @@ class Pipeline:
             ):
                 await adaptive.remember_served(ctx.request_id, lookup.ticket)
         status = outcome.cache.status
-        # Labelled children cached (few transports x four statuses): labels() takes a lock
-        # and checks its arguments on every call, a measurable share of an exact hit.
-        counter = self._request_counters.get((transport, status))
-        if counter is None:
-            counter = self._request_counters[(transport, status)] = self.metrics.requests.labels(
-                transport, status.value
-            )
-        counter.inc()
-        timer = self._request_timers.get(status)
-        if timer is None:  # four statuses: cached children skip labels()' lock and key
-            timer = self._request_timers[status] = self.metrics.request_seconds.labels(status.value)
+        counts = self.counts
+        counts.request_counter(transport, status).inc()
         ctx.hook_seconds = elapsed = time.monotonic() - ctx.started
-        timer.observe(elapsed)
-        if ctx.plan is not None and ctx.plan.partition:
-            self._partition_counter(ctx.plan.partition, outcome.cache.status.value).inc()
-        if outcome.cache.status is CacheStatus.BYPASS:
-            self.metrics.bypasses.inc()
-        elif outcome.cache.status is CacheStatus.MISS:
-            self.metrics.misses.inc()
-        elif outcome.cache.hit_type:
-            hits = self._hit_counters.get(outcome.cache.hit_type)
-            if hits is None:
-                hits = self._hit_counters[outcome.cache.hit_type] = self.metrics.hits.labels(
-                    outcome.cache.hit_type
-                )
-            hits.inc()
-            if ctx.lookup is not None and ctx.lookup.entry is not None:
-                self._count_savings(ctx.lookup.entry.answer.usage, outcome.cache.hit_type)
+        counts.request_timer(status).observe(elapsed)
+        entry = ctx.lookup.entry if ctx.lookup is not None else None
+        counts.count(
+            outcome.cache, ctx.plan, entry.answer.usage if entry else None, entry is not None
+        )
         if self.observers and outcome.action == "respond":
+            self._finish(ctx)
+        return ctx, outcome
+
+    @staticmethod
+    def _identify(ctx: RequestContext, outcome: RequestOutcome) -> None:
+        outcome.cache.request_id = request_id = header_safe_id(ctx.request_id)
+        if outcome.response is not None and request_id is not None:
+            outcome.response.headers[REQUEST_ID_HEADER] = request_id
+        ctx.cache = outcome.cache
+
+    def _exact_hit_served(
+        self, ctx: RequestContext, outcome: RequestOutcome, hit_counts: Counts, transport: str
+    ) -> tuple[RequestContext, RequestOutcome]:
+        """``on_request``'s accounting of an exact hit served by the hit path: the same counts
+        as the slow path's (``tests/test_hit_path.py``), with the partition's, the hit's and
+        the savings' children resolved when the hit path remembered the entry."""
+        self._identify(ctx, outcome)
+        plan = ctx.plan
+        assert plan is not None
+        adaptive = self.cache.adaptive if self.cache is not None else None
+        if adaptive is not None and plan.partition:
+            adaptive.count(plan.partition, _HIT_EXACT, False)
+        counts = self.counts
+        counts.request_counter(transport, CacheStatus.HIT_EXACT).inc()
+        ctx.hook_seconds = elapsed = time.monotonic() - ctx.started
+        counts.request_timer(CacheStatus.HIT_EXACT).observe(elapsed)
+        for child, amount in hit_counts:
+            child.inc(amount)
+        if self.observers:
             self._finish(ctx)
         return ctx, outcome
 
@@ -186,49 +193,6 @@ class Pipeline:
         finally:
             if token is not None:
                 CURRENT.reset(token)
-
-    def _partition_counter(self, partition: str, status: str) -> Any:
-        # Labelled children are cached (prometheus_client's labels() takes a lock and builds a
-        # key each call); the cache holds at most max_label_values + 1 partitions per status,
-        # later partitions share the ``other`` child through the bounded label.
-        key = (partition, status)
-        child = self._partition_children.get(key)
-        if child is None:
-            m = self.metrics
-            label = m.partition_label(partition_hash(partition))
-            child = m.partition_requests.labels(label, status)
-            if label != OTHER:
-                self._partition_children[key] = child
-        return child
-
-    def _count_savings(self, usage: Usage | None, layer: str) -> None:
-        """A hit saved the upstream call: its stored usage, priced from the table."""
-        m = self.metrics
-        if usage is None:
-            m.usage_unknown_hits.labels(layer).inc()
-            return
-        key = (usage.model, layer)
-        children = self._savings_children.get(key)
-        if children is None:
-            model = m.model_label(usage.model or "unknown")
-            price = self.prices.price(usage.model)
-            children = (
-                m.tokens_saved.labels(model, layer),
-                m.cost_saved.labels(model, layer) if price is not None else None,
-                m.cost_unknown_hits.labels(model) if price is None else None,
-                price,
-            )
-            if model != OTHER:  # bounded like the label: at most N + 1 models per layer
-                self._savings_children[key] = children
-        tokens, cost, unknown, price = children
-        tokens.inc(usage.total)
-        if cost is not None and price is not None:
-            cost.inc(
-                usage.prompt_tokens * price.input_per_token
-                + usage.completion_tokens * price.output_per_token
-            )
-        elif unknown is not None:
-            unknown.inc()  # an unpriced model: tokens counted, its cost never guessed
 
     async def _request(
         self, ctx: RequestContext, req: HookRequest, memo_key: MemoKey | None = None
@@ -339,6 +303,10 @@ class Pipeline:
         )
 
     # ------------------------------------------------------------------ response
+    def holds_miss_lock(self, ctx: RequestContext) -> bool:
+        """Whether ``release_miss_lock`` has anything to free for ``ctx`` (a hit holds none)."""
+        return self.cache is not None and ctx.lookup is not None and ctx.lookup.holds
+
     async def release_miss_lock(self, ctx: RequestContext) -> None:
         """Single-flight: free the miss lock this request's lookup took, so identical requests
         waiting for its answer re-check the cache now. Called once the answer is stored or

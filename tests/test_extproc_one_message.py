@@ -26,6 +26,7 @@ from sidecar.transports.extproc.messages import (
     REQUEST_TIME,
     HttpBody,
     ProcessingRequest,
+    as_message,
     read_attributes,
 )
 
@@ -172,6 +173,8 @@ async def test_attributes_for_other_traffic_pass_the_body_untouched(sidecar_fact
     async with sidecar_factory() as (sidecar, _):
         processor = PipelineProcessor(sidecar.pipeline)
         processor.request_attributes({":method": "POST", ":path": "/v1/files"})
-        reply = await processor.request_body(HttpBody(body=b"\x00upload", end_of_stream=True))
+        reply = as_message(
+            await processor.request_body(HttpBody(body=b"\x00upload", end_of_stream=True))
+        )
         assert reply.WhichOneof("response") == "request_body"
         assert not reply.request_body.response.HasField("body_mutation")

@@ -1,18 +1,35 @@
-"""Immediate responses are shared between identical answers (an exact hit replays the same
-stored answer, its request id aside), within a byte bound, and each is exactly what building
-it afresh gives. And request headers read in one pass, pseudo-headers apart."""
+"""Immediate responses are serialised once for identical answers (an exact hit replays the
+same stored answer, its request id aside), within a byte bound, and each reply parses to
+exactly what building it afresh gives, and the gRPC server sends replies given as bytes as
+they are. And request headers read in one pass, pseudo-headers apart."""
 
 from __future__ import annotations
 
+import grpc
 from envoy.config.core.v3 import base_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 
 from sidecar.context import REQUEST_ID_HEADER, HttpAnswer
 from sidecar.transports.extproc.messages import (
+    CONTINUE_REQUEST_HEADERS,
+    REQUEST_HEADERS,
+    HttpBody,
     HttpHeaders,
+    ProcessingRequest,
+    ProcessingResponse,
+    Reply,
     _build_immediate,
     _ReplyMemo,
+    continue_for,
+    immediate,
     read_headers,
 )
+from sidecar.transports.extproc.processor import PassThroughProcessor
+from sidecar.transports.extproc.server import ExtProcServer
+
+
+def parsed(reply: bytes) -> ProcessingResponse:
+    return ProcessingResponse.FromString(reply)
 
 
 def answer(n: int, body: bytes = b'{"ok": true}') -> HttpAnswer:
@@ -27,14 +44,16 @@ def test_the_same_answer_gets_the_same_reply_and_another_its_own() -> None:
     memo = _ReplyMemo()
     first = memo.get(answer(1), "sidecar_hit-exact")
     assert memo.get(answer(1), "sidecar_hit-exact") is first
-    assert first == _build_immediate(answer(1), "sidecar_hit-exact")
+    assert parsed(first) == _build_immediate(answer(1), "sidecar_hit-exact")
     other = memo.get(answer(2), "sidecar_hit-exact")
     assert other is not first
     headers = {
-        h.header.key: h.header.raw_value for h in other.immediate_response.headers.set_headers
+        h.header.key: h.header.raw_value
+        for h in parsed(other).immediate_response.headers.set_headers
     }
     assert headers["x-bf-cache-entry-id"] == b"entry-2"
-    assert memo.get(answer(1), "sidecar_hit-semantic") is not first  # details are part of it
+    semantic = memo.get(answer(1), "sidecar_hit-semantic")  # details are part of the key
+    assert parsed(semantic).immediate_response.details == "sidecar_hit-semantic"
 
 
 def test_the_memo_stays_within_its_byte_bound() -> None:
@@ -55,18 +74,23 @@ def with_request_id(request_id: str) -> HttpAnswer:
 
 def test_answers_differing_only_in_their_request_id_share_one_memo_entry() -> None:
     """Behind Envoy every request has its own id: the memo keys on the answer without it,
-    and each reply is, byte for byte, what building the whole answer gives."""
+    and each reply (the memoised bytes, then the id's header serialised apart) parses to
+    what building the whole answer gives, the id's header last."""
     memo = _ReplyMemo()
-    replies = [memo.get(with_request_id(f"req-{n}"), "sidecar_hit-exact") for n in range(50)]
+    ids = [f"req-{n}" for n in range(50)] + ["7c9a3e7e-4b4f-4a55-9a8e-1b0c8d9e6f70", "x" * 256]
+    replies = [memo.get(with_request_id(rid), "sidecar_hit-exact") for rid in ids]
     assert len(memo._replies) == 1
-    for n, reply in enumerate(replies):
-        built = _build_immediate(with_request_id(f"req-{n}"), "sidecar_hit-exact")
-        assert reply.SerializeToString() == built.SerializeToString()
-    assert replies[0] is not replies[1]  # each stream its own copy: the memo's is never sent
-    shared = memo.get(answer(1), "sidecar_hit-exact")  # no request id: shared as before
+    for rid, reply in zip(ids, replies, strict=True):
+        built = _build_immediate(with_request_id(rid), "sidecar_hit-exact")
+        assert parsed(reply) == built
+        # parsed and serialised again: the same bytes as the message built whole
+        assert parsed(reply).SerializeToString() == built.SerializeToString()
+        last = parsed(reply).immediate_response.headers.set_headers[-1]
+        assert (last.header.key, last.header.raw_value) == (REQUEST_ID_HEADER, rid.encode())
+    shared = memo.get(answer(1), "sidecar_hit-exact")  # no request id: the memoised bytes
     assert shared is memo.get(answer(1), "sidecar_hit-exact")
     assert REQUEST_ID_HEADER not in {
-        h.header.key for h in shared.immediate_response.headers.set_headers
+        h.header.key for h in parsed(shared).immediate_response.headers.set_headers
     }
 
 
@@ -74,7 +98,7 @@ def test_a_request_id_not_last_is_part_of_the_key() -> None:
     headers = {REQUEST_ID_HEADER: "req-1", "content-type": "application/json"}
     odd = HttpAnswer(200, headers, b"{}")
     reply = _ReplyMemo().get(odd, "d")
-    assert reply.SerializeToString() == _build_immediate(odd, "d").SerializeToString()
+    assert reply == _build_immediate(odd, "d").SerializeToString()
 
 
 def test_request_headers_read_in_one_pass_match_reading_then_splitting() -> None:
@@ -100,3 +124,33 @@ def test_request_headers_read_in_one_pass_match_reading_then_splitting() -> None
     assert pseudo == {":method": "POST", ":path": "/v1/chat/completions"}
     assert split["accept"] == "a, b" and split["x-bf-cache-key"] == "tenant"
     assert split["x-latin"] == "caf\u00e9"
+
+
+class _ServedFromBytes(PassThroughProcessor):
+    """Answers as an exact hit does: the CONTINUE and the immediate response as bytes."""
+
+    async def request_headers(self, message: HttpHeaders) -> Reply:
+        return CONTINUE_REQUEST_HEADERS
+
+    async def request_body(self, message: HttpBody) -> Reply:
+        self.finished = True
+        return immediate(with_request_id("req-7"), "sidecar_hit-exact")
+
+
+async def test_replies_given_as_bytes_reach_the_client_as_the_messages_they_encode() -> None:
+    """Through the real gRPC server: bytes go out as they are, and the stream ends after an
+    immediate response given as bytes (``finished``), as after one given as a message."""
+    server = ExtProcServer(_ServedFromBytes, port=0)
+    port = await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            call = pb_grpc.ExternalProcessorStub(ch).Process(timeout=30)
+            await call.write(ProcessingRequest(request_headers=HttpHeaders()))
+            assert await call.read() == continue_for(REQUEST_HEADERS)
+            await call.write(ProcessingRequest(request_body=HttpBody(end_of_stream=True)))
+            hit = await call.read()
+            assert hit == _build_immediate(with_request_id("req-7"), "sidecar_hit-exact")
+            assert await call.read() is grpc.aio.EOF
+            assert await call.code() == grpc.StatusCode.OK
+    finally:
+        await server.stop(0)

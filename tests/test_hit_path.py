@@ -87,8 +87,14 @@ async def ask(
     return ctx, outcome
 
 
-def answer_of(question: str) -> bytes:
-    return orjson.dumps(openai_answer(f"answer to {question}"))
+def answer_of(question: str, model: str | None = None, usage: bool = True) -> bytes:
+    """``model``: another model than the (priced) default; ``usage``: False leaves it out."""
+    answer = openai_answer(f"answer to {question}")
+    if model is not None:
+        answer["model"] = model
+    if not usage:
+        del answer["usage"]
+    return orjson.dumps(answer)
 
 
 def counts(sidecar: Sidecar) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -133,7 +139,8 @@ def seen(ctx: RequestContext, outcome: RequestOutcome) -> dict[str, Any]:
 
 def requests() -> Iterator[tuple[HookRequest, bytes]]:
     """A mix: misses that store, repeated exact hits in two partitions, a streamed answer,
-    headers that change the plan (no-store, ttl, semantic only), an unparsable body."""
+    headers that change the plan (no-store, ttl, semantic only), an unparsable body, answers
+    of an unpriced model and without usage (each counts its savings its own way)."""
     n = 0
 
     def rid() -> str:
@@ -155,6 +162,10 @@ def requests() -> Iterator[tuple[HookRequest, bytes]]:
         yield request(questions[0], rid(), {"x-bf-cache-type": "semantic"}), answer_of("s")
         yield request(questions[1], rid(), {"x-bf-cache-type": "direct"}), answer_of("d")
         yield request(questions[0], rid(), {"x-bf-cache-ttl": "forever"}), answer_of("x")
+        unpriced = "Which model wrote this?"
+        yield request(unpriced, rid()), answer_of(unpriced, model="unpriced-model-x")
+        no_usage = "Which answer has no usage?"
+        yield request(no_usage, rid()), answer_of(no_usage, usage=False)
         bad = HookRequest("POST", CHAT, {}, b'{"messages": 3}', rid())
         yield bad, answer_of("bad")
 
@@ -179,6 +190,15 @@ async def test_the_fast_path_serves_what_the_slow_path_serves(
         ]
         assert deltas[0] == deltas[1]
         assert deltas[1][("sidecar_cache_hits_total", (("hit_type", "exact"),))] >= 10
+        # each way a hit counts its savings was taken by the fast path too
+        counted = {name for name, _ in deltas[1]}
+        assert {
+            "sidecar_tokens_saved_total",
+            "sidecar_cost_saved_usd_total",
+            "sidecar_cost_unknown_hits_total",
+            "sidecar_usage_unknown_hits_total",
+            "sidecar_partition_requests_total",
+        } <= counted, counted
         assert decisions(slow) == decisions(fast)
         assert fast.pipeline is not None and fast.pipeline.hit_path is not None
         # Every repeated exact hit but each request's first came from the memo.

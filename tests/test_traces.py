@@ -195,7 +195,7 @@ async def test_ext_proc_request_continues_envoys_trace(
     import orjson
 
     from sidecar.transports.extproc import PipelineProcessor
-    from sidecar.transports.extproc.messages import HttpBody
+    from sidecar.transports.extproc.messages import HttpBody, as_message
     from sidecar.transports.extproc.pipeline_processor import TRANSPORT
 
     config = make_config(telemetry={"otlp_endpoint": receiver.endpoint})
@@ -214,7 +214,7 @@ async def test_ext_proc_request_continues_envoys_trace(
         reply = await processor.request_body(
             HttpBody(body=orjson.dumps(chat_body(QUESTION)), end_of_stream=True)
         )
-        assert reply.WhichOneof("response") == "immediate_response"  # an exact hit
+        assert as_message(reply).WhichOneof("response") == "immediate_response"  # an exact hit
     roots = [s for s in receiver.spans if s.name == "sidecar.request"]
     envoy_root = [r for r in roots if r.trace_id.hex() == trace_id]
     assert len(envoy_root) == 1 and envoy_root[0].parent_span_id.hex() == caller

@@ -151,6 +151,11 @@ class Lookup:
     def hit(self) -> bool:
         return self.entry is not None
 
+    @property
+    def holds(self) -> bool:
+        """Something ``DualCache.release`` frees: a miss lock or an early embedding."""
+        return self.lock is not None or self.pending is not None
+
 
 class DualCache:
     def __init__(

@@ -99,6 +99,7 @@ class RecentDecisions:
         # regular expression per request otherwise); bounded in count and length, as some
         # phrases quote numbers or a path.
         self._reasons: dict[str, str] = {}
+        self._partitions: dict[str, str] = {}  # partition key -> its hash, as shown
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -122,7 +123,7 @@ class RecentDecisions:
             Decision(
                 time.time(),
                 ctx.transport,
-                partition_hash(plan.partition) if plan is not None else "",
+                self._partition(plan.partition) if plan is not None else "",
                 ctx.cache.status.value,
                 shown,
                 ctx.hook_seconds * 1000,
@@ -130,6 +131,18 @@ class RecentDecisions:
                 tuple(fired) if fired else (),
             )
         )
+
+    def _partition(self, partition: str) -> str:
+        # A SHA-256 per request otherwise; bounded like the reasons (short keys only, at most
+        # _REASONS_KEPT of them), as partition keys are a caller's choice.
+        shown = self._partitions.get(partition)
+        if shown is None:
+            shown = partition_hash(partition)
+            if len(partition) <= MAX_REASON_CHARS:
+                if len(self._partitions) >= _REASONS_KEPT:
+                    self._partitions.clear()
+                self._partitions[partition] = shown
+        return shown
 
     def add(self, row: Decision) -> None:
         size = _size(row)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeAlias
 
 import orjson
 from envoy.config.core.v3 import base_pb2
@@ -23,7 +23,7 @@ from google.protobuf import struct_pb2
 from sidecar.context import REQUEST_ID_HEADER, HookError, HttpAnswer
 from sidecar.hit_path import PLAN_HEADERS
 
-__all__ = ["HttpBody", "HttpHeaders", "ProcessingRequest", "ProcessingResponse"]
+__all__ = ["HttpBody", "HttpHeaders", "ProcessingRequest", "ProcessingResponse", "Reply"]
 
 ProcessingMode = processing_mode_pb2.ProcessingMode
 BodySendMode = processing_mode_pb2.ProcessingMode.BodySendMode
@@ -193,6 +193,29 @@ _CONTINUE = {
 }
 
 
+#: what a processor answers a message with: a message, or its bytes already serialised (the
+#: gRPC server sends those as they are, see ``serialize_reply``)
+Reply: TypeAlias = ProcessingResponse | bytes
+#: the CONTINUE reply to request headers, serialised once: every request to the LLM API waits
+#: for its body with it
+CONTINUE_REQUEST_HEADERS = _CONTINUE[REQUEST_HEADERS].SerializeToString()
+
+
+def serialize_reply(reply: Reply) -> bytes:
+    """The gRPC response serialiser of ``Process``: a reply already serialised goes as is."""
+    if type(reply) is bytes:
+        return reply
+    assert isinstance(reply, ProcessingResponse)
+    return reply.SerializeToString()
+
+
+def as_message(reply: Reply) -> ProcessingResponse:
+    """The reply as a message, whichever form the processor gave it in (tests, tools)."""
+    if isinstance(reply, bytes):
+        return ProcessingResponse.FromString(reply)
+    return reply
+
+
 def continue_for(kind: str) -> ProcessingResponse:
     """The unmodified reply to a message of ``kind``: Envoy carries on as if we were absent.
     Shared between streams: callers must not modify it."""
@@ -247,30 +270,31 @@ def body_reply(
 
 
 class _ReplyMemo:
-    """Immediate responses already built, by everything they are built from but the request id.
+    """Immediate responses already serialised, by everything they are built from but the
+    request id.
 
     An exact hit replays the same stored answer with the same headers (status, entry id)
-    each time; building its protobuf (a HeaderValueOption per header) cost more than the rest
-    of the sidecar's work for a hit. Every answer also carries its own request id
-    (``x-bf-cache-request-id``, the last header: the pipeline adds it after the others), so
-    the memo keys on the answer without it and each reply is a copy of the memoised one with
-    that one header appended: the same message, header for header, as one built whole
-    (``_build_immediate``), at a tenth of the cost. An answer without a trailing request id is
-    shared as is: a reply is only read after it is built (grpc serialises it), so one object
-    can answer many streams. Bounded by bytes: when the next reply would pass ``max_bytes``
-    the memo starts over; bodies over ``max_body`` are not kept. A dictionary rather than
-    functools.lru_cache, which has no byte bound.
+    each time; building its protobuf (a HeaderValueOption per header) and serialising it cost
+    more than the rest of the sidecar's work for a hit. Every answer also carries its own
+    request id (``x-bf-cache-request-id``, the last header: the pipeline adds it after the
+    others), so the memo keys on the answer without it and each reply is the memoised bytes
+    followed by that one header, serialised apart (``_request_id_tail``). Protobuf parsing
+    merges a message field met twice and appends to a repeated one, so the two parts read as
+    one reply, header for header what building the whole answer gives (``_build_immediate``;
+    ``tests/test_extproc_replies.py``). Bounded by bytes: when the next reply would pass
+    ``max_bytes`` the memo starts over; bodies over ``max_body`` are not kept. A dictionary
+    rather than functools.lru_cache, which has no byte bound.
     """
 
     def __init__(self, max_bytes: int = 8 * 1024 * 1024, max_body: int = 64 * 1024) -> None:
         self.max_bytes = max_bytes
         self.max_body = max_body
-        self._replies: dict[Any, ProcessingResponse] = {}
+        self._replies: dict[Any, bytes] = {}
         self._bytes = 0
 
-    def get(self, answer: HttpAnswer, details: str) -> ProcessingResponse:
+    def get(self, answer: HttpAnswer, details: str) -> bytes:
         if len(answer.body) > self.max_body:
-            return _build_immediate(answer, details)
+            return _build_immediate(answer, details).SerializeToString()
         items = tuple(answer.headers.items())
         request_id = None
         if items and items[-1][0] == REQUEST_ID_HEADER:
@@ -279,8 +303,9 @@ class _ReplyMemo:
         key = (answer.status, items, answer.body, details)
         reply = self._replies.get(key)
         if reply is None:
-            reply = _build_immediate(HttpAnswer(answer.status, dict(items), answer.body), details)
-            size = len(answer.body) + sum(len(k) + len(v) for k, v in items) + len(details)
+            built = _build_immediate(HttpAnswer(answer.status, dict(items), answer.body), details)
+            reply = built.SerializeToString()
+            size = len(reply) + sum(len(k) + len(v) for k, v in items) + len(details)
             if self._bytes + size > self.max_bytes:
                 self._replies.clear()
                 self._bytes = 0
@@ -288,12 +313,47 @@ class _ReplyMemo:
             self._bytes += size
         if request_id is None:
             return reply
-        own = ProcessingResponse()
-        own.CopyFrom(reply)
-        option = own.immediate_response.headers.set_headers.add(append_action=_OVERWRITE)
-        option.header.key = REQUEST_ID_HEADER
-        option.header.raw_value = request_id.encode("utf-8")
-        return own
+        return reply + _request_id_tail(request_id)
+
+
+#: per request id length (in bytes): the serialised reply holding only that header, split
+#: around the id's bytes; Envoy's ids all have one length, so this holds one or two items
+_ID_TAILS: dict[int, tuple[bytes, bytes]] = {}
+_MAX_ID_TAILS = 64
+
+
+def _request_id_tail(request_id: str) -> bytes:
+    """``ProcessingResponse`` bytes that add ``x-bf-cache-request-id: request_id`` to an
+    immediate response's headers when appended to it. The id is the last field of the message
+    (``raw_value``, then only ``append_action`` follows), so the bytes around it depend on
+    its length alone."""
+    raw = request_id.encode("utf-8")
+    parts = _ID_TAILS.get(len(raw))
+    if parts is None:
+        whole = _id_only_reply(b"\0" * len(raw)).SerializeToString()
+        after = base_pb2.HeaderValueOption(append_action=_OVERWRITE).SerializeToString()
+        start = len(whole) - len(after) - len(raw)
+        assert whole[start:] == b"\0" * len(raw) + after, "unexpected field order"
+        parts = (whole[:start], after)
+        if len(_ID_TAILS) >= _MAX_ID_TAILS:
+            _ID_TAILS.clear()
+        _ID_TAILS[len(raw)] = parts
+    return parts[0] + raw + parts[1]
+
+
+def _id_only_reply(raw: bytes) -> ProcessingResponse:
+    return ProcessingResponse(
+        immediate_response=pb.ImmediateResponse(
+            headers=pb.HeaderMutation(
+                set_headers=[
+                    base_pb2.HeaderValueOption(
+                        header=base_pb2.HeaderValue(key=REQUEST_ID_HEADER, raw_value=raw),
+                        append_action=_OVERWRITE,
+                    )
+                ]
+            )
+        )
+    )
 
 
 def _build_immediate(answer: HttpAnswer, details: str) -> ProcessingResponse:
@@ -311,9 +371,9 @@ def _build_immediate(answer: HttpAnswer, details: str) -> ProcessingResponse:
 _REPLIES = _ReplyMemo()
 
 
-def immediate(answer: HttpAnswer, details: str) -> ProcessingResponse:
+def immediate(answer: HttpAnswer, details: str) -> bytes:
     """Answer the client directly; the upstream is not called (or its answer is replaced).
-    The reply is shared (see ``_ReplyMemo``): callers must not modify it."""
+    Serialised already (see ``_ReplyMemo``): the gRPC server sends reply bytes as they are."""
     return _REPLIES.get(answer, details)
 
 

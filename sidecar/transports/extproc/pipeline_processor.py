@@ -20,11 +20,19 @@ import orjson
 
 from guardrails.base import Stage
 from sidecar.cache.layer import CacheStatus
-from sidecar.context import ENTRY_HEADER, HookError, HookRequest, RequestContext, RequestOutcome
+from sidecar.context import (
+    ENTRY_HEADER,
+    HookError,
+    HookRequest,
+    HttpAnswer,
+    RequestContext,
+    RequestOutcome,
+)
 from sidecar.formats import request_type_for
 from sidecar.pipeline import Pipeline
 from sidecar.streaming import StreamProcessor
 from sidecar.transports.extproc.messages import (
+    CONTINUE_REQUEST_HEADERS,
     REQUEST_BODY,
     REQUEST_HEADERS,
     RESPONSE_BODY,
@@ -33,6 +41,7 @@ from sidecar.transports.extproc.messages import (
     HttpBody,
     HttpHeaders,
     ProcessingResponse,
+    Reply,
     body_reply,
     continue_for,
     error_answer,
@@ -47,6 +56,9 @@ log = logging.getLogger("sidecar.extproc")
 ROUND_TRIP_MAX_BODY = 16 * 1024
 
 TRANSPORT = "extproc"
+#: an immediate response's ``details`` by cache status (an enum's ``value`` is a Python-level
+#: property: read once here rather than per answer)
+_DETAILS = {status: f"sidecar_{status.value}" for status in CacheStatus}
 
 
 class ExtProcError(Exception):
@@ -82,10 +94,12 @@ class PipelineProcessor:
         self._pipeline = pipeline
         self._max_bytes = pipeline.config.server.max_body_bytes
         self._governor = None if pipeline.cache is None else pipeline.cache.governor
-        self._headers: dict[str, str] = {}
+        # Made where first needed (an exact hit needs none of them): the request headers
+        # by _take_headers, the answer's by response_headers, before anything reads them.
+        self._headers: dict[str, str]
         self._request_chunks: list[bytes] = []
-        self._response_headers: dict[str, str] = {}
-        self._answer_chunks: list[bytes] = []
+        self._response_headers: dict[str, str]
+        self._answer_chunks: list[bytes]
 
     # ------------------------------------------------------------------ request
     def _take_headers(self, headers: dict[str, str], pseudo: dict[str, str] | None = None) -> None:
@@ -105,7 +119,7 @@ class PipelineProcessor:
         if not self._have_headers:
             self._take_headers(headers)
 
-    async def request_headers(self, message: HttpHeaders) -> ProcessingResponse:
+    async def request_headers(self, message: HttpHeaders) -> Reply:
         pseudo: dict[str, str] = {}
         try:
             headers = read_headers(message, "request", pseudo)
@@ -119,9 +133,9 @@ class PipelineProcessor:
             self._decided = True
             return await self._decide(None, REQUEST_HEADERS)
         self._headers_replied = time.perf_counter()  # the reply goes out now
-        return continue_for(REQUEST_HEADERS)
+        return CONTINUE_REQUEST_HEADERS
 
-    async def request_body(self, message: HttpBody) -> ProcessingResponse:
+    async def request_body(self, message: HttpBody) -> Reply:
         if self._decided:
             return continue_for(REQUEST_BODY)
         if not self._have_headers:
@@ -135,18 +149,22 @@ class PipelineProcessor:
             # request is not one we handle.
             self._decided = True
             return await self._decide(None, REQUEST_BODY)
+        body = message.body  # read once: each read copies it out of the message
+        end = message.end_of_stream
         if self._headers_replied and self._governor is not None:
             # Load signal: how long Envoy's body took to follow the headers reply. Only small
             # bodies in one message: a large upload's own transfer time is not load.
-            if message.end_of_stream and len(message.body) <= ROUND_TRIP_MAX_BODY:
+            if end and len(body) <= ROUND_TRIP_MAX_BODY:
                 self._governor.observe_round_trip(time.perf_counter() - self._headers_replied)
             self._headers_replied = 0.0
-        self._request_chunks.append(message.body)
-        if not message.end_of_stream:
+        if not end:
             # request_body_mode STREAMED: the chunk goes upstream now, the decision waits.
+            self._request_chunks.append(body)
             return continue_for(REQUEST_BODY)
         self._decided = True
-        body = b"".join(self._request_chunks)
+        if self._request_chunks:  # the last of several chunks (none kept: it came whole)
+            self._request_chunks.append(body)
+            body = b"".join(self._request_chunks)
         if len(body) > self._max_bytes:
             # Unlike the HTTP hook, a proxy in the path must not refuse traffic it cannot cache.
             log.info("request body of %d bytes over max_body_bytes: passed uncached", len(body))
@@ -155,7 +173,7 @@ class PipelineProcessor:
             return continue_for(REQUEST_BODY)
         return await self._decide(body, REQUEST_BODY)
 
-    async def _decide(self, body: bytes | None, kind: str) -> ProcessingResponse:
+    async def _decide(self, body: bytes | None, kind: str) -> Reply:
         hook = HookRequest(
             method=self._method or "GET",
             path=self._path,
@@ -170,14 +188,18 @@ class PipelineProcessor:
             return self._refuse(exc)
         return self._request_reply(outcome, kind)
 
-    def _request_reply(self, outcome: RequestOutcome, kind: str) -> ProcessingResponse:
+    def _immediate(self, answer: HttpAnswer, details: str) -> bytes:
+        self.finished = True  # the stream ends with this reply (see ``Processor.finished``)
+        return immediate(answer, details)
+
+    def _request_reply(self, outcome: RequestOutcome, kind: str) -> Reply:
         if outcome.action == "respond":
             assert outcome.response is not None
-            return immediate(outcome.response, f"sidecar_{outcome.cache.status.value}")
+            return self._immediate(outcome.response, _DETAILS[outcome.cache.status])
         self.finished = not outcome.answer_needed
         if outcome.body is None:
             return continue_for(kind)
-        if kind != REQUEST_BODY or len(self._request_chunks) != 1:
+        if kind != REQUEST_BODY or self._request_chunks:
             raise ExtProcError(
                 "the request body must be rewritten but arrived in several chunks; "
                 "configure request_body_mode: BUFFERED"
@@ -185,9 +207,9 @@ class PipelineProcessor:
         new_body = orjson.dumps(outcome.body)
         return body_reply(REQUEST_BODY, new_body, fix_length=True)
 
-    def _refuse(self, exc: HookError) -> ProcessingResponse:
+    def _refuse(self, exc: HookError) -> bytes:
         self._pipeline.metrics.hook_errors.labels(TRANSPORT, exc.kind).inc()
-        return immediate(error_answer(exc), f"sidecar_{exc.kind}")
+        return self._immediate(error_answer(exc), f"sidecar_{exc.kind}")
 
     # ------------------------------------------------------------------ response
     def _output_guarded(self, ctx: RequestContext) -> bool:
@@ -217,6 +239,7 @@ class PipelineProcessor:
         except ValueError:
             self._status = 0
         self._response_headers = _without_pseudo(headers)
+        self._answer_chunks = []
         self._response_mode = self._choose_mode(ctx)
         if self._response_mode == BodySendMode.NONE:
             # No body will come: let identical requests waiting on this miss go ahead now.
@@ -225,7 +248,7 @@ class PipelineProcessor:
             RESPONSE_HEADERS, ctx.cache.headers(), response_body_mode=self._response_mode
         )
 
-    async def response_body(self, message: HttpBody) -> ProcessingResponse:
+    async def response_body(self, message: HttpBody) -> Reply:
         ctx = self.ctx
         if ctx is None or ctx.parsed is None or not 200 <= self._status < 300:
             return continue_for(RESPONSE_BODY)
@@ -254,7 +277,7 @@ class PipelineProcessor:
         whole = self._stream_messages == 1 and message.end_of_stream
         return body_reply(RESPONSE_BODY, out if out != chunk else None, fix_length=whole)
 
-    async def _answer_chunk(self, ctx: RequestContext, message: HttpBody) -> ProcessingResponse:
+    async def _answer_chunk(self, ctx: RequestContext, message: HttpBody) -> Reply:
         self._answer_size += len(message.body)
         if self._answer_size <= self._max_bytes:
             self._answer_chunks.append(message.body)
@@ -277,7 +300,7 @@ class PipelineProcessor:
                     "allow_mode_override: true (or response_body_mode: BUFFERED)"
                 )
             if outcome.response is not None:
-                return immediate(outcome.response, "sidecar_output_blocked")
+                return self._immediate(outcome.response, "sidecar_output_blocked")
         extra: dict[str, str] = {}
         if outcome.stored_entry_id is not None and whole:
             extra[ENTRY_HEADER] = outcome.stored_entry_id
@@ -286,5 +309,5 @@ class PipelineProcessor:
     async def close(self) -> None:
         # A stream cut short (client gone, Envoy timeout, error) never reached the store: free
         # its single-flight miss lock so waiting requests go upstream instead of timing out.
-        if self.ctx is not None:
+        if self.ctx is not None and self._pipeline.holds_miss_lock(self.ctx):
             await self._pipeline.release_miss_lock(self.ctx)

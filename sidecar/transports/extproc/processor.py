@@ -17,26 +17,28 @@ from sidecar.transports.extproc.messages import (
     HttpBody,
     HttpHeaders,
     ProcessingResponse,
+    Reply,
     continue_for,
 )
 
 
 class Processor(Protocol):
     #: nothing more to do on this stream: the server ends it after the last reply, and Envoy
-    #: goes on without the sidecar (no response messages)
+    #: goes on without the sidecar (no response messages). Set with every immediate response
+    #: given as bytes (``Reply``): the server does not parse a reply to see what it is.
     finished: bool
 
     def request_attributes(self, headers: dict[str, str]) -> None:
         """The request's headers as Envoy attributes, given before the first message that
         carries them when Envoy skips the headers message (request_header_mode: SKIP)."""
 
-    async def request_headers(self, message: HttpHeaders) -> ProcessingResponse: ...
+    async def request_headers(self, message: HttpHeaders) -> Reply: ...
 
-    async def request_body(self, message: HttpBody) -> ProcessingResponse: ...
+    async def request_body(self, message: HttpBody) -> Reply: ...
 
-    async def response_headers(self, message: HttpHeaders) -> ProcessingResponse: ...
+    async def response_headers(self, message: HttpHeaders) -> Reply: ...
 
-    async def response_body(self, message: HttpBody) -> ProcessingResponse: ...
+    async def response_body(self, message: HttpBody) -> Reply: ...
 
     async def close(self) -> None:
         """The stream ended (answered, cancelled by Envoy, or failed): release what is held."""
