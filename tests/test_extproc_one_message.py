@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from conftest import make_config
 from envoy_harness import EnvoyStack
 from extproc_scenarios import GUARD_WIRED, chat
 from google.protobuf import struct_pb2
@@ -178,3 +179,23 @@ async def test_attributes_for_other_traffic_pass_the_body_untouched(sidecar_fact
         )
         assert reply.WhichOneof("response") == "request_body"
         assert not reply.request_body.response.HasField("body_mutation")
+
+
+async def test_streamed_chunks_past_max_body_bytes_are_not_kept(sidecar_factory: Any) -> None:
+    """request_body_mode STREAMED: chunks are kept for the decision up to max_body_bytes only;
+    a longer request passes uncached (counted as a bypass) and nothing past the bound is held."""
+    config = make_config(server={"max_body_bytes": 4096})
+    async with sidecar_factory(config) as (sidecar, _):
+        metrics = sidecar.pipeline.metrics.registry
+        before = metrics.get_sample_value("sidecar_cache_bypasses_total") or 0.0
+        processor = PipelineProcessor(sidecar.pipeline)
+        processor.request_attributes({":method": "POST", ":path": "/v1/chat/completions"})
+        chunk = b"x" * 1500
+        for _ in range(20):  # 30 KB in all
+            reply = as_message(await processor.request_body(HttpBody(body=chunk)))
+            assert reply.WhichOneof("response") == "request_body"
+            assert sum(len(c) for c in processor._request_chunks) <= 4096
+        last = as_message(await processor.request_body(HttpBody(body=b"}", end_of_stream=True)))
+        assert last.WhichOneof("response") == "request_body"
+        assert not last.request_body.response.HasField("body_mutation")
+        assert metrics.get_sample_value("sidecar_cache_bypasses_total") == before + 1

@@ -89,6 +89,7 @@ class PipelineProcessor:
     _stream_stored = False
     _stream_messages = 0
     _answer_size = 0
+    _request_size = 0  # request body bytes received so far (chunks past the bound not kept)
 
     def __init__(self, pipeline: Pipeline) -> None:
         self._pipeline = pipeline
@@ -157,20 +158,28 @@ class PipelineProcessor:
             if end and len(body) <= ROUND_TRIP_MAX_BODY:
                 self._governor.observe_round_trip(time.perf_counter() - self._headers_replied)
             self._headers_replied = 0.0
+        self._request_size += len(body)
         if not end:
             # request_body_mode STREAMED: the chunk goes upstream now, the decision waits.
-            self._request_chunks.append(body)
+            # Chunks are kept up to max_body_bytes only: past it the request passes uncached.
+            if self._request_size <= self._max_bytes:
+                self._request_chunks.append(body)
+            else:
+                self._request_chunks.clear()
             return continue_for(REQUEST_BODY)
         self._decided = True
-        if self._request_chunks:  # the last of several chunks (none kept: it came whole)
-            self._request_chunks.append(body)
-            body = b"".join(self._request_chunks)
-        if len(body) > self._max_bytes:
+        if self._request_size > self._max_bytes:
             # Unlike the HTTP hook, a proxy in the path must not refuse traffic it cannot cache.
-            log.info("request body of %d bytes over max_body_bytes: passed uncached", len(body))
+            self._request_chunks.clear()
+            log.info(
+                "request body of %d bytes over max_body_bytes: passed uncached", self._request_size
+            )
             self._pipeline.metrics.requests.labels(TRANSPORT, CacheStatus.BYPASS.value).inc()
             self._pipeline.metrics.bypasses.inc()
             return continue_for(REQUEST_BODY)
+        if self._request_chunks:  # the last of several chunks (none kept: it came whole)
+            self._request_chunks.append(body)
+            body = b"".join(self._request_chunks)
         return await self._decide(body, REQUEST_BODY)
 
     async def _decide(self, body: bytes | None, kind: str) -> Reply:
