@@ -106,6 +106,9 @@ class LoadGovernor:
         self._shedding_until = 0.0
         self._store_shedding_until = 0.0
         self._refusing_until = 0.0
+        #: streams queued behind one that waited past ``stream_wait_limit`` are refused
+        #: before their first message until then (failing open; ``admit_waited``)
+        self._wait_refusing_until = 0.0
         self._ignore_until = 0.0  # lag readings before this are not counted (settle)
         self._recent: deque[float] = deque(maxlen=SUSTAINED_PROBES)
         self.round_trip = 0.0  # the latest ext_proc round trip, seconds
@@ -149,6 +152,7 @@ class LoadGovernor:
         self._round_trips.clear()
         self._waits.clear()
         self._shedding_until = self._store_shedding_until = self._refusing_until = 0.0
+        self._wait_refusing_until = 0.0
 
     def observe_lag(self, lag: float) -> None:
         """One measurement of how late the loop ran a timer (from the probe)."""
@@ -195,6 +199,12 @@ class LoadGovernor:
             self._marks(min(self._waits))
         if self._refuse_on_stall and waited > self.stream_wait_limit > 0:
             self.shed("extproc_stream", TRANSPORT_WAIT)
+            # The streams taken up next queued behind this one: those that came in while it
+            # was already over the mark have waited past it too. Refuse them before their first
+            # message is read (``admit_stream``), for as long as this one's wait exceeded the
+            # mark: a refusal then costs no message read, and the queue drains sooner.
+            excess = min(waited - self.stream_wait_limit, HOLD_S)
+            self._wait_refusing_until = max(self._wait_refusing_until, time.monotonic() + excess)
             return False
         return True
 
@@ -232,10 +242,15 @@ class LoadGovernor:
 
     def admit_stream(self) -> bool:
         """Whether a new ext_proc stream should be served; False (counted) while the loop or
-        the transport lags past ``server.refuse_streams_lag_ms``. Checked once per stream,
-        before its first message is read."""
-        if self.stream_lag_limit > 0 and time.monotonic() < self._refusing_until:
+        the transport lags past ``server.refuse_streams_lag_ms``, or (failing open) just after
+        a stream that waited past ``server.refuse_streams_wait_ms`` (``admit_waited``).
+        Checked once per stream, before its first message is read."""
+        now = time.monotonic()
+        if self.stream_lag_limit > 0 and now < self._refusing_until:
             self.shed("extproc_stream", LOOP_LAG)
+            return False
+        if now < self._wait_refusing_until:  # set only failing open (admit_waited)
+            self.shed("extproc_stream", TRANSPORT_WAIT)
             return False
         return True
 
