@@ -66,6 +66,11 @@ def sidecar_counters(base: str) -> dict[str, float]:
     out["shed_extproc_stream_transport_wait"] = metric_value(
         base, "sidecar_overload_shed_total", 'cause="transport_wait",work="extproc_stream"'
     )
+    for kind in ("loop_busy", "not_scheduled", "blocked", "unknown"):
+        # what the loop's thread did during its stalls (absent before that counter existed)
+        out[f"loop_stalls_{kind}"] = metric_value(
+            base, "sidecar_event_loop_stalls_total", f'kind="{kind}"'
+        )
     out["event_loop_lag_seconds"] = metric_value(base, "sidecar_event_loop_lag_seconds")
     out["extproc_round_trip_seconds"] = metric_value(base, "sidecar_extproc_round_trip_seconds")
     return out

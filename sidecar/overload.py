@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -54,11 +55,34 @@ HOLD_S = 0.5
 #: the lag must last this many probes in a row (50 ms): a one-off spike (a collection, one
 #: large body) is not an overload, and shedding would not shorten it
 SUSTAINED_PROBES = 5
+#: a probe this late is a stall, counted by what the process did meanwhile
+STALL_S = 0.05
 
 INFLIGHT = "inflight_limit"
 LOOP_LAG = "loop_lag"
 #: a stream waited in the gRPC transport, before the sidecar took it up, past the mark
 TRANSPORT_WAIT = "transport_wait"
+
+
+def _open_schedstat() -> int | None:
+    """The calling thread's ``/proc/thread-self/schedstat`` (Linux): its time on a core and
+    its time ready but waiting for one. None where there is no such file."""
+    try:
+        return os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _thread_times(sched: int | None) -> tuple[float, float]:
+    """(seconds on a core, seconds waiting for one) of the thread whose schedstat ``sched``
+    is, read afresh (1-2 us); without it, the calling thread's CPU time and 0."""
+    if sched is not None:
+        try:
+            fields = os.pread(sched, 128, 0).split()
+            return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            pass
+    return time.thread_time(), 0.0
 
 
 class Overloaded(Exception):  # noqa: N818 - reads as the state it reports
@@ -135,13 +159,44 @@ class LoadGovernor:
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            planned = loop.time() + PROBE_INTERVAL_S
-            await asyncio.sleep(PROBE_INTERVAL_S)
-            self.last_tick = time.monotonic()
-            if self.on_tick is not None:
-                self.on_tick()
-            self.observe_lag(max(0.0, loop.time() - planned))
+        sched = _open_schedstat()  # opened here: the loop thread's own figures
+        try:
+            ran, waited = _thread_times(sched)
+            while True:
+                planned = loop.time() + PROBE_INTERVAL_S
+                await asyncio.sleep(PROBE_INTERVAL_S)
+                self.last_tick = time.monotonic()
+                if self.on_tick is not None:
+                    self.on_tick()
+                lag = max(0.0, loop.time() - planned)
+                now_ran, now_waited = _thread_times(sched)
+                if lag > STALL_S:
+                    self._count_stall(
+                        PROBE_INTERVAL_S + lag,
+                        now_ran - ran,
+                        None if sched is None else now_waited - waited,
+                    )
+                ran, waited = now_ran, now_waited
+                self.observe_lag(lag)
+        finally:
+            if sched is not None:
+                os.close(sched)
+
+    def _count_stall(self, wall: float, ran: float, waited_for_core: float | None) -> None:
+        """Say what the loop's thread did while the loop ran late: it ran (work on the loop,
+        to move or split: ``loop_busy``), it was ready but got no core (``not_scheduled``:
+        the host's CPU, or the sidecar's own compute threads, took the cores), or it slept
+        (``blocked``: waiting for the GIL another thread held, or a blocking call on the
+        loop); ``unknown`` where the kernel does not tell the last two apart."""
+        if ran >= wall / 2:
+            kind = "loop_busy"
+        elif waited_for_core is None:
+            kind = "unknown"
+        elif waited_for_core >= wall / 2:
+            kind = "not_scheduled"
+        else:
+            kind = "blocked"
+        self._metrics.loop_stalls.labels(kind).inc()
 
     def settle(self, grace_s: float = 1.0) -> None:
         """Start-up is over: forget the lag it caused (model loading, the collector's last full
