@@ -30,7 +30,8 @@ optional work is what is shed, before it is queued, so the work every request mu
   stream's first message, the sidecar knows how long the stream waited in grpc's transport
   before it was taken up (``admit_waited``), a queue no other signal sees: failing open, a
   stream that waited past ``server.refuse_streams_wait_ms`` (50 ms) is refused on its own,
-  and five in a row that late shed like a lagging loop.
+  the streams taken up right after it (queued behind it) before their first message is
+  read, and five in a row that late shed like a lagging loop.
 
 All are counted in ``sidecar_overload_shed_total{work, cause}``; the lag is exported as
 ``sidecar_event_loop_lag_seconds``. Nothing here fails a request: shedding turns optional work
@@ -55,7 +56,7 @@ HOLD_S = 0.5
 #: the lag must last this many probes in a row (50 ms): a one-off spike (a collection, one
 #: large body) is not an overload, and shedding would not shorten it
 SUSTAINED_PROBES = 5
-#: a probe this late is a stall, counted by what the process did meanwhile
+#: a probe this late is a stall, counted by what the loop's thread did meanwhile
 STALL_S = 0.05
 
 INFLIGHT = "inflight_limit"
