@@ -1,7 +1,9 @@
 """The miss path through a real Envoy: misses in a new scope, misses in a populated scope, and
 an overload at 4x the sustainable miss rate (issue 16).
 
-Run: ``python -m benchmarks.miss_bench [--quick] [--before COMMIT] [--overload-s S]``.
+Run: ``python -m benchmarks.miss_bench [--quick] [--before COMMIT] [--overload-s S]
+[--only overload] [--offered RPS] [--one-message]``. The overload scenario itself is in
+``benchmarks/miss_overload.py``.
 Writes ``benchmarks/results/miss.json``.
 
 One Envoy in front of the fast fake provider (``benchmarks/fast_upstream.py``), listeners:
@@ -12,7 +14,9 @@ One Envoy in front of the fast fake provider (``benchmarks/fast_upstream.py``), 
   (in the new-scope scenario, each of the two is stopped while the other is measured);
 * ``onnx``: a sidecar with the ONNX Runtime int8 embedder and no guardrails, also behind a
   listener with Envoy's default ext_proc message timeout (200 ms) for the overload, which
-  sends ``request.time`` (docs/envoy.md) so the sidecar sees how long streams queued.
+  sends ``request.time`` (docs/envoy.md) so the sidecar sees how long streams queued (with
+  ``--one-message``, in Envoy's one-message-per-request layout: the headers as attributes of
+  the body message, docs/envoy.md).
 
 Scenarios:
 1. guarded miss + store of a 1 KB prompt in a new scope (a fresh partition per request: the
@@ -45,8 +49,14 @@ from typing import Any
 
 import httpx
 
-from benchmarks.extproc_floor_bench import cpu_seconds
 from benchmarks.hook_bench import SEED_PAIRS, unique_questions
+from benchmarks.miss_overload import (
+    STATUS,
+    delta,
+    overload_rounds,
+    result_of,
+    sidecar_counters,
+)
 from benchmarks.miss_report import (
     CONCURRENCY,
     LOOKUP_PATHS,
@@ -56,7 +66,7 @@ from benchmarks.miss_report import (
     summary,
 )
 from benchmarks.proxy_bench import RULES, kilobyte_prompts
-from benchmarks.report import latency_stats, machine, write_result
+from benchmarks.report import machine, write_result
 from benchmarks.stack import (
     SIDECAR_READY_S,
     chat_body,
@@ -75,7 +85,6 @@ from sidecar.demo.envoy import (
 from sidecar.demo.processes import ManagedProcess, free_port, sidecar_command
 
 CHAT = "/v1/chat/completions"
-STATUS = "x-bf-cache-status"
 ONNX = {"backend": "onnx", "onnx_quantize": True}
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -112,8 +121,12 @@ class Stack:
         before: str | None,
         only: Sequence[str],
         guarded: dict[str, Any] | None = None,
+        one_message: bool = False,
     ) -> None:
-        """``guarded``: more sidecar settings for this tree's guarded sidecar (not before's)."""
+        """``guarded``: more sidecar settings for this tree's guarded sidecar (not before's);
+        ``one_message``: the overload's 200 ms listeners send the headers as attributes with
+        the body (docs/envoy.md, one message per request) instead of a headers message."""
+        self.one_message = one_message
         self.workdir = workdir
         self.guarded = guarded or {}
         self.before = before
@@ -173,6 +186,7 @@ class Stack:
                     grpc_port=grpc[n],
                     message_timeout=0.2,
                     request_time=True,
+                    single_message=self.one_message,
                 )
                 for n in ("onnx", "onnx-before")
                 if n in grpc
@@ -236,60 +250,6 @@ def _seed(port: int, questions: list[str]) -> None:
             client.post(CHAT, json=chat_body(q)).raise_for_status()
 
 
-def _result(run: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "rps": run["rps"],
-        "sequences": run["sequences"],
-        "latency": latency_stats(run["sequence_latency_s"]),
-        "max_ms": round(max(run["sequence_latency_s"], default=0.0) * 1000, 3),
-        "statuses": run["statuses"],
-        "counts": run["counts"],
-        "errors": run["errors"],
-    }
-
-
-def _sidecar_counters(base: str) -> dict[str, float]:
-    out = {
-        f"lookups_{p}": metric_value(base, "sidecar_cache_semantic_lookups_total", f'"{p}"')
-        for p in LOOKUP_PATHS
-    }
-    for name in (
-        "sidecar_cache_misses_total",
-        "sidecar_cache_hits_total",
-        "sidecar_cache_stores_total",
-        "sidecar_cache_vectors_added_late_total",
-        "sidecar_cache_vector_drops_total",
-        "sidecar_cache_vector_backlog",
-        "sidecar_embedding_seconds_sum",
-        "sidecar_embedding_seconds_count",
-        "sidecar_embedding_queue_wait_max_seconds",
-    ):
-        out[name.removeprefix("sidecar_")] = metric_value(base, name)
-    out["semantic_hits"] = metric_value(base, "sidecar_cache_hits_total", '"semantic"')
-    for work in ("semantic_lookup", "early_vector", "store", "extproc_stream"):
-        out[f"shed_{work}"] = metric_value(base, "sidecar_overload_shed_total", f'"{work}"')
-    # of which refused for their own wait in the transport (Envoy's request.time)
-    out["shed_extproc_stream_transport_wait"] = metric_value(
-        base, "sidecar_overload_shed_total", 'cause="transport_wait",work="extproc_stream"'
-    )
-    out["event_loop_lag_seconds"] = metric_value(base, "sidecar_event_loop_lag_seconds")
-    out["extproc_round_trip_seconds"] = metric_value(base, "sidecar_extproc_round_trip_seconds")
-    return out
-
-
-def _settled_counters(base: str, limit_s: float = 15.0) -> dict[str, float]:
-    """The counters once requests still in flight in the sidecar have finished."""
-    deadline = time.monotonic() + limit_s
-    last = _sidecar_counters(base)
-    while time.monotonic() < deadline:
-        time.sleep(0.5)  # polling another process's counters, not synchronisation
-        now = _sidecar_counters(base)
-        if now == last:
-            break
-        last = now
-    return last
-
-
 def _backlog_empty(base: str, limit_s: float = 120.0) -> None:
     deadline = time.monotonic() + limit_s
     while metric_value(base, "sidecar_cache_vector_backlog") > 0:
@@ -298,130 +258,7 @@ def _backlog_empty(base: str, limit_s: float = 120.0) -> None:
         time.sleep(0.2)  # polling another process, not synchronisation
 
 
-def _delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    gauges = (
-        "cache_vector_backlog",
-        "embedding_queue_wait_max_seconds",
-        "event_loop_lag_seconds",
-        "extproc_round_trip_seconds",
-    )
-    return {k: round(v if k in gauges else v - before.get(k, 0.0), 6) for k, v in after.items()}
-
-
 SCENARIOS = ("busy", "new-scope", "overload")
-
-
-def _profiled(pid: int, out: Path, seconds: float) -> subprocess.Popen[bytes] | None:
-    """py-spy (when installed) sampling the sidecar for ``seconds``: where its time goes."""
-    try:
-        return subprocess.Popen(
-            [
-                "py-spy",
-                "record",
-                "--pid",
-                str(pid),
-                "--duration",
-                str(int(seconds)),
-                "--rate",
-                "200",
-                "--format",
-                "speedscope",
-                "--output",
-                str(out),
-                "--threads",
-                "--nonblocking",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    except FileNotFoundError:
-        print("py-spy is not installed: no profile")
-        return None
-
-
-def _overload(
-    stack: Stack,
-    name: str,
-    misses: list[list[str]],
-    exact: list[list[str]],
-    offered: float,
-    overload_s: float,
-    workdir: Path,
-    counters: dict[str, Any],
-    profile: Path | None,
-) -> dict[str, Any]:
-    """Misses offered open-loop at ``offered``/s through the 200 ms listener of sidecar
-    ``name``, exact hits paced at 100/s beside them on their own connections."""
-    url, port = stack.urls[name], stack.ports[f"{name}-200ms"]
-    before_counts = _sidecar_counters(url)
-    timeouts_before = stack.envoy_counter("timeout")
-    ext_proc_prefix = f"http.{name}-200ms.ext_proc."
-    ext_proc_before = stack.envoy_stats(ext_proc_prefix)
-    cpu_before = {n: cpu_seconds(pid) for n, pid in stack.pids.items() if n in (name, "envoy")}
-    miss_spec = {
-        "port": port,
-        "sequences": misses,
-        "concurrency": 256,
-        "duration": overload_s,
-        "warmup": 0.0,
-        "rate": offered,
-        "count": {"miss": f"{STATUS}: miss"},
-    }
-    hit_spec = {
-        "port": port,
-        "sequences": exact,
-        "concurrency": 4,
-        "duration": overload_s,
-        "warmup": 0.0,
-        "rate": 100.0,
-        "count": {"hit": f"{STATUS}: hit-exact"},
-    }
-    subs = (workdir / f"{name}-m", workdir / f"{name}-h")
-    for sub in subs:
-        sub.mkdir()
-    spy = None
-    if profile is not None:
-        spy = _profiled(stack.pids[name], profile.with_suffix(f".{name}.json"), overload_s)
-    lags: list[float] = []
-    with ThreadPoolExecutor(3) as pool:
-        miss_future = pool.submit(run_loadgen, subs[0], miss_spec)
-        hit_future = pool.submit(run_loadgen, subs[1], hit_spec)
-        while not (miss_future.done() and hit_future.done()):
-            # the sidecar's own event-loop lag gauge, sampled (through its /metrics)
-            try:
-                lags.append(metric_value(url, "sidecar_event_loop_lag_seconds"))
-            except httpx.HTTPError:
-                lags.append(-1.0)  # /metrics itself did not answer within 10 s
-            time.sleep(0.25)  # the sampling period, not synchronisation
-        miss_run, hit_run = miss_future.result(), hit_future.result()
-    if spy is not None:
-        spy.wait(60)
-    timeouts = stack.envoy_counter("timeout") - timeouts_before
-    over = _delta(_settled_counters(url), before_counts)
-    ext_proc = {
-        k: v - ext_proc_before.get(k, 0)
-        for k, v in stack.envoy_stats(ext_proc_prefix).items()
-        if v - ext_proc_before.get(k, 0)
-    }
-    requests = miss_run["sequences"] + hit_run["sequences"]
-    cpu_us = {
-        f"{n}_cpu_us_per_request": round((cpu_seconds(stack.pids[n]) - c) / max(1, requests) * 1e6)
-        for n, c in cpu_before.items()
-    }
-    ordered = sorted(lags)
-    counters[label(name, "overload")] = {
-        **over,
-        "envoy_timeout_counters": timeouts,
-        "envoy_ext_proc": ext_proc,
-        **cpu_us,
-        "loop_lag_samples": len(lags),
-        "loop_lag_p50_ms": round(ordered[len(ordered) // 2] * 1000, 1) if lags else None,
-        "loop_lag_max_ms": round(ordered[-1] * 1000, 1) if lags else None,
-    }
-    return {
-        label(name, "overload: misses"): {"loaded": _result(miss_run)},
-        label(name, "overload: exact hits"): {"loaded": _result(hit_run)},
-    }
 
 
 def run(
@@ -431,11 +268,13 @@ def run(
     only: Sequence[str] = SCENARIOS,
     profile: Path | None = None,
     offered_rps: float = 0.0,
+    one_message: bool = False,
+    rounds: int = 1,
 ) -> dict[str, Any]:
     serial_s, loaded_s = (3.0, 4.0) if quick else (8.0, 10.0)
     busy_s = 8.0 if quick else 30.0
     workdir = Path(tempfile.mkdtemp(prefix="miss-bench-"))
-    stack = Stack(workdir, before, only)
+    stack = Stack(workdir, before, only, one_message=one_message)
     results: dict[str, Any] = {}
     counters: dict[str, Any] = {}
     tag = uuid.uuid4().hex[:6]
@@ -473,7 +312,7 @@ def run(
                     **({"max_sequences": len(loaded_seq) - CONCURRENCY} if fresh else {}),
                 },
             )
-            results[name] = {"serial": _result(serial), "loaded": _result(loaded)}
+            results[name] = {"serial": result_of(serial), "loaded": result_of(loaded)}
 
         def busy_model() -> None:
             """0. exact hits while the model is busy with deferred vectors (new-scope 1 KB
@@ -503,17 +342,19 @@ def run(
             }
             for sub in ("bm", "bh"):
                 (workdir / sub).mkdir()
-            before_counts = _sidecar_counters(stack.urls["guarded"])
+            before_counts = sidecar_counters(stack.urls["guarded"])
             with ThreadPoolExecutor(2) as pool:
                 busy_future = pool.submit(run_loadgen, workdir / "bm", busy_misses)
                 hits_future = pool.submit(run_loadgen, workdir / "bh", hit_spec)
                 busy_run, busy_hits = busy_future.result(), hits_future.result()
-            counters["guarded: busy model"] = _delta(
-                _sidecar_counters(stack.urls["guarded"]), before_counts
+            counters["guarded: busy model"] = delta(
+                sidecar_counters(stack.urls["guarded"]), before_counts
             )
-            results["exact hits 1 KB, idle"] = {"loaded": _result(idle)}
-            results["exact hits 1 KB, model busy"] = {"loaded": _result(busy_hits)}
-            results["new-scope misses 1 KB keeping the model busy"] = {"loaded": _result(busy_run)}
+            results["exact hits 1 KB, idle"] = {"loaded": result_of(idle)}
+            results["exact hits 1 KB, model busy"] = {"loaded": result_of(busy_hits)}
+            results["new-scope misses 1 KB keeping the model busy"] = {
+                "loaded": result_of(busy_run)
+            }
             try:  # the next scenario starts with the model idle again
                 _backlog_empty(stack.urls["guarded"])
             except RuntimeError as exc:
@@ -529,11 +370,11 @@ def run(
             for name in pair:
                 if name not in stack.urls:
                     continue
-                before_counts = _sidecar_counters(stack.urls[name])
+                before_counts = sidecar_counters(stack.urls[name])
                 with stack.paused([n for n in pair if n != name]):
                     measure(f"{name}: miss + store 1 KB, new scope", ports[name], new_scope, True)
-                counters[f"{name}: new scope"] = _delta(
-                    _sidecar_counters(stack.urls[name]), before_counts
+                counters[f"{name}: new scope"] = delta(
+                    sidecar_counters(stack.urls[name]), before_counts
                 )
 
         if "overload" in only:
@@ -545,7 +386,7 @@ def run(
             fresh = unique_questions(n_fresh + 20000)
             populated, overload_pool = fresh[:n_fresh], fresh[n_fresh:]
             measure("direct", ports["direct"], [[_post(q)] for q in seeds], False)
-            before_counts = _sidecar_counters(onnx_url)
+            before_counts = sidecar_counters(onnx_url)
             # The guarded sidecars' deferred torch vectors (thousands after the new-scope runs)
             # and the other ONNX sidecar must not share the cores with the one measured.
             others = ["guarded", "guarded-before", "onnx-before"]
@@ -556,7 +397,7 @@ def run(
                     [[_post(q)] for q in populated],
                     True,
                 )
-            counters["onnx: populated scope"] = _delta(_sidecar_counters(onnx_url), before_counts)
+            counters["onnx: populated scope"] = delta(sidecar_counters(onnx_url), before_counts)
 
             # 3. overload at 4x the sustainable miss rate, exact hits beside it.
             # The rate at which misses got their full treatment (embedded lookups): the loaded
@@ -572,20 +413,25 @@ def run(
             names = [n for n in ("onnx", "onnx-before") if n in stack.urls]
             for name in names[1:]:
                 _seed(ports[name], seeds)
+
+            def misses_for(name: str, turn: int) -> list[list[str]]:
+                # distinct per run even when the pool repeats: numbers and the name in front
+                return [[_post(f"{i} {turn} {name}: {q}")] for i, q in enumerate(over_pool)]
+
+            def others_paused(name: str) -> contextlib.AbstractContextManager[None]:
+                return stack.paused([n for n in ("guarded", "guarded-before", *names) if n != name])
+
+            over_results, over_counters = overload_rounds(
+                stack, names, misses_for, exact, offered, overload_s, rounds, others_paused,
+                profile,
+            )  # fmt: skip
+            results.update(over_results)
             for name in names:
-                # distinct per run even when the pool repeats: a number and the name in front
-                misses = [[_post(f"{i} {name}: {q}")] for i, q in enumerate(over_pool)]
-                idle = [n for n in ("guarded", "guarded-before", *names) if n != name]
-                with stack.paused(idle):
-                    results.update(
-                        _overload(
-                            stack, name, misses, exact, offered, overload_s, workdir, counters,
-                            profile,
-                        )
-                    )  # fmt: skip
-                counters[label(name, "overload")].update(
-                    {"offered_rps": round(offered, 1), "sustainable_rps": sustainable}
-                )
+                counters[label(name, "overload")] = {
+                    **over_counters[label(name, "overload")],
+                    "offered_rps": round(offered, 1),
+                    "sustainable_rps": sustainable,
+                }
     finally:
         stack.stop()
     return {
@@ -593,6 +439,8 @@ def run(
         "quick": quick,
         "before": before,
         "overload_s": overload_s,
+        "one_message": one_message,
+        "rounds": rounds,
         "only": list(only),
         "machine": machine(),
         "envoy": envoy_binary(),
@@ -619,6 +467,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--offered", type=float, default=0.0, help="overload misses/s (default 4x sustainable)"
     )
     parser.add_argument(
+        "--one-message",
+        action="store_true",
+        help="the overload through Envoy's one-message-per-request layout (docs/envoy.md)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="overload runs per sidecar, alternating with --before's (order reversed each round)",
+    )
+    parser.add_argument(
         "--profile", type=Path, help="py-spy speedscope profiles of the overload, this prefix"
     )
     args = parser.parse_args(argv)
@@ -633,7 +492,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = set(only) - set(SCENARIOS)
     if unknown:
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
-    result = run(args.quick, args.before, overload_s, only, args.profile, args.offered)
+    result = run(
+        args.quick,
+        args.before,
+        overload_s,
+        only,
+        args.profile,
+        args.offered,
+        args.one_message,
+        max(1, args.rounds),
+    )
     path = write_result("miss", result, args.json)
     print_table(result)
     print(f"wrote {path}")

@@ -164,6 +164,15 @@ class Metrics:
             "How late the event loop last ran a 10 ms timer (what every request waits for)",
             registry=r,
         )
+        self.loop_stalls = Counter(
+            "sidecar_event_loop_stalls",
+            "Event-loop stalls (the lag probe woke over 50 ms late), by what the loop's thread "
+            "did meanwhile: loop_busy (it ran: work on the loop), not_scheduled (ready, but no "
+            "core was free), blocked (it slept: the GIL held by another thread, or a blocking "
+            "call), unknown (no /proc schedstat to tell the last two apart)",
+            ["kind"],
+            registry=r,
+        )
         self.extproc_round_trip = Gauge(
             "sidecar_extproc_round_trip_seconds",
             "The latest ext_proc round trip: the reply to a request's headers until its body "

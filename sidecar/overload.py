@@ -30,7 +30,8 @@ optional work is what is shed, before it is queued, so the work every request mu
   stream's first message, the sidecar knows how long the stream waited in grpc's transport
   before it was taken up (``admit_waited``), a queue no other signal sees: failing open, a
   stream that waited past ``server.refuse_streams_wait_ms`` (50 ms) is refused on its own,
-  and five in a row that late shed like a lagging loop.
+  the streams taken up right after it (queued behind it) before their first message is
+  read, and five in a row that late shed like a lagging loop.
 
 All are counted in ``sidecar_overload_shed_total{work, cause}``; the lag is exported as
 ``sidecar_event_loop_lag_seconds``. Nothing here fails a request: shedding turns optional work
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -54,11 +56,34 @@ HOLD_S = 0.5
 #: the lag must last this many probes in a row (50 ms): a one-off spike (a collection, one
 #: large body) is not an overload, and shedding would not shorten it
 SUSTAINED_PROBES = 5
+#: a probe this late is a stall, counted by what the loop's thread did meanwhile
+STALL_S = 0.05
 
 INFLIGHT = "inflight_limit"
 LOOP_LAG = "loop_lag"
 #: a stream waited in the gRPC transport, before the sidecar took it up, past the mark
 TRANSPORT_WAIT = "transport_wait"
+
+
+def _open_schedstat() -> int | None:
+    """The calling thread's ``/proc/thread-self/schedstat`` (Linux): its time on a core and
+    its time ready but waiting for one. None where there is no such file."""
+    try:
+        return os.open("/proc/thread-self/schedstat", os.O_RDONLY)
+    except OSError:
+        return None
+
+
+def _thread_times(sched: int | None) -> tuple[float, float]:
+    """(seconds on a core, seconds waiting for one) of the thread whose schedstat ``sched``
+    is, read afresh (1-2 us); without it, the calling thread's CPU time and 0."""
+    if sched is not None:
+        try:
+            fields = os.pread(sched, 128, 0).split()
+            return int(fields[0]) / 1e9, int(fields[1]) / 1e9
+        except (OSError, IndexError, ValueError):
+            pass
+    return time.thread_time(), 0.0
 
 
 class Overloaded(Exception):  # noqa: N818 - reads as the state it reports
@@ -106,6 +131,9 @@ class LoadGovernor:
         self._shedding_until = 0.0
         self._store_shedding_until = 0.0
         self._refusing_until = 0.0
+        #: streams queued behind one that waited past ``stream_wait_limit`` are refused
+        #: before their first message until then (failing open; ``admit_waited``)
+        self._wait_refusing_until = 0.0
         self._ignore_until = 0.0  # lag readings before this are not counted (settle)
         self._recent: deque[float] = deque(maxlen=SUSTAINED_PROBES)
         self.round_trip = 0.0  # the latest ext_proc round trip, seconds
@@ -132,13 +160,44 @@ class LoadGovernor:
 
     async def _watch(self) -> None:
         loop = asyncio.get_running_loop()
-        while True:
-            planned = loop.time() + PROBE_INTERVAL_S
-            await asyncio.sleep(PROBE_INTERVAL_S)
-            self.last_tick = time.monotonic()
-            if self.on_tick is not None:
-                self.on_tick()
-            self.observe_lag(max(0.0, loop.time() - planned))
+        sched = _open_schedstat()  # opened here: the loop thread's own figures
+        try:
+            ran, waited = _thread_times(sched)
+            while True:
+                planned = loop.time() + PROBE_INTERVAL_S
+                await asyncio.sleep(PROBE_INTERVAL_S)
+                self.last_tick = time.monotonic()
+                if self.on_tick is not None:
+                    self.on_tick()
+                lag = max(0.0, loop.time() - planned)
+                now_ran, now_waited = _thread_times(sched)
+                if lag > STALL_S:
+                    self._count_stall(
+                        PROBE_INTERVAL_S + lag,
+                        now_ran - ran,
+                        None if sched is None else now_waited - waited,
+                    )
+                ran, waited = now_ran, now_waited
+                self.observe_lag(lag)
+        finally:
+            if sched is not None:
+                os.close(sched)
+
+    def _count_stall(self, wall: float, ran: float, waited_for_core: float | None) -> None:
+        """Say what the loop's thread did while the loop ran late: it ran (work on the loop,
+        to move or split: ``loop_busy``), it was ready but got no core (``not_scheduled``:
+        the host's CPU, or the sidecar's own compute threads, took the cores), or it slept
+        (``blocked``: waiting for the GIL another thread held, or a blocking call on the
+        loop); ``unknown`` where the kernel does not tell the last two apart."""
+        if ran >= wall / 2:
+            kind = "loop_busy"
+        elif waited_for_core is None:
+            kind = "unknown"
+        elif waited_for_core >= wall / 2:
+            kind = "not_scheduled"
+        else:
+            kind = "blocked"
+        self._metrics.loop_stalls.labels(kind).inc()
 
     def settle(self, grace_s: float = 1.0) -> None:
         """Start-up is over: forget the lag it caused (model loading, the collector's last full
@@ -149,6 +208,7 @@ class LoadGovernor:
         self._round_trips.clear()
         self._waits.clear()
         self._shedding_until = self._store_shedding_until = self._refusing_until = 0.0
+        self._wait_refusing_until = 0.0
 
     def observe_lag(self, lag: float) -> None:
         """One measurement of how late the loop ran a timer (from the probe)."""
@@ -195,6 +255,12 @@ class LoadGovernor:
             self._marks(min(self._waits))
         if self._refuse_on_stall and waited > self.stream_wait_limit > 0:
             self.shed("extproc_stream", TRANSPORT_WAIT)
+            # The streams taken up next queued behind this one: those that came in while it
+            # was already over the mark have waited past it too. Refuse them before their first
+            # message is read (``admit_stream``), for as long as this one's wait exceeded the
+            # mark: a refusal then costs no message read, and the queue drains sooner.
+            excess = min(waited - self.stream_wait_limit, HOLD_S)
+            self._wait_refusing_until = max(self._wait_refusing_until, time.monotonic() + excess)
             return False
         return True
 
@@ -232,10 +298,15 @@ class LoadGovernor:
 
     def admit_stream(self) -> bool:
         """Whether a new ext_proc stream should be served; False (counted) while the loop or
-        the transport lags past ``server.refuse_streams_lag_ms``. Checked once per stream,
-        before its first message is read."""
-        if self.stream_lag_limit > 0 and time.monotonic() < self._refusing_until:
+        the transport lags past ``server.refuse_streams_lag_ms``, or (failing open) just after
+        a stream that waited past ``server.refuse_streams_wait_ms`` (``admit_waited``).
+        Checked once per stream, before its first message is read."""
+        now = time.monotonic()
+        if self.stream_lag_limit > 0 and now < self._refusing_until:
             self.shed("extproc_stream", LOOP_LAG)
+            return False
+        if now < self._wait_refusing_until:  # set only failing open (admit_waited)
+            self.shed("extproc_stream", TRANSPORT_WAIT)
             return False
         return True
 

@@ -59,6 +59,33 @@ def test_failing_open_a_stream_that_waited_past_the_mark_is_refused_and_counted(
     assert metrics.registry.get_sample_value("sidecar_extproc_transport_wait_seconds") == 0.001
 
 
+def test_failing_open_streams_behind_a_late_one_are_refused_before_their_first_message(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("sidecar.overload.time.monotonic", lambda: clock[0])
+    gov, metrics = governor(50)
+    assert gov.admit_stream()
+    assert not gov.admit_waited(0.080)  # 30 ms past the mark
+    # the streams taken up next queued behind it: refused before any message is read
+    clock[0] += 0.029
+    assert not gov.admit_stream()
+    assert refused(metrics) == 2
+    # ... for as long as its wait exceeded the mark; then streams are read and judged again
+    clock[0] += 0.002
+    assert gov.admit_stream()
+    assert gov.admit_waited(0.010)
+    assert gov.admit_stream()
+    assert refused(metrics) == 2
+
+
+def test_failing_closed_a_late_stream_never_refuses_the_streams_behind_it() -> None:
+    gov, metrics = governor(20, on_stall=False)
+    assert gov.admit_waited(0.5)
+    assert gov.admit_stream()
+    assert refused(metrics) == 0
+
+
 def test_failing_closed_a_late_stream_is_served_but_a_lasting_wait_sheds() -> None:
     gov, metrics = governor(20, on_stall=False)
     for _ in range(SUSTAINED_PROBES):

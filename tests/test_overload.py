@@ -24,6 +24,8 @@ from test_miss_path import GatedEmbedder
 from sidecar.cache.layer import OVERLOADED, STORE_SHED
 from sidecar.demo.processes import ManagedProcess, free_port, sidecar_command
 from sidecar.health_listener import HealthListener
+from sidecar.metrics import Metrics
+from sidecar.overload import LoadGovernor
 from sidecar.services import Sidecar
 
 SEED = "What is the capital of France?"
@@ -129,6 +131,45 @@ async def test_a_loop_far_behind_sheds_the_store_too(embedder: Any) -> None:
         assert answered["cache"]["not_stored"] == STORE_SHED
         exact = (await request_hook(client, chat_body(SEED))).json()
         assert exact["cache"]["status"] == "hit-exact"
+
+
+def stalls(metrics: Metrics) -> dict[str, float]:
+    kinds = ("loop_busy", "not_scheduled", "blocked", "unknown")
+    return {
+        kind: metrics.registry.get_sample_value("sidecar_event_loop_stalls_total", {"kind": kind})
+        or 0.0
+        for kind in kinds
+    }
+
+
+def test_a_stall_is_counted_by_what_the_loop_thread_did_meanwhile() -> None:
+    metrics = Metrics()
+    governor = LoadGovernor(metrics, 64, shed_loop_lag_ms=10)
+    governor._count_stall(0.2, ran=0.15, waited_for_core=0.01)  # ran: work on the loop
+    governor._count_stall(0.2, ran=0.01, waited_for_core=0.15)  # ready, no core free
+    governor._count_stall(0.2, ran=0.01, waited_for_core=0.01)  # slept: GIL, blocking call
+    governor._count_stall(0.2, ran=0.01, waited_for_core=None)  # no schedstat to tell
+    assert stalls(metrics) == {"loop_busy": 1, "not_scheduled": 1, "blocked": 1, "unknown": 1}
+
+
+async def test_a_loop_blocked_in_a_call_is_a_stall_not_counted_as_work_on_the_loop() -> None:
+    metrics = Metrics()
+    governor = LoadGovernor(metrics, 64, shed_loop_lag_ms=10)
+    governor.start()
+    try:
+        await asyncio.sleep(0.05)  # the probe runs
+        deadline = time.monotonic() + 30
+        while sum(stalls(metrics).values()) == 0:
+            assert time.monotonic() < deadline, "the probe never saw the stall"
+            time.sleep(0.15)  # a blocking call on the loop (the stall under test)
+            await asyncio.sleep(0.03)  # the probe's turn to measure it
+    finally:
+        await governor.close()
+    counted = stalls(metrics)
+    assert counted["loop_busy"] == 0  # the thread slept: no work on the loop to move
+    expected = "blocked" if os.path.exists("/proc/thread-self/schedstat") else "unknown"
+    # (on a busy host the thread may then wait for a core long enough to count as such)
+    assert counted[expected] + counted["not_scheduled"] >= 1
 
 
 # ---------------------------------------------------------------- the liveness listener
