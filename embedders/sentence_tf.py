@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,6 +56,15 @@ def _background_thread() -> None:
     name_thread(idle_thread_name())  # inherited by the compute threads it creates
 
 
+def _lowest_thread_priority() -> None:
+    """The calling thread at nice 19, the lowest weight of the normal policy: unlike
+    SCHED_IDLE it keeps a small share of busy cores (it never stops outright), and a waking
+    thread of the event loop, the proxy or the client takes the core from it at once."""
+    if hasattr(os, "getpriority"):
+        tid = threading.get_native_id()
+        lower_thread_priority(max(0, 19 - os.getpriority(os.PRIO_PROCESS, tid)))
+
+
 def _torch_threads(count: int) -> int:
     """The calling thread's torch intra-op thread count, set first when ``count`` > 0.
 
@@ -79,11 +89,13 @@ class SentenceTransformerEmbedder:
     ) -> None:
         """``background_priority`` (``embedder.background_priority``): ``normal`` (the
         default, also ``""``: deferred vectors on a lane of their own at the request lane's
-        nice value), ``idle-compute`` (that lane's compute threads at SCHED_IDLE) or ``idle``
+        nice value), ``low`` (that lane at nice 19), ``idle-compute`` (that lane's compute
+        threads at SCHED_IDLE) or ``idle``
         (the lane's own thread at SCHED_IDLE too). ``background_threads``
         (``embedder.background_threads``): torch threads of that lane; 0 means 1 with
-        ``normal`` and torch's default (as many as the request lane) with the idle lanes."""
-        if background_priority not in ("", "normal", "idle-compute", "idle"):
+        ``normal`` and ``low``, torch's default (as many as the request lane) with the idle
+        lanes."""
+        if background_priority not in ("", "normal", "low", "idle-compute", "idle"):
             raise EmbedderError(f"unknown background priority {background_priority!r}")
         if background_threads < 0:
             raise EmbedderError(f"background_threads must not be negative: {background_threads}")
@@ -116,7 +128,13 @@ class SentenceTransformerEmbedder:
         self._idle_pool = ThreadPoolExecutor(
             max_workers=1,
             thread_name_prefix="sidecar-embed-idle" if idle else "sidecar-embed-bg",
-            initializer=_background_thread if idle else lower_thread_priority,
+            initializer=(
+                _background_thread
+                if idle
+                else _lowest_thread_priority
+                if background_priority == "low"
+                else lower_thread_priority
+            ),
         )
         self.idle_threads = 0  # compute threads at SCHED_IDLE
         self.background_torch_threads = 0  # the deferred lane's torch threads (after start)

@@ -483,6 +483,40 @@ async def test_deferred_vectors_compute_on_one_torch_thread_by_default(embedder:
     )
 
 
+async def test_the_low_setting_runs_deferred_vectors_at_nice_19() -> None:
+    """``embedder.background_priority: low``: the deferred lane's thread at nice 19 (the normal
+    policy's lowest weight, not SCHED_IDLE: it keeps a share of busy cores), computing with
+    one torch thread; the request lane keeps its nice value and policy."""
+    import os
+
+    from embedders.sentence_tf import _torch_threads
+    from sidecar.config import EmbedderConfig
+    from sidecar.services import embedder_from_config
+
+    if not hasattr(os, "getpriority"):
+        pytest.skip("no per-thread priority on this platform")
+
+    def nice_and_policy() -> tuple[int, int]:
+        return os.getpriority(os.PRIO_PROCESS, threading_id()), os.sched_getscheduler(0)
+
+    config = EmbedderConfig.model_validate({"background_priority": "low", "max_batch": 1})
+    model: Any = embedder_from_config(config)
+    await model.start()
+    try:
+        assert model._idle_pool.submit(nice_and_policy).result() == (19, os.SCHED_OTHER)
+        assert model._idle_pool.submit(_torch_threads, 0).result() == 1
+        nice, policy = model._pool.submit(nice_and_policy).result()
+        assert policy == os.SCHED_OTHER
+        own = os.getpriority(os.PRIO_PROCESS, threading_id())
+        assert nice == min(19, own + 5)  # the request lane's usual step below the loop
+        texts = ["What is the capital of France?"]
+        np.testing.assert_allclose(
+            await model.embed_idle(texts), await model.embed(texts), atol=1e-5
+        )
+    finally:
+        await model.close()
+
+
 async def test_the_deferred_lanes_thread_count_is_configurable() -> None:
     """``embedder.background_threads``: the deferred lane's torch threads (never more than the
     request lane's); a negative count is refused with a clear error."""
