@@ -1,7 +1,8 @@
 """The new-scope guarded miss at 1 connection, this tree against an earlier commit in
 alternating rounds (issue 16): a side-by-side figure that holds on a shared, noisy machine.
 
-Run: ``python -m benchmarks.miss_rounds --before COMMIT [--rounds 6] [--seconds 4]``.
+Run: ``python -m benchmarks.miss_rounds --before COMMIT [--rounds 6] [--seconds 4]
+[--concurrency 1]``.
 Writes ``benchmarks/results/miss_rounds.json``.
 
 The stack of ``benchmarks/miss_bench.py`` (one Envoy, the fast fake provider, the ``guarded``
@@ -9,8 +10,9 @@ sidecar and ``guarded-before`` from ``COMMIT``). Each round measures Envoy direc
 sidecars one after the other (the order alternates between rounds), every request a 1 KB
 prompt in a partition of its own, while the other sidecar is stopped (SIGSTOP): neither runs
 beside the other's deferred embeddings. Per round and sidecar: the added median over that
-round's direct median, and the event-loop thread's CPU per miss (``/proc``: the thread whose
-id is the process's). The summary is the median over rounds and the median per-round ratio.
+round's direct median, the rate, and the event-loop thread's CPU per miss (``/proc``: the
+thread whose id is the process's). The summary is the median over rounds and the median
+per-round ratio. ``--concurrency 32``: the same at 32 connections (the target's sustained rate).
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ def thread_cpu_s(pid: int, tid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run(before: str, rounds: int, seconds: float, priority: str = "") -> dict[str, Any]:
+def run(
+    before: str, rounds: int, seconds: float, priority: str = "", concurrency: int = 1
+) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="miss-rounds-"))
     guarded = {"embedder": {"background_priority": priority}} if priority else None
     stack = Stack(workdir, before, ["new-scope"], guarded)
@@ -51,7 +55,8 @@ def run(before: str, rounds: int, seconds: float, priority: str = "") -> dict[st
     rows: list[dict[str, Any]] = []
     try:
         stack.start()
-        n = PER_ROUND * len(PAIR) * rounds
+        per_round = PER_ROUND * max(1, concurrency // 16)
+        n = per_round * len(PAIR) * rounds
         prompts = kilobyte_prompts(unique_questions(n + 8), n + 8)
         direct = [[_post(q)] for q in prompts[:8]]
         fresh = iter(prompts[8:])
@@ -63,7 +68,7 @@ def run(before: str, rounds: int, seconds: float, priority: str = "") -> dict[st
             row["direct_p50_ms"] = statistics.median(base["sequence_latency_s"]) * 1000
             for name in PAIR if r % 2 == 0 else PAIR[::-1]:
                 seqs = [
-                    [_post(next(fresh), f"rounds-{tag}-{r}-{name}-{i}")] for i in range(PER_ROUND)
+                    [_post(next(fresh), f"rounds-{tag}-{r}-{name}-{i}")] for i in range(per_round)
                 ]
                 pid = stack.pids[name]
                 with stack.paused([other for other in PAIR if other != name]):
@@ -74,9 +79,9 @@ def run(before: str, rounds: int, seconds: float, priority: str = "") -> dict[st
                             "port": stack.ports[name],
                             "warmup": 0.0,
                             "sequences": seqs,
-                            "concurrency": 1,
+                            "concurrency": concurrency,
                             "duration": seconds,
-                            "max_sequences": PER_ROUND - 1,
+                            "max_sequences": per_round - concurrency,
                             "count": {"miss": f"{STATUS}: miss"},
                         },
                     )
@@ -86,6 +91,7 @@ def run(before: str, rounds: int, seconds: float, priority: str = "") -> dict[st
                 row[name] = {
                     "added_p50_ms": round(p50 - row["direct_p50_ms"], 3),
                     "requests": got["sequences"],
+                    "rps": round(got["rps"], 1),
                     "misses": got["counts"].get("miss", 0),
                     "loop_cpu_us_per_miss": round(cpu / done * 1e6, 1),
                 }
@@ -101,15 +107,19 @@ def run(before: str, rounds: int, seconds: float, priority: str = "") -> dict[st
             "loop_cpu_us_per_miss": round(
                 statistics.median(r[name]["loop_cpu_us_per_miss"] for r in rows), 1
             ),
+            "rps": round(statistics.median(r[name]["rps"] for r in rows), 1),
         }
     ratios = [r[PAIR[0]]["added_p50_ms"] / r[PAIR[1]]["added_p50_ms"] for r in rows]
     summary["added_p50_ratio_median"] = round(statistics.median(ratios), 3)
     summary["rounds_lower"] = sum(1 for x in ratios if x < 1)
+    rates = [r[PAIR[0]]["rps"] / max(0.1, r[PAIR[1]]["rps"]) for r in rows]
+    summary["rps_ratio_median"] = round(statistics.median(rates), 3)
     return {
         "benchmark": "miss_rounds",
         "before": before,
         "seconds": seconds,
         "background_priority": priority or "default",
+        "concurrency": concurrency,
         "machine": machine(),
         "rounds": rows,
         "summary": summary,
@@ -126,9 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="",
         help="embedder.background_priority of this tree's sidecar (default: the default)",
     )
+    parser.add_argument("--concurrency", type=int, default=1, help="connections (1 or 32)")
     parser.add_argument("--json", help="result file (default benchmarks/results/miss_rounds.json)")
     args = parser.parse_args(argv)
-    result = run(args.before, args.rounds, args.seconds, args.background_priority)
+    result = run(args.before, args.rounds, args.seconds, args.background_priority, args.concurrency)
     path = write_result("miss_rounds", result, args.json)
     print(result["summary"])
     print(f"wrote {path}")

@@ -26,6 +26,7 @@ def build_embedder(
     batch_window_ms: float = 0.0,
     max_batch: int = 1,
     background_priority: str = "normal",
+    background_threads: int = 0,
 ) -> Embedder:
     """The configured backend; behind a micro-batcher when ``max_batch`` is above 1."""
     inner: Embedder
@@ -33,7 +34,10 @@ def build_embedder(
         from embedders.sentence_tf import SentenceTransformerEmbedder
 
         inner = SentenceTransformerEmbedder(
-            model=model, model_path=model_path, background_priority=background_priority
+            model=model,
+            model_path=model_path,
+            background_priority=background_priority,
+            background_threads=background_threads,
         )
     elif backend == "onnx":
         from embedders.onnx_embedder import OnnxEmbedder

@@ -16,9 +16,9 @@ Two lanes. ``embed`` and ``embed_within`` are urgent (a request waits for them);
 ``embed_background`` (vectors of entries already stored) runs only while no urgent text
 waits, in batches the recent cost model expects to finish within ``background_slice``
 seconds, so an urgent text queues behind at most one short background batch. A backend with
-an ``embed_idle`` method (sentence-transformers: a thread of its own whose compute threads
-run at ``SCHED_IDLE``) runs the background batches there, so they take cores only when
-nothing else wants them.
+an ``embed_idle`` method (sentence-transformers: a thread of its own, computing with one
+torch thread by default, or at a lower priority: ``embedder.background_priority``) runs the
+background batches there, so they leave cores to the requests.
 
 Overload: ``embed_within(texts, budget)`` predicts the queue wait from the work ahead (the
 running batch's remaining time plus the queued urgent texts, in estimated tokens, times the

@@ -401,12 +401,17 @@ class EmbedderConfig(_Section):
     #: layer at once (same reason, counted in sidecar_overload_shed_total), so a burst never
     #: piles up requests on the event loop (docs/overload.md)
     max_inflight_lookups: int = Field(64, ge=1, le=100_000)
-    #: sentence-transformers: the deferred vectors' lane (docs/overload.md). ``normal``: the
-    #: request lane's thread (nice +5); ``idle-compute``: a lane whose compute threads run at
+    #: sentence-transformers: the deferred vectors' lane (docs/overload.md). ``normal``: a
+    #: thread at the request lane's nice value (+5); ``low``: at nice 19 (a small share of busy
+    #: cores, so slow under load, never stopped); ``idle-compute``: its compute threads at
     #: SCHED_IDLE; ``idle``: its GIL-holding thread too. The idle lanes interfere less with
     #: requests on spare cores, but starve while other work keeps every core busy, and a
     #: lookup waits behind the batch they hold
-    background_priority: Literal["normal", "idle-compute", "idle"] = "normal"
+    background_priority: Literal["normal", "low", "idle-compute", "idle"] = "normal"
+    #: sentence-transformers: torch threads of the deferred vectors' lane; 0 means 1 with
+    #: ``normal`` and ``low`` (a backlog then keeps at most one core busy, the other stays for
+    #: requests) and as many as the request lane with the idle lanes
+    background_threads: int = Field(0, ge=0, le=256)
 
 
 class GuardrailsConfig(_Section):

@@ -50,6 +50,7 @@ def embedder_from_config(cfg: EmbedderConfig) -> Embedder:
         batch_window_ms=cfg.batch_window_ms,
         max_batch=cfg.max_batch,
         background_priority=cfg.background_priority,
+        background_threads=cfg.background_threads,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from conftest import make_config
 from hookclient import chat_body, openai_answer, request_hook, round_trip
 from prometheus_client import CollectorRegistry
 
-from embedders.base import EmbedderOverloaded
+from embedders.base import EmbedderError, EmbedderOverloaded
 from embedders.batching import MicroBatcher
 from sidecar.cache.keys import CachePlan, plan_request
 from sidecar.cache.layer import (
@@ -449,11 +450,95 @@ async def test_the_idle_setting_puts_the_lanes_own_thread_at_idle_too(embedder: 
         assert request_pool.submit(os.sched_getscheduler, 0).result() != os.SCHED_IDLE
         other = embedder._pool.submit(os.sched_getscheduler, 0).result()
         assert other != os.SCHED_IDLE
-        assert embedder._idle_pool is None  # the default lane: background on the request one
+        # the default lane: its own thread, not at SCHED_IDLE either
+        assert embedder._idle_pool.submit(os.sched_getscheduler, 0).result() != os.SCHED_IDLE
     finally:
         await model.close()
     with pytest.raises(ValueError, match="background_priority"):
         EmbedderConfig.model_validate({"background_priority": "realtime"})
+
+
+async def test_deferred_vectors_compute_on_one_torch_thread_by_default(embedder: Any) -> None:
+    """``embedder.background_priority: normal`` (the default): deferred vectors run on a thread
+    of their own that computes with one torch thread, so a backlog that never empties keeps
+    one core busy, not all; the request lane keeps torch's count, and so do threads that first
+    use torch afterwards. Both lanes give the same vectors."""
+    import threading
+
+    import torch
+
+    from embedders.sentence_tf import _torch_threads
+
+    request_threads = embedder._pool.submit(_torch_threads, 0).result()
+    assert embedder._idle_pool.submit(_torch_threads, 0).result() == 1
+    assert embedder.background_torch_threads == 1
+    assert embedder._idle_pool.submit(threading.get_native_id).result() != (
+        embedder._pool.submit(threading.get_native_id).result()
+    )
+    with ThreadPoolExecutor(1) as fresh:
+        assert fresh.submit(torch.get_num_threads).result() == request_threads
+    texts = ["What is the capital of France?", "How do I reset my password? " * 20]
+    np.testing.assert_allclose(
+        await embedder.embed_idle(texts), await embedder.embed(texts), atol=1e-5
+    )
+
+
+async def test_the_low_setting_runs_deferred_vectors_at_nice_19() -> None:
+    """``embedder.background_priority: low``: the deferred lane's thread at nice 19 (the normal
+    policy's lowest weight, not SCHED_IDLE: it keeps a share of busy cores), computing with
+    one torch thread; the request lane keeps its nice value and policy."""
+    import os
+
+    from embedders.sentence_tf import _torch_threads
+    from sidecar.config import EmbedderConfig
+    from sidecar.services import embedder_from_config
+
+    if not hasattr(os, "getpriority"):
+        pytest.skip("no per-thread priority on this platform")
+
+    def nice_and_policy() -> tuple[int, int]:
+        return os.getpriority(os.PRIO_PROCESS, threading_id()), os.sched_getscheduler(0)
+
+    config = EmbedderConfig.model_validate({"background_priority": "low", "max_batch": 1})
+    model: Any = embedder_from_config(config)
+    await model.start()
+    try:
+        assert model._idle_pool.submit(nice_and_policy).result() == (19, os.SCHED_OTHER)
+        assert model._idle_pool.submit(_torch_threads, 0).result() == 1
+        nice, policy = model._pool.submit(nice_and_policy).result()
+        assert policy == os.SCHED_OTHER
+        own = os.getpriority(os.PRIO_PROCESS, threading_id())
+        assert nice == min(19, own + 5)  # the request lane's usual step below the loop
+        texts = ["What is the capital of France?"]
+        np.testing.assert_allclose(
+            await model.embed_idle(texts), await model.embed(texts), atol=1e-5
+        )
+    finally:
+        await model.close()
+
+
+async def test_the_deferred_lanes_thread_count_is_configurable() -> None:
+    """``embedder.background_threads``: the deferred lane's torch threads (never more than the
+    request lane's); a negative count is refused with a clear error."""
+    import torch
+
+    from embedders.sentence_tf import SentenceTransformerEmbedder, _torch_threads
+    from sidecar.config import EmbedderConfig
+    from sidecar.services import embedder_from_config
+
+    if torch.get_num_threads() < 2:
+        pytest.skip("one torch thread on this machine: nothing to choose from")
+    config = EmbedderConfig.model_validate({"background_threads": 2, "max_batch": 1})
+    model: Any = embedder_from_config(config)
+    await model.start()
+    try:
+        assert model._idle_pool.submit(_torch_threads, 0).result() == 2
+    finally:
+        await model.close()
+    with pytest.raises(EmbedderError, match="background_threads"):
+        SentenceTransformerEmbedder(background_threads=-1)
+    with pytest.raises(ValueError, match="background_threads"):
+        EmbedderConfig.model_validate({"background_threads": -1})
 
 
 def threading_id() -> int:
