@@ -26,8 +26,8 @@ import orjson
 
 from benchmarks.train_pair_model import RESULTS
 from embedders.sentence_tf import SentenceTransformerEmbedder
+from sidecar.cache.candidates import NEAR_REPEAT_FLOOR, Candidate
 from sidecar.cache.eval_cli import load_pairs, pair_vectors
-from sidecar.cache.layer import NEAR_REPEAT_FLOOR, Candidate
 from sidecar.cache.match.head import head_for
 from sidecar.cache.match.pair_model import DEFAULT_PAIR_MODEL, PairModel
 from sidecar.cache.match.verify import SLIP_MIN, AnswerChangeVerifier, pair_model_scores

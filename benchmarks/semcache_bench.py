@@ -41,8 +41,8 @@ import orjson
 from benchmarks.report import SHARED_DATA, SummaryRow, machine, write_result
 from embedders.base import Embedder
 from embedders.sentence_tf import SentenceTransformerEmbedder
+from sidecar.cache.candidates import NEAR_REPEAT_FLOOR
 from sidecar.cache.eval_cli import Pair, describe, evaluate, load_pairs, pair_vectors, summarise
-from sidecar.cache.layer import NEAR_REPEAT_FLOOR
 from sidecar.cache.match import verify
 from sidecar.cache.match.features import analyse
 from sidecar.config import CacheConfig, SidecarConfig

@@ -16,7 +16,8 @@ from embedders import Embedder, build_embedder
 from guardrails.engine import GuardrailEngine
 from guardrails.reload import RuleSetHolder
 from sidecar.cache.adaptive_runtime import build_adaptive
-from sidecar.cache.layer import DualCache, MatchVerifier
+from sidecar.cache.candidates import MatchVerifier
+from sidecar.cache.layer import DualCache
 from sidecar.cache.match.verify import build_verifier
 from sidecar.cache.stores.backends import build_exact_store, build_single_flight, build_vector_index
 from sidecar.config import ConfigError, EmbedderConfig, SidecarConfig

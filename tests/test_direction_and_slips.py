@@ -14,7 +14,7 @@ import pytest
 from conftest import make_config
 from hookclient import chat_body, openai_answer, request_hook, round_trip
 
-from sidecar.cache.layer import Candidate
+from sidecar.cache.candidates import Candidate
 from sidecar.cache.match.verify import AnswerChangeVerifier, build_verifier
 from sidecar.cache.match.words import spelling_repeat
 from sidecar.config import CacheConfig

@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from sidecar.cache.layer import Candidate
+from sidecar.cache.candidates import Candidate
 from sidecar.cache.match.pair_model import (
     DEFAULT_PAIR_MODEL,
     PairModel,

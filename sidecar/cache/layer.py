@@ -11,12 +11,21 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from embedders.base import Embedder, EmbedderError, EmbedderOverloaded
 from sidecar.cache.adaptive import Ticket
+from sidecar.cache.candidates import (
+    APPROXIMATE_SLACK,
+    NEAR_REPEAT_FLOOR,
+    AcceptAll,
+    Candidate,
+    MatchVerifier,
+    Verdict,
+    cosine,
+)
 from sidecar.cache.keys import CachePlan
 from sidecar.cache.model import CachedAnswer, CacheEntry
 from sidecar.cache.single_flight import HeldLock, SingleFlight
@@ -41,20 +50,6 @@ EXACT_MATCHED = "exact key matched"
 STORE_SHED = "overloaded: not stored"
 #: how long a lookup waits for its scope's late vectors when no queue budget applies
 _SETTLE_S = 5.0
-#: below the threshold, a candidate this similar is still offered when the verifier finds it
-#: to be the same question but for typos (MatchVerifier.near_repeat): misspelt words move a
-#: question's vector (to 0.44-0.7 on typo'd repeats), not its meaning
-NEAR_REPEAT_FLOOR = 0.4
-#: how far an approximate similarity (Neighbour.exact False: the embedded graphs' i8 vectors)
-#: may fall short of the exact one, so a candidate that might reach the bar is still fetched
-#: and re-scored; the quantisation error of unit vectors is a few thousandths
-APPROXIMATE_SLACK = 0.02
-
-
-def _cosine(a: np.ndarray, b: Sequence[float]) -> float:
-    other = np.asarray(b, dtype=np.float32)
-    norms = float(np.linalg.norm(a)) * float(np.linalg.norm(other))
-    return float(np.dot(a, other)) / norms if norms > 0 else 0.0
 
 
 class CacheStatus(enum.StrEnum):
@@ -62,70 +57,6 @@ class CacheStatus(enum.StrEnum):
     HIT_SEMANTIC = "hit-semantic"
     MISS = "miss"
     BYPASS = "bypass"
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    accept: bool
-    reason: str = ""
-    #: the match head's and the pair model's scores, when they scored the pair (adaptive
-    #: observations record them)
-    head_score: float | None = None
-    pair_score: float | None = None
-
-
-#: the new question's vector and the candidate's stored one
-VectorPair = tuple[np.ndarray, np.ndarray]
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A cached question offered to the verifier: its text, cosine and the two vectors."""
-
-    question: str
-    similarity: float
-    vectors: VectorPair | None = None
-
-
-class MatchVerifier(Protocol):
-    """Second opinion on semantic candidates: may the cached answer serve the new question?"""
-
-    def verify(
-        self,
-        question: str,
-        candidate: str,
-        similarity: float,
-        vectors: VectorPair | None = None,
-    ) -> Verdict: ...
-
-    def verify_batch(self, question: str, candidates: Sequence[Candidate]) -> list[Verdict]:
-        """One verdict per candidate (best first). All candidates are judged together, so a
-        model stage can score them in one batch."""
-        ...
-
-    def near_repeat(self, question: str, candidate: str) -> bool:
-        """Is ``candidate`` the same question but for typos? Then the cache offers it even
-        below the similarity threshold (down to ``NEAR_REPEAT_FLOOR``), still to be verified."""
-        ...
-
-
-class AcceptAll:
-    """The null verifier: the similarity threshold alone decides."""
-
-    def verify(
-        self,
-        question: str,
-        candidate: str,
-        similarity: float,
-        vectors: VectorPair | None = None,
-    ) -> Verdict:
-        return Verdict(True)
-
-    def verify_batch(self, question: str, candidates: Sequence[Candidate]) -> list[Verdict]:
-        return [Verdict(True) for _ in candidates]
-
-    def near_repeat(self, question: str, candidate: str) -> bool:
-        return False  # without a verifier the threshold alone decides
 
 
 @dataclass(slots=True)
@@ -406,7 +337,7 @@ class DualCache:
             entry = await self.exact.get(n.id, plan.partition)
             similarity = n.similarity
             if not n.exact and entry is not None and entry.vector is not None:
-                similarity = _cosine(vector, entry.vector)
+                similarity = cosine(vector, entry.vector)
             best = similarity if best is None else max(best, similarity)
             if entry is None or entry.scope != plan.scope:
                 continue  # expired or evicted since it was indexed

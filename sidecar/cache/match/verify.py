@@ -37,7 +37,7 @@ from typing import get_args
 
 import numpy as np
 
-from sidecar.cache.layer import Candidate, MatchVerifier, VectorPair, Verdict
+from sidecar.cache.candidates import Candidate, MatchVerifier, VectorPair, Verdict
 from sidecar.cache.match import lexicon as lex
 from sidecar.cache.match.features import QuestionFeatures, analyse
 from sidecar.cache.match.head import DuplicateHead, VectorKind, head_for
