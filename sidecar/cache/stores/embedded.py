@@ -20,7 +20,8 @@ import numpy as np
 
 from sidecar.cache.stores import embedded_snapshot as snapshot
 from sidecar.cache.stores.base import Neighbour, as_vector, unit
-from sidecar.cache.stores.embedded_exact import EmbeddedExactStore, VectorRow
+from sidecar.cache.stores.embedded_exact import EmbeddedExactStore
+from sidecar.cache.stores.embedded_schema import VectorRow
 
 log = logging.getLogger("sidecar.cache.embedded")
 

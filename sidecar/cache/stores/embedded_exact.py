@@ -39,53 +39,21 @@ import numpy as np
 
 from sidecar.cache.model import SCHEMA_VERSION, CacheEntry, UnreadableEntry
 from sidecar.cache.stores.base import UnreadableCounter
+from sidecar.cache.stores.embedded_schema import (
+    CATALOG_SCAN,
+    INDEXES,
+    NEW_COLUMNS,
+    PENDING_IDS,
+    SCHEMA,
+    VECTOR_ROWS,
+    VectorRow,
+    pending_flag,
+    vector_bytes,
+)
 
 log = logging.getLogger("sidecar.cache.embedded")
 _NAMED_ROWS = 50  # ids named in the start-up line; the metric counts them all
 
-# Columns added to the first table (id, partition, expires_at, used_at, data) by ALTER TABLE.
-_NEW_COLUMNS = {
-    "scope": "TEXT",
-    "size": "INTEGER",
-    "dims": "INTEGER",  # vector length, 0 without one
-    "pending": "INTEGER",  # 1: stored before its vector, which is still to be computed
-    "written": "INTEGER",  # write sequence number; NULL: to be checked at the next start
-    "vector": "BLOB",
-}
-_SCHEMA = [
-    "CREATE TABLE IF NOT EXISTS entries (id TEXT PRIMARY KEY, partition TEXT NOT NULL,"
-    " expires_at REAL NOT NULL, used_at REAL NOT NULL, scope TEXT, size INTEGER, dims INTEGER,"
-    " pending INTEGER, written INTEGER, vector BLOB, data BLOB NOT NULL)",
-]
-_INDEXES = [
-    # covering index of the start-up scan, in LRU order: no table page is read at start
-    "CREATE INDEX IF NOT EXISTS entries_catalog ON entries"
-    " (used_at, id, partition, scope, expires_at, size, dims, pending, written)",
-    "CREATE INDEX IF NOT EXISTS entries_expiry ON entries (expires_at)",
-    # a change of data not made by this store (which always sets a new ``written``) marks the
-    # row for a full check at the next start
-    "CREATE TRIGGER IF NOT EXISTS entries_changed_elsewhere AFTER UPDATE OF data ON entries"
-    " WHEN NEW.written IS OLD.written"
-    " BEGIN UPDATE entries SET written = NULL WHERE id = NEW.id; END",
-]
-_CATALOG_SCAN = (
-    "SELECT id, partition, expires_at, size, written"
-    " FROM entries INDEXED BY entries_catalog ORDER BY used_at"
-)
-_VECTOR_ROWS = (
-    "SELECT id, scope, partition, expires_at, dims FROM entries INDEXED BY entries_catalog"
-    " WHERE dims > 0 AND written IS NOT NULL"
-)
-_PENDING_IDS = (
-    "SELECT id FROM entries INDEXED BY entries_catalog"
-    " WHERE pending = 1 AND dims = 0 AND written IS NOT NULL"
-)
-
-
-# What the vector index needs of a stored vector at start (the vector itself only if the
-# saved index lacks it): id, scope, partition, expires_at, vector length. Plain tuples, as
-# SQLite returns them: at 1M entries a NamedTuple per row would add seconds to the start-up.
-VectorRow = tuple[str, str, str, float, int]
 # One entry's record in memory (a plain tuple for the same reason): partition, expires_at, size
 _Row = tuple[str, float, int]
 _PARTITION: Final = 0
@@ -99,18 +67,6 @@ def _name_rows(rows: list[tuple[str, str]]) -> str:
     named = ", ".join(f"{row_id[:80]!r} ({why})" for row_id, why in rows[:_NAMED_ROWS])
     more = f", and {len(rows) - _NAMED_ROWS} more" if len(rows) > _NAMED_ROWS else ""
     return f": {named}{more}"
-
-
-def _vector_bytes(entry: CacheEntry) -> bytes | None:
-    if entry.vector is None:
-        return None
-    return np.asarray(entry.vector, dtype=np.float32).tobytes()
-
-
-def _pending(entry: CacheEntry) -> int:
-    return int(
-        entry.vector is None and bool(entry.question) and bool(entry.meta.get("vector_pending"))
-    )
 
 
 def _write_failed(done: Future[None]) -> None:
@@ -208,13 +164,13 @@ class EmbeddedExactStore:
         db.execute("PRAGMA secure_delete=ON")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
-        for statement in _SCHEMA:
+        for statement in SCHEMA:
             db.execute(statement)
         have = {row[1] for row in db.execute("PRAGMA table_info(entries)")}
-        for column, kind in _NEW_COLUMNS.items():
+        for column, kind in NEW_COLUMNS.items():
             if column not in have:  # a table of an earlier release: its rows get checked
                 db.execute(f"ALTER TABLE entries ADD COLUMN {column} {kind}")
-        for statement in _INDEXES:
+        for statement in INDEXES:
             db.execute(statement)
         db.execute("DELETE FROM entries WHERE expires_at <= ?", (self._clock(),))
         db.commit()
@@ -228,7 +184,7 @@ class EmbeddedExactStore:
         to_check: list[str] = []
         rows, intern = self._rows, sys.intern
         total = written_max = 0
-        for row_id, partition, expires_at, size, written in self._db.execute(_CATALOG_SCAN):
+        for row_id, partition, expires_at, size, written in self._db.execute(CATALOG_SCAN):
             if written is None:
                 to_check.append(row_id)
                 rows[row_id] = ("", 0.0, 0)  # keeps its LRU place until checked
@@ -239,8 +195,8 @@ class EmbeddedExactStore:
                 written_max = written
         self._written = written_max
         # whole result sets, built by sqlite3 in C: no Python per row
-        vector_rows: list[VectorRow] = self._db.execute(_VECTOR_ROWS).fetchall()
-        pending: list[str] = [row[0] for row in self._db.execute(_PENDING_IDS).fetchall()]
+        vector_rows: list[VectorRow] = self._db.execute(VECTOR_ROWS).fetchall()
+        pending: list[str] = [row[0] for row in self._db.execute(PENDING_IDS).fetchall()]
         self._bytes = total
         unreadable: list[tuple[str, str]] = []
         migrated = 0
@@ -266,7 +222,7 @@ class EmbeddedExactStore:
                 vector_rows.append(
                     (entry.id, entry.scope, entry.partition, entry.expires_at, len(entry.vector))
                 )
-            elif _pending(entry):
+            elif pending_flag(entry):
                 pending.append(entry.id)
         if to_check:
             self._db.commit()
@@ -336,14 +292,14 @@ class EmbeddedExactStore:
         """Insert or replace ``entry``'s row (``used_at`` None: keep the row's own); no commit."""
         assert self._db is not None
         self._written += 1
-        vector = _vector_bytes(entry)
+        vector = vector_bytes(entry)
         values = (
             entry.partition,
             entry.expires_at,
             entry.scope,
             entry.size_bytes(),
             len(entry.vector or ()),
-            _pending(entry),
+            pending_flag(entry),
             self._written,
             vector,
             dataclasses.replace(entry, vector=None).to_bytes(),
@@ -603,7 +559,7 @@ class EmbeddedExactStore:
 
         def _query() -> list[VectorRow]:
             assert self._db is not None
-            found: list[VectorRow] = self._db.execute(_VECTOR_ROWS).fetchall()
+            found: list[VectorRow] = self._db.execute(VECTOR_ROWS).fetchall()
             return found
 
         found = await self._run(_query)
@@ -637,7 +593,7 @@ class EmbeddedExactStore:
 
             def _query() -> list[str]:
                 assert self._db is not None
-                return [row[0] for row in self._db.execute(_PENDING_IDS)]
+                return [row[0] for row in self._db.execute(PENDING_IDS)]
 
             ids = await self._run(_query)
         found: list[CacheEntry] = []
