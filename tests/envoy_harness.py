@@ -260,23 +260,35 @@ def overload_stack(
         upstream.stop()
 
 
-def assert_refused_streams_reach_the_provider(
-    env: EnvoyStack, listener: str, sidecar: SidecarProcess, upstream: FakeLLMUpstream, body: Any
+def assert_shed_requests_reach_the_provider(
+    env: EnvoyStack,
+    listener: str,
+    sidecar: SidecarProcess,
+    upstream: FakeLLMUpstream,
+    body: Any,
+    work: str = "extproc_stream",
+    warm_up: Callable[[int], Any] | None = None,
 ) -> None:
-    """Through ``listener`` once the sidecar refuses streams (a bounded wait for the first
-    refusal): two more requests are answered by the provider without the sidecar (no cache
-    status, even for a request the cache may hold), each refusal counted."""
+    """Through ``listener`` once the sidecar sheds ``work`` (a bounded wait for the first
+    shed, sending ``warm_up(attempt)``, or ``body``): two more requests of ``body`` are
+    answered by the provider without the sidecar, each shed counted. ``extproc_stream``: the
+    stream was refused (the sidecar never saw the request, even one the cache may hold);
+    ``store``: the stream ended after the request (the answer never passed the sidecar, and
+    was not stored: both went to the provider)."""
     path = "/v1/chat/completions"
     deadline = time.monotonic() + 30
     with httpx.Client(base_url=env.url(listener), timeout=30) as client:
-        while sidecar.shed_total("extproc_stream") == 0:
+        attempt = 0
+        while sidecar.shed_total(work) == 0:
             assert time.monotonic() < deadline, env.logs()
-            assert client.post(path, json=body).status_code == 200
-        before, calls = sidecar.shed_total("extproc_stream"), upstream.count()
+            attempt += 1
+            warm = body if warm_up is None else warm_up(attempt)
+            assert client.post(path, json=warm).status_code == 200
+        before, calls = sidecar.shed_total(work), upstream.count()
         answers = [client.post(path, json=body) for _ in range(2)]
     for answer in answers:
         assert answer.status_code == 200, env.logs()
         assert answer.json()["choices"][0]["message"]["content"]  # the provider's answer
-        assert "x-bf-cache-status" not in answer.headers  # the sidecar never saw it
+        assert "x-bf-cache-status" not in answer.headers  # it did not pass the sidecar
     assert upstream.count() == calls + 2
-    assert sidecar.shed_total("extproc_stream") == before + 2
+    assert sidecar.shed_total(work) == before + 2

@@ -17,7 +17,7 @@ import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy_harness import (
     OverloadStack,
-    assert_refused_streams_reach_the_provider,
+    assert_shed_requests_reach_the_provider,
     overload_stack,
 )
 from extproc_scenarios import chat
@@ -148,4 +148,4 @@ def test_a_refused_stream_lets_envoy_forward_the_request_uncached(
     env, sidecar, upstream = refusing_stack
     body = chat("Which planet is known as the red planet?")
     # The governor refuses once it has seen five late probes.
-    assert_refused_streams_reach_the_provider(env, "refusing", sidecar, upstream, body)
+    assert_shed_requests_reach_the_provider(env, "refusing", sidecar, upstream, body)

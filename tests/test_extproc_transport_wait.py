@@ -21,7 +21,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy_harness import (
     OverloadStack,
-    assert_refused_streams_reach_the_provider,
+    assert_shed_requests_reach_the_provider,
     overload_stack,
 )
 from extproc_scenarios import chat
@@ -193,4 +193,4 @@ def test_envoy_forwards_a_stream_that_waited_too_long_uncached(
     # Refused once the start-up grace (LoadGovernor.settle, 1 s) is over, during which
     # streams queued behind the start are not judged; even a request the cache holds then
     # reaches the provider, the sidecar never taking it up.
-    assert_refused_streams_reach_the_provider(env, "timed", sidecar, upstream, body)
+    assert_shed_requests_reach_the_provider(env, "timed", sidecar, upstream, body)
