@@ -20,6 +20,7 @@ import re
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from sidecar.context import RequestContext
@@ -31,6 +32,21 @@ MAX_REASON_CHARS = 200
 _ROW_OVERHEAD = 160
 #: distinct reason phrases whose cleaned form is kept (then the cache starts over)
 _REASONS_KEPT = 1024
+
+
+def _shown(kept: dict[str, str], value: str, show: Callable[[str], str]) -> str:
+    """``show(value)``, kept in ``kept`` for the next request with the same value: the
+    sidecar's few fixed reason phrases (a regular expression each otherwise) and partition
+    keys (a SHA-256 each). Bounded: short values only, at most ``_REASONS_KEPT`` of them, as
+    some phrases quote numbers or a path and partition keys are a caller's choice."""
+    shown = kept.get(value)
+    if shown is None:
+        shown = show(value)
+        if len(value) <= MAX_REASON_CHARS:
+            if len(kept) >= _REASONS_KEPT:
+                kept.clear()
+            kept[value] = shown
+    return shown
 
 
 class Decision(NamedTuple):
@@ -95,11 +111,9 @@ class RecentDecisions:
         # gRPC handlers may finish requests on their own threads
         self._lock = threading.Lock()
         self.recorded = 0  # every row ever added, evicted ones included
-        # Reason phrases as shown: the sidecar's few fixed phrases, each cleaned once (a
-        # regular expression per request otherwise); bounded in count and length, as some
-        # phrases quote numbers or a path.
+        # Reason phrases and partition hashes as shown, each computed once (``_shown``)
         self._reasons: dict[str, str] = {}
-        self._partitions: dict[str, str] = {}  # partition key -> its hash, as shown
+        self._partitions: dict[str, str] = {}
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -111,19 +125,14 @@ class RecentDecisions:
     def finish(self, ctx: RequestContext) -> None:
         plan = ctx.plan
         fired = ctx.fired
-        reason = ctx.cache.reason
-        shown = self._reasons.get(reason)
-        if shown is None:
-            shown = safe_reason(reason)
-            if len(reason) <= MAX_REASON_CHARS:  # a byte bound: short phrases only
-                if len(self._reasons) >= _REASONS_KEPT:
-                    self._reasons.clear()
-                self._reasons[reason] = shown
+        shown = _shown(self._reasons, ctx.cache.reason, safe_reason)
         self.add(
             Decision(
                 time.time(),
                 ctx.transport,
-                self._partition(plan.partition) if plan is not None else "",
+                _shown(self._partitions, plan.partition, partition_hash)
+                if plan is not None
+                else "",
                 ctx.cache.status.value,
                 shown,
                 ctx.hook_seconds * 1000,
@@ -131,18 +140,6 @@ class RecentDecisions:
                 tuple(fired) if fired else (),
             )
         )
-
-    def _partition(self, partition: str) -> str:
-        # A SHA-256 per request otherwise; bounded like the reasons (short keys only, at most
-        # _REASONS_KEPT of them), as partition keys are a caller's choice.
-        shown = self._partitions.get(partition)
-        if shown is None:
-            shown = partition_hash(partition)
-            if len(partition) <= MAX_REASON_CHARS:
-                if len(self._partitions) >= _REASONS_KEPT:
-                    self._partitions.clear()
-                self._partitions[partition] = shown
-        return shown
 
     def add(self, row: Decision) -> None:
         size = _size(row)
