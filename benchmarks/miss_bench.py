@@ -78,6 +78,7 @@ from benchmarks.stack import (
 from sidecar.demo.envoy import (
     ExtProcListener,
     bootstrap,
+    cluster_name,
     envoy_binary,
     envoy_command,
     write_bootstrap,
@@ -122,11 +123,23 @@ class Stack:
         only: Sequence[str],
         guarded: dict[str, Any] | None = None,
         one_message: bool = False,
+        max_streams: Sequence[int] = (),
+        upstream_delay_ms: int = 0,
     ) -> None:
         """``guarded``: more sidecar settings for this tree's guarded sidecar (not before's);
         ``one_message``: the overload's 200 ms listeners send the headers as attributes with
-        the body (docs/envoy.md, one message per request) instead of a headers message."""
+        the body (docs/envoy.md, one message per request) instead of a headers message;
+        ``max_streams``: for each bound N, also an ``onnx-maxN`` 200 ms listener to the same
+        ONNX sidecar whose ext_proc cluster admits at most N concurrent streams (Envoy's
+        circuit breaker, docs/overload.md), measured beside the unbounded one;
+        ``upstream_delay_ms``: the fake provider's answer time (a stream stays open for it)."""
         self.one_message = one_message
+        self.max_streams = tuple(max_streams)
+        self.upstream_delay_ms = upstream_delay_ms
+        #: the sidecar behind each overload variant (a variant is a 200 ms listener)
+        self.sidecar_of: dict[str, str] = {}
+        #: the Envoy cluster of each overload variant (its circuit-breaker counters)
+        self.clusters: dict[str, str] = {}
         self.workdir = workdir
         self.guarded = guarded or {}
         self.before = before
@@ -161,7 +174,13 @@ class Stack:
         upstream_port = free_port()
         upstream = ManagedProcess(
             "fast-upstream",
-            [sys.executable, "-m", "benchmarks.fast_upstream", str(upstream_port)],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.fast_upstream",
+                str(upstream_port),
+                str(self.upstream_delay_ms),
+            ],
             self.workdir / "upstream.log",
         ).start()
         self.processes.append(upstream)
@@ -176,21 +195,31 @@ class Stack:
                 grpc["guarded-before"] = self._sidecar("guarded-before", tree, rules=[str(RULES)])
             if "overload" in self.only:
                 grpc["onnx-before"] = self._sidecar("onnx-before", tree, embedder=ONNX)
+        variants: dict[str, tuple[str, int | None]] = {
+            n: (n, None) for n in ("onnx", "onnx-before") if n in grpc
+        }
+        for bound in self.max_streams:
+            variants[f"onnx-max{bound}"] = ("onnx", bound)
+        # Envoy's default message timeout: the overload must never reach it.
+        overload = {
+            variant: ExtProcListener(
+                name=f"{variant}-200ms",
+                port=free_port(),
+                grpc_port=grpc[sidecar],
+                message_timeout=0.2,
+                request_time=True,
+                single_message=self.one_message,
+                # every 200 ms listener fails open, as the overload policy requires
+                failure_mode_allow=True,
+                max_streams=bound,
+            )
+            for variant, (sidecar, bound) in variants.items()
+        }
+        self.sidecar_of = {v: sidecar for v, (sidecar, _) in variants.items()}
+        self.clusters = {v: cluster_name(spec) for v, spec in overload.items()}
         listeners = [
             ExtProcListener(name="direct", port=free_port(), grpc_port=grpc["guarded"]),
-            # Envoy's default message timeout: the overload must never reach it.
-            *(
-                ExtProcListener(
-                    name=f"{n}-200ms",
-                    port=free_port(),
-                    grpc_port=grpc[n],
-                    message_timeout=0.2,
-                    request_time=True,
-                    single_message=self.one_message,
-                )
-                for n in ("onnx", "onnx-before")
-                if n in grpc
-            ),
+            *overload.values(),
         ] + [ExtProcListener(name=n, port=free_port(), grpc_port=p) for n, p in grpc.items()]
         self.admin = free_port()
         config = bootstrap(self.admin, upstream_port, listeners)
@@ -270,11 +299,20 @@ def run(
     offered_rps: float = 0.0,
     one_message: bool = False,
     rounds: int = 1,
+    max_streams: Sequence[int] = (),
+    upstream_delay_ms: int = 0,
 ) -> dict[str, Any]:
     serial_s, loaded_s = (3.0, 4.0) if quick else (8.0, 10.0)
     busy_s = 8.0 if quick else 30.0
     workdir = Path(tempfile.mkdtemp(prefix="miss-bench-"))
-    stack = Stack(workdir, before, only, one_message=one_message)
+    stack = Stack(
+        workdir,
+        before,
+        only,
+        one_message=one_message,
+        max_streams=max_streams,
+        upstream_delay_ms=upstream_delay_ms,
+    )
     results: dict[str, Any] = {}
     counters: dict[str, Any] = {}
     tag = uuid.uuid4().hex[:6]
@@ -410,16 +448,17 @@ def run(
             n_over = int(offered * (overload_s + 1)) + 64
             over_pool = (overload_pool * (n_over // max(1, len(overload_pool)) + 1))[:n_over]
             exact = [[_post(q)] for q in seeds]
-            names = [n for n in ("onnx", "onnx-before") if n in stack.urls]
-            for name in names[1:]:
-                _seed(ports[name], seeds)
+            names = list(stack.sidecar_of)  # the overload's variants (200 ms listeners)
+            for sidecar in {stack.sidecar_of[n] for n in names} - {"onnx"}:
+                _seed(ports[sidecar], seeds)
 
             def misses_for(name: str, turn: int) -> list[list[str]]:
                 # distinct per run even when the pool repeats: numbers and the name in front
                 return [[_post(f"{i} {turn} {name}: {q}")] for i, q in enumerate(over_pool)]
 
             def others_paused(name: str) -> contextlib.AbstractContextManager[None]:
-                return stack.paused([n for n in ("guarded", "guarded-before", *names) if n != name])
+                sidecars = ("guarded", "guarded-before", "onnx", "onnx-before")
+                return stack.paused([n for n in sidecars if n != stack.sidecar_of[name]])
 
             over_results, over_counters = overload_rounds(
                 stack, names, misses_for, exact, offered, overload_s, rounds, others_paused,
@@ -441,6 +480,8 @@ def run(
         "overload_s": overload_s,
         "one_message": one_message,
         "rounds": rounds,
+        "max_streams": list(max_streams),
+        "upstream_delay_ms": upstream_delay_ms,
         "only": list(only),
         "machine": machine(),
         "envoy": envoy_binary(),
@@ -478,6 +519,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="overload runs per sidecar, alternating with --before's (order reversed each round)",
     )
     parser.add_argument(
+        "--max-streams",
+        default="",
+        help="comma-separated bounds N: the overload also through a listener whose Envoy "
+        "ext_proc cluster admits at most N concurrent streams (circuit breaker), alternating "
+        "with the unbounded one on the same sidecar",
+    )
+    parser.add_argument(
+        "--upstream-delay-ms",
+        type=int,
+        default=0,
+        help="the fake provider's answer time (an ext_proc stream stays open for it)",
+    )
+    parser.add_argument(
         "--profile", type=Path, help="py-spy speedscope profiles of the overload, this prefix"
     )
     args = parser.parse_args(argv)
@@ -501,6 +555,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.offered,
         args.one_message,
         max(1, args.rounds),
+        [int(n) for n in args.max_streams.split(",") if n.strip()],
+        args.upstream_delay_ms,
     )
     path = write_result("miss", result, args.json)
     print_table(result)

@@ -28,6 +28,10 @@ if TYPE_CHECKING:
     from benchmarks.miss_bench import Stack
 
 STATUS = "x-bf-cache-status"
+#: Envoy's counters of streams failed at the ext_proc cluster's circuit breaker: over
+#: ``max_requests`` (Envoy 1.40; older Envoys counted it as pending overflow) or over
+#: ``max_pending_requests`` (waiting for a connection)
+OVERFLOW_COUNTERS = ("upstream_rq_active_overflow", "upstream_rq_pending_overflow")
 
 
 def result_of(run: dict[str, Any]) -> dict[str, Any]:
@@ -143,12 +147,22 @@ def overload_run(
     """Misses offered open-loop at ``offered``/s through the 200 ms listener of sidecar
     ``name``, exact hits paced at 100/s beside them on their own connections. Returns the
     misses' and the hits' load-generator runs, the counters and the sampled loop lags."""
-    url, port = stack.urls[name], stack.ports[f"{name}-200ms"]
+    sidecar = stack.sidecar_of[name]
+    url, port = stack.urls[sidecar], stack.ports[f"{name}-200ms"]
+    # Variants share a sidecar (bounded and unbounded listeners): the deferred vectors of the
+    # run before must not run into this one.
+    deadline = time.monotonic() + 120
+    while metric_value(url, "sidecar_cache_vector_backlog") > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling another process, not synchronisation
     before_counts = sidecar_counters(url)
     timeouts_before = stack.envoy_counter("timeout")
     ext_proc_prefix = f"http.{name}-200ms.ext_proc."
     ext_proc_before = stack.envoy_stats(ext_proc_prefix)
-    cpu_before = {n: cpu_seconds(pid) for n, pid in stack.pids.items() if n in (name, "envoy")}
+    # the ext_proc cluster's circuit breaker: streams Envoy failed at the bound (never sent)
+    cluster_prefix = f"cluster.{stack.clusters[name]}."
+    cluster_before = stack.envoy_stats(cluster_prefix)
+    pids = {"sidecar": stack.pids[sidecar], "envoy": stack.pids["envoy"]}
+    cpu_before = {n: cpu_seconds(pid) for n, pid in pids.items()}
     miss_spec = {
         "port": port,
         "sequences": misses,
@@ -156,6 +170,7 @@ def overload_run(
         "duration": overload_s,
         "warmup": 0.0,
         "rate": offered,
+        # an answer that passed the sidecar carries its status; one without never reached it
         "count": {"miss": f"{STATUS}: miss"},
     }
     hit_spec = {
@@ -172,7 +187,7 @@ def overload_run(
         sub.mkdir(parents=True, exist_ok=True)
     spy = None
     if profile is not None and not profile.with_suffix(f".{name}.json").exists():
-        spy = profiled(stack.pids[name], profile.with_suffix(f".{name}.json"), overload_s)
+        spy = profiled(stack.pids[sidecar], profile.with_suffix(f".{name}.json"), overload_s)
     lags: list[float] = []
     with ThreadPoolExecutor(3) as pool:
         miss_future = pool.submit(run_loadgen, subs[0], miss_spec)
@@ -194,15 +209,26 @@ def overload_run(
         for k, v in stack.envoy_stats(ext_proc_prefix).items()
         if v - ext_proc_before.get(k, 0)
     }
+    cluster = {
+        k: v - cluster_before.get(k, 0)
+        for k, v in stack.envoy_stats(cluster_prefix).items()
+        if k in OVERFLOW_COUNTERS
+    }
     requests = miss_run["sequences"] + hit_run["sequences"]
     cpu_us = {
-        f"{n}_cpu_us_per_request": round((cpu_seconds(stack.pids[n]) - c) / max(1, requests) * 1e6)
+        f"{n}_cpu_us_per_request": round((cpu_seconds(pids[n]) - c) / max(1, requests) * 1e6)
         for n, c in cpu_before.items()
     }
     counted = {
         **over,
         "envoy_timeout_counters": timeouts,
         "envoy_ext_proc": ext_proc,
+        # streams over the cluster's bound: failed in Envoy, their requests sent on uncached
+        "envoy_streams_overflowed": sum(cluster.values()),
+        "requests": requests,
+        # exact hits answered by the provider instead (overflowed at Envoy, refused by the
+        # sidecar, timed out): a miss passed on uncached has no header of its own to tell
+        "hits_lost": hit_run["sequences"] - hit_run["counts"].get("hit", 0),
         **cpu_us,
     }
     return miss_run, hit_run, counted, lags

@@ -118,7 +118,11 @@ def summary(results: dict[str, Any], counters: dict[str, Any]) -> list[SummaryRo
                 "embedded share",
             )
         )
-    for name in ("onnx", "onnx-before"):
+    # the overload's variants: the target sidecar, --before's, Envoy-bounded listeners
+    variants = ["onnx"] + [
+        k.removesuffix(": overload") for k in counters if k.endswith(": overload")
+    ]
+    for name in variants:
         rows.extend(_overload_rows(g, name, results, counters))
     return rows
 
@@ -130,8 +134,9 @@ def _overload_rows(
     hits = results.get(label(name, "overload: exact hits"))
     over = results.get(label(name, "overload: misses"))
     oc = counters.get(label(name, "overload"), {})
-    # the same load on the sidecar of the --before commit, beside it in the same run
-    pre = "" if name == "onnx" else "before: "
+    # the same load on the sidecar of the --before commit, or through a listener whose
+    # ext_proc cluster is bounded (--max-streams), beside it in the same run
+    pre = {"onnx": "", "onnx-before": "before: "}.get(name, f"{name}: ")
     if hits is None or over is None:
         return rows
 
@@ -184,6 +189,31 @@ def _overload_rows(
             target="0, and no Envoy timeout counted",
             met=not_ok == 0 and timeouts == 0,
             note=f"statuses {statuses}; Envoy *timeout* counters +{timeouts}",
+            show_ratio=False,
+        )
+    )
+    overflowed = oc.get("envoy_streams_overflowed", 0)
+    refused = oc.get("shed_extproc_stream", 0.0)
+    seen = oc.get("cache_misses_total", 0.0) + oc.get("cache_hits_total", 0.0)
+    requests = oc.get("requests", 0)
+    allowed = oc.get("envoy_ext_proc", {}).get("failure_mode_allowed", 0)
+    rows.append(
+        SummaryRow(
+            g,
+            f"{pre}overload: requests passed on without the sidecar (uncached, counted)",
+            overflowed + refused,
+            "requests",
+            # Envoy fails a stream over the ext_proc cluster's bound before sending it and
+            # counts it (cluster upstream_rq_active_overflow); the sidecar counts the streams it
+            # refuses; every other request was looked up (a miss or a hit). A stream Envoy
+            # gave up on can be counted by the sidecar and still time out: the timeouts are
+            # the tolerance.
+            target="requests = sidecar's misses + hits + refusals + Envoy's overflows",
+            met=abs(requests - (seen + refused + overflowed)) <= timeouts,
+            note=f"{requests:g} requests = {seen:g} looked up + {refused:g} refused by the "
+            f"sidecar + {overflowed:g} overflowed at Envoy's bound (Envoy failure_mode_allowed "
+            f"{allowed:g}); exact hits that lost their hit {oc.get('hits_lost', 0):g} of "
+            f"{hits['loaded']['sequences']}",
             show_ratio=False,
         )
     )

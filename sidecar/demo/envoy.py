@@ -57,9 +57,44 @@ class ExtProcListener:
     #: send ``request.time`` with the first message: the sidecar refuses a stream that queued
     #: too long in its gRPC transport (``server.refuse_streams_wait_ms``, docs/overload.md)
     request_time: bool = False
+    #: Envoy's bound on concurrent ext_proc streams to this listener's sidecar (the circuit
+    #: breaker ``max_requests`` of its cluster, ``circuit_breaker``): a stream over it fails at
+    #: once in Envoy, and with ``failure_mode_allow`` the request goes on uncached
+    #: (docs/overload.md, "Admission in Envoy"). None: unbounded (10,000).
+    max_streams: int | None = None
 
 
-def _cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
+#: the bound when none is set: many requests in flight must not trip Envoy's defaults (1,024)
+UNBOUNDED = 10_000
+
+
+def circuit_breaker(max_streams: int | None) -> dict[str, Any]:
+    """The ext_proc cluster's thresholds. ``max_requests`` is the number of concurrent
+    streams (HTTP/2): a stream over it fails at once, it never waits for a slot (Envoy 1.40
+    counts it in ``upstream_rq_active_overflow``), and with ``failure_mode_allow`` the request
+    goes on uncached. ``max_pending_requests`` only bounds the streams waiting for a
+    connection to the sidecar to open; 0 would make the first stream after every reconnect
+    overflow (seen on Envoy 1.40), so it is the same bound."""
+    if max_streams is None:
+        return {
+            "max_connections": UNBOUNDED,
+            "max_pending_requests": UNBOUNDED,
+            "max_requests": UNBOUNDED,
+        }
+    return {
+        "max_connections": UNBOUNDED,
+        "max_pending_requests": max_streams,
+        "max_requests": max_streams,
+    }
+
+
+def cluster_name(spec: ExtProcListener) -> str:
+    """The Envoy cluster of ``spec``'s sidecar (its stats: ``cluster.<name>.*``)."""
+    bound = "" if spec.max_streams is None else f"_max{spec.max_streams}"
+    return f"ext_proc_{spec.grpc_port}{bound}"
+
+
+def _cluster(name: str, port: int, http2: bool, max_streams: int | None = None) -> dict[str, Any]:
     cluster: dict[str, Any] = {
         "name": name,
         "type": "STATIC",
@@ -80,12 +115,7 @@ def _cluster(name: str, port: int, http2: bool) -> dict[str, Any]:
                 }
             ],
         },
-        # Many requests in flight at once must not trip Envoy's default circuit breakers.
-        "circuit_breakers": {
-            "thresholds": [
-                {"max_connections": 10_000, "max_pending_requests": 10_000, "max_requests": 10_000}
-            ]
-        },
+        "circuit_breakers": {"thresholds": [circuit_breaker(max_streams)]},
     }
     if http2:
         # The sidecar's standard gRPC health service, as in compose/envoy.yaml.
@@ -197,7 +227,7 @@ def _listener(spec: ExtProcListener) -> dict[str, Any]:
                             },
                             "http_filters": [
                                 ext_proc_filter(
-                                    f"ext_proc_{spec.grpc_port}",
+                                    cluster_name(spec),
                                     spec.failure_mode_allow,
                                     spec.message_timeout,
                                     spec.allow_mode_override,
@@ -226,14 +256,19 @@ def _listener(spec: ExtProcListener) -> dict[str, Any]:
 def bootstrap(
     admin_port: int, upstream_port: int, listeners: list[ExtProcListener]
 ) -> dict[str, Any]:
-    grpc_ports = sorted({spec.grpc_port for spec in listeners})
+    # One cluster per sidecar and bound: listeners with different bounds to one sidecar
+    # (the benchmark's side-by-side runs) each get their own breaker.
+    clusters = {cluster_name(spec): (spec.grpc_port, spec.max_streams) for spec in listeners}
     return {
         "admin": {
             "address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}
         },
         "static_resources": {
             "listeners": [_listener(spec) for spec in listeners],
-            "clusters": [_cluster(f"ext_proc_{port}", port, http2=True) for port in grpc_ports]
+            "clusters": [
+                _cluster(name, port, http2=True, max_streams=bound)
+                for name, (port, bound) in sorted(clusters.items())
+            ]
             + [_cluster("upstream_llm", upstream_port, http2=False)],
         },
     }
