@@ -163,6 +163,7 @@ class EnvoyStack:
         single_message: bool = False,
         initial_metadata: tuple[tuple[str, str], ...] = (),
         request_time: bool = False,
+        max_streams: int | None = None,
     ) -> str:
         spec = ExtProcListener(
             name,
@@ -175,6 +176,7 @@ class EnvoyStack:
             single_message,
             initial_metadata,
             request_time,
+            max_streams,
         )
         self.listeners[name] = spec
         return self.url(name)
