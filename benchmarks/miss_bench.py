@@ -2,8 +2,8 @@
 an overload at 4x the sustainable miss rate (issue 16).
 
 Run: ``python -m benchmarks.miss_bench [--quick] [--before COMMIT] [--overload-s S]
-[--only overload] [--offered RPS] [--one-message]``. The overload scenario itself is in
-``benchmarks/miss_overload.py``.
+[--only overload] [--offered RPS] [--one-message] [--rounds N] [--max-streams N,...]
+[--upstream-delay-ms MS]``. The overload scenario itself is in ``benchmarks/miss_overload.py``.
 Writes ``benchmarks/results/miss.json``.
 
 One Envoy in front of the fast fake provider (``benchmarks/fast_upstream.py``), listeners:
@@ -16,7 +16,12 @@ One Envoy in front of the fast fake provider (``benchmarks/fast_upstream.py``), 
   listener with Envoy's default ext_proc message timeout (200 ms) for the overload, which
   sends ``request.time`` (docs/envoy.md) so the sidecar sees how long streams queued (with
   ``--one-message``, in Envoy's one-message-per-request layout: the headers as attributes of
-  the body message, docs/envoy.md).
+  the body message, docs/envoy.md); that listener fails open (``failure_mode_allow: true``,
+  the cache-only recommendation: a timed-out stream goes on uncached, still counted);
+* ``onnx-maxN`` (with ``--max-streams N``): another ONNX sidecar of this tree behind the same
+  kind of listener, whose Envoy ext_proc cluster admits at most N concurrent streams (its
+  circuit breaker; a stream over it goes on uncached at once, counted by Envoy:
+  docs/overload.md, "Admission in Envoy"), in the overload's alternating rounds.
 
 Scenarios:
 1. guarded miss + store of a 1 KB prompt in a new scope (a fresh partition per request: the
@@ -27,8 +32,11 @@ Scenarios:
 3. overload: fresh misses offered open-loop at 4x that rate, with exact hits paced beside them
    on their own connections: exact-hit p99 under 5 ms, no lookup queued past the budget plus
    5 ms (``sidecar_embedding_queue_wait_max_seconds``), no Envoy timeout, and every semantic
-   lookup accounted for (embedded or counted as skipped). Beside them: Envoy's ext_proc
-   counters of that listener and the CPU per request of the sidecar and of Envoy.
+   lookup accounted for (embedded or counted as skipped), and every request accounted for
+   (the sidecar's misses, hits and refused streams, plus the streams Envoy failed at its
+   bound: those never reach the sidecar, Envoy's ``upstream_rq_active_overflow`` counts
+   them), with the exact hits that lost their hit. Beside them: Envoy's ext_proc counters of
+   that listener and the CPU per request of the sidecar and of Envoy.
 """
 
 from __future__ import annotations
@@ -129,9 +137,9 @@ class Stack:
         """``guarded``: more sidecar settings for this tree's guarded sidecar (not before's);
         ``one_message``: the overload's 200 ms listeners send the headers as attributes with
         the body (docs/envoy.md, one message per request) instead of a headers message;
-        ``max_streams``: for each bound N, also an ``onnx-maxN`` 200 ms listener to the same
-        ONNX sidecar whose ext_proc cluster admits at most N concurrent streams (Envoy's
-        circuit breaker, docs/overload.md), measured beside the unbounded one;
+        ``max_streams``: for each bound N, also an ONNX sidecar ``onnx-maxN`` behind a 200 ms
+        listener whose ext_proc cluster admits at most N concurrent streams (Envoy's circuit
+        breaker, docs/overload.md), measured beside the unbounded one;
         ``upstream_delay_ms``: the fake provider's answer time (a stream stays open for it)."""
         self.one_message = one_message
         self.max_streams = tuple(max_streams)
@@ -199,7 +207,11 @@ class Stack:
             n: (n, None) for n in ("onnx", "onnx-before") if n in grpc
         }
         for bound in self.max_streams:
-            variants[f"onnx-max{bound}"] = ("onnx", bound)
+            # a sidecar of its own (this tree's, like onnx): its lifetime gauges, the longest
+            # queue wait among them, and its deferred vectors stay its own
+            name = f"onnx-max{bound}"
+            grpc[name] = self._sidecar(name, None, embedder=ONNX)
+            variants[name] = (name, bound)
         # Envoy's default message timeout: the overload must never reach it.
         overload = {
             variant: ExtProcListener(
@@ -427,7 +439,7 @@ def run(
             before_counts = sidecar_counters(onnx_url)
             # The guarded sidecars' deferred torch vectors (thousands after the new-scope runs)
             # and the other ONNX sidecar must not share the cores with the one measured.
-            others = ["guarded", "guarded-before", "onnx-before"]
+            others = [n for n in stack.urls if n != "onnx"]
             with stack.paused(others):
                 measure(
                     "onnx: miss, populated scope",
@@ -457,8 +469,7 @@ def run(
                 return [[_post(f"{i} {turn} {name}: {q}")] for i, q in enumerate(over_pool)]
 
             def others_paused(name: str) -> contextlib.AbstractContextManager[None]:
-                sidecars = ("guarded", "guarded-before", "onnx", "onnx-before")
-                return stack.paused([n for n in sidecars if n != stack.sidecar_of[name]])
+                return stack.paused([n for n in stack.urls if n != stack.sidecar_of[name]])
 
             over_results, over_counters = overload_rounds(
                 stack, names, misses_for, exact, offered, overload_s, rounds, others_paused,
