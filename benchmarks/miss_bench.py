@@ -532,9 +532,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--max-streams",
         default="",
-        help="comma-separated bounds N: the overload also through a listener whose Envoy "
-        "ext_proc cluster admits at most N concurrent streams (circuit breaker), alternating "
-        "with the unbounded one on the same sidecar",
+        help="comma-separated bounds N: the overload also on a sidecar behind a listener "
+        "whose Envoy ext_proc cluster admits at most N concurrent streams (circuit breaker), "
+        "alternating with the unbounded one",
     )
     parser.add_argument(
         "--upstream-delay-ms",

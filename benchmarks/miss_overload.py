@@ -144,13 +144,14 @@ def overload_run(
     workdir: Path,
     profile: Path | None,
 ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any], list[float]]:
-    """Misses offered open-loop at ``offered``/s through the 200 ms listener of sidecar
-    ``name``, exact hits paced at 100/s beside them on their own connections. Returns the
+    """Misses offered open-loop at ``offered``/s through the 200 ms listener of variant
+    ``name`` (``stack.sidecar_of``: its sidecar; ``stack.clusters``: its Envoy cluster), exact
+    hits paced at 100/s beside them on their own connections. Returns the
     misses' and the hits' load-generator runs, the counters and the sampled loop lags."""
     sidecar = stack.sidecar_of[name]
     url, port = stack.urls[sidecar], stack.ports[f"{name}-200ms"]
-    # Variants share a sidecar (bounded and unbounded listeners): the deferred vectors of the
-    # run before must not run into this one.
+    # The sidecar was stopped while the others ran: the deferred vectors of its own round
+    # before must not run into this one.
     deadline = time.monotonic() + 120
     while metric_value(url, "sidecar_cache_vector_backlog") > 0 and time.monotonic() < deadline:
         time.sleep(0.2)  # polling another process, not synchronisation
@@ -170,7 +171,6 @@ def overload_run(
         "duration": overload_s,
         "warmup": 0.0,
         "rate": offered,
-        # an answer that passed the sidecar carries its status; one without never reached it
         "count": {"miss": f"{STATUS}: miss"},
     }
     hit_spec = {
