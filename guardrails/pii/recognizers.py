@@ -232,8 +232,15 @@ class StrictSsnRecognizer(UsSsnRecognizer):
             return True
         return bool(super().invalidate_result(pattern_text))
 
-    # Any of the five patterns needs one of these shapes; checked with one stdlib search.
-    _MAY_MATCH = re.compile(r"(?<!\d)\d{3}[- .]?\d{2}[- .]?\d{4}(?!\d)|\d{5}-\d{4}|\d{3}-\d{6}")
+    # Any of the five patterns needs one of these shapes; checked with one stdlib search:
+    #   (?<!\d)\d{3}[- .]?\d{2}[- .]?\d{4}(?!\d) | \d{5}-\d{4} | \d{3}-\d{6}
+    # written with the digit every shape starts with taken out in front, so
+    # the search skips to digits in C instead of trying three branches at every character (a
+    # seventh of the time on a 1 KB prompt); the first branch's "no digit before" becomes "not
+    # two digits ending at the first one". Same texts found (tests/test_pii_prefilters.py).
+    _MAY_MATCH = re.compile(
+        r"\d(?:(?<!\d\d)\d{2}[- .]?\d{2}[- .]?\d{4}(?!\d)|\d{4}-\d{4}|\d{2}-\d{6})"
+    )
 
     def analyze(
         self,
@@ -307,6 +314,10 @@ class PrecheckedIbanRecognizer(IbanRecognizer):
 # separator characters. The repetition is possessive so a run that is too long (a card number)
 # or glued to more text fails as a whole instead of yielding a shorter prefix of itself.
 _PHONE_CANDIDATE = re.compile(
+    # Every candidate starts with "+", "(" or a digit: the lookahead, tested first, turns most
+    # positions away before the two lookbehinds run (a third less time on a 1 KB prompt; the
+    # same matches, tests/test_pii_prefilters.py).
+    r"(?=[+(\d])"
     r"(?<![\w+\-./#@:=&?%$€£])"  # not inside a word, id, version, URL or amount
     r"(?<!\d[ \-.])"  # not a later group of a longer digit run (IBAN, card number)
     r"(?:\+|00)?\(?\d(?:[ \-.()/\u00a0]{1,3}\d|\d){6,17}+"
