@@ -1,11 +1,12 @@
 """The PII recognizers' fast regular expressions find exactly what the plainer forms they
-replace find.
+replace find, and the card pre-check never turns away a text a card pattern matches.
 
-``StrictSsnRecognizer._MAY_MATCH`` and ``_PHONE_CANDIDATE`` were rewritten for speed (the
-SSN shapes with their leading digit taken out in front, the phone candidate with a lookahead
-on its first character). The plain forms are kept here; both are run over texts built to sit
-on every edge the rewrites touch: digits right before a shape, non-ASCII digits, separators,
-the characters the phone lookbehinds refuse, and random mixtures of all of them.
+``StrictSsnRecognizer._MAY_MATCH``, ``PrecheckedIpRecognizer._MAY_HAVE_V4`` and
+``_PHONE_CANDIDATE`` were rewritten for speed (the SSN shapes with their leading digit taken
+out in front, "digit.digit" searched from its dot, the phone candidate with a lookahead on its
+first character). The plain forms are kept here; both are run over texts built to sit on
+every edge the rewrites touch: digits right before a shape, non-ASCII digits, separators, the
+characters the phone lookbehinds refuse, and random mixtures of all of them.
 """
 
 from __future__ import annotations
@@ -14,11 +15,19 @@ import random
 import re
 
 import pytest
+import regex
+from presidio_analyzer.predefined_recognizers import CreditCardRecognizer
 
-from guardrails.pii.recognizers import _PHONE_CANDIDATE, StrictSsnRecognizer
+from guardrails.pii.recognizers import (
+    _PHONE_CANDIDATE,
+    PrecheckedCreditCardRecognizer,
+    PrecheckedIpRecognizer,
+    StrictSsnRecognizer,
+)
 
 # The forms before the rewrite, character for character.
 PLAIN_SSN_SHAPES = re.compile(r"(?<!\d)\d{3}[- .]?\d{2}[- .]?\d{4}(?!\d)|\d{5}-\d{4}|\d{3}-\d{6}")
+PLAIN_IPV4_HINT = re.compile(r"\d\.\d")
 PLAIN_PHONE_CANDIDATE = re.compile(
     r"(?<![\w+\-./#@:=&?%$€£])"
     r"(?<!\d[ \-.])"
@@ -57,6 +66,16 @@ EDGES = [
     "((5551234567",
     "1-2-3-4-5-6-7-8-9-0",
     "12345678901234567890123",
+    "4111 1111 1111 1111",
+    "4111-1111-1111-1111",
+    "2221 0012 3412 3456",
+    "5500 0000 0000 0004",
+    "3782 822463 10005",
+    "card 6011111111111117.",
+    "10.0.0.1",
+    "v2.0",
+    "٣.٣",
+    "a.1 1.b .5 5.",
 ]
 ALPHABET = "0123456789 -.()/+\u00a0abcXY_#@:=&?%$€£,٣\n"
 
@@ -109,3 +128,26 @@ def test_phone_candidates_are_the_same_matches(texts: list[str]) -> None:
     assert differing == []
     found = sum(1 for t in texts if PLAIN_PHONE_CANDIDATE.search(t))
     assert 1000 < found < len(texts) - 1000
+
+
+def test_ipv4_hint_finds_the_same_texts(texts: list[str]) -> None:
+    fast = PrecheckedIpRecognizer._MAY_HAVE_V4
+    differing = [t for t in texts if bool(fast.search(t)) != bool(PLAIN_IPV4_HINT.search(t))]
+    assert differing == []
+    found = sum(1 for t in texts if PLAIN_IPV4_HINT.search(t))
+    assert 1000 < found < len(texts) - 1000
+
+
+def test_card_precheck_passes_every_text_a_card_pattern_matches(texts: list[str]) -> None:
+    recognizer = PrecheckedCreditCardRecognizer()
+    flags = recognizer.global_regex_flags
+    patterns = [
+        regex.compile(p.regex, flags=flags)
+        for p in [
+            *CreditCardRecognizer.PATTERNS,
+            PrecheckedCreditCardRecognizer.MASTERCARD_2_SERIES,
+        ]
+    ]
+    matched = [t for t in texts if any(p.search(t) for p in patterns)]
+    assert len(matched) > 100
+    assert [t for t in matched if not recognizer._MAY_MATCH.search(t)] == []

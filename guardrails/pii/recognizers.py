@@ -197,6 +197,11 @@ class PrecheckedCreditCardRecognizer(CreditCardRecognizer):
             supported_language=supported_language,
         )
 
+    # Both patterns start with four digits, an optional separator and three more digits:
+    # without that shape (most texts with a dozen digits) neither can match. Searched with the
+    # ``regex`` module the patterns run on, so ``\d`` means the same (tests/test_pii_prefilters.py).
+    _MAY_MATCH = regex.compile(r"\d{4}[- ]?\d{3}")
+
     def analyze(
         self,
         text: str,
@@ -204,7 +209,7 @@ class PrecheckedCreditCardRecognizer(CreditCardRecognizer):
         nlp_artifacts: Any = None,
         regex_flags: int | None = None,
     ) -> list[Result]:
-        if not _has_digits(text, 12):
+        if not _has_digits(text, 12) or not self._MAY_MATCH.search(text):
             return []
         results: list[Result] = super().analyze(text, entities, nlp_artifacts, regex_flags)
         return [r for r in results if not _inside_longer_code(text, r.start, r.end)]
@@ -261,7 +266,9 @@ class PrecheckedIpRecognizer(IpRecognizer):
     ``::`` or six colon-separated hex groups, and the IPv4 one only when it has ``digit.digit``.
     """
 
-    _MAY_HAVE_V4 = re.compile(r"\d\.\d")
+    # "digit.digit", found from its dot: a literal first lets the search skip to each "." in C
+    # (a seventeenth of the time of r"\d\.\d" on 1 KB; same texts, tests/test_pii_prefilters.py)
+    _MAY_HAVE_V4 = re.compile(r"\.(?<=\d\.)\d")
     _MAY_HAVE_V6 = re.compile(r"::|(?:[0-9A-Fa-f]{1,4}:){6}")
 
     def __init__(self, supported_language: str = "en") -> None:
