@@ -20,6 +20,7 @@ from presidio_analyzer.predefined_recognizers import CreditCardRecognizer
 
 from guardrails.pii.recognizers import (
     _PHONE_CANDIDATE,
+    _PHONE_DIGITS,
     PrecheckedCreditCardRecognizer,
     PrecheckedIpRecognizer,
     StrictSsnRecognizer,
@@ -151,3 +152,11 @@ def test_card_precheck_passes_every_text_a_card_pattern_matches(texts: list[str]
     matched = [t for t in texts if any(p.search(t) for p in patterns)]
     assert len(matched) > 100
     assert [t for t in matched if not recognizer._MAY_MATCH.search(t)] == []
+
+
+def test_phone_precheck_passes_every_text_with_a_candidate(texts: list[str]) -> None:
+    with_candidate = [t for t in texts if PLAIN_PHONE_CANDIDATE.search(t)]
+    assert len(with_candidate) > 1000
+    assert [t for t in with_candidate if not _PHONE_DIGITS.search(t)] == []
+    # and it does turn texts away: short digit runs
+    assert not _PHONE_DIGITS.search("call 555 123 or 12-34-5, room 101")

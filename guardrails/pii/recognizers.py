@@ -330,6 +330,10 @@ _PHONE_CANDIDATE = re.compile(
     r"(?:\+|00)?\(?\d(?:[ \-.()/\u00a0]{1,3}\d|\d){6,17}+"
     r"(?![\w@+]|[\-.:/,]\d)"
 )
+# What every candidate holds: its first seven digits with their separators. Searched first,
+# led by a digit (scanned for in C): most texts have no such run and skip the candidate search,
+# whose lookarounds are tried at every position (tests/test_pii_prefilters.py).
+_PHONE_DIGITS = re.compile(r"\d(?:[ \-.()/\u00a0]{1,3}\d|\d){6}")
 _NON_DIGIT = re.compile(r"\D")
 _SEPARATOR_RUN = re.compile(r"[^\d+]+")
 # Shapes that are other things: IPv4 addresses, dates, SSNs.
@@ -402,7 +406,7 @@ class FastPhoneRecognizer(LocalRecognizer):
         nlp_artifacts: Any = None,
         regex_flags: int | None = None,
     ) -> list[Result]:
-        if not _has_digits(text, 7):
+        if not _has_digits(text, 7) or not _PHONE_DIGITS.search(text):
             return []
         results: list[Result] = []
         for match in _PHONE_CANDIDATE.finditer(text):
