@@ -1,5 +1,5 @@
 """The keyword pre-filter as one RE2 set picks the same rules, and so gives the same findings,
-as the Aho-Corasick automaton it stands in for (``guardrails.secrets.detect._keyword_set``).
+as the Aho-Corasick automaton it stands in for (``guardrails.secrets.patterns.keyword_set``).
 
 Each scanner is built twice: as configured (the RE2 set) and with ``KEYWORD_SET_MAX_BYTES``
 at 0, which keeps every rule set on the automaton, as before the set existed. Texts hold each
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-import guardrails.secrets.detect as detect
+import guardrails.secrets.patterns as patterns
 from guardrails.secrets import SecretScanner, builtin_ruleset, load_gitleaks_config
 from guardrails.secrets.config import RuleSet
 from tests.test_secrets_builtin import EXAMPLES
@@ -35,7 +35,7 @@ SHARED_SECRETS = (
 def both(ruleset: RuleSet, monkeypatch: pytest.MonkeyPatch) -> tuple[SecretScanner, SecretScanner]:
     with_set = SecretScanner(ruleset)
     with monkeypatch.context() as patch:
-        patch.setattr(detect, "KEYWORD_SET_MAX_BYTES", 0)
+        patch.setattr(patterns, "KEYWORD_SET_MAX_BYTES", 0)
         automaton_only = SecretScanner(ruleset)
     assert with_set._keyword_set is not None
     assert automaton_only._keyword_set is None

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import ahocorasick
-import re2
 
 from guardrails.secrets.allowlists import AllowlistSet, new_cache
 from guardrails.secrets.config import (
@@ -38,7 +37,7 @@ from guardrails.secrets.config import (
     load_gitleaks_config,
 )
 from guardrails.secrets.decode import PassMap, decode_pass
-from guardrails.secrets.patterns import Regex, RuleMatcher
+from guardrails.secrets.patterns import Regex, RuleMatcher, keyword_set
 
 DEFAULT_MAX_DECODE_DEPTH = 5
 # Far more regex matches than any real prompt has; past this a scan stops (see ScanReport).
@@ -46,11 +45,6 @@ DEFAULT_MAX_MATCHES = 10_000
 # Bytes of text around a decoded segment that a rescan looks at.
 DECODE_CONTEXT = 2048
 ALLOW_COMMENT = b"gitleaks:allow"
-# Keyword bytes up to which the pre-filter is an RE2 set (see _keyword_set); the built-in pack
-# has under 600. The set's DFA has at most this many states plus one, of at most ~2 KB each
-# (9 MB), far inside RE2's memory budget, so its search never gives up.
-KEYWORD_SET_MAX_BYTES = 4096
-_MAX_MEM = 64 << 20
 _log2 = math.log2
 
 
@@ -230,7 +224,7 @@ class SecretScanner:
         self._has_keywords = bool(keyword_ids)
         if self._has_keywords:
             self._automaton.make_automaton()
-        self._keyword_set = _keyword_set(list(keyword_ids))
+        self._keyword_set = keyword_set(list(keyword_ids))
         self._has_required = any(r.required for r in self._rules)
 
     @classmethod
@@ -253,7 +247,7 @@ class SecretScanner:
         found: Iterable[int]
         if self._keyword_set is not None:
             # Which keywords occur anywhere, in one DFA pass over the UTF-8 bytes (a fifth of
-            # the Aho-Corasick iteration's time on 1 KB); the same set (see _keyword_set).
+            # the Aho-Corasick iteration's time on 1 KB); the same set (see patterns.keyword_set).
             found = self._keyword_set.Match(lowered.encode("utf-8"))
         else:
             found = set()
@@ -404,39 +398,6 @@ class SecretScanner:
             for h in hits
         }
         return sorted(findings, key=lambda f: (f.start, f.end, f.rule_id, f.match_start))
-
-
-def _keyword_set(keywords: Sequence[str]) -> Any:
-    """An RE2 set of the keywords as literals, or None to keep the Aho-Corasick automaton.
-
-    ``Match`` on a lower-cased text's UTF-8 bytes gives the index of every keyword occurring
-    anywhere in it, which is the set the automaton's iteration collects: UTF-8 is
-    self-synchronising, so a keyword's bytes occur in the text's bytes exactly where the
-    keyword occurs in the text. RE2 reports an exhausted DFA budget as "no match", which would
-    silently skip rules; so sets whose DFA could come near the budget (its states are at most
-    the keywords' bytes plus one) stay on the automaton, and so do keywords that are not valid
-    Unicode (the automaton never matches them either, but they cannot be encoded).
-    """
-    try:
-        encoded = [k.encode("utf-8") for k in keywords]
-    except UnicodeEncodeError:
-        return None
-    if not encoded or sum(len(k) for k in encoded) > KEYWORD_SET_MAX_BYTES:
-        return None
-    options = re2.Options()
-    options.literal = True
-    options.never_capture = True
-    options.max_mem = _MAX_MEM
-    options.log_errors = False
-    keyword_set = re2.Set.SearchSet(options)
-    try:
-        for index, keyword in enumerate(encoded):
-            if keyword_set.Add(keyword) != index:
-                return None
-        keyword_set.Compile()
-    except re2.error:
-        return None
-    return keyword_set._set  # the extension object: Match returns a list, never None
 
 
 class _LimitReached(Exception):
