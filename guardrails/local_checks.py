@@ -100,6 +100,8 @@ class LocalCheckRunner:
         ]
 
     def _check_budget(self, ctx: CheckContext) -> float | None:
+        if self.cpu_budget_s is not None and CPU_USED_KEY not in ctx.request_state:
+            return self.cpu_budget_s  # nothing charged yet (inline runs never are): all left
         left = self.cpu_budget_left(ctx)
         if left is not None and left <= 0:
             raise CpuBudgetExceeded(self.cpu_used(ctx), self.cpu_budget_s or 0.0)

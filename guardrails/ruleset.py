@@ -4,6 +4,7 @@ and the errors loading reports. Loading and validation live in ``guardrails.rule
 from __future__ import annotations
 
 import enum
+import functools
 import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -88,6 +89,13 @@ def scanned_kinds(scan: Iterable[Scan]) -> frozenset[PieceKind]:
     return frozenset().union(*(_SCAN_KINDS[s] for s in scan))
 
 
+@functools.lru_cache(maxsize=64)
+def _kinds_of(scan: tuple[Scan, ...]) -> frozenset[PieceKind]:
+    # Every rule asks once per run: a cached answer spares a frozenset union per rule per
+    # request. Bounded: a rule's ``scan`` is a tuple of at most four distinct values.
+    return scanned_kinds(scan)
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     name: str
@@ -122,7 +130,7 @@ class Rule:
     @property
     def kinds(self) -> frozenset[PieceKind]:
         """The piece kinds this rule's checks see."""
-        return scanned_kinds(self.scan)
+        return _kinds_of(self.scan)
 
     def applies_to(self, stage: Stage) -> bool:
         return self.apply_to is ApplyTo.BOTH or self.apply_to.value == stage.value
@@ -136,12 +144,14 @@ class RuleSet:
     checks: dict[str, Check] = field(default_factory=dict)  # build key -> check (for reuse)
     loaded_at: float = field(default_factory=time.time)
     _by_stage: dict[Stage, tuple[Rule, ...]] = field(default_factory=dict)
+    _variables: dict[Stage, frozenset[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for stage in Stage:
-            self._by_stage[stage] = tuple(
-                r for r in self.rules if r.enabled and r.applies_to(stage)
-            )
+            rules = tuple(r for r in self.rules if r.enabled and r.applies_to(stage))
+            self._by_stage[stage] = rules
+            # Asked on every request: computed once, like the stage's rules.
+            self._variables[stage] = frozenset().union(*(r.variables for r in rules))
 
     @classmethod
     def empty(cls) -> RuleSet:
@@ -153,7 +163,7 @@ class RuleSet:
 
     def variables_for(self, stage: Stage) -> frozenset[str]:
         """CEL variables the stage's conditions read (only these are built per request)."""
-        return frozenset().union(*(r.variables for r in self._by_stage[stage]))
+        return self._variables[stage]
 
     async def aclose(self) -> None:
         await close_checks(self.checks.values())

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -218,6 +219,17 @@ class Metrics:
             ["transport", "kind"],
             registry=r,
         )
+
+        # semantic_lookups' children by path, resolved on first use (a fixed set of paths):
+        # labels() takes a lock and checks its arguments, once per miss otherwise
+        self._semantic_paths: dict[str, Any] = {}
+
+    def semantic_lookup(self, path: str) -> Any:
+        """``semantic_lookups``' child for ``path`` (one of the fixed paths in its help)."""
+        child = self._semantic_paths.get(path)
+        if child is None:
+            child = self._semantic_paths[path] = self.semantic_lookups.labels(path)
+        return child
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

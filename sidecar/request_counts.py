@@ -29,6 +29,7 @@ class RequestCounts:
         self.metrics = metrics
         self.prices = prices
         self._partition_children: dict[tuple[str, str], Any] = {}
+        self._other_children: dict[str, Any] = {}  # status -> the ``other`` partition's child
         self._savings_children: dict[tuple[str, str], Any] = {}
         self._request_timers: dict[CacheStatus, Any] = {}
         self._request_counters: dict[tuple[str, CacheStatus], Any] = {}
@@ -92,9 +93,17 @@ class RequestCounts:
         if child is None:
             m = self.metrics
             label = m.partition_label(partition_hash(partition))
+            if label == OTHER:
+                # Past the label bound every new partition (a new scope per request) counts
+                # here: one child per status, kept, instead of labels()' lock per request.
+                child = self._other_children.get(status)
+                if child is None:
+                    child = self._other_children[status] = m.partition_requests.labels(
+                        OTHER, status
+                    )
+                return child
             child = m.partition_requests.labels(label, status)
-            if label != OTHER:
-                self._partition_children[key] = child
+            self._partition_children[key] = child
         return child
 
     def _savings(self, usage: Usage | None, layer: str) -> Counts:

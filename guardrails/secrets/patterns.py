@@ -20,6 +20,10 @@ _MAX_MEM = 64 << 20
 _UNANCHORED = re2._Anchor.UNANCHORED
 _ANCHOR_START = re2._Anchor.ANCHOR_START
 _NO_MATCH = (-1, -1)
+# Keyword bytes up to which the pre-filter is an RE2 set (see keyword_set); the built-in pack
+# has under 600. The set's DFA has at most this many states plus one, of at most ~2 KB each
+# (9 MB), far inside RE2's memory budget, so its search never gives up.
+KEYWORD_SET_MAX_BYTES = 4096
 # An optional leading (?flags), then a bracket class repeated {0,N} lazily.
 _PREFIX_HEAD = re2.compile(r"^(\(\?[A-Za-z]+\))?(\[(?:\\.|[^\]\\])+\])\{0,(\d{1,3})\}\?")
 
@@ -192,3 +196,36 @@ class RuleMatcher:
                 start = window + run[0]
             yield start, end, core_start
             pos = end if end > start else end + 1
+
+
+def keyword_set(keywords: Sequence[str]) -> Any:
+    """An RE2 set of the keywords as literals, or None to keep the Aho-Corasick automaton.
+
+    ``Match`` on a lower-cased text's UTF-8 bytes gives the index of every keyword occurring
+    anywhere in it, which is the set the automaton's iteration collects: UTF-8 is
+    self-synchronising, so a keyword's bytes occur in the text's bytes exactly where the
+    keyword occurs in the text. RE2 reports an exhausted DFA budget as "no match", which would
+    silently skip rules; so sets whose DFA could come near the budget (its states are at most
+    the keywords' bytes plus one) stay on the automaton, and so do keywords that are not valid
+    Unicode (the automaton never matches them either, but they cannot be encoded).
+    """
+    try:
+        encoded = [k.encode("utf-8") for k in keywords]
+    except UnicodeEncodeError:
+        return None
+    if not encoded or sum(len(k) for k in encoded) > KEYWORD_SET_MAX_BYTES:
+        return None
+    options = re2.Options()
+    options.literal = True
+    options.never_capture = True
+    options.max_mem = _MAX_MEM
+    options.log_errors = False
+    literals = re2.Set.SearchSet(options)
+    try:
+        for index, keyword in enumerate(encoded):
+            if literals.Add(keyword) != index:
+                return None
+        literals.Compile()
+    except re2.error:
+        return None
+    return literals._set  # the extension object: Match returns a list, never None

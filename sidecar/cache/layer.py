@@ -208,7 +208,7 @@ class DualCache:
                 miss = Lookup(CacheStatus.MISS, why, store_shed=store_shed)
                 return miss if store_shed else await self._single_flight(plan, miss)
             if store_shed:
-                self.metrics.semantic_lookups.labels("skipped_overloaded").inc()
+                self.metrics.semantic_lookup("skipped_overloaded").inc()
                 assert self.governor is not None
                 self.governor.shed("semantic_lookup", LOOP_LAG)
                 return Lookup(CacheStatus.MISS, OVERLOADED, store_shed=True)
@@ -218,7 +218,7 @@ class DualCache:
             log.error("cache backend unavailable, request goes uncached: %s", exc)
             return Lookup(CacheStatus.BYPASS, f"cache backend unavailable: {exc}")
         except EmbedderError as exc:
-            self.metrics.semantic_lookups.labels("embedding_failed").inc()
+            self.metrics.semantic_lookup("embedding_failed").inc()
             log.error("embedding failed, semantic lookup skipped: %s", exc)
             return Lookup(CacheStatus.MISS, f"embedding failed: {exc}")
 
@@ -232,7 +232,7 @@ class DualCache:
         would wait past the queue budget. A skipped embedding starts in the background, for
         the store (the request goes upstream at once)."""
         if await self._scope_is_empty(plan):
-            self.metrics.semantic_lookups.labels("skipped_empty_scope").inc()
+            self.metrics.semantic_lookup("skipped_empty_scope").inc()
             return Lookup(CacheStatus.MISS, EMPTY_SCOPE, pending=self._begin_vector(plan))
         try:
             if self.governor is None:
@@ -240,7 +240,7 @@ class DualCache:
             with self.governor.semantic_lookup():
                 return await self._semantic(plan)
         except (EmbedderOverloaded, Overloaded) as exc:
-            self.metrics.semantic_lookups.labels("skipped_overloaded").inc()
+            self.metrics.semantic_lookup("skipped_overloaded").inc()
             log.debug("semantic lookup skipped: %s", exc)
             return Lookup(CacheStatus.MISS, OVERLOADED, pending=self._begin_vector(plan))
 
@@ -274,7 +274,7 @@ class DualCache:
         else:
             vector = (await within([plan.question], budget))[0]
             self.metrics.embed_seconds.observe(time.perf_counter() - started)
-        self.metrics.semantic_lookups.labels("embedded").inc()
+        self.metrics.semantic_lookup("embedded").inc()
         if self.backlog is not None and self.backlog.pending_in(plan.scope):
             limit = _SETTLE_S if budget is None else budget
             await self.backlog.settle_scope(plan.scope, limit - (time.perf_counter() - started))
