@@ -1,0 +1,142 @@
+"""Counts the exact-hit path makes in plain Python numbers, applied to their Prometheus
+children whenever the registry is read.
+
+prometheus_client's ``Counter.inc`` and ``Histogram.observe`` each check the metric, take a
+lock and (for a histogram) walk the buckets in Python: an exact hit made five increments and
+two observations, a fifth of the sidecar's own work for the hit. Here a hit adds one to a
+plain int (``PendingCounts``) and appends its times to a list (``DeferredHistogram``).
+``DeferredMetrics`` is a collector registered on the registry before every metric it defers
+to: the registry collects in registration order, so it applies what is pending first, and
+every reader (``/metrics``, the dashboard, ``get_sample_value``) sees the values the
+direct calls would have given. Nothing else changes: the same metric objects, names, labels,
+children and ``_created`` times.
+
+Values stay exact: ``PendingCounts`` defers only integral amounts (a sum of integral floats
+does not depend on its order below 2**53); other amounts (a hit's cost) are added at once.
+A histogram's observations are replayed in order: the same bucket counts and the same float
+additions to its sum as ``observe`` makes, as long as every observation of that child goes
+through its ``DeferredHistogram`` (``Metrics`` hands out one per child).
+
+Bounded: a histogram applies its observations once ``MAX_PENDING`` wait; ``PendingCounts``
+objects with pending counts are listed once each, and the whole list is applied once it
+holds ``MAX_PENDING``. Counting and collecting happen on the event loop's thread (every
+reader of the registry runs there): the increments take no lock.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+
+#: pending observations of one histogram, or counts objects with pending counts, before they
+#: are applied without waiting for a read
+MAX_PENDING = 1024
+
+
+class DeferredMetrics:
+    """The collector that applies pending counts before the registry yields any metric."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._counts: list[PendingCounts] = []
+        self._histograms: dict[Any, DeferredHistogram] = {}
+        registry.register(self)
+
+    def describe(self) -> list[Metric]:
+        return []  # no metric of its own (and ``register`` must not call ``collect``)
+
+    def collect(self) -> Iterable[Metric]:
+        self.flush()
+        return ()
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, []
+        for pending in counts:
+            pending.apply()
+        for histogram in self._histograms.values():
+            histogram.apply()
+
+    def histogram(self, child: Any) -> DeferredHistogram:
+        """The one ``DeferredHistogram`` of a histogram child (``Histogram.labels()``)."""
+        deferred = self._histograms.get(child)
+        if deferred is None:
+            deferred = self._histograms[child] = DeferredHistogram(child)
+        return deferred
+
+    def counts(self, pairs: Iterable[tuple[Any, float]]) -> PendingCounts:
+        """Increments of counter children (``(child, amount)``) made together, per ``add``."""
+        return PendingCounts(self, tuple((child, float(amount)) for child, amount in pairs))
+
+    def _pending(self, counts: PendingCounts) -> None:
+        self._counts.append(counts)
+        if len(self._counts) >= MAX_PENDING:
+            self.flush()
+
+
+class PendingCounts:
+    """``add()`` makes each pair's increment once: integral amounts counted here until the
+    registry is read, others added to their child at once."""
+
+    __slots__ = ("_owner", "_deferred", "_direct", "_n")
+
+    def __init__(self, owner: DeferredMetrics, pairs: tuple[tuple[Any, float], ...]) -> None:
+        self._owner = owner
+        self._deferred = tuple((child, amount) for child, amount in pairs if amount.is_integer())
+        self._direct = tuple((child, amount) for child, amount in pairs if not amount.is_integer())
+        self._n = 0
+
+    def add(self) -> None:
+        if self._n == 0:
+            self._owner._pending(self)  # listed once until applied
+        self._n += 1
+        for child, amount in self._direct:
+            child.inc(amount)
+
+    def apply(self) -> None:
+        n, self._n = self._n, 0
+        if n:
+            for child, amount in self._deferred:
+                child.inc(amount * n)
+
+
+class DeferredHistogram:
+    """A histogram child's ``observe``, replayed when the registry is read."""
+
+    __slots__ = ("child", "_bounds", "_pending")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self._bounds: list[float] = list(child._upper_bounds)
+        self._pending: list[float] = []
+
+    def observe(self, amount: float) -> None:
+        pending = self._pending
+        pending.append(amount)
+        if len(pending) >= MAX_PENDING:
+            self.apply()
+
+    def apply(self) -> None:
+        """What ``Histogram.observe`` does for each pending amount, in order: its sum grows by
+        each amount in turn, and the first bucket whose bound is at least the amount counts it
+        (none for NaN)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        child, bounds = self.child, self._bounds
+        added = [0] * len(bounds)
+        total = child._sum.get()
+        last = len(bounds)
+        for amount in pending:
+            total += amount
+            i = bisect_left(bounds, amount)
+            if i < last and amount <= bounds[i]:
+                added[i] += 1
+        child._sum.set(total)
+        buckets = child._buckets
+        for i, n in enumerate(added):
+            if n:
+                buckets[i].inc(n)
