@@ -11,11 +11,13 @@ every reader (``/metrics``, the dashboard, ``get_sample_value``) sees the values
 direct calls would have given. Nothing else changes: the same metric objects, names, labels,
 children and ``_created`` times.
 
-Values stay exact: ``PendingCounts`` defers only integral amounts (a sum of integral floats
-does not depend on its order below 2**53); other amounts (a hit's cost) are added at once.
-A histogram's observations are replayed in order: the same bucket counts and the same float
-additions to its sum as ``observe`` makes, as long as every observation of that child goes
-through its ``DeferredHistogram`` (``Metrics`` hands out one per child).
+Values stay exact: ``PendingCounts`` counts how many times its integral amounts were added
+(a sum of integral floats does not depend on its order below 2**53: the children it counts
+only ever get integral amounts). A counter whose amounts are not integral (a hit's cost) is
+a ``DeferredCounter``, and a histogram a ``DeferredHistogram``: their amounts are replayed
+in order, the same float additions ``inc`` and ``observe`` make, as long as every increment
+of that child goes through its one deferred object (``DeferredMetrics.counter`` and
+``.histogram`` hand out one per child).
 
 Bounded: a histogram applies its observations once ``MAX_PENDING`` wait; ``PendingCounts``
 objects with pending counts are listed once each, and the whole list is applied once it
@@ -43,6 +45,7 @@ class DeferredMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self._counts: list[PendingCounts] = []
         self._histograms: dict[Any, DeferredHistogram] = {}
+        self._counters: dict[Any, DeferredCounter] = {}
         registry.register(self)
 
     def describe(self) -> list[Metric]:
@@ -56,6 +59,8 @@ class DeferredMetrics:
         counts, self._counts = self._counts, []
         for pending in counts:
             pending.apply()
+        for counter in self._counters.values():
+            counter.apply()
         for histogram in self._histograms.values():
             histogram.apply()
 
@@ -66,8 +71,16 @@ class DeferredMetrics:
             deferred = self._histograms[child] = DeferredHistogram(child)
         return deferred
 
+    def counter(self, child: Any) -> DeferredCounter:
+        """The one ``DeferredCounter`` of a counter child (``Counter.labels()``)."""
+        deferred = self._counters.get(child)
+        if deferred is None:
+            deferred = self._counters[child] = DeferredCounter(child)
+        return deferred
+
     def counts(self, pairs: Iterable[tuple[Any, float]]) -> PendingCounts:
-        """Increments of counter children (``(child, amount)``) made together, per ``add``."""
+        """Increments made together, per ``add``: ``(child, amount)`` pairs, a counter child
+        with an integral amount or a ``DeferredCounter`` with any."""
         return PendingCounts(self, tuple((child, float(amount)) for child, amount in pairs))
 
     def _pending(self, counts: PendingCounts) -> None:
@@ -77,29 +90,61 @@ class DeferredMetrics:
 
 
 class PendingCounts:
-    """``add()`` makes each pair's increment once: integral amounts counted here until the
-    registry is read, others added to their child at once."""
+    """``add()`` makes each pair's increment once: integral amounts of counter children
+    counted here until the registry is read, ``DeferredCounter`` amounts handed to it."""
 
-    __slots__ = ("_owner", "_deferred", "_direct", "_n")
+    __slots__ = ("_owner", "_counted", "_ordered", "_n")
 
     def __init__(self, owner: DeferredMetrics, pairs: tuple[tuple[Any, float], ...]) -> None:
+        for child, amount in pairs:
+            if not (isinstance(child, DeferredCounter) or amount.is_integer()):
+                raise ValueError("a counter child given a fraction must be a DeferredCounter")
         self._owner = owner
-        self._deferred = tuple((child, amount) for child, amount in pairs if amount.is_integer())
-        self._direct = tuple((child, amount) for child, amount in pairs if not amount.is_integer())
+        self._counted = tuple(p for p in pairs if not isinstance(p[0], DeferredCounter))
+        self._ordered = tuple(p for p in pairs if isinstance(p[0], DeferredCounter))
         self._n = 0
 
     def add(self) -> None:
         if self._n == 0:
             self._owner._pending(self)  # listed once until applied
         self._n += 1
-        for child, amount in self._direct:
-            child.inc(amount)
+        for counter, amount in self._ordered:
+            counter.inc(amount)
 
     def apply(self) -> None:
         n, self._n = self._n, 0
         if n:
-            for child, amount in self._deferred:
+            for child, amount in self._counted:
                 child.inc(amount * n)
+
+
+class DeferredCounter:
+    """A counter child's ``inc``, replayed in order when the registry is read."""
+
+    __slots__ = ("child", "_pending")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        self._pending: list[float] = []
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:  # as ``Counter.inc``: raised at the call, not when applied
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        pending = self._pending
+        pending.append(amount)
+        if len(pending) >= MAX_PENDING:
+            self.apply()
+
+    def apply(self) -> None:
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        value = self.child._value
+        total = value.get()
+        for amount in pending:
+            total += amount
+        value.set(total)
 
 
 class DeferredHistogram:

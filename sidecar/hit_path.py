@@ -184,9 +184,8 @@ class ExactHitPath:
             # the context leaves with; the trace is only read once the hit is served.
             cache=_PENDING,
             trace=[HIT_NOTE],
+            started=time.monotonic() if req.received_at is None else req.received_at,
         )
-        if req.received_at is not None:
-            ctx.started = req.received_at
         guardrails = self._guardrails
         if guardrails is not None and (
             guardrails.active(Stage.INPUT, ctx) or guardrails.active(Stage.OUTPUT, ctx)

@@ -118,7 +118,10 @@ class RequestCounts:
             price = self.prices.price(usage.model)
             children = (
                 m.tokens_saved.labels(model, layer),
-                m.cost_saved.labels(model, layer) if price is not None else None,
+                # Fractions: deferred in order, for the slow path too (deferred_metrics.py)
+                m.deferred.counter(m.cost_saved.labels(model, layer))
+                if price is not None
+                else None,
                 m.cost_unknown_hits.labels(model) if price is None else None,
                 price,
             )

@@ -89,6 +89,7 @@ def _rules_size(rules: tuple[tuple[str, str], ...]) -> int:
 #: without rules: (transport, partition hash, status, reason, size)
 _Shown = tuple[str, str, str, str, int]
 _STATUS = {status: status.value for status in CacheStatus}  # ``value`` is a Python property
+_new_row = tuple.__new__
 
 
 _PATH_BYPASS = re.compile(r"^bypass: .* is not an LLM API the sidecar handles$", re.S)
@@ -149,15 +150,19 @@ class RecentDecisions:
         rules = tuple(fired) if fired else ()
         if rules:
             size += _rules_size(rules)
-        row = Decision(
-            time.time(),
-            transport,
-            partition,
-            status,
-            reason,
-            ctx.hook_seconds * 1000,
-            ctx.blocked,
-            rules,
+        # tuple.__new__: the same row as Decision(...), without its Python-level __new__
+        row = _new_row(
+            Decision,
+            (
+                time.time(),
+                transport,
+                partition,
+                status,
+                reason,
+                ctx.hook_seconds * 1000,
+                ctx.blocked,
+                rules,
+            ),
         )
         self._append(row, size)
 
