@@ -105,9 +105,9 @@ class PendingCounts:
         self._n = 0
 
     def add(self) -> None:
-        if self._n == 0:
-            self._owner._pending(self)  # listed once until applied
         self._n += 1
+        if self._n == 1:  # listed once until applied (counted first: listing may apply it)
+            self._owner._pending(self)
         for counter, amount in self._ordered:
             counter.inc(amount)
 
