@@ -62,9 +62,9 @@ from sidecar.context import (
     RequestOutcome,
     new_request_id,
 )
+from sidecar.deferred_metrics import PendingCounts
 from sidecar.formats import ParsedRequest
 from sidecar.metrics import Metrics
-from sidecar.request_counts import Counts
 
 #: the request headers ``parse_request`` and ``plan_request`` read, besides the path and body
 PLAN_HEADERS = (
@@ -96,8 +96,10 @@ class _Remembered:
     #: while it stays in memory); another entry object, and they are built again
     entry: CacheEntry | None = None
     headers: dict[str, str] | None = None
-    #: what a hit of ``entry`` counts (``RequestCounts.exact_hit_counts``), built with headers
-    counts: Counts = ()
+    #: what a hit of ``entry`` through ``transport`` counts (``RequestCounts.exact_hit_counts``),
+    #: built with headers (another transport's hit builds them again)
+    counts: PendingCounts | None = None
+    transport: str = ""
 
 
 class ExactHitPath:
@@ -110,18 +112,19 @@ class ExactHitPath:
         metrics: Metrics,
         guardrails: Guardrails | None,
         max_bytes: int,
-        hit_counts: Callable[[CachePlan, Usage | None], Counts],
+        hit_counts: Callable[[CachePlan, Usage | None, str], PendingCounts],
         max_body: int = 64 * 1024,
     ) -> None:
         """``hit_counts``: the metric increments of an exact hit of a plan whose entry holds
-        the given usage; resolved once per remembered entry, applied per hit by the caller."""
+        the given usage, through the given transport; resolved once per remembered entry,
+        added per hit by the caller."""
         self.config = config
         self._hit_counts = hit_counts
         self.max_bytes = max_bytes
         self.max_body = max_body
         self._exact = cache.exact
-        # The same child DualCache.lookup observes (labels() returns one child per value).
-        self._exact_timer = metrics.lookup_seconds.labels("exact")
+        # The same deferred child DualCache.lookup observes
+        self._exact_timer = metrics.exact_lookup_timer
         self._guardrails = guardrails
         self._memo: dict[MemoKey, _Remembered] = {}
         self.bytes = 0
@@ -160,7 +163,7 @@ class ExactHitPath:
 
     async def serve(
         self, key: MemoKey, req: HookRequest, transport: str
-    ) -> tuple[RequestContext, RequestOutcome, Counts] | None:
+    ) -> tuple[RequestContext, RequestOutcome, PendingCounts] | None:
         """The exact hit the slow path would serve for ``req`` and what it counts, or None
         (nothing counted, nothing changed but the store's own recency and expiry): run the
         slow path."""
@@ -181,9 +184,8 @@ class ExactHitPath:
             # the context leaves with; the trace is only read once the hit is served.
             cache=_PENDING,
             trace=[HIT_NOTE],
+            started=time.monotonic() if req.received_at is None else req.received_at,
         )
-        if req.received_at is not None:
-            ctx.started = req.received_at
         guardrails = self._guardrails
         if guardrails is not None and (
             guardrails.active(Stage.INPUT, ctx) or guardrails.active(Stage.OUTPUT, ctx)
@@ -202,11 +204,15 @@ class ExactHitPath:
         info = CacheInfo(CacheStatus.HIT_EXACT, EXACT_MATCHED, "exact", 1.0, entry.id)
         headers = remembered.headers
         answer = entry.answer
+        counts = remembered.counts
         if remembered.entry is not entry or headers is None:
             headers = replayed_headers(answer)
             headers.update(info.headers())
-            remembered.counts = self._hit_counts(plan, answer.usage)
             remembered.entry, remembered.headers = entry, headers
+            counts = None
+        if counts is None or remembered.transport != transport:
+            counts = remembered.counts = self._hit_counts(plan, answer.usage, transport)
+            remembered.transport = transport
         response = HttpAnswer(answer.status, dict(headers), answer.body)
         self.served += 1
-        return ctx, RequestOutcome("respond", info, response=response), remembered.counts
+        return ctx, RequestOutcome("respond", info, response=response), counts

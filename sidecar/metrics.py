@@ -13,6 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from sidecar.deferred_metrics import DeferredMetrics
 from sidecar.labels import BoundedLabels
 
 _LATENCY_BUCKETS = (
@@ -46,6 +47,8 @@ class Metrics:
     ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # Registered before every metric below: it applies their pending counts first.
+        self.deferred = DeferredMetrics(r)
         # One bound per label kind, shared by every metric that carries that label.
         self.partition_label = BoundedLabels(max_label_values)
         self.model_label = BoundedLabels(max_label_values)
@@ -138,6 +141,8 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        #: the exact layer's lookup time, observed by the cache and the exact-hit path alike
+        self.exact_lookup_timer = self.deferred.histogram(self.lookup_seconds.labels("exact"))
         self.embed_seconds = Histogram(
             "sidecar_embedding_seconds", "Embedding latency", buckets=_LATENCY_BUCKETS, registry=r
         )

@@ -34,6 +34,7 @@ from sidecar.context import (
     header_safe_id,
     new_request_id,
 )
+from sidecar.deferred_metrics import PendingCounts
 from sidecar.formats import (
     ApiFormat,
     BadRequest,
@@ -46,7 +47,7 @@ from sidecar.hit_path import ExactHitPath, MemoKey
 from sidecar.json_body import json_body
 from sidecar.metrics import Metrics
 from sidecar.pricing import PriceTable, load_prices
-from sidecar.request_counts import Counts, RequestCounts
+from sidecar.request_counts import RequestCounts
 from sidecar.sse import parse_events, stream_is_complete
 from sidecar.stages import CURRENT, StageLog, stage_end, stage_start
 from sidecar.storable import answer_refusal
@@ -75,6 +76,7 @@ class Pipeline:
         self.observers = tuple(observers)
         self._record_stages = any(o.needs_stages for o in self.observers)
         self.counts = RequestCounts(metrics, self.prices)
+        self._hit_timer = self.counts.request_timer(CacheStatus.HIT_EXACT)
         # Exact hits of requests seen before skip parsing and planning (sidecar/hit_path.py);
         # not while an observer needs stage timings, which that path does not record.
         self.hit_path: ExactHitPath | None = None
@@ -113,7 +115,7 @@ class Pipeline:
             if memo_key is not None:
                 fast = await hit_path.serve(memo_key, req, transport)
                 if fast is not None:
-                    return self._exact_hit_served(*fast, transport)
+                    return self._exact_hit_served(*fast)
         ctx, outcome = await self._slow_request(req, transport, memo_key)
         self._identify(ctx, outcome)
         adaptive = self.cache.adaptive if self.cache is not None else None
@@ -151,23 +153,20 @@ class Pipeline:
         ctx.cache = outcome.cache
 
     def _exact_hit_served(
-        self, ctx: RequestContext, outcome: RequestOutcome, hit_counts: Counts, transport: str
+        self, ctx: RequestContext, outcome: RequestOutcome, hit_counts: PendingCounts
     ) -> tuple[RequestContext, RequestOutcome]:
         """``on_request``'s accounting of an exact hit served by the hit path: the same counts
-        as the slow path's (``tests/test_hit_path.py``), with the partition's, the hit's and
-        the savings' children resolved when the hit path remembered the entry."""
+        as the slow path's (``tests/test_hit_path.py``), with the request's, the partition's,
+        the hit's and the savings' children resolved when the hit path remembered the entry."""
         self._identify(ctx, outcome)
         plan = ctx.plan
         assert plan is not None
         adaptive = self.cache.adaptive if self.cache is not None else None
         if adaptive is not None and plan.partition:
             adaptive.count(plan.partition, _HIT_EXACT, False)
-        counts = self.counts
-        counts.request_counter(transport, CacheStatus.HIT_EXACT).inc()
+        hit_counts.add()
         ctx.hook_seconds = elapsed = time.monotonic() - ctx.started
-        counts.request_timer(CacheStatus.HIT_EXACT).observe(elapsed)
-        for child, amount in hit_counts:
-            child.inc(amount)
+        self._hit_timer.observe(elapsed)
         if self.observers:
             self._finish(ctx)
         return ctx, outcome

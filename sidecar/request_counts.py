@@ -4,7 +4,9 @@ hook time by status, requests by partition, hits, misses, bypasses and what hits
 Labelled children are cached: prometheus_client's ``labels()`` takes a lock and checks its
 arguments on every call, a measurable share of an exact hit. An exact hit served from the
 hit path's memo (``sidecar/hit_path.py``) counts through ``exact_hit_counts``: the same
-children and amounts, resolved once per remembered entry instead of per request.
+children and amounts, resolved once per remembered entry instead of per request, and
+counted in plain ints until the registry is read (``sidecar/deferred_metrics.py``). Hook
+times are observed through deferred histograms for every status.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from sidecar.cache.keys import CachePlan
 from sidecar.cache.layer import CacheStatus
 from sidecar.cache.model import Usage
 from sidecar.context import CacheInfo
+from sidecar.deferred_metrics import DeferredHistogram, PendingCounts
 from sidecar.labels import OTHER
 from sidecar.metrics import Metrics, partition_hash
 from sidecar.pricing import PriceTable
@@ -31,7 +34,7 @@ class RequestCounts:
         self._partition_children: dict[tuple[str, str], Any] = {}
         self._other_children: dict[str, Any] = {}  # status -> the ``other`` partition's child
         self._savings_children: dict[tuple[str, str], Any] = {}
-        self._request_timers: dict[CacheStatus, Any] = {}
+        self._request_timers: dict[CacheStatus, DeferredHistogram] = {}
         self._request_counters: dict[tuple[str, CacheStatus], Any] = {}
         self._hit_counters: dict[str, Any] = {}
 
@@ -43,10 +46,11 @@ class RequestCounts:
             )
         return counter
 
-    def request_timer(self, status: CacheStatus) -> Any:
+    def request_timer(self, status: CacheStatus) -> DeferredHistogram:
         timer = self._request_timers.get(status)
         if timer is None:  # four statuses: cached children skip labels()' lock and key
-            timer = self._request_timers[status] = self.metrics.request_seconds.labels(status.value)
+            child = self.metrics.request_seconds.labels(status.value)
+            timer = self._request_timers[status] = self.metrics.deferred.histogram(child)
         return timer
 
     def count(
@@ -67,17 +71,22 @@ class RequestCounts:
                 for child, amount in self._savings(usage, info.hit_type):
                     child.inc(amount)
 
-    def exact_hit_counts(self, plan: CachePlan, usage: Usage | None) -> Counts:
-        """What ``count`` adds for an exact hit of ``plan`` whose entry holds ``usage``. Every
+    def exact_hit_counts(
+        self, plan: CachePlan, usage: Usage | None, transport: str
+    ) -> PendingCounts:
+        """What ``on_request`` counts for an exact hit of ``plan`` whose entry holds ``usage``,
+        through ``transport``, but its time: the request, and what ``count`` adds. Every
         child is resolved for good: bounded labels never change a value's label once given."""
-        counts: list[tuple[Any, float]] = []
+        counts: list[tuple[Any, float]] = [
+            (self.request_counter(transport, CacheStatus.HIT_EXACT), 1.0)
+        ]
         if plan.partition:
             counts.append(
                 (self._partition_counter(plan.partition, CacheStatus.HIT_EXACT.value), 1.0)
             )
         counts.append((self._hits(EXACT), 1.0))
         counts.extend(self._savings(usage, EXACT))
-        return tuple(counts)
+        return self.metrics.deferred.counts(counts)
 
     def _hits(self, hit_type: str) -> Any:
         hits = self._hit_counters.get(hit_type)
@@ -118,7 +127,10 @@ class RequestCounts:
             price = self.prices.price(usage.model)
             children = (
                 m.tokens_saved.labels(model, layer),
-                m.cost_saved.labels(model, layer) if price is not None else None,
+                # Fractions: deferred in order, for the slow path too (deferred_metrics.py)
+                m.deferred.counter(m.cost_saved.labels(model, layer))
+                if price is not None
+                else None,
                 m.cost_unknown_hits.labels(model) if price is None else None,
                 price,
             )

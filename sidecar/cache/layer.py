@@ -116,9 +116,9 @@ class DualCache:
         self.metrics = metrics
         self.verifier: MatchVerifier = verifier or AcceptAll()
         self.candidates = candidates
-        # labels() takes a lock and checks its arguments on every call: the exact-hit path
-        # keeps its child
-        self._exact_timer = metrics.lookup_seconds.labels("exact")
+        # Deferred (sidecar/deferred_metrics.py): shared with the exact-hit path, so every
+        # observation of the child goes through it in order
+        self._exact_timer = metrics.exact_lookup_timer
         counter = metrics.unreadable_entries.labels(exact.name)
         exact.report_unreadable = lambda n: counter.inc(n)
         #: the embedder queue budget of a lookup, seconds (None: no budget)

@@ -23,6 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from sidecar.cache.layer import CacheStatus
 from sidecar.context import RequestContext
 from sidecar.metrics import partition_hash
 
@@ -76,8 +77,19 @@ def _size(row: Decision) -> int:
     size = _ROW_OVERHEAD + len(row.transport) + len(row.partition) + len(row.status)
     size += len(row.reason)
     if row.rules:
-        size += sum(56 + len(r) + len(o) for r, o in row.rules)
+        size += _rules_size(row.rules)
     return size
+
+
+def _rules_size(rules: tuple[tuple[str, str], ...]) -> int:
+    return sum(56 + len(r) + len(o) for r, o in rules)
+
+
+#: a row's fields as shown, but its time, latency, blocked flag and rules, and its size
+#: without rules: (transport, partition hash, status, reason, size)
+_Shown = tuple[str, str, str, str, int]
+_STATUS = {status: status.value for status in CacheStatus}  # ``value`` is a Python property
+_new_row = tuple.__new__
 
 
 _PATH_BYPASS = re.compile(r"^bypass: .* is not an LLM API the sidecar handles$", re.S)
@@ -114,6 +126,10 @@ class RecentDecisions:
         # Reason phrases and partition hashes as shown, each computed once (``_shown``)
         self._reasons: dict[str, str] = {}
         self._partitions: dict[str, str] = {}
+        # What rows of one transport, partition, status and reason show (all but an exact
+        # hit's time and latency are the same from one hit to the next): the two memos above
+        # and the size in one lookup. Bounded like them.
+        self._shown_rows: dict[tuple[str, str | None, CacheStatus, str], _Shown] = {}
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -124,25 +140,51 @@ class RecentDecisions:
 
     def finish(self, ctx: RequestContext) -> None:
         plan = ctx.plan
+        cache = ctx.cache
+        key = (ctx.transport, None if plan is None else plan.partition, cache.status, cache.reason)
+        shown = self._shown_rows.get(key)
+        if shown is None:
+            shown = self._show(key)
+        transport, partition, status, reason, size = shown
         fired = ctx.fired
-        shown = _shown(self._reasons, ctx.cache.reason, safe_reason)
-        self.add(
-            Decision(
+        rules = tuple(fired) if fired else ()
+        if rules:
+            size += _rules_size(rules)
+        # tuple.__new__: the same row as Decision(...), without its Python-level __new__
+        row = _new_row(
+            Decision,
+            (
                 time.time(),
-                ctx.transport,
-                _shown(self._partitions, plan.partition, partition_hash)
-                if plan is not None
-                else "",
-                ctx.cache.status.value,
-                shown,
+                transport,
+                partition,
+                status,
+                reason,
                 ctx.hook_seconds * 1000,
                 ctx.blocked,
-                tuple(fired) if fired else (),
-            )
+                rules,
+            ),
         )
+        self._append(row, size)
+
+    def _show(self, key: tuple[str, str | None, CacheStatus, str]) -> _Shown:
+        transport, partition, status, reason = key
+        shown_partition = (
+            "" if partition is None else _shown(self._partitions, partition, partition_hash)
+        )
+        shown_reason = _shown(self._reasons, reason, safe_reason)
+        value = _STATUS[status]
+        size = _ROW_OVERHEAD + len(transport) + len(shown_partition) + len(value)
+        shown = (transport, shown_partition, value, shown_reason, size + len(shown_reason))
+        if len(reason) <= MAX_REASON_CHARS and (partition is None or len(partition) <= 200):
+            if len(self._shown_rows) >= _REASONS_KEPT:
+                self._shown_rows.clear()
+            self._shown_rows[key] = shown
+        return shown
 
     def add(self, row: Decision) -> None:
-        size = _size(row)
+        self._append(row, _size(row))
+
+    def _append(self, row: Decision, size: int) -> None:
         with self._lock:
             self._rows.append((row, size))
             self._bytes += size

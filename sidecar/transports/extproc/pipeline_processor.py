@@ -113,9 +113,6 @@ class PipelineProcessor:
         self._have_headers = True
         self._cacheable_request = method == "POST" and request_type_for(path) is not None
 
-    def _cacheable(self) -> bool:
-        return self._cacheable_request
-
     def request_attributes(self, headers: dict[str, str]) -> None:
         if not self._have_headers:
             self._take_headers(headers)
@@ -129,7 +126,7 @@ class PipelineProcessor:
             return self._refuse(exc)
         self._take_headers(headers, pseudo)
         self._received = time.monotonic()  # guardrail timeouts count from here
-        if message.end_of_stream or not self._cacheable():
+        if message.end_of_stream or not self._cacheable_request:
             # Nothing to wait for: decide now, the body (if any) passes untouched.
             self._decided = True
             return await self._decide(None, REQUEST_HEADERS)
@@ -145,7 +142,7 @@ class PipelineProcessor:
                 "request_header_mode SKIP, Envoy must send them as request_attributes "
                 "(docs/envoy.md, one message per request)"
             )
-        if not self._cacheable():
+        if not self._cacheable_request:
             # Headers came as attributes (no headers message): this is where we learn the
             # request is not one we handle.
             self._decided = True
