@@ -2,7 +2,8 @@
 
 Steps, in Gitleaks' order (``detect/detect.go``):
 
-1. keyword pre-filter: one Aho-Corasick pass over the lower-cased text picks the rules to run;
+1. keyword pre-filter: one pass over the lower-cased text (an RE2 set of every keyword, or an
+   Aho-Corasick automaton for large keyword sets) picks the rules to run;
 2. each picked rule's regex (RE2, so every match is linear time) finds matches;
 3. the secret is the rule's ``secretGroup``, else the first non-empty group, else the match;
 4. a rule with an ``entropy`` threshold drops secrets whose Shannon entropy is not above it;
