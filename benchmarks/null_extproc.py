@@ -1,10 +1,12 @@
 """The cheapest possible ext_proc server on grpc.aio, as a floor for the proxy benchmark.
 
-Run: ``python -m benchmarks.null_extproc PORT [generator|readwrite]``. It answers request
-headers with CONTINUE and the request body with a fixed 200 immediate response: the gRPC
-work of an exact cache hit without any of the sidecar's own work. ``generator`` serves the
-stream as an async generator (as the sidecar does); ``readwrite`` uses ``context.read()`` and
-``context.write()``.
+Run: ``python -m benchmarks.null_extproc PORT [generator|readwrite|split]``. It answers
+request headers with CONTINUE and the request body with a fixed 200 immediate response: the
+gRPC work of an exact cache hit without any of the sidecar's own work. ``generator`` serves
+the stream as an async generator (as the sidecar does); ``readwrite`` uses ``context.read()``
+and ``context.write()``. ``split`` (the overload floor, ``benchmarks/overload_floor.py``)
+answers only bodies holding ``HIT_MARK`` at once; any other body gets CONTINUE and the stream
+ends, so Envoy sends the request on to the provider: a shed miss's gRPC work.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ _ANSWER = pb.ProcessingResponse(
 )
 
 
+#: the text that makes a request body a "hit" for the ``split`` style
+HIT_MARK = b"[floor-hit]"
+_CONTINUE_BODY = pb.ProcessingResponse(request_body=pb.BodyResponse())
+
+
 def _reply(message: pb.ProcessingRequest) -> pb.ProcessingResponse | None:
     kind = message.WhichOneof("request")
     if kind == "request_headers":
@@ -61,6 +68,20 @@ class GeneratorServicer(pb_grpc.ExternalProcessorServicer):
                 return
 
 
+class SplitServicer(pb_grpc.ExternalProcessorServicer):
+    async def Process(  # noqa: N802 - the gRPC method name
+        self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: Any
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        async for message in request_iterator:
+            kind = message.WhichOneof("request")
+            if kind == "request_headers":
+                yield _CONTINUE_HEADERS
+            elif kind == "request_body":
+                # the stream ends with either reply: Envoy asks nothing about the answer
+                yield _ANSWER if HIT_MARK in message.request_body.body else _CONTINUE_BODY
+                return
+
+
 class ReadWriteServicer(pb_grpc.ExternalProcessorServicer):
     async def Process(self, request_iterator: Any, context: Any) -> None:  # noqa: N802
         while True:
@@ -77,7 +98,8 @@ class ReadWriteServicer(pb_grpc.ExternalProcessorServicer):
 
 async def serve(port: int, style: str) -> None:
     server = grpc.aio.server()
-    servicer = ReadWriteServicer() if style == "readwrite" else GeneratorServicer()
+    servicers = {"readwrite": ReadWriteServicer, "split": SplitServicer}
+    servicer = servicers.get(style, GeneratorServicer)()
     pb_grpc.add_ExternalProcessorServicer_to_server(servicer, server)
     server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
