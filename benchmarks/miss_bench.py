@@ -78,6 +78,7 @@ from benchmarks.report import machine, write_result
 from benchmarks.stack import (
     SIDECAR_READY_S,
     chat_body,
+    envoy_counter,
     metric_value,
     raw_request,
     run_loadgen,
@@ -244,14 +245,7 @@ class Stack:
         self.ports = {spec.name: spec.port for spec in listeners}
 
     def envoy_counter(self, contains: str) -> int:
-        stats = httpx.get(
-            f"http://127.0.0.1:{self.admin}/stats", params={"format": "json"}, timeout=10
-        ).json()
-        return sum(
-            int(s.get("value", 0))
-            for s in stats.get("stats", [])
-            if contains in str(s.get("name", "")) and isinstance(s.get("value"), int)
-        )
+        return envoy_counter(self.admin, contains)
 
     def envoy_stats(self, prefix: str) -> dict[str, int]:
         """Envoy's counters whose names start with ``prefix`` (e.g. one listener's ext_proc)."""

@@ -33,7 +33,7 @@ from benchmarks.hook_bench import SEED_PAIRS, unique_questions
 from benchmarks.miss_overload import result_of
 from benchmarks.null_extproc import HIT_MARK
 from benchmarks.report import machine, write_result
-from benchmarks.stack import chat_body, raw_request, run_loadgen
+from benchmarks.stack import chat_body, envoy_counter, raw_request, run_loadgen
 from sidecar.demo.envoy import (
     ExtProcListener,
     bootstrap,
@@ -50,18 +50,6 @@ FLOOR_ANSWER = "chatcmpl-floor"
 
 def _post(question: str) -> str:
     return raw_request("POST", CHAT, chat_body(question), None)
-
-
-def envoy_timeouts(admin: int) -> int:
-    """Envoy's counters with ``timeout`` in their name (the ext_proc message timeouts)."""
-    stats = httpx.get(
-        f"http://127.0.0.1:{admin}/stats", params={"format": "json"}, timeout=10
-    ).json()
-    return sum(
-        int(s.get("value", 0))
-        for s in stats.get("stats", [])
-        if "timeout" in str(s.get("name", "")) and isinstance(s.get("value"), int)
-    )
 
 
 def ext_proc_stats(admin: int) -> dict[str, int]:
@@ -140,7 +128,7 @@ def run(offered: float, seconds: float, workdir: Path) -> dict[str, Any]:
             (workdir / sub).mkdir()
         pids = {"null_server": null.pid, "envoy": envoy.pid}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        timeouts_before = envoy_timeouts(admin)
+        timeouts_before = envoy_counter(admin, "timeout")
         ext_proc_before = ext_proc_stats(admin)
         with ThreadPoolExecutor(2) as threads:
             miss_future = threads.submit(run_loadgen, workdir / "m", miss_spec)
@@ -156,7 +144,7 @@ def run(offered: float, seconds: float, workdir: Path) -> dict[str, Any]:
         return {
             "misses": result_of(miss_run),
             "exact hits": result_of(hit_run),
-            "envoy_timeouts": envoy_timeouts(admin) - timeouts_before,
+            "envoy_timeouts": envoy_counter(admin, "timeout") - timeouts_before,
             "envoy_ext_proc": {
                 k: v - ext_proc_before.get(k, 0)
                 for k, v in ext_proc_stats(admin).items()

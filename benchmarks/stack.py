@@ -168,3 +168,15 @@ def metric_value(base_url: str, name: str, labels: str = "") -> float:
         if metric == name and (not labels or labels in label_text):
             total += float(value)
     return total
+
+
+def envoy_counter(admin: int, contains: str) -> int:
+    """Sum of Envoy's counters whose names hold ``contains`` (its admin ``/stats``)."""
+    stats = httpx.get(
+        f"http://127.0.0.1:{admin}/stats", params={"format": "json"}, timeout=10
+    ).json()
+    return sum(
+        int(s.get("value", 0))
+        for s in stats.get("stats", [])
+        if contains in str(s.get("name", "")) and isinstance(s.get("value"), int)
+    )
