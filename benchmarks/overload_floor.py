@@ -18,8 +18,10 @@ figure of the ``miss_bench`` overload run to compare with); writes
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import tempfile
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -50,6 +52,20 @@ FLOOR_ANSWER = "chatcmpl-floor"
 
 def _post(question: str) -> str:
     return raw_request("POST", CHAT, chat_body(question), None)
+
+
+def wait_listening(port: int, limit_s: float = 30.0) -> None:
+    """Until the null server accepts connections (it has no HTTP endpoint to ask): streams
+    Envoy opens before would fail and pass on uncached, and count as lost hits."""
+    deadline = time.monotonic() + limit_s
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the null ext_proc server is not listening on {port}") from exc
+            time.sleep(0.05)  # polling another process's port, not synchronisation
 
 
 def ext_proc_stats(admin: int) -> dict[str, int]:
@@ -83,6 +99,7 @@ def run(offered: float, seconds: float, workdir: Path) -> dict[str, Any]:
             workdir / "null.log",
         ).start()
         processes.append(null)
+        wait_listening(grpc_port)
         listener = ExtProcListener(
             name="floor-200ms",
             port=port,
