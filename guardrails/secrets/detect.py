@@ -211,7 +211,6 @@ class SecretScanner:
             self._rules.append(_CompiledRule(rule, allowlists, source))
         self._always: list[int] = []
         self._keyword_rules: list[list[int]] = []
-        self._automaton: Any = ahocorasick.Automaton()
         keyword_ids: dict[str, int] = {}
         for index, rule in enumerate(ruleset.rules):
             if not rule.keywords:
@@ -220,12 +219,16 @@ class SecretScanner:
                 if keyword not in keyword_ids:
                     keyword_ids[keyword] = len(keyword_ids)
                     self._keyword_rules.append([])
-                    self._automaton.add_word(keyword, keyword_ids[keyword])
                 self._keyword_rules[keyword_ids[keyword]].append(index)
         self._has_keywords = bool(keyword_ids)
-        if self._has_keywords:
-            self._automaton.make_automaton()
+        # One pre-filter: the RE2 set, or the automaton where the set cannot stand in for it
         self._keyword_set = keyword_set(list(keyword_ids))
+        self._automaton: Any = None
+        if self._has_keywords and self._keyword_set is None:
+            self._automaton = ahocorasick.Automaton()
+            for keyword, keyword_id in keyword_ids.items():
+                self._automaton.add_word(keyword, keyword_id)
+            self._automaton.make_automaton()
         self._has_required = any(r.required for r in self._rules)
 
     @classmethod
