@@ -80,6 +80,7 @@ from benchmarks.stack import (
     chat_body,
     envoy_counter,
     metric_value,
+    paced_spec,
     raw_request,
     run_loadgen,
     write_sidecar_config,
@@ -364,26 +365,14 @@ def run(
             beside the same exact hits with nothing else running."""
             _backlog_empty(stack.urls["guarded"])
             hits_big = [[_post(q)] for q in big]
-            hit_spec = {
-                "port": ports["guarded"],
-                "sequences": hits_big,
-                "concurrency": 4,
-                "duration": busy_s,
-                "warmup": 0.0,
-                "rate": 100.0,
-                "count": {"hit": f"{STATUS}: hit-exact"},
-            }
+            hit_spec = paced_spec(
+                ports["guarded"], hits_big, 100.0, busy_s, 4, {"hit": f"{STATUS}: hit-exact"}
+            )
             idle = run_loadgen(workdir, hit_spec)
             extra = [[_post(q, f"busy-{tag}-{i}")] for i, q in enumerate(prompts[8:])]
-            busy_misses = {
-                "port": ports["guarded"],
-                "sequences": extra,
-                "concurrency": 32,
-                "duration": busy_s,
-                "warmup": 0.0,
-                "rate": 50.0,
-                "count": {"miss": f"{STATUS}: miss"},
-            }
+            busy_misses = paced_spec(
+                ports["guarded"], extra, 50.0, busy_s, 32, {"miss": f"{STATUS}: miss"}
+            )
             for sub in ("bm", "bh"):
                 (workdir / sub).mkdir()
             before_counts = sidecar_counters(stack.urls["guarded"])

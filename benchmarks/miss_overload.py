@@ -22,7 +22,7 @@ import httpx
 from benchmarks.extproc_floor_bench import cpu_seconds
 from benchmarks.miss_report import LOOKUP_PATHS, label
 from benchmarks.report import latency_stats
-from benchmarks.stack import metric_value, run_loadgen
+from benchmarks.stack import metric_value, paced_spec, run_loadgen
 
 if TYPE_CHECKING:
     from benchmarks.miss_bench import Stack
@@ -164,24 +164,8 @@ def overload_run(
     cluster_before = stack.envoy_stats(cluster_prefix)
     pids = {"sidecar": stack.pids[sidecar], "envoy": stack.pids["envoy"]}
     cpu_before = {n: cpu_seconds(pid) for n, pid in pids.items()}
-    miss_spec = {
-        "port": port,
-        "sequences": misses,
-        "concurrency": 256,
-        "duration": overload_s,
-        "warmup": 0.0,
-        "rate": offered,
-        "count": {"miss": f"{STATUS}: miss"},
-    }
-    hit_spec = {
-        "port": port,
-        "sequences": exact,
-        "concurrency": 4,
-        "duration": overload_s,
-        "warmup": 0.0,
-        "rate": 100.0,
-        "count": {"hit": f"{STATUS}: hit-exact"},
-    }
+    miss_spec = paced_spec(port, misses, offered, overload_s, 256, {"miss": f"{STATUS}: miss"})
+    hit_spec = paced_spec(port, exact, 100.0, overload_s, 4, {"hit": f"{STATUS}: hit-exact"})
     subs = (workdir / f"{name}-m", workdir / f"{name}-h")
     for sub in subs:
         sub.mkdir(parents=True, exist_ok=True)

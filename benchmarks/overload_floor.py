@@ -35,7 +35,7 @@ from benchmarks.hook_bench import SEED_PAIRS, unique_questions
 from benchmarks.miss_overload import result_of
 from benchmarks.null_extproc import HIT_MARK
 from benchmarks.report import machine, write_result
-from benchmarks.stack import chat_body, envoy_counter, raw_request, run_loadgen
+from benchmarks.stack import chat_body, envoy_counter, paced_spec, raw_request, run_loadgen
 from sidecar.demo.envoy import (
     ExtProcListener,
     bootstrap,
@@ -123,24 +123,8 @@ def run(offered: float, seconds: float, workdir: Path) -> dict[str, Any]:
         misses = [[_post(f"{i} floor: {pool[i % len(pool)]}")] for i in range(n)]
         mark = HIT_MARK.decode()
         hits = [[_post(f"{mark} {q}")] for q, _ in SEED_PAIRS]
-        miss_spec = {
-            "port": port,
-            "sequences": misses,
-            "concurrency": 256,
-            "duration": seconds,
-            "warmup": 0.0,
-            "rate": offered,
-            "count": {"hit": FLOOR_ANSWER},
-        }
-        hit_spec = {
-            "port": port,
-            "sequences": hits,
-            "concurrency": 4,
-            "duration": seconds,
-            "warmup": 0.0,
-            "rate": 100.0,
-            "count": {"hit": FLOOR_ANSWER},
-        }
+        miss_spec = paced_spec(port, misses, offered, seconds, 256, {"hit": FLOOR_ANSWER})
+        hit_spec = paced_spec(port, hits, 100.0, seconds, 4, {"hit": FLOOR_ANSWER})
         for sub in ("m", "h"):
             (workdir / sub).mkdir()
         pids = {"null_server": null.pid, "envoy": envoy.pid}

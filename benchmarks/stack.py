@@ -139,6 +139,27 @@ def start_sidecar(
     return proc, http_port, grpc_port
 
 
+def paced_spec(
+    port: int,
+    sequences: list[list[str]],
+    rate: float,
+    seconds: float,
+    concurrency: int,
+    count: dict[str, str],
+) -> dict[str, Any]:
+    """A load-generator spec offering ``rate`` sequences per second open-loop for ``seconds``
+    (no warm-up: an overload starts at once), counting answers that hold ``count``'s texts."""
+    return {
+        "port": port,
+        "sequences": sequences,
+        "concurrency": concurrency,
+        "duration": seconds,
+        "warmup": 0.0,
+        "rate": rate,
+        "count": count,
+    }
+
+
 def run_loadgen(workdir: Path, spec: dict[str, Any], timeout: float = 600.0) -> dict[str, Any]:
     """The load generator in its own process (so its CPU is not the server's event loop)."""
     spec_path = workdir / "loadgen-spec.json"
