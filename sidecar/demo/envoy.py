@@ -75,17 +75,8 @@ def circuit_breaker(max_streams: int | None) -> dict[str, Any]:
     goes on uncached. ``max_pending_requests`` only bounds the streams waiting for a
     connection to the sidecar to open; 0 would make the first stream after every reconnect
     overflow (seen on Envoy 1.40), so it is the same bound."""
-    if max_streams is None:
-        return {
-            "max_connections": UNBOUNDED,
-            "max_pending_requests": UNBOUNDED,
-            "max_requests": UNBOUNDED,
-        }
-    return {
-        "max_connections": UNBOUNDED,
-        "max_pending_requests": max_streams,
-        "max_requests": max_streams,
-    }
+    bound = UNBOUNDED if max_streams is None else max_streams
+    return {"max_connections": UNBOUNDED, "max_pending_requests": bound, "max_requests": bound}
 
 
 def cluster_name(spec: ExtProcListener) -> str:
