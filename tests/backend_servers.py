@@ -11,9 +11,7 @@ Servers bind 127.0.0.1, keep nothing on disk, and are stopped by their own PID.
 from __future__ import annotations
 
 import os
-import random
 import shutil
-import socket
 import stat
 import subprocess
 import tempfile
@@ -23,6 +21,8 @@ from pathlib import Path
 
 import redis
 
+from sidecar.demo.processes import free_port as demo_free_port
+
 
 class ServerUnavailable(RuntimeError):
     """The server cannot start here; the message says why (tests skip with it)."""
@@ -30,16 +30,10 @@ class ServerUnavailable(RuntimeError):
 
 def free_port(below: int = 65536) -> int:
     """A port nothing listens on (below ``below``: a cluster node also uses port + 10000)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", 0 if below >= 65536 else random.randrange(20000, below)))
-            except OSError:
-                continue
-            port = int(s.getsockname()[1])
-        if port < below:
-            return port
-    raise ServerUnavailable(f"no free port below {below}")
+    try:
+        return demo_free_port(below)
+    except OSError as exc:
+        raise ServerUnavailable(str(exc)) from exc
 
 
 def redis_reachable(
@@ -162,7 +156,8 @@ def plain_redis(port: int | None = None, password: str | None = None) -> ServerP
 def valkey_cluster_node(port: int | None = None) -> ServerProcess:
     """A one-node Valkey Cluster owning every slot: enough for the Cluster client and to make
     the server refuse any command whose keys span slots (CROSSSLOT)."""
-    port = port or free_port(below=55535)
+    # its cluster bus listens on port + 10000: both below the kernel's ephemeral range
+    port = port or free_port(below=22768)
     workdir = tempfile.mkdtemp(prefix="sidecar-cluster-")
     argv = [
         valkey_binary(), "--port", str(port), *_NO_DISK, "--cluster-enabled", "yes",

@@ -6,6 +6,7 @@ Only the processes started here are ever signalled, each by its own PID.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -15,12 +16,41 @@ from pathlib import Path
 
 import httpx
 
+#: ports handed out by this process: never twice, though each is closed again at once
+_handed_out: set[int] = set()
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now (the caller binds it soon after)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_port(below: int = 65536) -> int:
+    """A port free on 127.0.0.1 right now (the caller binds it soon after), below ``below``.
+
+    Chosen at random *below* the kernel's ephemeral range, not by binding port 0: a port the
+    kernel hands out that way is closed again before the caller binds it, and meanwhile any
+    outbound connection on the machine (Envoy's, a Redis client's) may take it as its source
+    port; a fresh-clone CI run lost a whole Envoy test stack to that (``address already in
+    use``). Ports below the range are never picked by the kernel for outbound connections."""
+    low, _ = _ephemeral_range()
+    top = min(low, below)
+    bottom = max(1024, top - 12_000)
+    for _ in range(500):
+        port = random.randrange(bottom, top)
+        if port in _handed_out:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise OSError(f"no free port on 127.0.0.1 in {bottom}-{top - 1}")
 
 
 class ProcessFailed(RuntimeError):
