@@ -10,8 +10,8 @@ shed miss's gRPC work), so the provider answers it. Nothing is looked up, guarde
 If the hits' p99 here is already over the target, no work the sidecar does on its own event
 loop can bring its p99 under it on this machine: the floor is the transport's.
 
-Run: ``python -m benchmarks.overload_floor --offered 1351 --seconds 60`` (the ``offered``
-figure of the ``miss_bench`` overload run to compare with); writes
+Run: ``python -m benchmarks.overload_floor --offered 1351 --seconds 60 [--one-message]`` (the
+``offered`` figure of the ``miss_bench`` overload run to compare with, and its layout); writes
 ``benchmarks/results/overload_floor.json``.
 """
 
@@ -82,7 +82,9 @@ def ext_proc_stats(admin: int) -> dict[str, int]:
     }
 
 
-def run(offered: float, seconds: float, workdir: Path) -> dict[str, Any]:
+def run(offered: float, seconds: float, workdir: Path, one_message: bool = False) -> dict[str, Any]:
+    """``one_message``: Envoy's one-message layout (the headers as attributes of the body
+    message, docs/envoy.md), as ``miss_bench --one-message``."""
     processes: list[ManagedProcess] = []
     try:
         upstream_port, grpc_port, port, admin = (free_port() for _ in range(4))
@@ -106,6 +108,7 @@ def run(offered: float, seconds: float, workdir: Path) -> dict[str, Any]:
             grpc_port=grpc_port,
             message_timeout=0.2,
             request_time=True,
+            single_message=one_message,
             failure_mode_allow=True,
         )
         config = bootstrap(admin, upstream_port, [listener])
@@ -168,6 +171,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--json", help="result file (default benchmarks/results/overload_floor.json)"
     )
+    parser.add_argument(
+        "--one-message",
+        action="store_true",
+        help="Envoy's one-message-per-request layout (docs/envoy.md), as miss_bench's",
+    )
     args = parser.parse_args(argv)
     try:
         envoy_binary()
@@ -175,13 +183,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"overload floor benchmark skipped: {exc}")
         return 0
     with tempfile.TemporaryDirectory(prefix="overload-floor-") as tmp:
-        figures = run(args.offered, args.seconds, Path(tmp))
+        figures = run(args.offered, args.seconds, Path(tmp), args.one_message)
     result = {
         "benchmark": "overload_floor",
         "machine": machine(),
         "offered_misses_per_s": args.offered,
         "hits_per_s": 100.0,
         "seconds": args.seconds,
+        "one_message": args.one_message,
         **figures,
     }
     path = write_result("overload_floor", result, args.json)

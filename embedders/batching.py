@@ -25,6 +25,13 @@ running batch's remaining time plus the queued urgent texts, in estimated tokens
 recent cost per token) and refuses at once with ``EmbedderOverloaded`` when it is over the
 budget; a text still queued when the budget runs out is withdrawn and refused the same way
 (a batch already running is not interrupted: that is compute, not queueing).
+
+Held background: ``hold_background_while(predicate)`` keeps background batches queued while
+the predicate says so (the sidecar passes its load governor's shedding: while semantic lookups
+are being shed, which are worth more than a deferred vector, the model's cores go to the
+requests). Urgent texts still run; the held vectors run once the hold is over (checked again
+every ``HOLD_RECHECK_S``, and whenever an urgent batch ends). The queue stays bounded by its
+owner (the sidecar's vector backlog counts what waits, and what it cannot take).
 """
 
 from __future__ import annotations
@@ -43,6 +50,9 @@ from embedders.base import Embedder, EmbedderError, EmbedderOverloaded
 _COST_WEIGHT = 0.3
 #: a token estimate per text: the model truncates long texts (sentence-transformers: 256)
 _MAX_UNITS = 258
+#: how often a held background lane looks again whether its hold is over (the governor's
+#: shedding is a deadline, not an event): seconds
+HOLD_RECHECK_S = 0.05
 
 
 def text_units(text: str) -> int:
@@ -71,6 +81,7 @@ class BatchStats:
     largest_batch: int = 0  # texts in the largest model call
     background_calls: int = 0  # embed_background() calls
     overloaded: int = 0  # embed_within() refusals (predicted or at the deadline)
+    background_held_s: float = 0.0  # time background work waited out a hold, seconds
     max_wait_s: float = 0.0  # longest an urgent call queued (until its batch began or refused)
 
 
@@ -109,6 +120,9 @@ class MicroBatcher:
         self._running_since = 0.0
         self._drainer: asyncio.Task[None] | None = None
         self._full: asyncio.Future[None] | None = None  # set when the queue reaches max_batch
+        #: background batches wait while this returns True (``hold_background_while``)
+        self._hold: Callable[[], bool] | None = None
+        self._unheld: asyncio.Future[None] | None = None  # set when urgent work arrives
 
     # The protocol's attributes mirror the wrapped embedder (it learns them in start()).
     @property
@@ -132,6 +146,10 @@ class MicroBatcher:
 
     async def close(self) -> None:
         await self.inner.close()
+
+    def hold_background_while(self, held: Callable[[], bool]) -> None:
+        """Keep background batches queued while ``held()`` is True (urgent texts still run)."""
+        self._hold = held
 
     async def embed(self, texts: Sequence[str]) -> np.ndarray:
         if not texts:
@@ -215,6 +233,8 @@ class MicroBatcher:
             self._queued_texts += len(texts)
             self._queued_units += job.units
             self.stats.calls += 1
+            if self._unheld is not None and not self._unheld.done():
+                self._unheld.set_result(None)  # a drainer waiting out a hold: urgent work
         else:
             self._background.append(job)
         if drainer is None or drainer.done():
@@ -290,6 +310,9 @@ class MicroBatcher:
             await asyncio.sleep(0)  # let requests of the same event-loop turn join
             under_load = False
             while self._queue or self._background:
+                if not self._queue and self._hold is not None and self._hold():
+                    await self._wait_out_hold()
+                    continue
                 if under_load and self._queue:
                     await self._collect()
                 batch = self._take_batch()
@@ -299,6 +322,17 @@ class MicroBatcher:
         except BaseException as exc:  # cancelled with the loop: nobody may wait forever
             self._fail_all(exc)
             raise
+
+    async def _wait_out_hold(self) -> None:
+        """Only held background work is queued: wait until urgent work arrives or the hold
+        may be over (``HOLD_RECHECK_S``)."""
+        self._unheld = asyncio.get_running_loop().create_future()
+        started = time.perf_counter()
+        try:
+            await asyncio.wait((self._unheld,), timeout=HOLD_RECHECK_S)
+        finally:
+            self._unheld = None
+            self.stats.background_held_s += time.perf_counter() - started
 
     async def _run(self, batch: list[_Job]) -> None:
         texts = [t for job in batch for t in job.texts]

@@ -158,6 +158,12 @@ class Metrics:
             "Longest a lookup's text queued for the embedder before its batch began",
             registry=r,
         )
+        self.embed_background_held = Gauge(
+            "sidecar_embedding_background_held_seconds",
+            "Time since start the deferred vectors waited because semantic lookups were being"
+            " shed (the model's cores left to requests; sidecar_cache_vector_backlog holds them)",
+            registry=r,
+        )
         self.overload_shed = Counter(
             "sidecar_overload_shed",
             "Optional work not done under overload (work: semantic_lookup, early_vector, store, "

@@ -16,6 +16,7 @@ from envoy_harness import EnvoyStack, envoy_available
 from extproc_scenarios import build_stack
 from fakes.upstream import FakeLLMUpstream
 
+from embedders.base import Embedder
 from embedders.sentence_tf import SentenceTransformerEmbedder
 from sidecar.config import SidecarConfig
 from sidecar.services import Sidecar
@@ -80,7 +81,7 @@ def make_config(**sections: dict[str, Any]) -> SidecarConfig:
 
 @contextlib.asynccontextmanager
 async def running_sidecar(
-    config: SidecarConfig, embedder: SentenceTransformerEmbedder, **kwargs: Any
+    config: SidecarConfig, embedder: Embedder, **kwargs: Any
 ) -> AsyncIterator[tuple[Sidecar, httpx.AsyncClient]]:
     sidecar = Sidecar(config, embedder=embedder, **kwargs)
     await sidecar.start()

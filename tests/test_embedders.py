@@ -241,6 +241,52 @@ async def test_a_cancelled_caller_does_not_disturb_the_others(onnx_fp32: OnnxEmb
     np.testing.assert_allclose(third, await onnx_fp32.embed(SENTENCES[2:3]), atol=1e-5)
 
 
+class RecordingModel:
+    """The real model, recording the texts of each call it is given (in order)."""
+
+    def __init__(self, inner: OnnxEmbedder) -> None:
+        self.inner = inner
+        self.model_id, self.dimension = inner.model_id, inner.dimension
+        self.calls: list[list[str]] = []
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def embed(self, texts: Any) -> np.ndarray:
+        self.calls.append(list(texts))
+        return await self.inner.embed(texts)
+
+
+async def test_held_background_work_waits_and_urgent_work_does_not(
+    onnx_fp32: OnnxEmbedder,
+) -> None:
+    model = RecordingModel(onnx_fp32)
+    batcher = MicroBatcher(model, window=0.0, max_batch=8)
+    loop = asyncio.get_running_loop()
+    looks: list[int] = []
+    second: list[asyncio.Task[np.ndarray]] = []
+
+    def held() -> bool:
+        looks.append(len(model.calls))
+        if len(looks) == 2:  # a lookup arrives while the deferred vector is held
+            second.append(loop.create_task(batcher.embed(["a second lookup"])))
+        return len(looks) < 5  # the hold ends at the fifth look
+
+    batcher.hold_background_while(held)
+    deferred = asyncio.create_task(batcher.embed_background(["a deferred vector"]))
+    first = await batcher.embed(["a first lookup"])
+    vector = await deferred
+    await second[0]
+    # Both lookups ran at once (the second woke the held lane); the deferred text only once
+    # the hold was over, with nothing else queued.
+    assert model.calls == [["a first lookup"], ["a second lookup"], ["a deferred vector"]]
+    assert looks == [1, 1, 2, 2, 2]
+    assert batcher.stats.background_held_s > 0
+    np.testing.assert_allclose(first, await onnx_fp32.embed(["a first lookup"]), atol=1e-5)
+    np.testing.assert_allclose(vector, await onnx_fp32.embed(["a deferred vector"]), atol=1e-5)
+
+
 def test_length_groups_bound_the_padding_and_keep_every_index() -> None:
     lengths = [12, 3, 55, 11, 9, 14, 10, 200, 13, 12, 8]
     groups = group_by_length(lengths, max_padding=0.3)

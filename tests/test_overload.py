@@ -21,6 +21,7 @@ from conftest import make_config, running_sidecar
 from hookclient import chat_body, openai_answer, request_hook, response_hook, round_trip
 from test_miss_path import GatedEmbedder
 
+from embedders.batching import MicroBatcher
 from sidecar.cache.layer import OVERLOADED, STORE_SHED
 from sidecar.demo.processes import ManagedProcess, free_port, sidecar_command
 from sidecar.health_listener import HealthListener
@@ -113,6 +114,32 @@ async def test_a_lagging_event_loop_sheds_semantic_lookups_and_early_vectors(
         assert exact["cache"]["status"] == "hit-exact"
         stored = (await response_hook(client, body, openai_answer("Paris."))).json()
         assert stored["stored_entry_id"]  # its vector follows through the backlog
+
+
+async def test_deferred_vectors_wait_while_lookups_are_shed_and_land_after(
+    embedder: Any,
+) -> None:
+    """While the governor sheds lookups, the model's cores go to the requests: the vector of a
+    miss stored meanwhile waits in the backlog (counted there), then lands."""
+    config = make_config(server={"shed_loop_lag_ms": 20, "shed_store_lag_ms": 0})
+    batcher = MicroBatcher(embedder, window=0.002, max_batch=32)
+    async with running_sidecar(config, batcher) as (sidecar, client):
+        await seed(sidecar, client)
+        assert sidecar.cache is not None and sidecar.cache.backlog is not None
+        registry = sidecar.metrics.registry
+        assert registry.get_sample_value("sidecar_embedding_background_held_seconds") == 0
+        await stall_until(sidecar, lambda: sidecar.governor.loop_lagging, 0.04)
+
+        body = (await request_hook(client, chat_body(PARAPHRASE))).json()
+        assert body["cache"]["reason"] == OVERLOADED
+        stored = (await response_hook(client, body, openai_answer("Paris."))).json()
+        assert stored["stored_entry_id"]
+        await sidecar.cache.backlog.settled()  # attached once the shedding was over
+        assert not sidecar.governor.loop_lagging
+        assert (registry.get_sample_value("sidecar_embedding_background_held_seconds") or 0) > 0
+        # the seed's vector and the held one
+        assert registry.get_sample_value("sidecar_cache_vectors_added_late_total") == 2
+        assert registry.get_sample_value("sidecar_cache_vector_backlog") == 0  # none dropped
 
 
 async def test_a_loop_far_behind_sheds_the_store_too(embedder: Any) -> None:

@@ -138,6 +138,12 @@ class DualCache:
             stats = getattr(embedder, "stats", None)
             if stats is not None and hasattr(stats, "max_wait_s"):
                 metrics.embed_queue_wait_max.set_function(lambda: stats.max_wait_s)
+            hold = getattr(embedder, "hold_background_while", None)
+            if governor is not None and hold is not None and stats is not None:
+                # While lookups are shed, a deferred vector (worth less) waits too: under
+                # overload the model's cores go to the requests (docs/overload.md).
+                hold(lambda: governor.loop_lagging)
+                metrics.embed_background_held.set_function(lambda: stats.background_held_s)
 
     async def start(self) -> None:
         await self.exact.start()

@@ -171,7 +171,7 @@ class PipelineProcessor:
             log.info(
                 "request body of %d bytes over max_body_bytes: passed uncached", self._request_size
             )
-            self._pipeline.metrics.requests.labels(TRANSPORT, CacheStatus.BYPASS.value).inc()
+            self._pipeline.counts.request_counter(TRANSPORT, CacheStatus.BYPASS).inc()
             self._pipeline.metrics.bypasses.inc()
             return continue_for(REQUEST_BODY)
         if self._request_chunks:  # the last of several chunks (none kept: it came whole)
