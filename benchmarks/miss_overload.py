@@ -64,6 +64,12 @@ def sidecar_counters(base: str) -> dict[str, float]:
     ):
         out[name.removeprefix("sidecar_")] = metric_value(base, name)
     out["semantic_hits"] = metric_value(base, "sidecar_cache_hits_total", '"semantic"')
+    # queue waits counted in this window (the max above is the process's since start): all,
+    # and those within the budget + 5 ms (a bucket bound); absent before the histogram existed
+    out["embedding_queue_waits"] = metric_value(base, "sidecar_embedding_queue_wait_seconds_count")
+    out["embedding_queue_waits_within_55ms"] = metric_value(
+        base, "sidecar_embedding_queue_wait_seconds_bucket", 'le="0.055"'
+    )
     for work in ("semantic_lookup", "early_vector", "store", "extproc_stream"):
         out[f"shed_{work}"] = metric_value(base, "sidecar_overload_shed_total", f'"{work}"')
     # of which refused for their own wait in the transport (Envoy's request.time)

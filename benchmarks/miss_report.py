@@ -158,17 +158,21 @@ def _overload_rows(
         )
     )
     wait_ms = oc.get("embedding_queue_wait_max_seconds", 0.0) * 1000
+    waits = oc.get("embedding_queue_waits", 0.0)
+    late = waits - oc.get("embedding_queue_waits_within_55ms", 0.0)
     rows.append(
         SummaryRow(
             g,
-            f"{pre}overload: longest embedder queue wait of a lookup",
-            wait_ms,
-            "ms",
+            f"{pre}overload: lookups that queued for the embedder past the budget + 5 ms",
+            late,
+            "lookups",
             QUEUE_BUDGET_MS,
             "embedder.max_queue_ms",
-            f"<= {QUEUE_BUDGET_MS + 5:g} ms",
-            wait_ms <= QUEUE_BUDGET_MS + 5,
-            f"miss p50 {over['loaded']['latency']['p50_ms']} ms, p99 "
+            "0",
+            late == 0,
+            f"of {waits:g} queued in the overload (sidecar_embedding_queue_wait_seconds); the "
+            f"longest wait since the sidecar started (the populated-scope run included): "
+            f"{wait_ms:.1f} ms; miss p50 {over['loaded']['latency']['p50_ms']} ms, p99 "
             f"{over['loaded']['latency']['p99_ms']} ms, max {over['loaded']['max_ms']} ms",
             show_ratio=False,
         )

@@ -123,6 +123,8 @@ class MicroBatcher:
         #: background batches wait while this returns True (``hold_background_while``)
         self._hold: Callable[[], bool] | None = None
         self._unheld: asyncio.Future[None] | None = None  # set when urgent work arrives
+        #: told each urgent call's queue wait (until its batch began, or it was refused)
+        self.on_wait: Callable[[float], None] | None = None
 
     # The protocol's attributes mirror the wrapped embedder (it learns them in start()).
     @property
@@ -146,6 +148,11 @@ class MicroBatcher:
 
     async def close(self) -> None:
         await self.inner.close()
+
+    def _waited(self, seconds: float) -> None:
+        self.stats.max_wait_s = max(self.stats.max_wait_s, seconds)
+        if self.on_wait is not None:
+            self.on_wait(seconds)
 
     def hold_background_while(self, held: Callable[[], bool]) -> None:
         """Keep background batches queued while ``held()`` is True (urgent texts still run)."""
@@ -205,7 +212,7 @@ class MicroBatcher:
             job.future.cancel()  # withdrawn from the queue: _take_batch skips it
             self.stats.overloaded += 1
             waited = time.perf_counter() - job.enqueued
-            self.stats.max_wait_s = max(self.stats.max_wait_s, waited)
+            self._waited(waited)
             raise EmbedderOverloaded(
                 f"still queued for the embedder after the {budget * 1000:g} ms budget"
             )
@@ -264,13 +271,13 @@ class MicroBatcher:
                 # Its caller's timer has not fired yet (a busy loop): refuse it here rather
                 # than spend the model on an answer that comes too late.
                 self.stats.overloaded += 1
-                self.stats.max_wait_s = max(self.stats.max_wait_s, now - job.enqueued)
+                self._waited(now - job.enqueued)
                 job.future.set_exception(
                     EmbedderOverloaded("still queued for the embedder at its deadline")
                 )
                 continue
             job.started = True
-            self.stats.max_wait_s = max(self.stats.max_wait_s, now - job.enqueued)
+            self._waited(now - job.enqueued)
             batch.append(job)
             size += len(job.texts)
         return batch

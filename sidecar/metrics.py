@@ -32,6 +32,9 @@ _LATENCY_BUCKETS = (
     1.0,
     2.5,
 )
+#: an embedder queue wait: fine around the default budget (embedder.max_queue_ms, 50 ms) and
+#: the overload target's "budget + 5 ms", so waits past either are counted exactly
+QUEUE_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.04, 0.05, 0.055, 0.075, 0.1, 0.25, 1.0)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -156,6 +159,13 @@ class Metrics:
         self.embed_queue_wait_max = Gauge(
             "sidecar_embedding_queue_wait_max_seconds",
             "Longest a lookup's text queued for the embedder before its batch began",
+            registry=r,
+        )
+        self.embed_queue_wait = Histogram(
+            "sidecar_embedding_queue_wait_seconds",
+            "How long each request's text queued for the embedder (until its batch began, or"
+            " it was refused over embedder.max_queue_ms)",
+            buckets=QUEUE_WAIT_BUCKETS,
             registry=r,
         )
         self.embed_background_held = Gauge(

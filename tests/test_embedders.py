@@ -274,6 +274,8 @@ async def test_held_background_work_waits_and_urgent_work_does_not(
         return len(looks) < 5  # the hold ends at the fifth look
 
     batcher.hold_background_while(held)
+    waits: list[float] = []
+    batcher.on_wait = waits.append  # each urgent text's queue wait (the metric's source)
     deferred = asyncio.create_task(batcher.embed_background(["a deferred vector"]))
     first = await batcher.embed(["a first lookup"])
     vector = await deferred
@@ -282,6 +284,7 @@ async def test_held_background_work_waits_and_urgent_work_does_not(
     # the hold was over, with nothing else queued.
     assert model.calls == [["a first lookup"], ["a second lookup"], ["a deferred vector"]]
     assert looks == [1, 1, 2, 2, 2]
+    assert len(waits) == 2 and all(w >= 0 for w in waits)  # the lookups, not the vector
     assert batcher.stats.background_held_s > 0
     np.testing.assert_allclose(first, await onnx_fp32.embed(["a first lookup"]), atol=1e-5)
     np.testing.assert_allclose(vector, await onnx_fp32.embed(["a deferred vector"]), atol=1e-5)

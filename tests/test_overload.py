@@ -140,6 +140,10 @@ async def test_deferred_vectors_wait_while_lookups_are_shed_and_land_after(
         # the seed's vector and the held one
         assert registry.get_sample_value("sidecar_cache_vectors_added_late_total") == 2
         assert registry.get_sample_value("sidecar_cache_vector_backlog") == 0  # none dropped
+        # the shedding is over: lookups embed again, each one's queue wait is observed
+        again = (await request_hook(client, chat_body(OTHER_PARAPHRASE))).json()
+        assert again["cache"]["status"] == "hit-semantic"
+        assert registry.get_sample_value("sidecar_embedding_queue_wait_seconds_count") == 1
 
 
 async def test_a_loop_far_behind_sheds_the_store_too(embedder: Any) -> None:

@@ -138,6 +138,8 @@ class DualCache:
             stats = getattr(embedder, "stats", None)
             if stats is not None and hasattr(stats, "max_wait_s"):
                 metrics.embed_queue_wait_max.set_function(lambda: stats.max_wait_s)
+            if hasattr(embedder, "on_wait"):
+                embedder.on_wait = metrics.embed_queue_wait.observe
             hold = getattr(embedder, "hold_background_while", None)
             if governor is not None and hold is not None and stats is not None:
                 # While lookups are shed, a deferred vector (worth less) waits too: under
