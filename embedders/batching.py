@@ -228,6 +228,7 @@ class MicroBatcher:
             self._background.clear()
             self._queued_texts = self._queued_units = self._running_units = 0
             self._drainer = drainer = None
+            self._unheld = None
         job = _Job(
             texts,
             loop.create_future(),
