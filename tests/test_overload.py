@@ -132,6 +132,8 @@ async def test_deferred_vectors_wait_while_lookups_are_shed_and_land_after(
 
         body = (await request_hook(client, chat_body(PARAPHRASE))).json()
         assert body["cache"]["reason"] == OVERLOADED
+        # still shedding when the store defers the vector (at once, unless the hook was slow)
+        await stall_until(sidecar, lambda: sidecar.governor.loop_lagging, 0.04)
         stored = (await response_hook(client, body, openai_answer("Paris."))).json()
         assert stored["stored_entry_id"]
         await sidecar.cache.backlog.settled()  # attached once the shedding was over
