@@ -79,6 +79,7 @@ from benchmarks.stack import (
     SIDECAR_READY_S,
     chat_body,
     envoy_counter,
+    envoy_stats,
     metric_value,
     paced_spec,
     raw_request,
@@ -250,16 +251,8 @@ class Stack:
 
     def envoy_stats(self, prefix: str) -> dict[str, int]:
         """Envoy's counters whose names start with ``prefix`` (e.g. one listener's ext_proc)."""
-        stats = httpx.get(
-            f"http://127.0.0.1:{self.admin}/stats",
-            params={"format": "json", "filter": "^" + prefix.replace(".", "\\.")},
-            timeout=10,
-        ).json()
-        return {
-            str(s["name"]).removeprefix(prefix): int(s["value"])
-            for s in stats.get("stats", [])
-            if isinstance(s.get("value"), int)
-        }
+        matched = envoy_stats(self.admin, "^" + prefix.replace(".", "\\."))
+        return {name.removeprefix(prefix): value for name, value in matched.items()}
 
     @contextlib.contextmanager
     def paused(self, names: Sequence[str]) -> Iterator[None]:

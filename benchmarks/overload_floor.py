@@ -27,7 +27,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 
 from benchmarks.extproc_floor_bench import cpu_seconds
@@ -35,7 +34,14 @@ from benchmarks.hook_bench import SEED_PAIRS, unique_questions
 from benchmarks.miss_overload import result_of
 from benchmarks.null_extproc import HIT_MARK
 from benchmarks.report import machine, write_result
-from benchmarks.stack import chat_body, envoy_counter, paced_spec, raw_request, run_loadgen
+from benchmarks.stack import (
+    chat_body,
+    envoy_counter,
+    envoy_stats,
+    paced_spec,
+    raw_request,
+    run_loadgen,
+)
 from sidecar.demo.envoy import (
     ExtProcListener,
     bootstrap,
@@ -66,20 +72,6 @@ def wait_listening(port: int, limit_s: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the null ext_proc server is not listening on {port}") from exc
             time.sleep(0.05)  # polling another process's port, not synchronisation
-
-
-def ext_proc_stats(admin: int) -> dict[str, int]:
-    """The listener's ext_proc counters (streams failed, failures allowed, ...)."""
-    stats = httpx.get(
-        f"http://127.0.0.1:{admin}/stats",
-        params={"format": "json", "filter": "ext_proc"},
-        timeout=10,
-    ).json()
-    return {
-        str(s["name"]): int(s["value"])
-        for s in stats.get("stats", [])
-        if isinstance(s.get("value"), int)
-    }
 
 
 def run(offered: float, seconds: float, workdir: Path, one_message: bool = False) -> dict[str, Any]:
@@ -133,7 +125,7 @@ def run(offered: float, seconds: float, workdir: Path, one_message: bool = False
         pids = {"null_server": null.pid, "envoy": envoy.pid}
         cpu_before = {name: cpu_seconds(pid) for name, pid in pids.items()}
         timeouts_before = envoy_counter(admin, "timeout")
-        ext_proc_before = ext_proc_stats(admin)
+        ext_proc_before = envoy_stats(admin, "ext_proc")
         with ThreadPoolExecutor(2) as threads:
             miss_future = threads.submit(run_loadgen, workdir / "m", miss_spec)
             hit_future = threads.submit(run_loadgen, workdir / "h", hit_spec)
@@ -151,7 +143,7 @@ def run(offered: float, seconds: float, workdir: Path, one_message: bool = False
             "envoy_timeouts": envoy_counter(admin, "timeout") - timeouts_before,
             "envoy_ext_proc": {
                 k: v - ext_proc_before.get(k, 0)
-                for k, v in ext_proc_stats(admin).items()
+                for k, v in envoy_stats(admin, "ext_proc").items()
                 if v - ext_proc_before.get(k, 0)
             },
             # a hit the null server did not answer (timed out, passed on to the provider)

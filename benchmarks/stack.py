@@ -191,13 +191,18 @@ def metric_value(base_url: str, name: str, labels: str = "") -> float:
     return total
 
 
+def envoy_stats(admin: int, pattern: str = "") -> dict[str, int]:
+    """Envoy's counters and gauges (its admin ``/stats``) whose names match the regex
+    ``pattern`` (Envoy's ``filter``; all when empty), by name."""
+    params = {"format": "json", **({"filter": pattern} if pattern else {})}
+    stats = httpx.get(f"http://127.0.0.1:{admin}/stats", params=params, timeout=10).json()
+    return {
+        str(s["name"]): int(s["value"])
+        for s in stats.get("stats", [])
+        if isinstance(s.get("value"), int)
+    }
+
+
 def envoy_counter(admin: int, contains: str) -> int:
     """Sum of Envoy's counters whose names hold ``contains`` (its admin ``/stats``)."""
-    stats = httpx.get(
-        f"http://127.0.0.1:{admin}/stats", params={"format": "json"}, timeout=10
-    ).json()
-    return sum(
-        int(s.get("value", 0))
-        for s in stats.get("stats", [])
-        if contains in str(s.get("name", "")) and isinstance(s.get("value"), int)
-    )
+    return sum(v for name, v in envoy_stats(admin).items() if contains in name)
