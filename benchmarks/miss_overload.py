@@ -22,7 +22,7 @@ import httpx
 from benchmarks.extproc_floor_bench import cpu_seconds
 from benchmarks.miss_report import LOOKUP_PATHS, label
 from benchmarks.report import latency_stats
-from benchmarks.stack import metric_value, paced_spec, run_loadgen
+from benchmarks.stack import metric_value, paced_spec, run_loadgen, sample_sum
 
 if TYPE_CHECKING:
     from benchmarks.miss_bench import Stack
@@ -47,8 +47,9 @@ def result_of(run: dict[str, Any]) -> dict[str, Any]:
 
 
 def sidecar_counters(base: str) -> dict[str, float]:
+    text = httpx.get(f"{base}/metrics", timeout=10).text  # one read: every figure from it
     out = {
-        f"lookups_{p}": metric_value(base, "sidecar_cache_semantic_lookups_total", f'"{p}"')
+        f"lookups_{p}": sample_sum(text, "sidecar_cache_semantic_lookups_total", f'"{p}"')
         for p in LOOKUP_PATHS
     }
     for name in (
@@ -62,27 +63,27 @@ def sidecar_counters(base: str) -> dict[str, float]:
         "sidecar_embedding_seconds_count",
         "sidecar_embedding_queue_wait_max_seconds",
     ):
-        out[name.removeprefix("sidecar_")] = metric_value(base, name)
-    out["semantic_hits"] = metric_value(base, "sidecar_cache_hits_total", '"semantic"')
+        out[name.removeprefix("sidecar_")] = sample_sum(text, name)
+    out["semantic_hits"] = sample_sum(text, "sidecar_cache_hits_total", '"semantic"')
     # queue waits counted in this window (the max above is the process's since start): all,
     # and those within the budget + 5 ms (a bucket bound); absent before the histogram existed
-    out["embedding_queue_waits"] = metric_value(base, "sidecar_embedding_queue_wait_seconds_count")
-    out["embedding_queue_waits_within_55ms"] = metric_value(
-        base, "sidecar_embedding_queue_wait_seconds_bucket", 'le="0.055"'
+    out["embedding_queue_waits"] = sample_sum(text, "sidecar_embedding_queue_wait_seconds_count")
+    out["embedding_queue_waits_within_55ms"] = sample_sum(
+        text, "sidecar_embedding_queue_wait_seconds_bucket", 'le="0.055"'
     )
     for work in ("semantic_lookup", "early_vector", "store", "extproc_stream"):
-        out[f"shed_{work}"] = metric_value(base, "sidecar_overload_shed_total", f'"{work}"')
+        out[f"shed_{work}"] = sample_sum(text, "sidecar_overload_shed_total", f'"{work}"')
     # of which refused for their own wait in the transport (Envoy's request.time)
-    out["shed_extproc_stream_transport_wait"] = metric_value(
-        base, "sidecar_overload_shed_total", 'cause="transport_wait",work="extproc_stream"'
+    out["shed_extproc_stream_transport_wait"] = sample_sum(
+        text, "sidecar_overload_shed_total", 'cause="transport_wait",work="extproc_stream"'
     )
     for kind in ("loop_busy", "not_scheduled", "blocked", "unknown"):
         # what the loop's thread did during its stalls (absent before that counter existed)
-        out[f"loop_stalls_{kind}"] = metric_value(
-            base, "sidecar_event_loop_stalls_total", f'kind="{kind}"'
+        out[f"loop_stalls_{kind}"] = sample_sum(
+            text, "sidecar_event_loop_stalls_total", f'kind="{kind}"'
         )
-    out["event_loop_lag_seconds"] = metric_value(base, "sidecar_event_loop_lag_seconds")
-    out["extproc_round_trip_seconds"] = metric_value(base, "sidecar_extproc_round_trip_seconds")
+    out["event_loop_lag_seconds"] = sample_sum(text, "sidecar_event_loop_lag_seconds")
+    out["extproc_round_trip_seconds"] = sample_sum(text, "sidecar_extproc_round_trip_seconds")
     return out
 
 

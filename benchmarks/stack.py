@@ -179,7 +179,12 @@ def run_loadgen(workdir: Path, spec: dict[str, Any], timeout: float = 600.0) -> 
 
 def metric_value(base_url: str, name: str, labels: str = "") -> float:
     """Sum of a Prometheus sample (``name{labels}``) from ``/metrics``; 0 when absent."""
-    text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    return sample_sum(httpx.get(f"{base_url}/metrics", timeout=10).text, name, labels)
+
+
+def sample_sum(text: str, name: str, labels: str = "") -> float:
+    """Sum of the samples ``name{labels}`` in one ``/metrics`` exposition; 0 when absent
+    (many figures from one read: ``metric_value`` reads the page for each)."""
     total = 0.0
     for line in text.splitlines():
         if line.startswith("#"):
